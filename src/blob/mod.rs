@@ -1,0 +1,116 @@
+//! Blob storage: where file bytes live. The trait knows bytes and keys, not
+//! HTTP, users or quotas.
+//!
+//! Writes go to a *staging* object named by an id (a temp file on the local
+//! volume, a multipart upload on an object store) that is appended to in
+//! order, made durable by [`BlobWriter::finish`], and then published under its
+//! final key by [`BlobStore::publish`]. Readers get ranged byte streams.
+
+pub mod local;
+
+use std::{ops::Range, path::PathBuf, pin::Pin};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use uuid::Uuid;
+
+/// Errors of the blob layer. `NotFound` is distinct so the HTTP layer can
+/// answer 404 rather than 500.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob not found")]
+    NotFound,
+    #[error("storage full")]
+    NoSpace,
+    #[error("invalid blob key {0:?}")]
+    BadKey(String),
+    #[error("blob i/o: {0}")]
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for BlobError {
+    fn from(e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => BlobError::NotFound,
+            std::io::ErrorKind::StorageFull => BlobError::NoSpace,
+            _ if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) => {
+                BlobError::NoSpace
+            }
+            _ => BlobError::Io(e),
+        }
+    }
+}
+
+pub type BlobResult<T> = Result<T, BlobError>;
+
+/// A stream of chunks read from a blob.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Appends to one staging object. Dropping it without `finish` leaves the
+/// staged bytes in place (a tus upload resumes from them); callers that
+/// abandon an upload call [`BlobStore::discard`].
+#[async_trait]
+pub trait BlobWriter: Send {
+    async fn write(&mut self, chunk: &[u8]) -> BlobResult<()>;
+    /// Flushes and makes everything written durable; returns the staged length.
+    async fn finish(self: Box<Self>) -> BlobResult<u64>;
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Opens staging object `id` for appending at `offset`: 0 creates (or
+    /// truncates) it; otherwise the staged length is cut back to `offset`,
+    /// which must not exceed it.
+    async fn stage(&self, id: Uuid, offset: u64) -> BlobResult<Box<dyn BlobWriter>>;
+    /// Bytes currently staged under `id`, or `None`.
+    async fn staged_len(&self, id: Uuid) -> BlobResult<Option<u64>>;
+    /// Reads from a staging object (for sniffing and scanning before publish).
+    async fn read_staged(&self, id: Uuid, range: Range<u64>) -> BlobResult<ByteStream>;
+    /// Atomically makes staging object `id` visible as `key`.
+    async fn publish(&self, id: Uuid, key: &str) -> BlobResult<()>;
+    /// Removes a staging object; absent is fine.
+    async fn discard(&self, id: Uuid) -> BlobResult<()>;
+    /// Streams `range` of the blob at `key`.
+    async fn read(&self, key: &str, range: Range<u64>) -> BlobResult<ByteStream>;
+    /// The blob's length, or `NotFound`.
+    async fn len(&self, key: &str) -> BlobResult<u64>;
+    /// Removes the blob; absent is fine.
+    async fn remove(&self, key: &str) -> BlobResult<()>;
+    /// Writes a small object whole (thumbnails), durably.
+    async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()>;
+    /// A local path for `key` when the backend is a filesystem (media tools
+    /// read it directly); `None` for object stores.
+    fn local_path(&self, key: &str) -> Option<PathBuf>;
+    /// Checks that the store accepts writes (for `/readyz`).
+    async fn check_writable(&self) -> BlobResult<()>;
+    /// "local" or "s3".
+    fn kind(&self) -> &'static str;
+}
+
+/// Validates a blob key: relative, `/`-separated, no empty, `.` or `..`
+/// components, no backslash or NUL. Keys are built by the service, never
+/// from client input; this is defence in depth.
+pub fn check_key(key: &str) -> BlobResult<()> {
+    let ok = !key.is_empty()
+        && !key.starts_with('/')
+        && !key.contains('\\')
+        && !key.contains('\0')
+        && key.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(BlobError::BadKey(key.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_checked() {
+        assert!(super::check_key("u/videos/a.mp4").is_ok());
+        for bad in ["", "/abs", "a/../b", "a//b", "a\\b", "./a", "a/.."] {
+            assert!(super::check_key(bad).is_err(), "{bad}");
+        }
+    }
+}

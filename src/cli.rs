@@ -1,0 +1,221 @@
+//! The `stowage` command line.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    app::{self, AppState},
+    config::Config,
+    domain::size::{format_size, parse_size},
+    jobs::cleanup,
+    telemetry,
+};
+
+/// Per-user file storage with hard quotas.
+///
+/// Configuration comes from an optional TOML file (--config, or ./stowage.toml
+/// when present) and the STOWAGE_* environment variables, which win.
+#[derive(Parser, Debug)]
+#[command(name = "stowage", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file (default: ./stowage.toml if it exists).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP API and web UI (applies migrations first).
+    Serve,
+    /// Apply database schema migrations and exit.
+    Migrate,
+    /// Inspect and manage users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Release expired reservations and remove stale temporary files.
+    Cleanup {
+        /// Leave temp files younger than this many seconds alone.
+        #[arg(long, default_value_t = 60)]
+        temp_grace_secs: u64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// List users with usage and quota.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one user.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a user's quota, creating the user if new (SIZE like 10GiB, 500MB, bytes; 0 blocks uploads).
+    SetQuota { id: String, size: String },
+    /// Delete a user with every file, upload, thumbnail and row.
+    Delete {
+        id: String,
+        /// Required: confirms the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Entry point used by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stowage: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(config.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("stowage: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn state(config: Config) -> anyhow::Result<AppState> {
+    let state = AppState::build(config).await?;
+    state.meta.migrate().await.context("applying migrations")?;
+    Ok(state)
+}
+
+async fn run(cmd: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Serve => {
+            app::check_auth_safety(&config)?;
+            let bind = config.bind;
+            let state = state(config).await?;
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("binding {bind}"))?;
+            app::serve(listener, state, shutdown_signal()).await?;
+            tracing::info!("stopped");
+        }
+        Command::Migrate => {
+            let state = AppState::build(config).await?;
+            state.meta.migrate().await.context("applying migrations")?;
+            println!("migrations applied ({})", state.meta.backend());
+        }
+        Command::User(u) => return user(u, state(config).await?).await,
+        Command::Cleanup { temp_grace_secs, json } => {
+            let state = state(config).await?;
+            let report = cleanup::run(&state, Duration::from_secs(temp_grace_secs)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "released {} expired reservation(s); removed {} stale temp file(s), {}",
+                    report.expired_reservations,
+                    report.stale_temp_files,
+                    format_size(report.stale_temp_bytes)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn user(cmd: UserCmd, state: AppState) -> anyhow::Result<ExitCode> {
+    match cmd {
+        UserCmd::List { json } => {
+            let users = state.meta.list_users().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!("{:<40} {:>12} {:>12} {:>7} {:>7}", "USER", "USED", "QUOTA", "USED%", "FILES");
+                for u in users {
+                    println!(
+                        "{:<40} {:>12} {:>12} {:>6.2}% {:>7}",
+                        u.user_id,
+                        format_size(u.total_bytes.max(0) as u64),
+                        format_size(u.max_bytes.max(0) as u64),
+                        crate::http::storage::percent(u.total_bytes, u.max_bytes),
+                        u.file_count
+                    );
+                }
+            }
+        }
+        UserCmd::Show { id, json } => {
+            let Some(u) = state.meta.get_user(&id).await? else {
+                eprintln!("stowage: no user {id:?}");
+                return Ok(ExitCode::from(1));
+            };
+            let usage = crate::http::storage::usage_for(&state, &u)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&usage)?);
+            } else {
+                println!("user       {}", u.user_id);
+                println!("used       {} of {} ({:.2}%)", format_size(u.total_bytes.max(0) as u64), format_size(u.max_bytes.max(0) as u64), usage.percent_used);
+                println!("reserved   {}", format_size(u.reserved_bytes.max(0) as u64));
+                println!("files      {}", u.file_count);
+                for (t, tu) in &usage.by_type {
+                    println!("  {:<8} {:>5} files {:>12}", t, tu.count, format_size(tu.bytes.max(0) as u64));
+                }
+                println!("created    {}", u.created_at.to_rfc3339());
+            }
+        }
+        UserCmd::SetQuota { id, size } => {
+            let bytes = parse_size(&size).map_err(anyhow::Error::msg)?;
+            let u = state.meta.set_quota(&id, bytes).await?;
+            println!("{}: quota {} ({} bytes), using {}", u.user_id, format_size(bytes), bytes, format_size(u.total_bytes.max(0) as u64));
+        }
+        UserCmd::Delete { id, yes } => {
+            if !yes {
+                eprintln!("stowage: deleting {id:?} removes all of their files; add --yes to confirm");
+                return Ok(ExitCode::from(2));
+            }
+            match crate::ops::delete_user(&state, &id).await.map_err(|e| anyhow::anyhow!("{e}"))? {
+                Some(r) => println!("deleted {id}: {} file(s), {}", r.files, format_size(r.bytes)),
+                None => {
+                    eprintln!("stowage: no user {id:?}");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,407 @@
+//! `/api/files`: multipart upload, listing with filters and keyset paging,
+//! details, delete, favourite, tags and signed links.
+
+use std::time::Instant;
+
+use axum::{
+    extract::{Multipart, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+    Json, Router,
+};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    error::{AppError, AppResult},
+    extract::{parse_json, ApiJson, AuthUser, FileId},
+};
+use crate::{
+    app::AppState,
+    auth::signed_url,
+    domain::{filetype::FileType, names::sanitize_file_name},
+    ingest::{normalize_tags, FileMeta, Ingest, SizeHint},
+    meta::{Cursor, FileRecord, ListQuery, SortKey, SortOrder},
+};
+
+/// Multipart framing allowed on top of the per-file limit before a
+/// Content-Length alone proves the file too large.
+const MULTIPART_SLACK: u64 = 64 * 1024;
+/// Longest non-file form field accepted.
+const MAX_FIELD: usize = 8 * 1024;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/files", get(list))
+        .route(
+            "/api/files/upload",
+            post(upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/files/{id}", get(details).delete(remove))
+        .route("/api/files/{id}/favorite", post(favorite))
+        .route("/api/files/{id}/tags", put(tags))
+        .route("/api/files/{id}/signed-url", post(signed_link))
+}
+
+/// The File object of SPEC §3.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct FileView {
+    pub id: String,
+    pub file_name: String,
+    pub file_type: FileType,
+    pub mime_type: String,
+    pub file_size: i64,
+    pub sha256: String,
+    pub resolution: Option<String>,
+    pub duration: Option<String>,
+    pub package_name: Option<String>,
+    pub tags: Vec<String>,
+    pub is_favorite: bool,
+    pub upload_date: String,
+    pub thumbnail_url: Option<String>,
+}
+
+impl From<&FileRecord> for FileView {
+    fn from(r: &FileRecord) -> Self {
+        FileView {
+            id: r.id.to_string(),
+            file_name: r.file_name.clone(),
+            file_type: r.file_type,
+            mime_type: r.mime_type.clone(),
+            file_size: r.file_size,
+            sha256: r.sha256.clone(),
+            resolution: r.resolution.clone(),
+            duration: r.duration.clone(),
+            package_name: r.package_name.clone(),
+            tags: r.tags.clone(),
+            is_favorite: r.is_favorite,
+            upload_date: r.upload_date.to_rfc3339_opts(SecondsFormat::Secs, true),
+            thumbnail_url: r
+                .thumbnail_path
+                .as_ref()
+                .map(|_| format!("/api/files/{}/thumbnail", r.id)),
+        }
+    }
+}
+
+async fn read_text_field(field: axum::extract::multipart::Field<'_>) -> AppResult<String> {
+    let mut field = field;
+    let mut buf = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| AppError::BadRequest(format!("malformed multipart body: {e}")))?
+    {
+        if buf.len() + chunk.len() > MAX_FIELD {
+            return Err(AppError::BadRequest("form field too long".into()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| AppError::BadRequest("form field is not UTF-8".into()))
+}
+
+/// `POST /api/files/upload`: streams part `file` through [`Ingest`].
+#[tracing::instrument(skip_all, fields(user_id = %user.0, file_id))]
+async fn upload(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> AppResult<Response> {
+    let started = Instant::now();
+    let hint = match headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(n) => {
+            if n > state.config.max_file_size + MULTIPART_SLACK {
+                return Err(AppError::TooLarge(format!(
+                    "request is {n} bytes; the per-file limit is {} bytes",
+                    state.config.max_file_size
+                )));
+            }
+            SizeHint::AtMost(n)
+        }
+        None => SizeHint::Unknown,
+    };
+    let mut meta = FileMeta::default();
+    let mut declared: Option<String> = None;
+    let mut tags_raw: Option<String> = None;
+    let mut ingest: Option<Ingest> = None;
+    let mut client_name = String::new();
+
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        AppError::BadRequest(format!("malformed multipart body: {e}"))
+    };
+    while let Some(mut field) = form.next_field().await.map_err(bad)? {
+        match field.name().unwrap_or("") {
+            "file" => {
+                if ingest.is_some() {
+                    return Err(AppError::BadRequest("only one part named file is allowed".into()));
+                }
+                client_name = field.file_name().unwrap_or("").to_string();
+                let mut up = Ingest::begin(&state, &user.0, hint).await?;
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    up.write(&chunk).await?;
+                }
+                ingest = Some(up);
+            }
+            "file_type" => declared = Some(read_text_field(field).await?),
+            "package_name" => meta.package_name = Some(read_text_field(field).await?),
+            "tags" => tags_raw = Some(read_text_field(field).await?),
+            // Unknown parts are drained and ignored (bounded like text).
+            _ => {
+                read_text_field(field).await?;
+            }
+        }
+    }
+    let Some(up) = ingest else {
+        return Err(AppError::BadRequest("multipart part \"file\" is required".into()));
+    };
+    if let Some(d) = declared.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        meta.declared_type = Some(FileType::parse(d).ok_or_else(|| {
+            AppError::BadRequest(format!(
+                "file_type must be one of video, image, audio, scene, project (got {d:?})"
+            ))
+        })?);
+    }
+    if let Some(t) = tags_raw {
+        meta.tags = t.split(',').map(str::to_string).collect();
+    }
+    meta.file_name = sanitize_file_name(&client_name);
+    let bytes = up.len();
+    let rec = up.commit(meta).await?;
+    tracing::Span::current().record("file_id", rec.id.to_string());
+    crate::telemetry::metrics::upload_duration(started.elapsed().as_secs_f64());
+    tracing::info!(file_id = %rec.id, bytes, ms = started.elapsed().as_millis() as u64, "upload committed");
+    Ok((StatusCode::CREATED, Json(FileView::from(&rec))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListParams {
+    #[serde(rename = "type")]
+    file_type: Option<String>,
+    favorite: Option<String>,
+    tag: Option<String>,
+    q: Option<String>,
+    sort: Option<String>,
+    order: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ListPage {
+    files: Vec<FileView>,
+    next_cursor: Option<String>,
+}
+
+fn parse_list(p: ListParams) -> AppResult<ListQuery> {
+    let bad = |m: String| AppError::BadRequest(m);
+    let file_type = match p.file_type.as_deref().filter(|s| !s.is_empty()) {
+        Some(t) => Some(FileType::parse(t).ok_or_else(|| bad(format!("unknown type {t:?}")))?),
+        None => None,
+    };
+    let favorite = match p.favorite.as_deref() {
+        None | Some("") => None,
+        Some("true") | Some("1") => Some(true),
+        Some("false") | Some("0") => Some(false),
+        Some(o) => return Err(bad(format!("favorite must be true or false, not {o:?}"))),
+    };
+    let sort = match p.sort.as_deref() {
+        None | Some("") | Some("upload_date") => SortKey::UploadDate,
+        Some("file_name") => SortKey::FileName,
+        Some("file_size") => SortKey::FileSize,
+        Some(o) => return Err(bad(format!("sort must be upload_date, file_name or file_size, not {o:?}"))),
+    };
+    let order = match p.order.as_deref() {
+        None | Some("") | Some("desc") => SortOrder::Desc,
+        Some("asc") => SortOrder::Asc,
+        Some(o) => return Err(bad(format!("order must be asc or desc, not {o:?}"))),
+    };
+    let limit = match p.limit.as_deref() {
+        None | Some("") => 50,
+        Some(l) => l
+            .parse::<u64>()
+            .map_err(|_| bad(format!("limit must be a positive integer, not {l:?}")))?
+            .clamp(1, 200) as u32,
+    };
+    let after = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(decode_cursor(c, sort, order)?),
+        None => None,
+    };
+    if p.q.as_ref().is_some_and(|q| q.len() > 500) || p.tag.as_ref().is_some_and(|t| t.len() > 64) {
+        return Err(bad("search text too long".into()));
+    }
+    Ok(ListQuery {
+        file_type,
+        favorite,
+        tag: p.tag.filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_string()),
+        q: p.q.filter(|q| !q.is_empty()),
+        sort,
+        order,
+        limit,
+        after,
+    })
+}
+
+/// Cursors are opaque: base64url of JSON naming the sort they belong to, so
+/// a cursor reused with another sort is refused rather than misread.
+#[derive(Serialize, Deserialize)]
+struct CursorToken {
+    s: String,
+    o: String,
+    #[serde(flatten)]
+    c: Cursor,
+}
+
+fn sort_name(s: SortKey, o: SortOrder) -> (String, String) {
+    (format!("{s:?}"), format!("{o:?}"))
+}
+
+fn encode_cursor(rec: &FileRecord, sort: SortKey, order: SortOrder) -> String {
+    let k = match sort {
+        SortKey::UploadDate => rec.upload_date.to_rfc3339_opts(SecondsFormat::Micros, true),
+        SortKey::FileName => rec.file_name.clone(),
+        SortKey::FileSize => rec.file_size.to_string(),
+    };
+    let (s, o) = sort_name(sort, order);
+    let tok = CursorToken { s, o, c: Cursor { k, id: rec.id } };
+    B64.encode(serde_json::to_vec(&tok).expect("cursor serializes"))
+}
+
+fn decode_cursor(c: &str, sort: SortKey, order: SortOrder) -> AppResult<Cursor> {
+    let bad = || AppError::BadRequest("invalid cursor".into());
+    let raw = B64.decode(c).map_err(|_| bad())?;
+    let tok: CursorToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    if (tok.s, tok.o) != sort_name(sort, order) {
+        return Err(AppError::BadRequest("cursor belongs to a different sort order".into()));
+    }
+    Ok(tok.c)
+}
+
+/// `GET /api/files`
+async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<ListPage>> {
+    let Query(params) = params.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let mut q = parse_list(params)?;
+    let limit = q.limit as usize;
+    q.limit += 1;
+    let mut rows = state.meta.list_files(&user.0, &q).await.map_err(|e| match e {
+        crate::meta::MetaError::Conflict(_) => AppError::BadRequest("invalid cursor".into()),
+        other => other.into(),
+    })?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| encode_cursor(r, q.sort, q.order))
+    } else {
+        None
+    };
+    Ok(Json(ListPage {
+        files: rows.iter().map(FileView::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// `GET /api/files/{id}`
+async fn details(State(state): State<AppState>, user: AuthUser, FileId(id): FileId) -> AppResult<Json<FileView>> {
+    let rec = state.meta.get_file(&user.0, id).await?.ok_or(AppError::NotFound)?;
+    Ok(Json(FileView::from(&rec)))
+}
+
+/// `DELETE /api/files/{id}`: the row goes (and usage with it, by trigger) in
+/// one transaction; the blob and thumbnail are removed after.
+#[tracing::instrument(skip_all, fields(user_id = %user.0, file_id = %id))]
+async fn remove(State(state): State<AppState>, user: AuthUser, FileId(id): FileId) -> AppResult<StatusCode> {
+    let rec = state.meta.delete_file(&user.0, id).await?.ok_or(AppError::NotFound)?;
+    for key in std::iter::once(&rec.file_path).chain(rec.thumbnail_path.as_ref()) {
+        if let Err(e) = state.blobs.remove(key).await {
+            tracing::error!(error = %e, key, "blob removal failed after row delete; audit will report an orphan");
+        }
+    }
+    tracing::info!(bytes = rec.file_size, "file deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FavoriteBody {
+    is_favorite: bool,
+}
+
+/// `POST /api/files/{id}/favorite`: toggles, or sets with a body.
+async fn favorite(
+    State(state): State<AppState>,
+    user: AuthUser,
+    FileId(id): FileId,
+    body: axum::body::Bytes,
+) -> AppResult<Json<FileView>> {
+    let set = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        None
+    } else {
+        Some(parse_json::<FavoriteBody>(&body)?.is_favorite)
+    };
+    let rec = state.meta.set_favorite(&user.0, id, set).await?.ok_or(AppError::NotFound)?;
+    Ok(Json(FileView::from(&rec)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagsBody {
+    tags: Vec<String>,
+}
+
+/// `PUT /api/files/{id}/tags`
+async fn tags(
+    State(state): State<AppState>,
+    user: AuthUser,
+    FileId(id): FileId,
+    ApiJson(body): ApiJson<TagsBody>,
+) -> AppResult<Json<FileView>> {
+    let tags = normalize_tags(body.tags)?;
+    let rec = state.meta.set_tags(&user.0, id, &tags).await?.ok_or(AppError::NotFound)?;
+    Ok(Json(FileView::from(&rec)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignBody {
+    expires_in: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SignedLink {
+    url: String,
+    expires_at: String,
+}
+
+/// `POST /api/files/{id}/signed-url`
+async fn signed_link(
+    State(state): State<AppState>,
+    user: AuthUser,
+    FileId(id): FileId,
+    body: axum::body::Bytes,
+) -> AppResult<Json<SignedLink>> {
+    let expires_in = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        3600
+    } else {
+        parse_json::<SignBody>(&body)?.expires_in.unwrap_or(3600)
+    };
+    if !(1..=604_800).contains(&expires_in) {
+        return Err(AppError::BadRequest("expires_in must be between 1 and 604800 seconds".into()));
+    }
+    let rec = state.meta.get_file(&user.0, id).await?.ok_or(AppError::NotFound)?;
+    let expires = Utc::now().timestamp() + expires_in;
+    let token = signed_url::sign(&state.signing_key, rec.id, &rec.user_id, expires);
+    let at = chrono::DateTime::from_timestamp(expires, 0).unwrap_or_default();
+    Ok(Json(SignedLink {
+        url: format!("/s/{token}"),
+        expires_at: at.to_rfc3339_opts(SecondsFormat::Secs, true),
+    }))
+}

@@ -1,0 +1,341 @@
+//! The one ingest path for multipart and tus uploads:
+//! reserve quota → stream to a staging blob while hashing and sniffing →
+//! fsync → decide the type from content → publish under its final key →
+//! commit the row (which releases the reservation in the same transaction).
+//!
+//! [`Ingest`] is a drop guard: if it is dropped before [`Ingest::commit`]
+//! (client gone, error, panic), a background task removes the staging blob and
+//! releases the reservation, so nothing leaks and nothing half-written is
+//! listed. A crash that skips even that is caught by the reservation's expiry
+//! and `stowage cleanup`.
+
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    app::AppState,
+    blob::BlobWriter,
+    domain::{
+        filetype::{decide, sniff, FileType, SNIFF_LEN},
+        names::user_dir_name,
+    },
+    http::error::{AppError, AppResult},
+    meta::{FileRecord, MetaError, NewFile},
+};
+
+/// Unknown-size uploads grow their reservation in steps of this size.
+pub const GROW_STEP: u64 = 8 * 1024 * 1024;
+/// How often a streaming upload pushes its reservation's expiry forward.
+const TOUCH_EVERY: Duration = Duration::from_secs(30);
+
+/// What the client told us about the size before sending the body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeHint {
+    /// The file is exactly this long (tus `Upload-Length`).
+    Exact(u64),
+    /// The file is at most this long (a multipart request's Content-Length).
+    AtMost(u64),
+    /// Nothing known (chunked transfer): counted while streaming.
+    Unknown,
+}
+
+/// Client-supplied descriptive fields; validated before commit.
+#[derive(Clone, Debug, Default)]
+pub struct FileMeta {
+    pub file_name: String,
+    pub declared_type: Option<FileType>,
+    pub package_name: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// Reserves room for an upload of `hint` for `user`, answering 413 over the
+/// per-file limit and 507 without room, before any byte is read.
+pub async fn reserve(state: &AppState, user: &str, hint: SizeHint) -> AppResult<(Uuid, u64)> {
+    let max = state.config.max_file_size;
+    let want = match hint {
+        SizeHint::Exact(n) if n > max => {
+            return Err(AppError::TooLarge(format!(
+                "file is {n} bytes; the limit is {max} bytes"
+            )))
+        }
+        SizeHint::Exact(n) => n,
+        SizeHint::AtMost(n) => n.min(max),
+        SizeHint::Unknown => GROW_STEP.min(max),
+    };
+    let ttl = state.config.reservation_ttl;
+    let id = state
+        .meta
+        .reserve(user, state.config.default_quota, want, ttl)
+        .await
+        .map_err(|e| {
+            if matches!(e, MetaError::QuotaExceeded { .. }) {
+                crate::telemetry::metrics::quota_refused();
+            }
+            AppError::from(e)
+        })?;
+    Ok((id, want))
+}
+
+/// A streaming upload in progress. See the module docs.
+pub struct Ingest {
+    state: AppState,
+    user: String,
+    /// Reservation id; also the staging blob id.
+    id: Uuid,
+    reserved: u64,
+    growable: bool,
+    writer: Option<Box<dyn BlobWriter>>,
+    hasher: Sha256,
+    head: Vec<u8>,
+    len: u64,
+    last_touch: Instant,
+    done: bool,
+}
+
+impl Ingest {
+    /// Reserves room and opens the staging blob.
+    pub async fn begin(state: &AppState, user: &str, hint: SizeHint) -> AppResult<Ingest> {
+        let (id, reserved) = reserve(state, user, hint).await?;
+        let mut ingest = Ingest {
+            state: state.clone(),
+            user: user.to_string(),
+            id,
+            reserved,
+            growable: hint == SizeHint::Unknown,
+            writer: None,
+            hasher: Sha256::new(),
+            head: Vec::with_capacity(SNIFF_LEN),
+            len: 0,
+            last_touch: Instant::now(),
+            done: false,
+        };
+        ingest.writer = Some(state.blobs.stage(id, 0).await?);
+        Ok(ingest)
+    }
+
+    /// Bytes received so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends a chunk, enforcing the per-file limit and the reservation.
+    pub async fn write(&mut self, chunk: &[u8]) -> AppResult<()> {
+        let new_len = self.len + chunk.len() as u64;
+        let max = self.state.config.max_file_size;
+        if new_len > max {
+            return Err(AppError::TooLarge(format!(
+                "file exceeds the limit of {max} bytes"
+            )));
+        }
+        if new_len > self.reserved {
+            if !self.growable {
+                return Err(AppError::BadRequest(
+                    "body is longer than the size it declared".into(),
+                ));
+            }
+            let extra = (new_len - self.reserved).max(GROW_STEP).min(max - self.reserved);
+            self.state
+                .meta
+                .grow_reservation(self.id, extra, self.state.config.reservation_ttl)
+                .await
+                .map_err(|e| {
+                    if matches!(e, MetaError::QuotaExceeded { .. }) {
+                        crate::telemetry::metrics::quota_refused();
+                    }
+                    AppError::from(e)
+                })?;
+            self.reserved += extra;
+            self.last_touch = Instant::now();
+        }
+        if self.head.len() < SNIFF_LEN {
+            let take = (SNIFF_LEN - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+            if self.head.len() == SNIFF_LEN {
+                self.early_type_check()?;
+            }
+        }
+        self.hasher.update(chunk);
+        self.writer
+            .as_mut()
+            .expect("writer open until commit")
+            .write(chunk)
+            .await?;
+        self.len = new_len;
+        if self.last_touch.elapsed() >= TOUCH_EVERY {
+            self.last_touch = Instant::now();
+            // Best effort: a failed touch only risks expiry, re-checked at commit.
+            if let Err(e) = self
+                .state
+                .meta
+                .touch_reservation(self.id, self.state.config.reservation_ttl)
+                .await
+            {
+                tracing::warn!(error = %e, reservation = %self.id, "could not extend reservation");
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses content that no declared type could make acceptable, as soon
+    /// as enough bytes are in, instead of after the whole body.
+    fn early_type_check(&self) -> AppResult<()> {
+        match sniff(&self.head) {
+            Some(s) if self.state.allowed_mime.iter().any(|a| a == s.mime) => Ok(()),
+            Some(s) => Err(AppError::UnsupportedMedia(format!(
+                "content type {} is not accepted",
+                s.mime
+            ))),
+            None => Err(AppError::UnsupportedMedia(
+                "file content is not an accepted type".into(),
+            )),
+        }
+    }
+
+    /// Makes the data durable, checks the type, publishes and commits.
+    pub async fn commit(mut self, meta: FileMeta) -> AppResult<FileRecord> {
+        let writer = self.writer.take().expect("writer open until commit");
+        let staged = writer.finish().await?;
+        debug_assert_eq!(staged, self.len);
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let rec = publish_and_commit(
+            &self.state,
+            &self.user,
+            self.id,
+            self.len,
+            &self.head,
+            sha256,
+            meta,
+        )
+        .await?;
+        self.done = true;
+        Ok(rec)
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let state = self.state.clone();
+        let id = self.id;
+        // Close the file before removing it.
+        drop(self.writer.take());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { abandon(&state, id).await });
+        }
+    }
+}
+
+/// Removes staging blob `id` and releases its reservation (in that order, so
+/// a staging blob never outlives its reservation unnoticed).
+pub async fn abandon(state: &AppState, id: Uuid) {
+    if let Err(e) = state.blobs.discard(id).await {
+        tracing::warn!(error = %e, staging = %id, "could not remove staging blob");
+    }
+    match state.meta.release(id).await {
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, reservation = %id, "could not release reservation; cleanup will"),
+    }
+}
+
+/// Validates client fields: package name length, tags.
+pub fn check_meta(meta: &mut FileMeta) -> AppResult<()> {
+    if let Some(p) = &meta.package_name {
+        let p = p.trim();
+        if p.chars().count() > 100 {
+            return Err(AppError::BadRequest("package_name is longer than 100 characters".into()));
+        }
+        meta.package_name = if p.is_empty() { None } else { Some(p.to_string()) };
+    }
+    meta.tags = normalize_tags(std::mem::take(&mut meta.tags))?;
+    Ok(())
+}
+
+/// Trims, drops empty ones, deduplicates (first occurrence wins); more than
+/// 32 tags or one over 64 characters is a 400.
+pub fn normalize_tags(tags: Vec<String>) -> AppResult<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for t in tags {
+        let t = t.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if t.chars().count() > 64 {
+            return Err(AppError::BadRequest("a tag is longer than 64 characters".into()));
+        }
+        if t.chars().any(|c| c.is_control()) {
+            return Err(AppError::BadRequest("tags may not contain control characters".into()));
+        }
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_string());
+        }
+    }
+    if out.len() > 32 {
+        return Err(AppError::BadRequest("more than 32 tags".into()));
+    }
+    Ok(out)
+}
+
+/// Shared tail of every upload: type decision from `head`, publish of staging
+/// blob `id` under its final key, and the row commit. On a failed commit the
+/// published blob is removed again. The caller owns reservation cleanup on
+/// error (the drop guard, or tus termination).
+pub async fn publish_and_commit(
+    state: &AppState,
+    user: &str,
+    id: Uuid,
+    len: u64,
+    head: &[u8],
+    sha256: String,
+    mut meta: FileMeta,
+) -> AppResult<FileRecord> {
+    check_meta(&mut meta)?;
+    let sniffed = sniff(head).ok_or_else(|| {
+        AppError::UnsupportedMedia("file content is not an accepted type".into())
+    })?;
+    let file_type = decide(&sniffed, meta.declared_type, &state.allowed_mime)
+        .map_err(AppError::UnsupportedMedia)?;
+    if let Some(scanner) = &state.scanner {
+        scanner.scan_staged(state, id, len).await?;
+    }
+    let key = format!(
+        "{}/{}/{}.{}",
+        user_dir_name(user),
+        file_type.dir(),
+        id,
+        sniffed.ext
+    );
+    state.blobs.publish(id, &key).await?;
+    let new = NewFile {
+        id,
+        user_id: user.to_string(),
+        file_name: meta.file_name,
+        file_type,
+        mime_type: sniffed.mime.to_string(),
+        file_size: len as i64,
+        file_path: key.clone(),
+        package_name: meta.package_name,
+        tags: meta.tags,
+        sha256,
+    };
+    match state.meta.commit_file(id, new).await {
+        Ok(rec) => {
+            crate::telemetry::metrics::upload_committed(len);
+            state.after_commit(&rec).await;
+            Ok(rec)
+        }
+        Err(e) => {
+            if let Err(re) = state.blobs.remove(&key).await {
+                tracing::error!(error = %re, key, "could not remove blob of a failed commit; audit will report it");
+            }
+            Err(e.into())
+        }
+    }
+}

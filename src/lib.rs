@@ -1,0 +1,30 @@
+//! stowage: per-user file storage with hard quotas.
+//!
+//! # Layout
+//! - [`config`]: one typed configuration from defaults, TOML and environment.
+//! - [`app`]: start-up; the shared [`app::AppState`]; `serve(listener, shutdown)`.
+//! - [`http`]: routers per area, the one [`http::error::AppError`], extractors
+//!   that carry authentication, tus under [`http::tus`].
+//! - [`auth`]: session JWTs, development sign-in, signed URLs.
+//! - [`ingest`]: the one upload path (reserve → stream → fsync → publish → commit).
+//! - [`meta`]: the metadata store trait and its PostgreSQL and SQLite backends.
+//! - [`blob`]: the blob store trait and the local volume.
+//! - [`jobs`]: the durable job queue, media processing and cleanup.
+//! - [`ops`]: operator actions shared by the CLI and the admin API.
+//! - [`scan`]: clamd virus scanning.
+//! - [`domain`]: sizes, file types from content, safe names.
+//! - [`cli`]: the `stowage` command line.
+
+pub mod app;
+pub mod auth;
+pub mod blob;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ingest;
+pub mod jobs;
+pub mod meta;
+pub mod ops;
+pub mod scan;
+pub mod telemetry;

@@ -1,0 +1,263 @@
+//! The metadata store: users and their quotas, file rows, quota reservations.
+//!
+//! One trait, [`MetaStore`], two backends (PostgreSQL and SQLite) generated
+//! from the same SQL in [`sql`], chosen from the database URL at start-up.
+//! Quota rules live here in one place: a reservation is taken with a single
+//! conditional `UPDATE` (atomic on both engines, and across processes), and a
+//! file row is committed in the same transaction that releases its
+//! reservation, so `total_bytes + reserved_bytes <= max_bytes` always holds.
+//! `total_bytes`/`file_count` themselves are kept by database triggers.
+
+mod sql;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::filetype::FileType;
+
+pub use sql::{connect, PgStore, SqliteStore};
+
+/// Errors of the metadata layer; `NotFound` and `QuotaExceeded` are expected
+/// outcomes the HTTP layer maps to 404 and 507.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("not found")]
+    NotFound,
+    #[error("quota exceeded: {needed} bytes needed, {available} available")]
+    QuotaExceeded { needed: u64, available: u64 },
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl MetaError {
+    /// Classifies sqlx errors that mean "the database is not reachable".
+    pub(crate) fn from_sqlx(e: sqlx::Error) -> MetaError {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                MetaError::Unavailable(e.to_string())
+            }
+            sqlx::Error::RowNotFound => MetaError::NotFound,
+            other => MetaError::Db(other),
+        }
+    }
+}
+
+pub type MetaResult<T> = Result<T, MetaError>;
+
+/// A user's storage row.
+#[derive(Clone, Debug, Serialize)]
+pub struct UserStorage {
+    pub user_id: String,
+    pub total_bytes: i64,
+    pub reserved_bytes: i64,
+    pub max_bytes: i64,
+    pub file_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A committed file's row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileRecord {
+    pub id: Uuid,
+    pub user_id: String,
+    pub file_name: String,
+    pub file_type: FileType,
+    pub mime_type: String,
+    pub file_size: i64,
+    /// Blob key relative to the volume root.
+    pub file_path: String,
+    pub thumbnail_path: Option<String>,
+    pub resolution: Option<String>,
+    pub duration: Option<String>,
+    pub package_name: Option<String>,
+    pub tags: Vec<String>,
+    pub is_favorite: bool,
+    pub sha256: String,
+    pub upload_date: DateTime<Utc>,
+}
+
+/// What ingest hands over to commit a file.
+#[derive(Clone, Debug)]
+pub struct NewFile {
+    pub id: Uuid,
+    pub user_id: String,
+    pub file_name: String,
+    pub file_type: FileType,
+    pub mime_type: String,
+    pub file_size: i64,
+    pub file_path: String,
+    pub package_name: Option<String>,
+    pub tags: Vec<String>,
+    pub sha256: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SortKey {
+    #[default]
+    UploadDate,
+    FileName,
+    FileSize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SortOrder {
+    Asc,
+    #[default]
+    Desc,
+}
+
+/// The position after the last row of a page (keyset pagination).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The sort key's value: RFC 3339 date, name, or size as a string.
+    pub k: String,
+    pub id: Uuid,
+}
+
+/// Filters and page for [`MetaStore::list_files`].
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub file_type: Option<FileType>,
+    pub favorite: Option<bool>,
+    pub tag: Option<String>,
+    pub q: Option<String>,
+    pub sort: SortKey,
+    pub order: SortOrder,
+    pub limit: u32,
+    pub after: Option<Cursor>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TypeUsage {
+    pub bytes: i64,
+    pub count: i64,
+}
+
+/// Media facts found after upload.
+#[derive(Clone, Debug, Default)]
+pub struct MediaUpdate {
+    pub resolution: Option<String>,
+    pub duration: Option<String>,
+    pub thumbnail_path: Option<String>,
+}
+
+/// What deleting a user removed, for the caller to delete blobs and report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DeletedUser {
+    pub files: u64,
+    pub bytes: u64,
+    pub blob_keys: Vec<String>,
+}
+
+/// A claimed background job.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+}
+
+/// A job's row, for the admin view.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobInfo {
+    pub id: Uuid,
+    pub kind: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+/// The metadata store. Every method is one transaction.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> MetaResult<()>;
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> MetaResult<()>;
+    /// "postgres" or "sqlite".
+    fn backend(&self) -> &'static str;
+
+    /// Creates the user with `default_quota` if new; returns the row.
+    async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage>;
+    async fn get_user(&self, user_id: &str) -> MetaResult<Option<UserStorage>>;
+    async fn list_users(&self) -> MetaResult<Vec<UserStorage>>;
+    /// Sets `max_bytes`, creating the user if new.
+    async fn set_quota(&self, user_id: &str, max_bytes: u64) -> MetaResult<UserStorage>;
+    /// Removes the user and every row they own.
+    async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>>;
+
+    /// Reserves `bytes` of the user's room (creating the user with
+    /// `default_quota` if new), or answers `QuotaExceeded`.
+    async fn reserve(
+        &self,
+        user_id: &str,
+        default_quota: u64,
+        bytes: u64,
+        ttl: Duration,
+    ) -> MetaResult<Uuid>;
+    /// Grows a live reservation by `extra` bytes (unknown-size streams).
+    async fn grow_reservation(&self, id: Uuid, extra: u64, ttl: Duration) -> MetaResult<()>;
+    /// Pushes a live reservation's expiry forward.
+    async fn touch_reservation(&self, id: Uuid, ttl: Duration) -> MetaResult<()>;
+    /// Releases a reservation; true when this call released it.
+    async fn release(&self, id: Uuid) -> MetaResult<bool>;
+    /// True while reservation `id` is live (staging files without one are stale).
+    async fn reservation_exists(&self, id: Uuid) -> MetaResult<bool>;
+    /// Releases every reservation expired at `now`; returns how many.
+    async fn expire_reservations(&self, now: DateTime<Utc>) -> MetaResult<u64>;
+
+    /// Inserts the file row and releases `reservation` in one transaction.
+    /// If the reservation is gone (expired), the row is inserted only when the
+    /// room is still there.
+    async fn commit_file(&self, reservation: Uuid, file: NewFile) -> MetaResult<FileRecord>;
+    async fn get_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>>;
+    /// Any user's file: for signed links and workers, never for user requests.
+    async fn get_file_any(&self, id: Uuid) -> MetaResult<Option<FileRecord>>;
+    async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>>;
+    /// Every file of a user or of all users, ordered by id (audit, backup).
+    async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>>;
+    async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>>;
+    async fn set_favorite(&self, user_id: &str, id: Uuid, fav: Option<bool>) -> MetaResult<Option<FileRecord>>;
+    async fn set_tags(&self, user_id: &str, id: Uuid, tags: &[String]) -> MetaResult<Option<FileRecord>>;
+    async fn set_media(&self, id: Uuid, media: &MediaUpdate) -> MetaResult<()>;
+    /// Bytes and count per file type, summed from rows.
+    async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>>;
+    /// Sum of rows per user (audit): `(user_id, bytes, count)`.
+    async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>>;
+    /// Sets counters to the row sums (audit --fix); returns users changed.
+    async fn repair_counters(&self) -> MetaResult<u64>;
+
+    /// Queues a job to run at `run_at`.
+    async fn enqueue_job(&self, kind: &str, payload: &str, user_id: Option<&str>, run_at: DateTime<Utc>) -> MetaResult<Uuid>;
+    /// Claims one runnable job (queued and due, or running with an expired
+    /// lease), leasing it for `lease`. At most one claimer gets a given job.
+    async fn claim_job(&self, lease: Duration) -> MetaResult<Option<Job>>;
+    async fn complete_job(&self, id: Uuid) -> MetaResult<()>;
+    /// Records a failure: requeued at `retry_at`, or failed for good when
+    /// `retry_at` is `None`.
+    async fn fail_job(&self, id: Uuid, error: &str, retry_at: Option<DateTime<Utc>>) -> MetaResult<()>;
+    /// Jobs queued or running.
+    async fn queue_depth(&self) -> MetaResult<u64>;
+    /// Jobs that failed for good, newest first (admin view).
+    async fn failed_jobs(&self, limit: u32) -> MetaResult<Vec<JobInfo>>;
+}
+
+/// Tables besides `user_files` whose rows belong to one user; emptied by
+/// [`MetaStore::delete_user`]. Later features add theirs here.
+pub(crate) const USER_SCOPED_TABLES: &[&str] = &["upload_reservations", "jobs"];

@@ -1,0 +1,856 @@
+//! The SQL behind [`MetaStore`], written once and instantiated for PostgreSQL
+//! and SQLite by the `impl_store!` macro. The dialects agree on nearly all of
+//! it (`$N` parameters, `RETURNING`, `ON CONFLICT`, row-value comparisons);
+//! the few differences (tag arrays vs JSON, id and time encodings) are passed
+//! in as small functions and SQL fragments.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    postgres::{PgPoolOptions, PgRow},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    PgPool, Row, SqlitePool,
+};
+use uuid::Uuid;
+
+use super::*;
+
+/// PostgreSQL backend.
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// SQLite backend (embedded, WAL, `synchronous=FULL` so a commit is durable
+/// before an upload is acknowledged).
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl PgStore {
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl SqliteStore {
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+/// Opens the store named by `url` (`postgres://…` or `sqlite://…`).
+pub async fn connect(url: &str) -> MetaResult<Arc<dyn MetaStore>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(MetaError::from_sqlx)?;
+        Ok(Arc::new(PgStore { pool }))
+    } else if url.starts_with("sqlite:") {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        if let Some(parent) = opts.get_filename().parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    MetaError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await
+            .map_err(MetaError::from_sqlx)?;
+        Ok(Arc::new(SqliteStore { pool }))
+    } else {
+        Err(MetaError::Unavailable(format!(
+            "unsupported database URL {url:?}: expected postgres://… or sqlite://…"
+        )))
+    }
+}
+
+/// Now, at the microsecond precision both engines keep.
+fn now() -> DateTime<Utc> {
+    let n = Utc::now();
+    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n)
+}
+
+fn ttl_from_now(ttl: Duration) -> DateTime<Utc> {
+    now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
+fn like_pattern(q: &str) -> String {
+    let mut p = String::with_capacity(q.len() + 2);
+    p.push('%');
+    for c in q.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+const FILE_COLS: &str = "id, user_id, file_name, file_type, mime_type, file_size, file_path, \
+     thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date";
+
+const USER_COLS: &str = "user_id, total_bytes, reserved_bytes, max_bytes, \
+     CAST(file_count AS BIGINT) AS file_count, created_at, updated_at";
+
+/// A bind value for dynamically built queries.
+enum Param {
+    Str(String),
+    I64(i64),
+    Bool(bool),
+    Id(Uuid),
+    Time(DateTime<Utc>),
+}
+
+fn pg_tags_in(tags: &[String]) -> Vec<String> {
+    tags.to_vec()
+}
+fn pg_tags_out(row: &PgRow) -> Result<Vec<String>, sqlx::Error> {
+    row.try_get::<Vec<String>, _>("tags")
+}
+fn sqlite_tags_in(tags: &[String]) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
+}
+fn sqlite_tags_out(row: &SqliteRow) -> Result<Vec<String>, sqlx::Error> {
+    let s: String = row.try_get("tags")?;
+    serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+macro_rules! impl_store {
+    (
+        $store:ident, $row:ty, $name:literal, $migrator:expr,
+        tags_in = $tags_in:path, tags_out = $tags_out:path,
+        tag_filter = $tag_filter:literal, skip_locked = $skip_locked:literal
+    ) => {
+        impl $store {
+            fn file_from_row(row: &$row) -> Result<FileRecord, sqlx::Error> {
+                let ft: String = row.try_get("file_type")?;
+                Ok(FileRecord {
+                    id: row.try_get("id")?,
+                    user_id: row.try_get("user_id")?,
+                    file_name: row.try_get("file_name")?,
+                    file_type: FileType::parse(&ft).ok_or_else(|| {
+                        sqlx::Error::Decode(format!("unknown file_type {ft:?}").into())
+                    })?,
+                    mime_type: row.try_get("mime_type")?,
+                    file_size: row.try_get("file_size")?,
+                    file_path: row.try_get("file_path")?,
+                    thumbnail_path: row.try_get("thumbnail_path")?,
+                    resolution: row.try_get("resolution")?,
+                    duration: row.try_get("duration")?,
+                    package_name: row.try_get("package_name")?,
+                    tags: $tags_out(row)?,
+                    is_favorite: row.try_get("is_favorite")?,
+                    sha256: row.try_get::<String, _>("sha256")?.trim().to_string(),
+                    upload_date: row.try_get("upload_date")?,
+                })
+            }
+
+            fn user_from_row(row: &$row) -> Result<UserStorage, sqlx::Error> {
+                Ok(UserStorage {
+                    user_id: row.try_get("user_id")?,
+                    total_bytes: row.try_get("total_bytes")?,
+                    reserved_bytes: row.try_get("reserved_bytes")?,
+                    max_bytes: row.try_get("max_bytes")?,
+                    file_count: row.try_get("file_count")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl MetaStore for $store {
+            async fn migrate(&self) -> MetaResult<()> {
+                $migrator.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> MetaResult<()> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(())
+            }
+
+            fn backend(&self) -> &'static str {
+                $name
+            }
+
+            async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage> {
+                let sql = format!(
+                    "INSERT INTO user_storage (user_id, max_bytes, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $3) ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
+                     RETURNING {USER_COLS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(user_id)
+                    .bind(to_i64(default_quota))
+                    .bind(now())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(Self::user_from_row(&row)?)
+            }
+
+            async fn get_user(&self, user_id: &str) -> MetaResult<Option<UserStorage>> {
+                let sql = format!("SELECT {USER_COLS} FROM user_storage WHERE user_id = $1");
+                let row = sqlx::query(&sql)
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(row.map(|r| Self::user_from_row(&r)).transpose()?)
+            }
+
+            async fn list_users(&self) -> MetaResult<Vec<UserStorage>> {
+                let sql = format!("SELECT {USER_COLS} FROM user_storage ORDER BY user_id");
+                let rows = sqlx::query(&sql)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(rows.iter().map(Self::user_from_row).collect::<Result<_, _>>()?)
+            }
+
+            async fn set_quota(&self, user_id: &str, max_bytes: u64) -> MetaResult<UserStorage> {
+                let sql = format!(
+                    "INSERT INTO user_storage (user_id, max_bytes, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $3) \
+                     ON CONFLICT (user_id) DO UPDATE SET max_bytes = EXCLUDED.max_bytes, updated_at = EXCLUDED.updated_at \
+                     RETURNING {USER_COLS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(user_id)
+                    .bind(to_i64(max_bytes))
+                    .bind(now())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(Self::user_from_row(&row)?)
+            }
+
+            async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>> {
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                // A write first, so SQLite takes its write lock before reading.
+                let touched = sqlx::query("UPDATE user_storage SET updated_at = $2 WHERE user_id = $1")
+                    .bind(user_id)
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if touched == 0 {
+                    return Ok(None);
+                }
+                let rows = sqlx::query(
+                    "DELETE FROM user_files WHERE user_id = $1 RETURNING file_path, thumbnail_path, file_size",
+                )
+                .bind(user_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut out = DeletedUser::default();
+                for r in &rows {
+                    out.files += 1;
+                    out.bytes += r.try_get::<i64, _>("file_size")?.max(0) as u64;
+                    out.blob_keys.push(r.try_get("file_path")?);
+                    if let Some(t) = r.try_get::<Option<String>, _>("thumbnail_path")? {
+                        out.blob_keys.push(t);
+                    }
+                }
+                for table in super::USER_SCOPED_TABLES {
+                    let sql = format!("DELETE FROM {table} WHERE user_id = $1");
+                    sqlx::query(&sql).bind(user_id).execute(&mut *tx).await?;
+                }
+                sqlx::query("DELETE FROM user_storage WHERE user_id = $1")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(Some(out))
+            }
+
+            async fn reserve(
+                &self,
+                user_id: &str,
+                default_quota: u64,
+                bytes: u64,
+                ttl: Duration,
+            ) -> MetaResult<Uuid> {
+                let t = now();
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                sqlx::query(
+                    "INSERT INTO user_storage (user_id, max_bytes, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $3) ON CONFLICT (user_id) DO NOTHING",
+                )
+                .bind(user_id)
+                .bind(to_i64(default_quota))
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+                let granted = sqlx::query(
+                    "UPDATE user_storage SET reserved_bytes = reserved_bytes + $2, updated_at = $3 \
+                     WHERE user_id = $1 AND total_bytes + reserved_bytes + $2 <= max_bytes",
+                )
+                .bind(user_id)
+                .bind(to_i64(bytes))
+                .bind(t)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if granted == 0 {
+                    let row = sqlx::query(
+                        "SELECT max_bytes - total_bytes - reserved_bytes AS room FROM user_storage WHERE user_id = $1",
+                    )
+                    .bind(user_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let room: i64 = row.try_get("room")?;
+                    tx.rollback().await?;
+                    return Err(MetaError::QuotaExceeded {
+                        needed: bytes,
+                        available: room.max(0) as u64,
+                    });
+                }
+                let id = Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO upload_reservations (id, user_id, bytes, expires_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(user_id)
+                .bind(to_i64(bytes))
+                .bind(ttl_from_now(ttl))
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(id)
+            }
+
+            async fn grow_reservation(&self, id: Uuid, extra: u64, ttl: Duration) -> MetaResult<()> {
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let row = sqlx::query(
+                    "UPDATE upload_reservations SET bytes = bytes + $2, expires_at = $3 WHERE id = $1 RETURNING user_id",
+                )
+                .bind(id)
+                .bind(to_i64(extra))
+                .bind(ttl_from_now(ttl))
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Err(MetaError::NotFound);
+                };
+                let user_id: String = row.try_get("user_id")?;
+                let granted = sqlx::query(
+                    "UPDATE user_storage SET reserved_bytes = reserved_bytes + $2 \
+                     WHERE user_id = $1 AND total_bytes + reserved_bytes + $2 <= max_bytes",
+                )
+                .bind(&user_id)
+                .bind(to_i64(extra))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if granted == 0 {
+                    let row = sqlx::query(
+                        "SELECT max_bytes - total_bytes - reserved_bytes AS room FROM user_storage WHERE user_id = $1",
+                    )
+                    .bind(&user_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let room: i64 = row.try_get("room")?;
+                    tx.rollback().await?;
+                    return Err(MetaError::QuotaExceeded {
+                        needed: extra,
+                        available: room.max(0) as u64,
+                    });
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn touch_reservation(&self, id: Uuid, ttl: Duration) -> MetaResult<()> {
+                let n = sqlx::query("UPDATE upload_reservations SET expires_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(ttl_from_now(ttl))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?
+                    .rows_affected();
+                if n == 0 {
+                    return Err(MetaError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn release(&self, id: Uuid) -> MetaResult<bool> {
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let row = sqlx::query("DELETE FROM upload_reservations WHERE id = $1 RETURNING user_id, bytes")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(false);
+                };
+                let user_id: String = row.try_get("user_id")?;
+                let bytes: i64 = row.try_get("bytes")?;
+                sqlx::query("UPDATE user_storage SET reserved_bytes = reserved_bytes - $2 WHERE user_id = $1")
+                    .bind(&user_id)
+                    .bind(bytes)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn reservation_exists(&self, id: Uuid) -> MetaResult<bool> {
+                let row = sqlx::query("SELECT 1 AS one FROM upload_reservations WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(row.is_some())
+            }
+
+            async fn expire_reservations(&self, at: DateTime<Utc>) -> MetaResult<u64> {
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let rows = sqlx::query(
+                    "DELETE FROM upload_reservations WHERE expires_at < $1 RETURNING user_id, bytes",
+                )
+                .bind(at)
+                .fetch_all(&mut *tx)
+                .await?;
+                for r in &rows {
+                    let user_id: String = r.try_get("user_id")?;
+                    let bytes: i64 = r.try_get("bytes")?;
+                    sqlx::query("UPDATE user_storage SET reserved_bytes = reserved_bytes - $2 WHERE user_id = $1")
+                        .bind(&user_id)
+                        .bind(bytes)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(rows.len() as u64)
+            }
+
+            async fn commit_file(&self, reservation: Uuid, f: NewFile) -> MetaResult<FileRecord> {
+                let t = now();
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let released = sqlx::query("DELETE FROM upload_reservations WHERE id = $1 RETURNING user_id, bytes")
+                    .bind(reservation)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(r) = released {
+                    let owner: String = r.try_get("user_id")?;
+                    let bytes: i64 = r.try_get("bytes")?;
+                    sqlx::query("UPDATE user_storage SET reserved_bytes = reserved_bytes - $2 WHERE user_id = $1")
+                        .bind(&owner)
+                        .bind(bytes)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                // With the reservation handed back, the file must fit; this also
+                // covers a reservation that expired while the upload ran.
+                let fits = sqlx::query(
+                    "UPDATE user_storage SET updated_at = $3 \
+                     WHERE user_id = $1 AND total_bytes + reserved_bytes + $2 <= max_bytes",
+                )
+                .bind(&f.user_id)
+                .bind(f.file_size)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if fits == 0 {
+                    tx.rollback().await?;
+                    let room = self
+                        .get_user(&f.user_id)
+                        .await?
+                        .map(|u| (u.max_bytes - u.total_bytes - u.reserved_bytes).max(0) as u64)
+                        .unwrap_or(0);
+                    return Err(MetaError::QuotaExceeded {
+                        needed: f.file_size.max(0) as u64,
+                        available: room,
+                    });
+                }
+                sqlx::query(
+                    "INSERT INTO user_files (id, user_id, file_name, file_type, mime_type, file_size, \
+                     file_path, package_name, tags, is_favorite, sha256, upload_date, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, $11, $11)",
+                )
+                .bind(f.id)
+                .bind(&f.user_id)
+                .bind(&f.file_name)
+                .bind(f.file_type.as_str())
+                .bind(&f.mime_type)
+                .bind(f.file_size)
+                .bind(&f.file_path)
+                .bind(&f.package_name)
+                .bind($tags_in(&f.tags))
+                .bind(&f.sha256)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(FileRecord {
+                    id: f.id,
+                    user_id: f.user_id,
+                    file_name: f.file_name,
+                    file_type: f.file_type,
+                    mime_type: f.mime_type,
+                    file_size: f.file_size,
+                    file_path: f.file_path,
+                    thumbnail_path: None,
+                    resolution: None,
+                    duration: None,
+                    package_name: f.package_name,
+                    tags: f.tags,
+                    is_favorite: false,
+                    sha256: f.sha256,
+                    upload_date: t,
+                })
+            }
+
+            async fn get_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
+                let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE id = $1 AND user_id = $2");
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+            }
+
+            async fn get_file_any(&self, id: Uuid) -> MetaResult<Option<FileRecord>> {
+                let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE id = $1");
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+            }
+
+            async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
+                let mut sql = format!("SELECT {FILE_COLS} FROM user_files WHERE user_id = $1");
+                let mut params = vec![Param::Str(user_id.to_string())];
+                let next = |params: &mut Vec<Param>, p: Param| {
+                    params.push(p);
+                    params.len()
+                };
+                if let Some(t) = q.file_type {
+                    let n = next(&mut params, Param::Str(t.as_str().into()));
+                    sql.push_str(&format!(" AND file_type = ${n}"));
+                }
+                if let Some(f) = q.favorite {
+                    let n = next(&mut params, Param::Bool(f));
+                    sql.push_str(&format!(" AND is_favorite = ${n}"));
+                }
+                if let Some(tag) = &q.tag {
+                    let n = next(&mut params, Param::Str(tag.clone()));
+                    sql.push_str(&format!($tag_filter, n = n));
+                }
+                if let Some(text) = q.q.as_deref().filter(|s| !s.is_empty()) {
+                    let n = next(&mut params, Param::Str(like_pattern(text)));
+                    sql.push_str(&format!(" AND lower(file_name) LIKE ${n} ESCAPE '\\'"));
+                }
+                let col = match q.sort {
+                    SortKey::UploadDate => "upload_date",
+                    SortKey::FileName => "file_name",
+                    SortKey::FileSize => "file_size",
+                };
+                let (cmp, dir) = match q.order {
+                    SortOrder::Asc => (">", "ASC"),
+                    SortOrder::Desc => ("<", "DESC"),
+                };
+                if let Some(c) = &q.after {
+                    let key = match q.sort {
+                        SortKey::UploadDate => Param::Time(
+                            DateTime::parse_from_rfc3339(&c.k)
+                                .map_err(|_| MetaError::Conflict("bad cursor".into()))?
+                                .with_timezone(&Utc),
+                        ),
+                        SortKey::FileName => Param::Str(c.k.clone()),
+                        SortKey::FileSize => Param::I64(
+                            c.k.parse().map_err(|_| MetaError::Conflict("bad cursor".into()))?,
+                        ),
+                    };
+                    let a = next(&mut params, key);
+                    let b = next(&mut params, Param::Id(c.id));
+                    sql.push_str(&format!(" AND ({col}, id) {cmp} (${a}, ${b})"));
+                }
+                let n = next(&mut params, Param::I64(i64::from(q.limit)));
+                sql.push_str(&format!(" ORDER BY {col} {dir}, id {dir} LIMIT ${n}"));
+                let mut query = sqlx::query(&sql);
+                for p in params {
+                    query = match p {
+                        Param::Str(s) => query.bind(s),
+                        Param::I64(i) => query.bind(i),
+                        Param::Bool(b) => query.bind(b),
+                        Param::Id(u) => query.bind(u),
+                        Param::Time(t) => query.bind(t),
+                    };
+                }
+                let rows = query.fetch_all(&self.pool).await.map_err(MetaError::from_sqlx)?;
+                Ok(rows.iter().map(Self::file_from_row).collect::<Result<_, _>>()?)
+            }
+
+            async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>> {
+                let rows = match user_id {
+                    Some(u) => {
+                        let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE user_id = $1 ORDER BY id");
+                        sqlx::query(&sql).bind(u).fetch_all(&self.pool).await
+                    }
+                    None => {
+                        let sql = format!("SELECT {FILE_COLS} FROM user_files ORDER BY user_id, id");
+                        sqlx::query(&sql).fetch_all(&self.pool).await
+                    }
+                }
+                .map_err(MetaError::from_sqlx)?;
+                Ok(rows.iter().map(Self::file_from_row).collect::<Result<_, _>>()?)
+            }
+
+            async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
+                let sql = format!("DELETE FROM user_files WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+            }
+
+            async fn set_favorite(&self, user_id: &str, id: Uuid, fav: Option<bool>) -> MetaResult<Option<FileRecord>> {
+                let row = match fav {
+                    Some(v) => {
+                        let sql = format!("UPDATE user_files SET is_favorite = $3 WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
+                        sqlx::query(&sql).bind(id).bind(user_id).bind(v).fetch_optional(&self.pool).await
+                    }
+                    None => {
+                        let sql = format!("UPDATE user_files SET is_favorite = NOT is_favorite WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
+                        sqlx::query(&sql).bind(id).bind(user_id).fetch_optional(&self.pool).await
+                    }
+                }
+                .map_err(MetaError::from_sqlx)?;
+                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+            }
+
+            async fn set_tags(&self, user_id: &str, id: Uuid, tags: &[String]) -> MetaResult<Option<FileRecord>> {
+                let sql = format!("UPDATE user_files SET tags = $3 WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(user_id)
+                    .bind($tags_in(tags))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+            }
+
+            async fn set_media(&self, id: Uuid, m: &MediaUpdate) -> MetaResult<()> {
+                sqlx::query(
+                    "UPDATE user_files SET resolution = COALESCE($2, resolution), \
+                     duration = COALESCE($3, duration), thumbnail_path = COALESCE($4, thumbnail_path) \
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&m.resolution)
+                .bind(&m.duration)
+                .bind(&m.thumbnail_path)
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
+                let rows = sqlx::query(
+                    "SELECT file_type, CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS bytes, \
+                     CAST(COUNT(*) AS BIGINT) AS n FROM user_files WHERE user_id = $1 GROUP BY file_type",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                let mut out = Vec::new();
+                for r in rows {
+                    let t: String = r.try_get("file_type")?;
+                    if let Some(ft) = FileType::parse(&t) {
+                        out.push((ft, TypeUsage { bytes: r.try_get("bytes")?, count: r.try_get("n")? }));
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>> {
+                let rows = sqlx::query(
+                    "SELECT s.user_id AS user_id, CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) AS bytes, \
+                     CAST(COUNT(f.id) AS BIGINT) AS n \
+                     FROM user_storage s LEFT JOIN user_files f ON f.user_id = s.user_id \
+                     GROUP BY s.user_id ORDER BY s.user_id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("user_id")?, r.try_get("bytes")?, r.try_get("n")?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(MetaError::from)
+            }
+
+            async fn repair_counters(&self) -> MetaResult<u64> {
+                let n = sqlx::query(
+                    "UPDATE user_storage SET \
+                       total_bytes = (SELECT CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) FROM user_files f WHERE f.user_id = user_storage.user_id), \
+                       file_count = (SELECT COUNT(*) FROM user_files f WHERE f.user_id = user_storage.user_id), \
+                       reserved_bytes = (SELECT CAST(COALESCE(SUM(r.bytes), 0) AS BIGINT) FROM upload_reservations r WHERE r.user_id = user_storage.user_id) \
+                     WHERE total_bytes <> (SELECT CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) FROM user_files f WHERE f.user_id = user_storage.user_id) \
+                        OR file_count <> (SELECT COUNT(*) FROM user_files f WHERE f.user_id = user_storage.user_id) \
+                        OR reserved_bytes <> (SELECT CAST(COALESCE(SUM(r.bytes), 0) AS BIGINT) FROM upload_reservations r WHERE r.user_id = user_storage.user_id)",
+                )
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?
+                .rows_affected();
+                Ok(n)
+            }
+
+            async fn enqueue_job(&self, kind: &str, payload: &str, user_id: Option<&str>, run_at: DateTime<Utc>) -> MetaResult<Uuid> {
+                let id = Uuid::now_v7();
+                sqlx::query(
+                    "INSERT INTO jobs (id, kind, payload, user_id, status, run_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, 'queued', $5, $6, $6)",
+                )
+                .bind(id)
+                .bind(kind)
+                .bind(payload)
+                .bind(user_id)
+                .bind(run_at)
+                .bind(now())
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                Ok(id)
+            }
+
+            async fn claim_job(&self, lease: Duration) -> MetaResult<Option<Job>> {
+                let t = now();
+                let sql = format!(
+                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, updated_at = $1 \
+                     WHERE id = (SELECT id FROM jobs \
+                                 WHERE (status = 'queued' AND run_at <= $1) OR (status = 'running' AND locked_until < $1) \
+                                 ORDER BY run_at LIMIT 1{}) \
+                     RETURNING id, kind, payload, CAST(attempts AS BIGINT) AS attempts, CAST(max_attempts AS BIGINT) AS max_attempts",
+                    $skip_locked
+                );
+                let row = sqlx::query(&sql)
+                    .bind(t)
+                    .bind(ttl_from_now(lease))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(match row {
+                    Some(r) => Some(Job {
+                        id: r.try_get("id")?,
+                        kind: r.try_get("kind")?,
+                        payload: r.try_get("payload")?,
+                        attempts: r.try_get("attempts")?,
+                        max_attempts: r.try_get("max_attempts")?,
+                    }),
+                    None => None,
+                })
+            }
+
+            async fn complete_job(&self, id: Uuid) -> MetaResult<()> {
+                sqlx::query("UPDATE jobs SET status = 'done', locked_until = NULL, last_error = NULL, updated_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn fail_job(&self, id: Uuid, error: &str, retry_at: Option<DateTime<Utc>>) -> MetaResult<()> {
+                let (status, run_at) = match retry_at {
+                    Some(t) => ("queued", t),
+                    None => ("failed", now()),
+                };
+                sqlx::query("UPDATE jobs SET status = $2, run_at = $3, locked_until = NULL, last_error = $4, updated_at = $5 WHERE id = $1")
+                    .bind(id)
+                    .bind(status)
+                    .bind(run_at)
+                    .bind(error)
+                    .bind(now())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn queue_depth(&self) -> MetaResult<u64> {
+                let row = sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM jobs WHERE status IN ('queued', 'running')")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+            }
+
+            async fn failed_jobs(&self, limit: u32) -> MetaResult<Vec<JobInfo>> {
+                let rows = sqlx::query(
+                    "SELECT id, kind, payload, status, CAST(attempts AS BIGINT) AS attempts, last_error \
+                     FROM jobs WHERE status = 'failed' ORDER BY updated_at DESC LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(JobInfo {
+                            id: r.try_get("id")?,
+                            kind: r.try_get("kind")?,
+                            payload: r.try_get("payload")?,
+                            status: r.try_get("status")?,
+                            attempts: r.try_get("attempts")?,
+                            last_error: r.try_get("last_error")?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(MetaError::from)
+            }
+        }
+    };
+}
+
+impl_store!(
+    PgStore, PgRow, "postgres", sqlx::migrate!("./migrations/postgres"),
+    tags_in = pg_tags_in, tags_out = pg_tags_out,
+    tag_filter = " AND ${n} = ANY(tags)", skip_locked = " FOR UPDATE SKIP LOCKED"
+);
+
+impl_store!(
+    SqliteStore, SqliteRow, "sqlite", sqlx::migrate!("./migrations/sqlite"),
+    tags_in = sqlite_tags_in, tags_out = sqlite_tags_out,
+    tag_filter = " AND EXISTS (SELECT 1 FROM json_each(user_files.tags) WHERE json_each.value = ${n})", skip_locked = ""
+);

@@ -1,0 +1,24 @@
+//! Operator actions shared by the CLI and the admin API.
+
+use crate::{app::AppState, domain::names::user_dir_name, http::error::AppResult, meta::DeletedUser};
+
+/// Removes every row and blob of `user`, then the user's directory.
+pub async fn delete_user(state: &AppState, user: &str) -> AppResult<Option<DeletedUser>> {
+    let Some(removed) = state.meta.delete_user(user).await? else {
+        return Ok(None);
+    };
+    for key in &removed.blob_keys {
+        if let Err(e) = state.blobs.remove(key).await {
+            tracing::error!(error = %e, key, "could not remove blob of deleted user");
+        }
+    }
+    if state.blobs.kind() == "local" {
+        let dir = state.config.storage_root.join(user_dir_name(user));
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::error!(error = %e, dir = %dir.display(), "could not remove user directory"),
+        }
+    }
+    Ok(Some(removed))
+}

@@ -1,0 +1,74 @@
+//! Logging and metrics.
+//!
+//! Logs go through `tracing` (human-readable, or JSON lines with
+//! `STOWAGE_LOG_JSON=1`), filtered by `RUST_LOG` (default `info`). Metrics are
+//! recorded with the `metrics` facade and rendered for Prometheus at
+//! `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+
+/// Installs the global subscriber; safe to call more than once (tests).
+pub fn init_logging(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let res = if json {
+        registry.with(fmt::layer().json().with_current_span(true)).try_init()
+    } else {
+        registry.with(fmt::layer().with_target(false)).try_init()
+    };
+    let _ = res;
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process-wide Prometheus recorder (installed on first use).
+pub fn prometheus() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ])
+            .expect("static buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (several apps in one test
+        // process); the handle still renders this one's view.
+        let _ = ::metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Named recording points, so metric names live in one place.
+pub mod metrics {
+    pub fn request(route: &str, method: &str, status: u16, secs: f64) {
+        let labels = [
+            ("route", route.to_string()),
+            ("method", method.to_string()),
+            ("status", status.to_string()),
+        ];
+        ::metrics::counter!("stowage_http_requests_total", &labels).increment(1);
+        ::metrics::histogram!("stowage_http_request_duration_seconds", &labels[..2]).record(secs);
+    }
+    pub fn bytes_out(n: u64) {
+        ::metrics::counter!("stowage_bytes_out_total").increment(n);
+    }
+    pub fn upload_committed(n: u64) {
+        ::metrics::counter!("stowage_bytes_in_total").increment(n);
+        ::metrics::counter!("stowage_uploads_total").increment(1);
+    }
+    pub fn upload_duration(secs: f64) {
+        ::metrics::histogram!("stowage_upload_duration_seconds").record(secs);
+    }
+    pub fn quota_refused() {
+        ::metrics::counter!("stowage_quota_refusals_total").increment(1);
+    }
+    pub fn blob_error() {
+        ::metrics::counter!("stowage_blob_errors_total").increment(1);
+    }
+    pub fn job_queue_depth(n: u64) {
+        ::metrics::gauge!("stowage_job_queue_depth").set(n as f64);
+    }
+}

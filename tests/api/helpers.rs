@@ -1,0 +1,388 @@
+#![allow(dead_code)]
+//! `spawn_app()`: a real server on port 0 with a fresh database and volume,
+//! on SQLite or PostgreSQL. Every behaviour test runs on both through
+//! [`both!`].
+
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use sqlx::Connection;
+use stowage::{app::AppState, config::Config};
+use tempfile::TempDir;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a test body once per backend, as two `#[tokio::test]`s.
+#[macro_export]
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)($crate::helpers::Backend::Postgres).await
+            }
+        }
+    };
+}
+
+pub const RSA_PRIVATE: &str = include_str!("../fixtures/rsa_private.pem");
+pub const RSA_PUBLIC: &str = include_str!("../fixtures/rsa_public.pem");
+pub const RSA_OTHER_PRIVATE: &str = include_str!("../fixtures/rsa_other_private.pem");
+pub const EC_PRIVATE: &str = include_str!("../fixtures/ec_private.pem");
+pub const EC_PUBLIC: &str = include_str!("../fixtures/ec_public.pem");
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Base URL of the PostgreSQL server tests create databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("STOWAGE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A throwaway PostgreSQL database, dropped with the guard.
+pub struct PgDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDb {
+    pub async fn create() -> PgDb {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let name = format!(
+            "stowage_test_{}_{}_{}",
+            std::process::id(),
+            nanos % 1_000_000_000,
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin = pg_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is required for the test suite ({admin}): {e}. Run scripts/test.sh, which starts one.")
+        });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
+        PgDb { url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = pg_admin_url();
+        // Dropped from sync code inside a runtime: use a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    pub dir: TempDir,
+    pub backend: Backend,
+    pub db_url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    _pg: Option<PgDb>,
+}
+
+/// Default test configuration: RS256 auth with the fixture key, admin token,
+/// generous rate limits.
+pub fn test_config(dir: &std::path::Path, db_url: &str) -> Config {
+    let mut c = Config::defaults(dir.join("data"));
+    c.database_url = db_url.to_string();
+    c.storage_root = dir.join("data/users");
+    c.jwt_public_key = Some(stowage::config::Secret(RSA_PUBLIC.to_string()));
+    c.admin_token = Some(stowage::config::Secret(ADMIN_TOKEN.to_string()));
+    c.rate_limit_ip_per_sec = 100_000;
+    c.rate_limit_user_per_sec = 100_000;
+    c.job_workers = 1;
+    c
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let (db_url, pg) = match backend {
+        Backend::Sqlite => (format!("sqlite://{}/data/stowage.db", dir.path().display()), None),
+        Backend::Postgres => {
+            let db = PgDb::create().await;
+            (db.url.clone(), Some(db))
+        }
+    };
+    let mut config = test_config(dir.path(), &db_url);
+    tweak(&mut config);
+    start(dir, config, backend, db_url, pg).await
+}
+
+/// Starts another server on the same database and volume as `other`.
+pub async fn spawn_peer(other: &TestApp) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = (*other.state.config).clone();
+    config.data_dir = dir.path().join("peer");
+    config.signing_secret = Some(stowage::config::Secret(hex::encode(&*other.state.signing_key)));
+    start(dir, config, other.backend, other.db_url.clone(), None).await
+}
+
+async fn start(dir: TempDir, config: Config, backend: Backend, db_url: String, pg: Option<PgDb>) -> TestApp {
+    let state = AppState::build(config).await.expect("build state");
+    state.meta.migrate().await.expect("migrate");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    let server = tokio::spawn(async move {
+        stowage::app::serve(listener, st, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    TestApp {
+        base: format!("http://{addr}"),
+        addr,
+        state,
+        client: reqwest::Client::builder().build().unwrap(),
+        dir,
+        backend,
+        db_url,
+        stop: Some(tx),
+        server: Some(server),
+        _pg: pg,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn storage_root(&self) -> PathBuf {
+        self.state.config.storage_root.clone()
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            let _ = h.await;
+        }
+    }
+
+    pub async fn upload(&self, user: &str, name: &str, data: Vec<u8>) -> reqwest::Response {
+        self.upload_with(user, name, data, &[]).await
+    }
+
+    pub async fn upload_with(&self, user: &str, name: &str, data: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new();
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        form = form.part("file", reqwest::multipart::Part::bytes(data).file_name(name.to_string()));
+        self.client
+            .post(self.url("/api/files/upload"))
+            .bearer_auth(token(user))
+            .multipart(form)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Uploads and asserts 201; returns the File JSON.
+    pub async fn upload_ok(&self, user: &str, name: &str, data: Vec<u8>) -> Value {
+        let r = self.upload(user, name, data).await;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 201, "upload failed: {body}");
+        body
+    }
+
+    pub async fn get(&self, user: &str, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(token(user)).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, user: &str, path: &str) -> (u16, Value) {
+        let r = self.get(user, path).await;
+        let s = r.status().as_u16();
+        let v = r.json().await.unwrap_or(Value::Null);
+        (s, v)
+    }
+
+    pub async fn usage(&self, user: &str) -> Value {
+        let (s, v) = self.get_json(user, "/api/storage/usage").await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    pub async fn admin_set_quota(&self, user: &str, bytes: u64) {
+        let r = self
+            .client
+            .put(self.url(&format!("/api/admin/users/{user}/quota")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"max_bytes": bytes}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+
+    /// Lists every file of `user` through the paging API.
+    pub async fn list_all(&self, user: &str, query: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/files?limit=200{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let (s, v) = self.get_json(user, &path).await;
+            assert_eq!(s, 200, "{v}");
+            out.extend(v["files"].as_array().unwrap().iter().cloned());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Files under the volume, excluding `.tmp`, as relative paths.
+    pub fn blobs_on_disk(&self) -> Vec<String> {
+        let root = self.storage_root();
+        let mut out = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if p.file_name().unwrap() != ".tmp" {
+                        stack.push(p);
+                    }
+                } else {
+                    out.push(p.strip_prefix(&root).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Files in the volume's temp directory.
+    pub fn temp_files(&self) -> Vec<String> {
+        let tmp = self.storage_root().join(".tmp");
+        let mut v: Vec<String> = std::fs::read_dir(tmp)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Checks the quota invariant and that usage equals the listed files.
+    pub async fn assert_consistent(&self, user: &str) {
+        let usage = self.usage(user).await;
+        let files = self.list_all(user, "").await;
+        let sum: i64 = files.iter().map(|f| f["file_size"].as_i64().unwrap()).sum();
+        assert_eq!(usage["total_bytes"].as_i64().unwrap(), sum, "usage equals listed sizes");
+        assert_eq!(usage["file_count"].as_i64().unwrap(), files.len() as i64);
+        assert!(usage["total_bytes"].as_i64().unwrap() <= usage["max_bytes"].as_i64().unwrap());
+        let row = self.state.meta.get_user(user).await.unwrap().unwrap();
+        assert!(row.total_bytes + row.reserved_bytes <= row.max_bytes.max(row.total_bytes));
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azp: Option<String>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A valid RS256 session token for `user`, as Clerk would issue.
+pub fn token(user: &str) -> String {
+    sign_rs256(RSA_PRIVATE, &Claims { sub: user.into(), exp: now() + 600, nbf: None, iss: None, azp: None })
+}
+
+pub fn sign_rs256(pem: &str, claims: &Claims) -> String {
+    encode(&Header::new(Algorithm::RS256), claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
+}
+
+pub fn sign_es256(pem: &str, claims: &Claims) -> String {
+    encode(&Header::new(Algorithm::ES256), claims, &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()).unwrap()
+}
+
+/// Bytes that sniff as PNG, of exactly `len` bytes (`len` ≥ 16).
+pub fn png_bytes(len: usize) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    let mut x: u32 = 0x1234_5678 ^ len as u32;
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.push(x as u8);
+    }
+    v.truncate(len);
+    v
+}
+
+/// A real, decodable PNG of `w`×`h` pixels.
+pub fn real_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}

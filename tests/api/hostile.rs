@@ -1,0 +1,245 @@
+//! Bad input: hostile names, malformed and truncated bodies, vanishing
+//! clients, failing disks, unknown routes. Each gets the SPEC's error shape
+//! and loses nothing.
+
+use std::{ops::Range, path::PathBuf, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+use stowage::blob::{local::LocalStore, BlobError, BlobResult, BlobStore, BlobWriter, ByteStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+use crate::both;
+use crate::helpers::*;
+
+both!(hostile_file_names_are_sanitized, |b| async move {
+    let app = spawn_app(b).await;
+    let long = format!("{}.png", "n".repeat(1000));
+    let cases = [
+        ("../../etc/passwd.png", "passwd.png"),
+        ("/abs/path/x.png", "x.png"),
+        ("C:\\Windows\\evil.png", "evil.png"),
+        ("nul\u{0}byte.png", "nulbyte.png"),
+        ("ctrl\u{7}\u{1b}[31m.png", "ctrl[31m.png"),
+        ("photo\u{202e}gnp.exe", "photognp.exe"),
+        ("..", "file"),
+    ];
+    for (raw, want) in cases {
+        let f = app.upload_ok("h", raw, png_bytes(100)).await;
+        assert_eq!(f["file_name"], want, "{raw:?}");
+    }
+    let f = app.upload_ok("h", &long, png_bytes(100)).await;
+    let name = f["file_name"].as_str().unwrap();
+    assert_eq!(name.chars().count(), 255);
+    assert!(name.ends_with(".png"));
+    // Nothing escaped the user's directory: every blob is {user}/images/{uuid}.png.
+    for p in app.blobs_on_disk() {
+        let parts: Vec<&str> = p.split('/').collect();
+        assert_eq!(parts.len(), 3, "{p}");
+        assert_eq!(parts[0], "h");
+        assert_eq!(parts[1], "images");
+        assert!(Uuid::try_parse(parts[2].trim_end_matches(".png")).is_ok(), "{p}");
+    }
+});
+
+both!(content_type_is_decided_by_bytes, |b| async move {
+    let app = spawn_app(b).await;
+    let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>".to_vec();
+    let html = b"<!doctype html><html><script>alert(1)</script></html>".to_vec();
+    for (name, data) in [("x.svg", svg), ("x.png", html), ("x.mp4", b"just text".to_vec())] {
+        let r = app.upload("t", name, data).await;
+        assert_eq!(r.status(), 415, "{name}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "unsupported_media_type");
+    }
+    // A PNG claimed as a video.
+    let r = app.upload_with("t", "x.mp4", png_bytes(2000), &[("file_type", "video")]).await;
+    assert_eq!(r.status(), 415);
+    let r = app.upload_with("t", "x.png", png_bytes(2000), &[("file_type", "spreadsheet")]).await;
+    assert_eq!(r.status(), 400);
+    assert!(app.blobs_on_disk().is_empty());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(app.temp_files().is_empty());
+    assert_eq!(app.usage("t").await["total_bytes"], 0);
+});
+
+both!(malformed_requests_get_the_error_shape, |b| async move {
+    let app = spawn_app(b).await;
+    let t = token("m");
+    let f = app.upload_ok("m", "a.png", png_bytes(100)).await;
+    let id = f["id"].as_str().unwrap();
+    let c = &app.client;
+    let check = |r: reqwest::Response, status: u16, code: &'static str| async move {
+        assert_eq!(r.status().as_u16(), status);
+        let v: Value = r.json().await.expect("JSON error body");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(v["error"]["message"].is_string());
+    };
+    check(c.put(app.url(&format!("/api/files/{id}/tags"))).bearer_auth(&t).body("{not json").send().await.unwrap(), 400, "invalid_request").await;
+    check(c.put(app.url(&format!("/api/files/{id}/tags"))).bearer_auth(&t).body("{\"tags\": 5}").send().await.unwrap(), 400, "invalid_request").await;
+    check(c.patch(app.url(&format!("/api/files/{id}"))).bearer_auth(&t).send().await.unwrap(), 405, "invalid_request").await;
+    check(c.get(app.url("/api/nope")).bearer_auth(&t).send().await.unwrap(), 404, "not_found").await;
+    check(c.post(app.url("/api/files/upload")).bearer_auth(&t).body("x").send().await.unwrap(), 400, "invalid_request").await;
+    // A form without a file part.
+    let form = reqwest::multipart::Form::new().text("tags", "a");
+    check(c.post(app.url("/api/files/upload")).bearer_auth(&t).multipart(form).send().await.unwrap(), 400, "invalid_request").await;
+    // Oversized headers.
+    let big = "x".repeat(40 * 1024);
+    check(c.get(app.url("/api/files")).bearer_auth(&t).header("x-big", big).send().await.unwrap(), 431, "invalid_request").await;
+});
+
+/// Sends `head` and `body`, then closes the write side (or the whole socket).
+async fn send_raw(app: &TestApp, head: String, body: &[u8], shutdown_write: bool) -> String {
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    if shutdown_write {
+        s.shutdown().await.unwrap();
+    } else {
+        drop(s);
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+fn multipart(boundary: &str, data: &[u8], close: bool) -> Vec<u8> {
+    let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.png\"\r\n\r\n").into_bytes();
+    body.extend_from_slice(data);
+    if close {
+        body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    }
+    body
+}
+
+async fn assert_nothing_left(app: &TestApp, user: &str) {
+    // The drop guard cleans up in the background.
+    for _ in 0..50 {
+        let row = app.state.meta.get_user(user).await.unwrap();
+        let reserved = row.as_ref().map(|r| r.reserved_bytes).unwrap_or(0);
+        if reserved == 0 && app.temp_files().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let row = app.state.meta.get_user(user).await.unwrap();
+    assert_eq!(row.as_ref().map(|r| r.reserved_bytes).unwrap_or(0), 0, "reservation released");
+    assert_eq!(row.as_ref().map(|r| r.total_bytes).unwrap_or(0), 0, "usage unchanged");
+    assert!(app.temp_files().is_empty(), "temp files: {:?}", app.temp_files());
+    assert!(app.blobs_on_disk().is_empty());
+    assert!(app.list_all(user, "").await.is_empty());
+}
+
+both!(truncated_and_short_bodies_leave_nothing, |b| async move {
+    let app = spawn_app(b).await;
+    let boundary = "ZZ";
+    // Multipart without its closing boundary (complete Content-Length).
+    let body = multipart(boundary, &png_bytes(300_000), false);
+    let head = format!("POST /api/files/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", token("tr"), body.len());
+    let answer = send_raw(&app, head, &body, true).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_nothing_left(&app, "tr").await;
+
+    // A body shorter than its Content-Length, then the client closes.
+    let body = multipart(boundary, &png_bytes(300_000), true);
+    let head = format!("POST /api/files/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n", token("tr"), body.len() + 5000);
+    let _ = send_raw(&app, head, &body, true).await;
+    assert_nothing_left(&app, "tr").await;
+
+    // A body longer than its Content-Length: the extra bytes are not part of
+    // this request, so the multipart body is cut and refused.
+    let body = multipart(boundary, &png_bytes(300_000), true);
+    let head = format!("POST /api/files/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", token("tr"), body.len() - 100);
+    let answer = send_raw(&app, head, &body, true).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_nothing_left(&app, "tr").await;
+});
+
+both!(client_vanishing_mid_upload_releases_everything, |b| async move {
+    let app = spawn_app(b).await;
+    let boundary = "VV";
+    let body = multipart(boundary, &png_bytes(2_000_000), true);
+    let head = format!("POST /api/files/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n", token("gone"), body.len());
+    // Send half, wait until the server holds a reservation, then drop the socket.
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..body.len() / 2]).await.unwrap();
+    let mut held = false;
+    for _ in 0..50 {
+        if let Some(r) = app.state.meta.get_user("gone").await.unwrap() {
+            if r.reserved_bytes > 0 {
+                held = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(held, "the upload was in flight with a reservation");
+    drop(s);
+    assert_nothing_left(&app, "gone").await;
+});
+
+/// A volume whose writes fail with "no space" after `budget` bytes.
+struct FullDisk {
+    inner: LocalStore,
+    budget: u64,
+}
+
+struct FullWriter {
+    inner: Box<dyn BlobWriter>,
+    left: u64,
+}
+
+#[async_trait]
+impl BlobWriter for FullWriter {
+    async fn write(&mut self, chunk: &[u8]) -> BlobResult<()> {
+        if chunk.len() as u64 > self.left {
+            return Err(BlobError::NoSpace);
+        }
+        self.left -= chunk.len() as u64;
+        self.inner.write(chunk).await
+    }
+    async fn finish(self: Box<Self>) -> BlobResult<u64> {
+        self.inner.finish().await
+    }
+}
+
+#[async_trait]
+impl BlobStore for FullDisk {
+    async fn stage(&self, id: Uuid, offset: u64) -> BlobResult<Box<dyn BlobWriter>> {
+        Ok(Box::new(FullWriter { inner: self.inner.stage(id, offset).await?, left: self.budget }))
+    }
+    async fn staged_len(&self, id: Uuid) -> BlobResult<Option<u64>> { self.inner.staged_len(id).await }
+    async fn read_staged(&self, id: Uuid, r: Range<u64>) -> BlobResult<ByteStream> { self.inner.read_staged(id, r).await }
+    async fn publish(&self, id: Uuid, key: &str) -> BlobResult<()> { self.inner.publish(id, key).await }
+    async fn discard(&self, id: Uuid) -> BlobResult<()> { self.inner.discard(id).await }
+    async fn read(&self, key: &str, r: Range<u64>) -> BlobResult<ByteStream> { self.inner.read(key, r).await }
+    async fn len(&self, key: &str) -> BlobResult<u64> { self.inner.len(key).await }
+    async fn remove(&self, key: &str) -> BlobResult<()> { self.inner.remove(key).await }
+    async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()> { self.inner.put_small(key, data).await }
+    fn local_path(&self, key: &str) -> Option<PathBuf> { self.inner.local_path(key) }
+    async fn check_writable(&self) -> BlobResult<()> { self.inner.check_writable().await }
+    fn kind(&self) -> &'static str { "local" }
+}
+
+both!(a_full_disk_fails_cleanly, |b| async move {
+    let mut app = spawn_app(b).await;
+    let root = app.storage_root();
+    app.state.blobs = Arc::new(FullDisk { inner: LocalStore::open(&root).unwrap(), budget: 100_000 });
+    // Restart the server with the faulty volume on the same state.
+    app.stop().await;
+    let listener = tokio::net::TcpListener::bind(app.addr).await.unwrap();
+    let st = app.state.clone();
+    let server = tokio::spawn(async move { stowage::app::serve(listener, st, std::future::pending()).await.unwrap() });
+    let r = app.upload("full", "big.png", png_bytes(500_000)).await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unavailable");
+    assert_nothing_left(&app, "full").await;
+    // Small files still fit.
+    assert_eq!(app.upload("full", "small.png", png_bytes(1000)).await.status(), 201);
+    server.abort();
+});

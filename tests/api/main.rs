@@ -1,0 +1,11 @@
+//! The API integration suite: one binary, a real server per test, every
+//! behaviour on SQLite and PostgreSQL.
+
+mod helpers;
+
+mod admin;
+mod auth;
+mod download;
+mod files;
+mod hostile;
+mod quota;
