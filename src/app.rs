@@ -37,6 +37,7 @@ pub struct AppState {
 impl AppState {
     /// Connects the stores and prepares auth. Does not migrate.
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        crate::telemetry::prometheus();
         let meta = meta::connect(&config.database_url)
             .await
             .with_context(|| format!("opening database {}", redact_url(&config.database_url)))?;
@@ -165,6 +166,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = crate::jobs::spawn_workers(state.clone(), stop_rx.clone());
+    let _scheduler = crate::ops::scheduler::spawn(state.clone(), stop_rx.clone());
     let app = crate::http::router(state.clone());
     let addr = listener.local_addr()?;
     if state.dev_login() {

@@ -10,6 +10,7 @@ use crate::{
     config::Config,
     domain::size::{format_size, parse_size},
     jobs::cleanup,
+    ops::{audit, backup, progress::Progress},
     telemetry,
 };
 
@@ -42,6 +43,77 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         temp_grace_secs: u64,
         /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reconcile the database with the volume: counter drift, missing blobs,
+    /// size mismatches, orphan files, stray temp files. Exits 0 only when clean.
+    Audit {
+        /// Repair counters and remove orphans and stray temp files older than
+        /// the grace period (rows are never deleted).
+        #[arg(long)]
+        fix: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Leave orphans and temp files younger than this alone (e.g. 24h, 30m, 3600s).
+        #[arg(long, default_value = "24h", value_parser = parse_grace)]
+        grace: Duration,
+        /// Print progress to stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Create, list, verify and restore backups.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+}
+
+fn parse_grace(s: &str) -> Result<Duration, String> {
+    crate::ops::audit::parse_duration(s)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Write one archive (database snapshot, referenced blobs, manifest) into DIR.
+    Create {
+        /// Destination directory.
+        #[arg(long, value_name = "DIR")]
+        dest: PathBuf,
+        /// Keep only the newest N stowage archives in DIR.
+        #[arg(long, value_name = "N", conflicts_with = "keep_days")]
+        keep: Option<usize>,
+        /// Delete stowage archives in DIR older than D days.
+        #[arg(long, value_name = "D")]
+        keep_days: Option<u64>,
+        /// Compress the archive with gzip (media rarely shrinks; costs CPU).
+        #[arg(long)]
+        gzip: bool,
+        /// Print progress to stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the archives in DIR with date, size and file count.
+    List {
+        #[arg(long, value_name = "DIR")]
+        dest: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read an archive end to end and check every sum; exits non-zero on any problem.
+    Verify {
+        archive: PathBuf,
+        #[arg(long)]
+        progress: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the configured (empty) database and volume from an archive.
+    Restore {
+        archive: PathBuf,
+        #[arg(long)]
+        progress: bool,
         #[arg(long)]
         json: bool,
     },
@@ -130,6 +202,118 @@ async fn run(cmd: Command, config: Config) -> anyhow::Result<ExitCode> {
                     report.expired_reservations,
                     report.stale_temp_files,
                     format_size(report.stale_temp_bytes)
+                );
+            }
+        }
+        Command::Audit { fix, json, grace, progress } => {
+            let state = state(config).await?;
+            let opts = audit::AuditOptions {
+                fix,
+                grace,
+                progress: Progress::new("audit", progress),
+            };
+            let report = audit::run(&state, opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            return Ok(if report.clean { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        Command::Backup(b) => return backup_cmd(b, config).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BackupCmd::Create { dest, keep, keep_days, gzip, progress, json } => {
+            let state = state(config).await?;
+            let opts = backup::CreateOptions {
+                dest,
+                keep,
+                keep_days,
+                gzip,
+                progress: Progress::new("backup", progress),
+            };
+            let r = backup::create(&state, opts).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "wrote {} ({}): {} user(s), {} file(s), {} blob(s) {}",
+                    r.path.display(),
+                    format_size(r.archive_bytes),
+                    r.header.users,
+                    r.header.files,
+                    r.blobs,
+                    format_size(r.blob_bytes)
+                );
+                if !r.skipped.is_empty() {
+                    println!("{} blob(s) deleted after the snapshot were skipped (recorded in the manifest)", r.skipped.len());
+                }
+                for p in &r.removed {
+                    println!("removed old backup {}", p.display());
+                }
+            }
+        }
+        BackupCmd::List { dest, json } => {
+            let list = backup::list(&dest)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<45} {:<20} {:>10} {:>8} {:>12}", "ARCHIVE", "DATE (UTC)", "SIZE", "FILES", "DATA");
+                for a in list {
+                    let name = a.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let (files, data) = match &a.header {
+                        Some(h) => (h.files.to_string(), format_size(h.bytes)),
+                        None => ("?".into(), a.error.clone().unwrap_or_default()),
+                    };
+                    println!(
+                        "{:<45} {:<20} {:>10} {:>8} {:>12}",
+                        name,
+                        a.created_at.format("%Y-%m-%d %H:%M:%S"),
+                        format_size(a.size),
+                        files,
+                        data
+                    );
+                }
+            }
+        }
+        BackupCmd::Verify { archive, progress, json } => {
+            let p = Progress::new("verify", progress);
+            let r = tokio::task::spawn_blocking(move || backup::verify(&archive, p)).await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for p in &r.problems {
+                    println!("problem: {p}");
+                }
+                println!(
+                    "{}: {} entries, {}; {} blob(s) recorded as deleted after the snapshot",
+                    if r.ok { "OK" } else { "FAILED" },
+                    r.entries_checked,
+                    format_size(r.bytes_checked),
+                    r.skipped
+                );
+            }
+            if !r.ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        BackupCmd::Restore { archive, progress, json } => {
+            let state = AppState::build(config).await?;
+            let r = backup::restore(&state, &archive, Progress::new("restore", progress)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "restored {} user(s), {} file(s), {}, {} thumbnail(s); {} row(s) left out (deleted after the snapshot)",
+                    r.users,
+                    r.files,
+                    format_size(r.bytes),
+                    r.thumbnails,
+                    r.rows_skipped
                 );
             }
         }

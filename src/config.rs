@@ -76,6 +76,11 @@ pub struct Config {
     pub thumbnail_max_side: u32,
     /// Upper bound for job concurrency; defaults to the number of cores.
     pub job_workers: usize,
+    /// How often `serve` runs a cleanup pass (one process at a time across
+    /// the database); zero disables it.
+    pub cleanup_interval: Duration,
+    /// How often `serve` runs a report-only audit; zero disables it.
+    pub audit_interval: Duration,
 }
 
 /// The on-disk TOML shape; every field optional.
@@ -109,6 +114,8 @@ struct FileConfig {
     log_json: Option<bool>,
     thumbnail_max_side: Option<u32>,
     job_workers: Option<usize>,
+    cleanup_interval_secs: Option<u64>,
+    audit_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +343,22 @@ impl Config {
                     .map(|n| n.get())
                     .unwrap_or(2)
             }),
+            cleanup_interval: Duration::from_secs(
+                num(
+                    "STOWAGE_CLEANUP_INTERVAL_SECS",
+                    env_any(&["STOWAGE_CLEANUP_INTERVAL_SECS"]),
+                )?
+                .or(fc.cleanup_interval_secs)
+                .unwrap_or(15 * 60),
+            ),
+            audit_interval: Duration::from_secs(
+                num(
+                    "STOWAGE_AUDIT_INTERVAL_SECS",
+                    env_any(&["STOWAGE_AUDIT_INTERVAL_SECS"]),
+                )?
+                .or(fc.audit_interval_secs)
+                .unwrap_or(6 * 3600),
+            ),
             data_dir,
         };
         if cfg.rate_limit_ip_per_sec == 0 || cfg.rate_limit_user_per_sec == 0 {

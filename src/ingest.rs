@@ -62,7 +62,8 @@ pub async fn reserve(state: &AppState, user: &str, hint: SizeHint) -> AppResult<
         }
         SizeHint::Exact(n) => n,
         SizeHint::AtMost(n) => n.min(max),
-        SizeHint::Unknown => GROW_STEP.min(max),
+        // Grown while streaming, so a small file fits a nearly full quota.
+        SizeHint::Unknown => 0,
     };
     let ttl = state.config.reservation_ttl;
     let id = state
@@ -139,18 +140,31 @@ impl Ingest {
                     "body is longer than the size it declared".into(),
                 ));
             }
-            let extra = (new_len - self.reserved).max(GROW_STEP).min(max - self.reserved);
-            self.state
-                .meta
-                .grow_reservation(self.id, extra, self.state.config.reservation_ttl)
-                .await
-                .map_err(|e| {
+            let needed = new_len - self.reserved;
+            let step = needed.max(GROW_STEP).min(max - self.reserved);
+            let ttl = self.state.config.reservation_ttl;
+            // A whole step first (fewer round trips); near the limit, just
+            // what this chunk needs.
+            let granted = match self.state.meta.grow_reservation(self.id, step, ttl).await {
+                Ok(()) => step,
+                Err(MetaError::QuotaExceeded { .. }) if step > needed => self
+                    .state
+                    .meta
+                    .grow_reservation(self.id, needed, ttl)
+                    .await
+                    .map(|_| needed)
+                    .map_err(|e| {
+                        crate::telemetry::metrics::quota_refused();
+                        AppError::from(e)
+                    })?,
+                Err(e) => {
                     if matches!(e, MetaError::QuotaExceeded { .. }) {
                         crate::telemetry::metrics::quota_refused();
                     }
-                    AppError::from(e)
-                })?;
-            self.reserved += extra;
+                    return Err(e.into());
+                }
+            };
+            self.reserved += granted;
             self.last_touch = Instant::now();
         }
         if self.head.len() < SNIFF_LEN {

@@ -131,9 +131,11 @@ impl Verifier {
         v.validate_exp = true;
         v.validate_nbf = true;
         v.validate_aud = false;
-        v.set_required_spec_claims(&["exp", "sub"]);
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            v.set_required_spec_claims(&["exp", "sub", "iss"]);
+        } else {
+            v.set_required_spec_claims(&["exp", "sub"]);
         }
         let data = decode::<Claims>(token, &key.key, &v).map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => AuthError::Expired,

@@ -1,10 +1,19 @@
 //! `/api/files`: multipart upload, listing with filters and keyset paging,
 //! details, delete, favourite, tags and signed links.
 
-use std::time::Instant;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use futures::StreamExt;
 
 use axum::{
-    extract::{Multipart, Query, State},
+    body::Body,
+    extract::{Query, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post, put},
@@ -86,7 +95,7 @@ impl From<&FileRecord> for FileView {
     }
 }
 
-async fn read_text_field(field: axum::extract::multipart::Field<'_>) -> AppResult<String> {
+async fn read_text_field(field: multer::Field<'_>) -> AppResult<String> {
     let mut field = field;
     let mut buf = Vec::new();
     while let Some(chunk) = field
@@ -108,9 +117,16 @@ async fn upload(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
-    mut form: Multipart,
+    body: Body,
 ) -> AppResult<Response> {
     let started = Instant::now();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        AppError::BadRequest("expected a multipart/form-data body with a boundary".into())
+    })?;
     let hint = match headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -127,40 +143,39 @@ async fn upload(
         }
         None => SizeHint::Unknown,
     };
-    let mut meta = FileMeta::default();
-    let mut declared: Option<String> = None;
-    let mut tags_raw: Option<String> = None;
-    let mut ingest: Option<Ingest> = None;
-    let mut client_name = String::new();
-
-    let bad = |e: axum::extract::multipart::MultipartError| {
-        AppError::BadRequest(format!("malformed multipart body: {e}"))
+    // Count what arrives, to tell a complete body from one cut short after
+    // its closing boundary.
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let stream = body.into_data_stream().map(move |chunk| {
+        if let Ok(c) = &chunk {
+            counter.fetch_add(c.len() as u64, Ordering::Relaxed);
+        }
+        chunk
+    });
+    // Sizes are enforced by the ingest (file) and read_text_field (others).
+    let mut form = multer::Multipart::new(stream, boundary);
+    // Reserve before reading a byte of the body: an upload that cannot fit
+    // is refused while the client is still sending headers.
+    let up = match Ingest::begin(&state, &user.0, hint).await {
+        Ok(up) => up,
+        Err(e) => return Err(drain_then(e, hint, &mut form).await),
     };
-    while let Some(mut field) = form.next_field().await.map_err(bad)? {
-        match field.name().unwrap_or("") {
-            "file" => {
-                if ingest.is_some() {
-                    return Err(AppError::BadRequest("only one part named file is allowed".into()));
-                }
-                client_name = field.file_name().unwrap_or("").to_string();
-                let mut up = Ingest::begin(&state, &user.0, hint).await?;
-                while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    up.write(&chunk).await?;
-                }
-                ingest = Some(up);
-            }
-            "file_type" => declared = Some(read_text_field(field).await?),
-            "package_name" => meta.package_name = Some(read_text_field(field).await?),
-            "tags" => tags_raw = Some(read_text_field(field).await?),
-            // Unknown parts are drained and ignored (bounded like text).
-            _ => {
-                read_text_field(field).await?;
-            }
+    let mut parsed = FormFields::default();
+    let up = match read_form(up, &mut form, &mut parsed).await {
+        Ok(Some(up)) => up,
+        Ok(None) => return Err(AppError::BadRequest("multipart part \"file\" is required".into())),
+        Err(e) => return Err(drain_then(e, hint, &mut form).await),
+    };
+    if let SizeHint::AtMost(n) = hint {
+        if received.load(Ordering::Relaxed) < n {
+            return Err(AppError::BadRequest(format!(
+                "body ended after {} of its {n} bytes",
+                received.load(Ordering::Relaxed)
+            )));
         }
     }
-    let Some(up) = ingest else {
-        return Err(AppError::BadRequest("multipart part \"file\" is required".into()));
-    };
+    let FormFields { declared, tags_raw, client_name, mut meta } = parsed;
     if let Some(d) = declared.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
         meta.declared_type = Some(FileType::parse(d).ok_or_else(|| {
             AppError::BadRequest(format!(
@@ -178,6 +193,62 @@ async fn upload(
     crate::telemetry::metrics::upload_duration(started.elapsed().as_secs_f64());
     tracing::info!(file_id = %rec.id, bytes, ms = started.elapsed().as_millis() as u64, "upload committed");
     Ok((StatusCode::CREATED, Json(FileView::from(&rec))).into_response())
+}
+
+/// Requests refused early whose body is at most this big are read to the end
+/// (and discarded) before answering, so that clients which cannot take an
+/// early answer mid-send (most HTTP libraries without `Expect: 100-continue`)
+/// still see the error instead of a connection reset.
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
+async fn drain_then(e: AppError, hint: SizeHint, form: &mut multer::Multipart<'_>) -> AppError {
+    if let SizeHint::AtMost(n) = hint {
+        if n <= DRAIN_LIMIT {
+            while let Ok(Some(mut f)) = form.next_field().await {
+                while let Ok(Some(_)) = f.chunk().await {}
+            }
+        }
+    }
+    e
+}
+
+#[derive(Default)]
+struct FormFields {
+    declared: Option<String>,
+    tags_raw: Option<String>,
+    client_name: String,
+    meta: FileMeta,
+}
+
+/// Reads the form: streams part `file` into `up`, collects the small fields.
+/// Returns `None` when there was no file part.
+async fn read_form(mut up: Ingest, form: &mut multer::Multipart<'_>, out: &mut FormFields) -> AppResult<Option<Ingest>> {
+    let bad = |e: multer::Error| {
+        AppError::BadRequest(format!("malformed multipart body: {e}"))
+    };
+    let mut seen_file = false;
+    while let Some(mut field) = form.next_field().await.map_err(bad)? {
+        match field.name().unwrap_or("") {
+            "file" => {
+                if seen_file {
+                    return Err(AppError::BadRequest("only one part named file is allowed".into()));
+                }
+                seen_file = true;
+                out.client_name = field.file_name().unwrap_or("").to_string();
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    up.write(&chunk).await?;
+                }
+            }
+            "file_type" => out.declared = Some(read_text_field(field).await?),
+            "package_name" => out.meta.package_name = Some(read_text_field(field).await?),
+            "tags" => out.tags_raw = Some(read_text_field(field).await?),
+            // Unknown parts are read (bounded like text) and ignored.
+            _ => {
+                read_text_field(field).await?;
+            }
+        }
+    }
+    Ok(seen_file.then_some(up))
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
-//! `stowage cleanup`: releases expired reservations and removes staging
-//! files that no live reservation owns. Each reservation is released exactly
-//! once (`DELETE … RETURNING` decides who releases it).
+//! `stowage cleanup`: deletes expired tus uploads (row, staging blob and
+//! reservation), releases expired reservations and removes staging files that
+//! no live reservation owns. Each reservation is released exactly once
+//! (`DELETE … RETURNING` decides who releases it).
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,8 @@ use crate::app::AppState;
 /// What one cleanup pass did.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct CleanupReport {
+    /// tus uploads past their `Upload-Expires`, deleted with their data.
+    pub expired_uploads: u64,
     pub expired_reservations: u64,
     pub stale_temp_files: u64,
     pub stale_temp_bytes: u64,
@@ -24,10 +27,18 @@ pub const TEMP_GRACE: Duration = Duration::from_secs(60);
 
 /// Runs one pass.
 pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<CleanupReport> {
-    let mut report = CleanupReport {
-        expired_reservations: state.meta.expire_reservations(Utc::now()).await?,
-        ..Default::default()
-    };
+    // Expired tus uploads first: their reservations expire with them, and
+    // are released here (once: `release` answers true only to one caller).
+    let mut report = CleanupReport::default();
+    for id in state.meta.expire_tus_uploads(Utc::now()).await? {
+        report.expired_uploads += 1;
+        state.blobs.discard(id).await?;
+        if state.meta.release(id).await? {
+            report.expired_reservations += 1;
+        }
+        tracing::info!(upload = %id, "expired tus upload removed");
+    }
+    report.expired_reservations += state.meta.expire_reservations(Utc::now()).await?;
     if state.blobs.kind() == "local" {
         let tmp = state.config.storage_root.join(".tmp");
         let mut dir = tokio::fs::read_dir(&tmp).await?;

@@ -1,20 +1,163 @@
-//! The media job: thumbnail and metadata for one file.
+//! The media job: a thumbnail and metadata (resolution, duration) for one
+//! file, produced after upload, off the request path.
+//!
+//! Images are decoded in-process (`stowage-media`, on the blocking pool);
+//! video and audio go through ffprobe/ffmpeg subprocesses with a timeout, a
+//! concurrency limit and no shell. Without ffmpeg the service still works:
+//! video jobs fail with the reason, which `/readyz` also reports.
+//! Broken or hostile media never fails the upload: the file stays stored and
+//! downloadable, and the job ends failed with its reason (admin API, logs).
 
+use std::{path::PathBuf, sync::OnceLock, time::Duration};
+
+use stowage_media::{image_thumbnail, MediaError, MediaTools, ThumbFormat, ThumbnailSpec};
 use uuid::Uuid;
 
 use super::JobError;
-use crate::{app::AppState, meta::FileRecord};
+use crate::{
+    app::AppState,
+    domain::{filetype::FileType, names::user_dir_name},
+    meta::{FileRecord, MediaUpdate},
+};
 
-/// Whether a file gets media processing at all.
-pub fn wants_processing(_rec: &FileRecord) -> bool {
-    false
-}
+/// Longest an in-process image decode may take before the job gives up.
+const IMAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest image (pixels announced by its header) that is decoded.
+const MAX_PIXELS: u64 = 64_000_000;
 
-pub async fn process(_state: &AppState, _file_id: Uuid) -> Result<(), JobError> {
-    Err(JobError::Permanent("media processing is not available".into()))
+static TOOLS: OnceLock<MediaTools> = OnceLock::new();
+
+/// The ffmpeg/ffprobe wrapper, found on `PATH` once.
+pub fn tools() -> &'static MediaTools {
+    TOOLS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let t = MediaTools::detect().with_concurrency(cores);
+        match t.disabled_reason() {
+            None => tracing::info!("video thumbnails on (ffmpeg and ffprobe found)"),
+            Some(why) => tracing::warn!(reason = %why, "video thumbnails and media durations are off"),
+        }
+        t
+    })
 }
 
 /// Whether video thumbnails are available, for `/readyz`.
 pub fn status() -> String {
-    "off: media processing not built".into()
+    match tools().disabled_reason() {
+        None => "on".into(),
+        Some(why) => format!("off: {why}"),
+    }
+}
+
+/// Whether a file gets media processing at all.
+pub fn wants_processing(rec: &FileRecord) -> bool {
+    matches!(rec.file_type, FileType::Image | FileType::Video | FileType::Audio)
+}
+
+fn spec(state: &AppState) -> ThumbnailSpec {
+    ThumbnailSpec {
+        max_side: state.config.thumbnail_max_side,
+        format: ThumbFormat::Jpeg,
+        max_pixels: MAX_PIXELS,
+    }
+}
+
+fn classify(e: MediaError) -> JobError {
+    match e {
+        MediaError::Io(io) => JobError::Transient(format!("i/o: {io}")),
+        other => JobError::Permanent(other.to_string()),
+    }
+}
+
+/// Scratch directory for thumbnails being written (inside the volume's temp
+/// dir, but in a subdirectory that upload cleanup does not sweep).
+fn scratch(state: &AppState) -> Result<PathBuf, JobError> {
+    let dir = state.config.storage_root.join(".tmp").join("media");
+    std::fs::create_dir_all(&dir).map_err(|e| JobError::Transient(format!("scratch dir: {e}")))?;
+    Ok(dir)
+}
+
+/// Runs the media job for `file_id`.
+pub async fn process(state: &AppState, file_id: Uuid) -> Result<(), JobError> {
+    let rec = match state.meta.get_file_any(file_id).await {
+        Ok(Some(r)) => r,
+        // Deleted before its turn came: nothing to do.
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(JobError::Transient(e.to_string())),
+    };
+    let src = state
+        .blobs
+        .local_path(&rec.file_path)
+        .ok_or_else(|| JobError::Permanent("media processing needs the local volume".into()))?;
+    let spec = spec(state);
+    let thumb_tmp = scratch(state)?.join(format!("{}.{}", Uuid::new_v4(), spec.format.extension()));
+    let mut update = MediaUpdate::default();
+    let mut thumb_written = false;
+
+    match rec.file_type {
+        FileType::Image => {
+            let (s, d, sp) = (src.clone(), thumb_tmp.clone(), spec.clone());
+            let job = tokio::task::spawn_blocking(move || image_thumbnail(&s, &d, &sp));
+            let info = tokio::time::timeout(IMAGE_TIMEOUT, job)
+                .await
+                .map_err(|_| JobError::Permanent("image decoding timed out".into()))?
+                .map_err(|e| JobError::Permanent(format!("image decoder crashed: {e}")))?
+                .map_err(classify)?;
+            update.resolution = Some(format!("{}x{}", info.width, info.height));
+            thumb_written = true;
+        }
+        FileType::Video => {
+            let t = tools();
+            if let Some(why) = t.disabled_reason() {
+                return Err(JobError::Permanent(format!("video processing is off: {why}")));
+            }
+            let probe = t.probe(&src).await.map_err(classify)?;
+            update.resolution = probe.resolution();
+            update.duration = probe.duration_hms();
+            match t.video_poster(&src, &thumb_tmp, probe.duration_secs, &spec).await {
+                Ok(_) => thumb_written = true,
+                // Metadata without a poster is still worth keeping.
+                Err(e) => tracing::warn!(file_id = %rec.id, error = %e, "no poster frame"),
+            }
+        }
+        FileType::Audio => {
+            let t = tools();
+            if let Some(why) = t.disabled_reason() {
+                return Err(JobError::Permanent(format!("audio probing is off: {why}")));
+            }
+            let probe = t.probe(&src).await.map_err(classify)?;
+            update.duration = probe.duration_hms();
+        }
+        FileType::Scene | FileType::Project => return Ok(()),
+    }
+
+    if thumb_written {
+        let key = format!("{}/.thumbs/{}.{}", user_dir_name(&rec.user_id), rec.id, spec.format.extension());
+        let data = tokio::fs::read(&thumb_tmp)
+            .await
+            .map_err(|e| JobError::Transient(format!("reading thumbnail: {e}")));
+        let _ = tokio::fs::remove_file(&thumb_tmp).await;
+        state
+            .blobs
+            .put_small(&key, data?.into())
+            .await
+            .map_err(|e| JobError::Transient(format!("storing thumbnail: {e}")))?;
+        update.thumbnail_path = Some(key.clone());
+        state
+            .meta
+            .set_media(rec.id, &update)
+            .await
+            .map_err(|e| JobError::Transient(e.to_string()))?;
+        // Deleted while we worked: do not leave the thumbnail behind.
+        if matches!(state.meta.get_file_any(rec.id).await, Ok(None)) {
+            let _ = state.blobs.remove(&key).await;
+        }
+    } else {
+        state
+            .meta
+            .set_media(rec.id, &update)
+            .await
+            .map_err(|e| JobError::Transient(e.to_string()))?;
+    }
+    tracing::info!(file_id = %rec.id, resolution = ?update.resolution, duration = ?update.duration, thumbnail = thumb_written, "media processed");
+    Ok(())
 }

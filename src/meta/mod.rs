@@ -183,6 +183,33 @@ pub struct JobInfo {
     pub last_error: Option<String>,
 }
 
+/// A tus upload in progress (table `tus_uploads`). Its id is also the id of
+/// its quota reservation and of its staging blob.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TusUpload {
+    pub id: Uuid,
+    pub user_id: String,
+    pub upload_length: i64,
+    /// Bytes durably staged and acknowledged.
+    pub upload_offset: i64,
+    /// The client's `Upload-Metadata`, as JSON text (see `http::tus`).
+    pub metadata: String,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Outcome of [`MetaStore::lock_tus_upload`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum TusLock {
+    /// The caller holds the lease; the row as it is now.
+    Acquired(TusUpload),
+    /// Another request holds a live lease.
+    Busy,
+    /// No such live upload for this user (never created, finished,
+    /// terminated or expired).
+    Missing,
+}
+
 /// The metadata store. Every method is one transaction.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -192,6 +219,9 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn ping(&self) -> MetaResult<()>;
     /// "postgres" or "sqlite".
     fn backend(&self) -> &'static str;
+    /// The concrete store, for backend-specific operator code (backups) that
+    /// needs the pool; downcast to [`PgStore`] or [`SqliteStore`].
+    fn as_any(&self) -> &dyn std::any::Any;
 
     /// Creates the user with `default_quota` if new; returns the row.
     async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage>;
@@ -256,8 +286,40 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn queue_depth(&self) -> MetaResult<u64>;
     /// Jobs that failed for good, newest first (admin view).
     async fn failed_jobs(&self, limit: u32) -> MetaResult<Vec<JobInfo>>;
+
+    /// Inserts a tus upload row (its reservation `up.id` already taken).
+    /// With `lock`, the row is created leased to `lock.0` until `lock.1`
+    /// (creation-with-upload).
+    async fn create_tus_upload(&self, up: &TusUpload, lock: Option<(Uuid, DateTime<Utc>)>) -> MetaResult<()>;
+    /// The user's live (unexpired at `now`) upload `id`.
+    async fn get_tus_upload(&self, user_id: &str, id: Uuid, now: DateTime<Utc>) -> MetaResult<Option<TusUpload>>;
+    /// Takes the upload's lease for `owner` until `lease_until` when nobody
+    /// holds a live one (one conditional `UPDATE`: atomic across processes),
+    /// pushing its expiry to `expires_at`.
+    async fn lock_tus_upload(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        owner: Uuid,
+        lease_until: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> MetaResult<TusLock>;
+    /// Extends `owner`'s lease; false when `owner` no longer holds it.
+    async fn renew_tus_lock(&self, id: Uuid, owner: Uuid, lease_until: DateTime<Utc>) -> MetaResult<bool>;
+    /// Records a new offset while `owner` holds the lease; false otherwise.
+    async fn set_tus_offset(&self, id: Uuid, owner: Uuid, offset: u64, expires_at: DateTime<Utc>) -> MetaResult<bool>;
+    /// Gives up `owner`'s lease (no-op when not held).
+    async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()>;
+    /// Deletes the row of an upload that `owner` holds (completion, failure).
+    async fn finish_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<bool>;
+    /// Termination: deletes the user's upload unless a live lease is held on
+    /// it at `now` (then `Busy`).
+    async fn terminate_tus_upload(&self, user_id: &str, id: Uuid, now: DateTime<Utc>) -> MetaResult<TusLock>;
+    /// Deletes every upload expired at `now` and not leased; returns their ids
+    /// (the caller discards their staging blobs and releases reservations).
+    async fn expire_tus_uploads(&self, now: DateTime<Utc>) -> MetaResult<Vec<Uuid>>;
 }
 
 /// Tables besides `user_files` whose rows belong to one user; emptied by
 /// [`MetaStore::delete_user`]. Later features add theirs here.
-pub(crate) const USER_SCOPED_TABLES: &[&str] = &["upload_reservations", "jobs"];
+pub(crate) const USER_SCOPED_TABLES: &[&str] = &["upload_reservations", "jobs", "tus_uploads"];

@@ -109,6 +109,8 @@ fn like_pattern(q: &str) -> String {
 const FILE_COLS: &str = "id, user_id, file_name, file_type, mime_type, file_size, file_path, \
      thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date";
 
+const TUS_COLS: &str = "id, user_id, upload_length, upload_offset, metadata, expires_at, created_at";
+
 const USER_COLS: &str = "user_id, total_bytes, reserved_bytes, max_bytes, \
      CAST(file_count AS BIGINT) AS file_count, created_at, updated_at";
 
@@ -165,6 +167,18 @@ macro_rules! impl_store {
                 })
             }
 
+            fn tus_from_row(row: &$row) -> Result<TusUpload, sqlx::Error> {
+                Ok(TusUpload {
+                    id: row.try_get("id")?,
+                    user_id: row.try_get("user_id")?,
+                    upload_length: row.try_get("upload_length")?,
+                    upload_offset: row.try_get("upload_offset")?,
+                    metadata: row.try_get("metadata")?,
+                    expires_at: row.try_get("expires_at")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
             fn user_from_row(row: &$row) -> Result<UserStorage, sqlx::Error> {
                 Ok(UserStorage {
                     user_id: row.try_get("user_id")?,
@@ -195,6 +209,10 @@ macro_rules! impl_store {
 
             fn backend(&self) -> &'static str {
                 $name
+            }
+
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
             }
 
             async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage> {
@@ -836,6 +854,166 @@ macro_rules! impl_store {
                             last_error: r.try_get("last_error")?,
                         })
                     })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(MetaError::from)
+            }
+
+            async fn create_tus_upload(&self, up: &TusUpload, lock: Option<(Uuid, DateTime<Utc>)>) -> MetaResult<()> {
+                sqlx::query(
+                    "INSERT INTO tus_uploads (id, user_id, upload_length, upload_offset, metadata, \
+                     lock_owner, locked_until, expires_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(up.id)
+                .bind(&up.user_id)
+                .bind(up.upload_length)
+                .bind(up.upload_offset)
+                .bind(&up.metadata)
+                .bind(lock.map(|l| l.0))
+                .bind(lock.map(|l| l.1))
+                .bind(up.expires_at)
+                .bind(up.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn get_tus_upload(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> MetaResult<Option<TusUpload>> {
+                let sql = format!("SELECT {TUS_COLS} FROM tus_uploads WHERE id = $1 AND user_id = $2 AND expires_at > $3");
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(user_id)
+                    .bind(at)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(row.map(|r| Self::tus_from_row(&r)).transpose()?)
+            }
+
+            async fn lock_tus_upload(
+                &self,
+                user_id: &str,
+                id: Uuid,
+                owner: Uuid,
+                lease_until: DateTime<Utc>,
+                expires_at: DateTime<Utc>,
+            ) -> MetaResult<TusLock> {
+                let t = now();
+                let sql = format!(
+                    "UPDATE tus_uploads SET lock_owner = $3, locked_until = $4, expires_at = $5 \
+                     WHERE id = $1 AND user_id = $2 AND expires_at > $6 \
+                       AND (lock_owner IS NULL OR locked_until IS NULL OR locked_until < $6) \
+                     RETURNING {TUS_COLS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(user_id)
+                    .bind(owner)
+                    .bind(lease_until)
+                    .bind(expires_at)
+                    .bind(t)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                if let Some(r) = row {
+                    return Ok(TusLock::Acquired(Self::tus_from_row(&r)?));
+                }
+                let exists = sqlx::query("SELECT 1 AS one FROM tus_uploads WHERE id = $1 AND user_id = $2 AND expires_at > $3")
+                    .bind(id)
+                    .bind(user_id)
+                    .bind(t)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(if exists.is_some() { TusLock::Busy } else { TusLock::Missing })
+            }
+
+            async fn renew_tus_lock(&self, id: Uuid, owner: Uuid, lease_until: DateTime<Utc>) -> MetaResult<bool> {
+                let n = sqlx::query("UPDATE tus_uploads SET locked_until = $3 WHERE id = $1 AND lock_owner = $2")
+                    .bind(id)
+                    .bind(owner)
+                    .bind(lease_until)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn set_tus_offset(&self, id: Uuid, owner: Uuid, offset: u64, expires_at: DateTime<Utc>) -> MetaResult<bool> {
+                let n = sqlx::query(
+                    "UPDATE tus_uploads SET upload_offset = $3, expires_at = $4 WHERE id = $1 AND lock_owner = $2",
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(to_i64(offset))
+                .bind(expires_at)
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()> {
+                sqlx::query("UPDATE tus_uploads SET lock_owner = NULL, locked_until = NULL WHERE id = $1 AND lock_owner = $2")
+                    .bind(id)
+                    .bind(owner)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn finish_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<bool> {
+                let n = sqlx::query("DELETE FROM tus_uploads WHERE id = $1 AND lock_owner = $2")
+                    .bind(id)
+                    .bind(owner)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?
+                    .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn terminate_tus_upload(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> MetaResult<TusLock> {
+                let sql = format!(
+                    "DELETE FROM tus_uploads WHERE id = $1 AND user_id = $2 \
+                       AND (lock_owner IS NULL OR locked_until IS NULL OR locked_until < $3) \
+                     RETURNING {TUS_COLS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(user_id)
+                    .bind(at)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                if let Some(r) = row {
+                    return Ok(TusLock::Acquired(Self::tus_from_row(&r)?));
+                }
+                let exists = sqlx::query("SELECT 1 AS one FROM tus_uploads WHERE id = $1 AND user_id = $2")
+                    .bind(id)
+                    .bind(user_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(if exists.is_some() { TusLock::Busy } else { TusLock::Missing })
+            }
+
+            async fn expire_tus_uploads(&self, at: DateTime<Utc>) -> MetaResult<Vec<Uuid>> {
+                let rows = sqlx::query(
+                    "DELETE FROM tus_uploads WHERE expires_at < $1 \
+                       AND (lock_owner IS NULL OR locked_until IS NULL OR locked_until < $1) \
+                     RETURNING id",
+                )
+                .bind(at)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| r.try_get::<Uuid, _>("id"))
                     .collect::<Result<_, sqlx::Error>>()
                     .map_err(MetaError::from)
             }

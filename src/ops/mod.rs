@@ -1,5 +1,11 @@
 //! Operator actions shared by the CLI and the admin API.
 
+pub mod audit;
+pub mod backup;
+pub mod lease;
+pub mod progress;
+pub mod scheduler;
+
 use crate::{app::AppState, domain::names::user_dir_name, http::error::AppResult, meta::DeletedUser};
 
 /// Removes every row and blob of `user`, then the user's directory.

@@ -304,7 +304,12 @@ impl TestApp {
     pub fn temp_files(&self) -> Vec<String> {
         let tmp = self.storage_root().join(".tmp");
         let mut v: Vec<String> = std::fs::read_dir(tmp)
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_file())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v

@@ -4,8 +4,12 @@
 mod helpers;
 
 mod admin;
+mod audit;
 mod auth;
+mod backup;
 mod download;
 mod files;
 mod hostile;
+mod media;
 mod quota;
+mod tus;

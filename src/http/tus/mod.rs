@@ -1,9 +1,110 @@
-//! tus 1.0.0 resumable uploads at `/api/uploads`.
+//! tus 1.0.0 resumable uploads at `/api/uploads` (SPEC §5, docs/tus.md).
+//!
+//! Core protocol plus the creation, creation-with-upload, termination,
+//! expiration and checksum (sha1, sha256) extensions. Not creation-defer-length:
+//! quota is reserved at creation from `Upload-Length`.
+//!
+//! - [`creation`]: `POST` reserves the quota (the reservation id is the upload
+//!   id and the staging blob id), creates the row, and with a body appends it;
+//! - [`core`]: `HEAD` (offset), `PATCH` (append under a database lease, so two
+//!   PATCHes never write at once, across processes too), completion through
+//!   the shared ingest tail, and `GET` of a finished upload;
+//! - [`termination`]: `DELETE` discards the data and releases the quota;
+//! - [`checksum`], [`headers`]: the pieces the above parse and check.
 
-use axum::Router;
+pub mod checksum;
+pub mod core;
+pub mod creation;
+pub mod headers;
+pub mod termination;
 
+use std::time::Duration;
+
+use axum::{
+    extract::{DefaultBodyLimit, Request, State},
+    http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::options,
+    Router,
+};
+
+use super::error::AppError;
 use crate::app::AppState;
+
+pub const TUS_VERSION: &str = "1.0.0";
+pub const TUS_EXTENSIONS: &str = "creation,creation-with-upload,termination,expiration,checksum";
+
+pub static TUS_RESUMABLE: HeaderName = HeaderName::from_static("tus-resumable");
+pub static UPLOAD_OFFSET: HeaderName = HeaderName::from_static("upload-offset");
+pub static UPLOAD_LENGTH: HeaderName = HeaderName::from_static("upload-length");
+pub static UPLOAD_METADATA: HeaderName = HeaderName::from_static("upload-metadata");
+pub static UPLOAD_EXPIRES: HeaderName = HeaderName::from_static("upload-expires");
+pub static UPLOAD_CHECKSUM: HeaderName = HeaderName::from_static("upload-checksum");
+pub static STOWAGE_FILE_ID: HeaderName = HeaderName::from_static("stowage-file-id");
+
+/// The body type of `PATCH` (and of a creation-with-upload `POST`).
+pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
+
+/// A PATCH's lease on its upload row; renewed while the body streams.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often a streaming PATCH renews its lease.
+pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
+/// A body that sends nothing for this long counts as a disconnect (so a
+/// stalled client cannot hold the lease past its end).
+pub const BODY_IDLE: Duration = Duration::from_secs(20);
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/api/uploads", options(discover).post(creation::create))
+        .route("/api/uploads/", options(discover).post(creation::create))
+        .route(
+            "/api/uploads/{id}",
+            axum::routing::head(core::head)
+                .get(core::get_finished)
+                .patch(core::patch)
+                .delete(termination::terminate),
+        )
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(tus_headers))
+}
+
+/// `OPTIONS /api/uploads`: what this server offers. No session needed.
+async fn discover(State(state): State<AppState>) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+    h.insert("tus-extension", HeaderValue::from_static(TUS_EXTENSIONS));
+    h.insert("tus-max-size", HeaderValue::from(state.config.max_file_size));
+    h.insert(
+        "tus-checksum-algorithm",
+        HeaderValue::from_static(headers::CHECKSUM_ALGORITHMS),
+    );
+    (StatusCode::NO_CONTENT, h).into_response()
+}
+
+/// Every response of the tus routes carries `Tus-Resumable`; a request other
+/// than `OPTIONS` (and the non-tus `GET` of a finished upload) must name
+/// version 1.0.0, else 412.
+async fn tus_headers(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let versioned = method != Method::OPTIONS && method != Method::GET;
+    let mut resp = if versioned
+        && req.headers().get(&TUS_RESUMABLE).map(|v| v.as_bytes()) != Some(TUS_VERSION.as_bytes())
+    {
+        let mut r = AppError::UnsupportedVersion(format!(
+            "Tus-Resumable must be {TUS_VERSION}, the only version this server speaks"
+        ))
+        .into_response();
+        r.headers_mut()
+            .insert("tus-version", HeaderValue::from_static(TUS_VERSION));
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(TUS_RESUMABLE.clone(), HeaderValue::from_static(TUS_VERSION));
+    if method != Method::GET && !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
 }

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs whatever is missing and runs every check and test of stowage.
+#
+#   scripts/test.sh            # everything (what CI runs)
+#   SKIP_E2E=1 scripts/test.sh # without the browser tests
+#
+# Idempotent: system packages are installed only when missing, npm ci runs
+# only when a lockfile changed, cargo reuses its cache. Needs Debian (apt) and
+# root or sudo for first-time package installs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+log() { printf '\n==> %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+
+# --- system packages ---------------------------------------------------------
+need=()
+command -v ffmpeg >/dev/null || need+=(ffmpeg)
+command -v ffprobe >/dev/null || need+=(ffmpeg)
+command -v chromium >/dev/null || need+=(chromium)
+command -v clamd >/dev/null || need+=(clamav-daemon)
+command -v node >/dev/null || need+=(nodejs npm)
+command -v pg_isready >/dev/null || need+=(postgresql-client)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing system packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# --- PostgreSQL ----------------------------------------------------------------
+# The suite creates and drops its own database on the server at
+# STOWAGE_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres).
+# When none answers, a throwaway cluster is started for this run.
+export STOWAGE_TEST_PG_URL="${STOWAGE_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  log "no PostgreSQL on 127.0.0.1:5432; starting a throwaway cluster"
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
+  fi
+  PGBIN=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -1)")
+  PGDIR=$(mktemp -d /tmp/stowage-pg.XXXXXX)
+  PGPORT=54329
+  RUNAS=()
+  if [ "$(id -u)" = 0 ]; then chown postgres "$PGDIR"; RUNAS=(runuser -u postgres --); fi
+  "${RUNAS[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -U postgres -A trust >/dev/null
+  "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1" -l "$PGDIR/log" -w start >/dev/null
+  trap '"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true; rm -rf "$PGDIR"' EXIT
+  export STOWAGE_TEST_PG_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+fi
+
+# --- JavaScript dependencies (lockfiles pinned) ------------------------------------
+npm_ci() { # dir
+  local dir=$1 stamp="$1/node_modules/.lock-stamp"
+  if [ ! -f "$stamp" ] || ! cmp -s "$dir/package-lock.json" "$stamp"; then
+    log "npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$dir/package-lock.json" "$stamp"
+  fi
+}
+[ -f web/package-lock.json ] && npm_ci web
+[ -x tests/clients/install.sh ] && tests/clients/install.sh
+
+# --- Rust: format, lint, build, test -------------------------------------------
+export STOWAGE_REQUIRE_FFMPEG=1
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+if [ -f web/package.json ]; then
+  log "web: typecheck, unit tests, build (dist must match the sources)"
+  (cd web && npm run --silent typecheck && npm test --silent && npm run --silent build)
+  if [ -n "$(git status --porcelain -- web/dist)" ]; then
+    echo "web/dist is out of date with web/src: run 'cd web && npm run build' and commit web/dist" >&2
+    git status --porcelain -- web/dist >&2
+    exit 1
+  fi
+fi
+log "cargo test"
+cargo build --locked --bins
+cargo test --workspace --locked 2>&1 | tee /tmp/stowage-cargo-test.log
+grep -q "test result: FAILED" /tmp/stowage-cargo-test.log && exit 1
+
+if [ -f web/e2e/run.mjs ] && [ -z "${SKIP_E2E:-}" ]; then
+  log "web: end-to-end tests in Chromium"
+  (cd web && STOWAGE_BIN="$ROOT/target/debug/stowage" node e2e/run.mjs)
+fi
+log "all checks passed"

@@ -1,0 +1,1393 @@
+//! Backups (SPEC §7): one tar archive per backup, optionally gzip-compressed,
+//! holding a consistent logical snapshot of the database, exactly the blobs
+//! that snapshot references, and a manifest of sizes and sha256 sums.
+//!
+//! Archive layout, in this order:
+//! - `backup.json`: [`BackupHeader`] (format, time, counts); read by `list`.
+//! - `db/user_storage.jsonl`, `db/user_files.jsonl`: the rows, one JSON
+//!   object per line ([`DumpUser`], [`DumpFile`]). The format is the same
+//!   for both backends, so a backup restores into either.
+//! - `blobs/{key}`: each referenced file and thumbnail, `key` being its path
+//!   relative to the volume root.
+//! - `manifest.jsonl`: one [`ManifestLine`] per archived entry (size,
+//!   sha256), per blob that vanished between snapshot and copy, and a final
+//!   summary. It comes last because the sums are computed while streaming.
+//!
+//! Consistency: SQLite is copied with `VACUUM INTO` and the copy is read;
+//! PostgreSQL is read inside one `REPEATABLE READ, READ ONLY` transaction.
+//! Committed files never change, so uploads may go on meanwhile: only the
+//! blobs of the snapshot's rows are copied, each streamed into the archive
+//! while hashed (bounded memory). A file deleted after the snapshot is
+//! skipped and recorded in the manifest; `restore` leaves its row out.
+//! Upload reservations, tus uploads and jobs are not part of a backup.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::{BufRead, BufReader, BufWriter, Read, Write},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+use super::progress::Progress;
+use crate::{
+    app::AppState,
+    meta::{PgStore, SqliteStore},
+};
+
+/// `format` of [`BackupHeader`].
+pub const FORMAT: &str = "stowage-backup";
+/// Archive format version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Archive file names: `stowage-backup-YYYYMMDDTHHMMSSmmmZ.tar[.gz]`.
+const NAME_PREFIX: &str = "stowage-backup-";
+
+const HEADER_ENTRY: &str = "backup.json";
+const USERS_ENTRY: &str = "db/user_storage.jsonl";
+const FILES_ENTRY: &str = "db/user_files.jsonl";
+const MANIFEST_ENTRY: &str = "manifest.jsonl";
+const BLOB_PREFIX: &str = "blobs/";
+
+/// First entry of an archive.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupHeader {
+    pub format: String,
+    pub version: u32,
+    /// The moment of the database snapshot.
+    pub created_at: DateTime<Utc>,
+    /// `postgres` or `sqlite`.
+    pub source_backend: String,
+    pub stowage_version: String,
+    pub users: u64,
+    /// File rows in the snapshot.
+    pub files: u64,
+    /// Sum of `file_size` over those rows.
+    pub bytes: u64,
+}
+
+/// A `user_storage` row.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpUser {
+    pub user_id: String,
+    pub max_bytes: i64,
+    /// Counters at snapshot time (restore recomputes them from the rows).
+    pub total_bytes: i64,
+    pub file_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A `user_files` row.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpFile {
+    pub id: Uuid,
+    pub user_id: String,
+    pub file_name: String,
+    pub file_type: String,
+    pub mime_type: String,
+    pub file_size: i64,
+    pub file_path: String,
+    pub thumbnail_path: Option<String>,
+    pub resolution: Option<String>,
+    pub duration: Option<String>,
+    pub package_name: Option<String>,
+    pub tags: Vec<String>,
+    pub is_favorite: bool,
+    pub sha256: String,
+    pub upload_date: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One line of `manifest.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ManifestLine {
+    /// An archived entry and its sum.
+    Entry {
+        path: String,
+        /// `db`, `file` or `thumbnail`.
+        kind: String,
+        size: u64,
+        sha256: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_id: Option<Uuid>,
+    },
+    /// A blob of the snapshot that was gone when it was to be copied.
+    Skipped {
+        key: String,
+        kind: String,
+        file_id: Uuid,
+        reason: String,
+    },
+    /// Last line.
+    Summary {
+        entries: u64,
+        files: u64,
+        thumbnails: u64,
+        bytes: u64,
+        skipped: u64,
+    },
+}
+
+/// How `create` runs.
+#[derive(Debug)]
+pub struct CreateOptions {
+    pub dest: PathBuf,
+    /// Keep the newest N archives in `dest` (N ≥ 1).
+    pub keep: Option<usize>,
+    /// Delete archives older than this many days.
+    pub keep_days: Option<u64>,
+    pub gzip: bool,
+    pub progress: Progress,
+}
+
+/// What `create` wrote.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateReport {
+    pub path: PathBuf,
+    pub header: BackupHeader,
+    pub archive_bytes: u64,
+    /// Blobs archived (files and thumbnails).
+    pub blobs: u64,
+    pub blob_bytes: u64,
+    pub skipped: Vec<ManifestLine>,
+    /// Archives deleted by retention.
+    pub removed: Vec<PathBuf>,
+}
+
+/// One archive in a destination directory.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ArchiveInfo {
+    pub path: PathBuf,
+    /// From the file name.
+    pub created_at: DateTime<Utc>,
+    pub size: u64,
+    pub header: Option<BackupHeader>,
+    pub error: Option<String>,
+}
+
+/// The outcome of `verify`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub header: Option<BackupHeader>,
+    pub entries_checked: u64,
+    pub bytes_checked: u64,
+    /// Blobs of the snapshot recorded as deleted before they were copied.
+    pub skipped: u64,
+    pub problems: Vec<String>,
+}
+
+/// The outcome of `restore`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RestoreReport {
+    pub users: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub thumbnails: u64,
+    /// Rows left out because their blob was deleted after the snapshot.
+    pub rows_skipped: u64,
+}
+
+// ---------------------------------------------------------------- names
+
+/// The archive name for a snapshot taken at `t`.
+pub fn archive_name(t: DateTime<Utc>, gzip: bool) -> String {
+    format!(
+        "{NAME_PREFIX}{}{:03}Z.tar{}",
+        t.format("%Y%m%dT%H%M%S"),
+        t.timestamp_subsec_millis(),
+        if gzip { ".gz" } else { "" }
+    )
+}
+
+/// The time in a stowage archive name; `None` for any other name (those
+/// are never touched by retention).
+pub fn parse_archive_name(name: &str) -> Option<DateTime<Utc>> {
+    let rest = name.strip_prefix(NAME_PREFIX)?;
+    let stamp = rest
+        .strip_suffix(".tar.gz")
+        .or_else(|| rest.strip_suffix(".tar"))?;
+    if stamp.len() != 19 || !stamp.ends_with('Z') || !stamp.is_ascii() {
+        return None;
+    }
+    let base = NaiveDateTime::parse_from_str(&stamp[..15], "%Y%m%dT%H%M%S").ok()?;
+    let ms = &stamp[15..18];
+    if !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ms: i64 = ms.parse().ok()?;
+    Some(base.and_utc() + chrono::Duration::milliseconds(ms))
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Passes bytes through while hashing and counting them.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<R> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            len: 0,
+        }
+    }
+    fn finish(self) -> (u64, String) {
+        (self.len, hex::encode(self.hash.finalize()))
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// The archive file, plain or gzip.
+enum ArchiveWriter {
+    Plain(BufWriter<File>),
+    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
+}
+
+impl Write for ArchiveWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ArchiveWriter::Plain(w) => w.write(buf),
+            ArchiveWriter::Gzip(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            ArchiveWriter::Plain(w) => w.flush(),
+            ArchiveWriter::Gzip(w) => w.flush(),
+        }
+    }
+}
+
+impl ArchiveWriter {
+    fn finish(self) -> std::io::Result<File> {
+        let buf = match self {
+            ArchiveWriter::Plain(w) => w,
+            ArchiveWriter::Gzip(w) => w.finish()?,
+        };
+        buf.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+/// Opens an archive for reading, decompressing when it is gzip.
+fn open_archive(path: &Path) -> anyhow::Result<tar::Archive<Box<dyn Read>>> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic)?;
+    let f = File::open(path)?;
+    let r: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
+        Box::new(flate2::read::GzDecoder::new(BufReader::with_capacity(
+            256 * 1024,
+            f,
+        )))
+    } else {
+        Box::new(BufReader::with_capacity(256 * 1024, f))
+    };
+    Ok(tar::Archive::new(r))
+}
+
+fn mkdirs(p: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+}
+
+fn fsync_dir(p: &Path) -> std::io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+fn entry_path(e: &tar::Entry<'_, impl Read>) -> anyhow::Result<String> {
+    let raw = e.path_bytes();
+    Ok(std::str::from_utf8(&raw)
+        .context("archive entry name is not UTF-8")?
+        .to_string())
+}
+
+/// Removes a directory tree when dropped (work directories).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn local_root(state: &AppState) -> anyhow::Result<PathBuf> {
+    if state.blobs.kind() != "local" {
+        bail!("backups need the local volume (STOWAGE_BLOB_STORE=local)");
+    }
+    Ok(state.config.storage_root.clone())
+}
+
+// ---------------------------------------------------------------- snapshot
+
+const USERS_SQL: &str =
+    "SELECT user_id, max_bytes, total_bytes, CAST(file_count AS BIGINT) AS file_count, \
+     created_at, updated_at FROM user_storage ORDER BY user_id";
+const FILES_SQL: &str = "SELECT id, user_id, file_name, file_type, mime_type, file_size, file_path, \
+     thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date, created_at \
+     FROM user_files ORDER BY user_id, id";
+
+/// Counts of a dump.
+#[derive(Default)]
+struct DumpCounts {
+    users: u64,
+    files: u64,
+    bytes: u64,
+}
+
+macro_rules! dump_rows {
+    ($conn:expr, $users_out:expr, $files_out:expr, tags = |$r:ident| $tags:expr) => {{
+        let mut counts = DumpCounts::default();
+        let mut out = tokio::io::BufWriter::new(tokio::fs::File::create($users_out).await?);
+        {
+            let mut rows = sqlx::query(USERS_SQL).fetch($conn);
+            while let Some(row) = rows.try_next().await? {
+                let u = DumpUser {
+                    user_id: row.try_get("user_id")?,
+                    max_bytes: row.try_get("max_bytes")?,
+                    total_bytes: row.try_get("total_bytes")?,
+                    file_count: row.try_get("file_count")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                };
+                let mut line = serde_json::to_vec(&u)?;
+                line.push(b'\n');
+                out.write_all(&line).await?;
+                counts.users += 1;
+            }
+        }
+        out.flush().await?;
+        out.get_ref().sync_all().await?;
+        let mut out = tokio::io::BufWriter::new(tokio::fs::File::create($files_out).await?);
+        {
+            let mut rows = sqlx::query(FILES_SQL).fetch($conn);
+            while let Some($r) = rows.try_next().await? {
+                let f = DumpFile {
+                    id: $r.try_get("id")?,
+                    user_id: $r.try_get("user_id")?,
+                    file_name: $r.try_get("file_name")?,
+                    file_type: $r.try_get("file_type")?,
+                    mime_type: $r.try_get("mime_type")?,
+                    file_size: $r.try_get("file_size")?,
+                    file_path: $r.try_get("file_path")?,
+                    thumbnail_path: $r.try_get("thumbnail_path")?,
+                    resolution: $r.try_get("resolution")?,
+                    duration: $r.try_get("duration")?,
+                    package_name: $r.try_get("package_name")?,
+                    tags: $tags,
+                    is_favorite: $r.try_get("is_favorite")?,
+                    sha256: $r.try_get::<String, _>("sha256")?.trim().to_string(),
+                    upload_date: $r.try_get("upload_date")?,
+                    created_at: $r.try_get("created_at")?,
+                };
+                let mut line = serde_json::to_vec(&f)?;
+                line.push(b'\n');
+                out.write_all(&line).await?;
+                counts.files += 1;
+                counts.bytes += f.file_size.max(0) as u64;
+            }
+        }
+        out.flush().await?;
+        out.get_ref().sync_all().await?;
+        counts
+    }};
+}
+
+/// Writes the snapshot's rows to `users_out` and `files_out`; returns the
+/// counts and the snapshot time.
+async fn snapshot(
+    state: &AppState,
+    work: &Path,
+    users_out: &Path,
+    files_out: &Path,
+) -> anyhow::Result<(DumpCounts, DateTime<Utc>)> {
+    let any = state.meta.as_any();
+    if let Some(pg) = any.downcast_ref::<PgStore>() {
+        let mut tx = pg.pool().begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await?;
+        // The snapshot is taken by the first query of the transaction.
+        let at: DateTime<Utc> = sqlx::query("SELECT now() AS t")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("t")?;
+        let counts = dump_rows!(
+            &mut *tx,
+            users_out,
+            files_out,
+            tags = |r| r.try_get::<Vec<String>, _>("tags")?
+        );
+        tx.commit().await?;
+        Ok((counts, at))
+    } else if let Some(lite) = any.downcast_ref::<SqliteStore>() {
+        use sqlx::Connection;
+        let copy = work.join("snapshot.sqlite3");
+        let copy_str = copy
+            .to_str()
+            .context("work directory path is not UTF-8")?
+            .to_string();
+        let at = Utc::now();
+        sqlx::query("VACUUM INTO $1")
+            .bind(&copy_str)
+            .execute(lite.pool())
+            .await?;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&copy)
+            .read_only(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
+        let counts = dump_rows!(
+            &mut conn,
+            users_out,
+            files_out,
+            tags = |r| {
+                let s: String = r.try_get("tags")?;
+                serde_json::from_str::<Vec<String>>(&s)?
+            }
+        );
+        conn.close().await?;
+        let _ = tokio::fs::remove_file(&copy).await;
+        Ok((counts, at))
+    } else {
+        bail!("backups need the PostgreSQL or SQLite store");
+    }
+}
+
+// ---------------------------------------------------------------- create
+
+/// Everything the blocking archive writer needs.
+struct Pack {
+    partial: PathBuf,
+    gzip: bool,
+    root: PathBuf,
+    header: BackupHeader,
+    users: PathBuf,
+    files: PathBuf,
+    manifest: PathBuf,
+    progress: Progress,
+}
+
+struct Packed {
+    blobs: u64,
+    blob_bytes: u64,
+    skipped: Vec<ManifestLine>,
+}
+
+/// Creates one archive in `opts.dest`, then applies retention.
+pub async fn create(state: &AppState, mut opts: CreateOptions) -> anyhow::Result<CreateReport> {
+    let root = local_root(state)?;
+    if opts.keep == Some(0) {
+        bail!("--keep must be at least 1");
+    }
+    mkdirs(&opts.dest).with_context(|| format!("creating {}", opts.dest.display()))?;
+    let stamp = Utc::now();
+    let name = archive_name(stamp, opts.gzip);
+    let final_path = opts.dest.join(&name);
+    let work = opts.dest.join(format!(".{name}.work"));
+    mkdirs(&work)?;
+    let _cleanup = RemoveOnDrop(work.clone());
+    let users = work.join("user_storage.jsonl");
+    let files = work.join("user_files.jsonl");
+
+    opts.progress.say("taking a database snapshot");
+    let (counts, at) = snapshot(state, &work, &users, &files)
+        .await
+        .context("database snapshot")?;
+    let header = BackupHeader {
+        format: FORMAT.into(),
+        version: VERSION,
+        created_at: at,
+        source_backend: state.meta.backend().into(),
+        stowage_version: env!("CARGO_PKG_VERSION").into(),
+        users: counts.users,
+        files: counts.files,
+        bytes: counts.bytes,
+    };
+    opts.progress.say(format!(
+        "snapshot: {} user(s), {} file(s), {} bytes; copying blobs",
+        counts.users, counts.files, counts.bytes
+    ));
+    let partial = opts.dest.join(format!(".{name}.partial"));
+    let pack = Pack {
+        partial: partial.clone(),
+        gzip: opts.gzip,
+        root,
+        header: header.clone(),
+        users,
+        files,
+        manifest: work.join("manifest.jsonl"),
+        progress: std::mem::replace(&mut opts.progress, Progress::off()),
+    };
+    let packed = tokio::task::spawn_blocking(move || write_archive(pack)).await?;
+    let packed = match packed {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, &final_path)?;
+    fsync_dir(&opts.dest)?;
+    for s in &packed.skipped {
+        if let ManifestLine::Skipped { key, reason, .. } = s {
+            tracing::warn!(key, reason, "blob not in backup");
+        }
+    }
+    let removed = apply_retention(&opts.dest, opts.keep, opts.keep_days, &name)?;
+    Ok(CreateReport {
+        archive_bytes: std::fs::metadata(&final_path)?.len(),
+        path: final_path,
+        header,
+        blobs: packed.blobs,
+        blob_bytes: packed.blob_bytes,
+        skipped: packed.skipped,
+        removed,
+    })
+}
+
+fn tar_header(size: u64, mtime: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(size);
+    h.set_mode(0o600);
+    h.set_mtime(mtime);
+    h
+}
+
+fn write_archive(mut p: Pack) -> anyhow::Result<Packed> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p.partial)
+        .with_context(|| format!("creating {}", p.partial.display()))?;
+    let buf = BufWriter::with_capacity(1024 * 1024, file);
+    let writer = if p.gzip {
+        ArchiveWriter::Gzip(flate2::write::GzEncoder::new(
+            buf,
+            flate2::Compression::fast(),
+        ))
+    } else {
+        ArchiveWriter::Plain(buf)
+    };
+    let mut tar = tar::Builder::new(writer);
+    let mtime = p.header.created_at.timestamp().max(0) as u64;
+    let mut manifest = BufWriter::new(File::create(&p.manifest)?);
+    let line = |m: &ManifestLine, out: &mut BufWriter<File>| -> anyhow::Result<()> {
+        serde_json::to_writer(&mut *out, m)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    };
+
+    let header_json = serde_json::to_vec_pretty(&p.header)?;
+    tar.append_data(
+        &mut tar_header(header_json.len() as u64, mtime),
+        HEADER_ENTRY,
+        &header_json[..],
+    )?;
+
+    let mut entries = 0u64;
+    for (src, name) in [(&p.users, USERS_ENTRY), (&p.files, FILES_ENTRY)] {
+        let f = File::open(src)?;
+        let size = f.metadata()?.len();
+        let mut r = Hashing::new(f.take(size));
+        tar.append_data(&mut tar_header(size, mtime), name, &mut r)?;
+        let (n, sha) = r.finish();
+        if n != size {
+            bail!("{name} changed while archiving");
+        }
+        line(
+            &ManifestLine::Entry {
+                path: name.into(),
+                kind: "db".into(),
+                size,
+                sha256: sha,
+                file_id: None,
+            },
+            &mut manifest,
+        )?;
+        entries += 1;
+    }
+
+    let mut packed = Packed {
+        blobs: 0,
+        blob_bytes: 0,
+        skipped: Vec::new(),
+    };
+    let (mut files, mut thumbs) = (0u64, 0u64);
+    let rows = BufReader::new(File::open(&p.files)?);
+    let mut done = 0u64;
+    for l in rows.lines() {
+        let row: DumpFile = serde_json::from_str(&l?)?;
+        let mut keys = vec![(row.file_path.as_str(), "file")];
+        if let Some(t) = &row.thumbnail_path {
+            keys.push((t.as_str(), "thumbnail"));
+        }
+        for (key, kind) in keys {
+            crate::blob::check_key(key).map_err(|e| anyhow::anyhow!("row {}: {e}", row.id))?;
+            let path = p.root.join(key);
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let s = ManifestLine::Skipped {
+                        key: key.into(),
+                        kind: kind.into(),
+                        file_id: row.id,
+                        reason: "deleted after the snapshot".into(),
+                    };
+                    line(&s, &mut manifest)?;
+                    packed.skipped.push(s);
+                    continue;
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
+            let size = f.metadata()?.len();
+            let mut r = Hashing::new(f.take(size));
+            let name = format!("{BLOB_PREFIX}{key}");
+            tar.append_data(&mut tar_header(size, mtime), &name, &mut r)?;
+            let (n, sha) = r.finish();
+            if n != size {
+                bail!("{} shrank while it was archived", path.display());
+            }
+            if kind == "file" && (size as i64 != row.file_size || sha != row.sha256) {
+                tracing::warn!(
+                    key,
+                    "blob differs from its row (size or sha256); archived as found"
+                );
+            }
+            line(
+                &ManifestLine::Entry {
+                    path: name,
+                    kind: kind.into(),
+                    size,
+                    sha256: sha,
+                    file_id: Some(row.id),
+                },
+                &mut manifest,
+            )?;
+            entries += 1;
+            packed.blobs += 1;
+            packed.blob_bytes += size;
+            if kind == "file" {
+                files += 1;
+            } else {
+                thumbs += 1;
+            }
+        }
+        done += 1;
+        let (total, bytes) = (p.header.files, packed.blob_bytes);
+        p.progress
+            .tick(|| format!("{done}/{total} files, {bytes} bytes"));
+    }
+    line(
+        &ManifestLine::Summary {
+            entries,
+            files,
+            thumbnails: thumbs,
+            bytes: packed.blob_bytes,
+            skipped: packed.skipped.len() as u64,
+        },
+        &mut manifest,
+    )?;
+    let mf = manifest.into_inner().map_err(|e| e.into_error())?;
+    mf.sync_all()?;
+    drop(mf);
+    let mut mf = File::open(&p.manifest)?;
+    let size = mf.metadata()?.len();
+    tar.append_data(&mut tar_header(size, mtime), MANIFEST_ENTRY, &mut mf)?;
+    let file = tar.into_inner()?.finish()?;
+    file.sync_all()?;
+    p.progress.say(format!(
+        "archived {} blob(s), {} bytes",
+        packed.blobs, packed.blob_bytes
+    ));
+    Ok(packed)
+}
+
+// ---------------------------------------------------------------- list, retention
+
+/// Reads the header entry of an archive.
+pub fn read_header(path: &Path) -> anyhow::Result<BackupHeader> {
+    let mut ar = open_archive(path)?;
+    let mut entries = ar.entries()?;
+    let mut first = entries.next().context("empty archive")??;
+    if entry_path(&first)? != HEADER_ENTRY {
+        bail!("not a stowage backup (no {HEADER_ENTRY} first)");
+    }
+    let mut s = String::new();
+    first.read_to_string(&mut s)?;
+    let h: BackupHeader = serde_json::from_str(&s)?;
+    if h.format != FORMAT {
+        bail!("not a stowage backup (format {:?})", h.format);
+    }
+    Ok(h)
+}
+
+/// Archives in `dest` (by name), oldest first.
+pub fn list(dest: &Path) -> anyhow::Result<Vec<ArchiveInfo>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dest).with_context(|| format!("reading {}", dest.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(created_at) = parse_archive_name(&name) else {
+            continue;
+        };
+        let meta = entry.metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        let (header, error) = match read_header(&entry.path()) {
+            Ok(h) => (Some(h), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        out.push(ArchiveInfo {
+            path: entry.path(),
+            created_at,
+            size: meta.len(),
+            header,
+            error,
+        });
+    }
+    out.sort_by(|a, b| {
+        a.created_at
+            .cmp(&b.created_at)
+            .then_with(|| a.path.cmp(&b.path))
+    });
+    Ok(out)
+}
+
+/// Deletes archives beyond the newest `keep`, or older than `keep_days`;
+/// only names of the stowage pattern are considered, and `current` (the
+/// archive just written) is never deleted.
+pub fn apply_retention(
+    dest: &Path,
+    keep: Option<usize>,
+    keep_days: Option<u64>,
+    current: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
+    if keep.is_none() && keep_days.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut archives: Vec<(DateTime<Utc>, String)> = Vec::new();
+    for entry in std::fs::read_dir(dest)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(t) = parse_archive_name(&name) {
+            if entry.file_type()?.is_file() {
+                archives.push((t, name));
+            }
+        }
+    }
+    // Newest first.
+    archives.sort_by(|a, b| b.cmp(a));
+    let cutoff = keep_days.map(|d| Utc::now() - chrono::Duration::days(d.min(365_000) as i64));
+    let mut removed = Vec::new();
+    for (i, (t, name)) in archives.iter().enumerate() {
+        if name == current {
+            continue;
+        }
+        let too_many = keep.is_some_and(|k| i >= k);
+        let too_old = cutoff.is_some_and(|c| *t < c);
+        if too_many || too_old {
+            let p = dest.join(name);
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            tracing::info!(archive = %p.display(), "removed old backup");
+            removed.push(p);
+        }
+    }
+    Ok(removed)
+}
+
+// ---------------------------------------------------------------- verify
+
+/// Re-reads `path` end to end: every entry's size and sha256 against the
+/// manifest, the manifest against the dumped rows (each row's blob present
+/// with the row's size and sha256, or recorded as skipped), and the counts
+/// against the header. Memory grows with the number of files (a small
+/// record each), never with their size.
+pub fn verify(path: &Path, mut progress: Progress) -> anyhow::Result<VerifyReport> {
+    let mut rep = VerifyReport::default();
+    let mut ar = open_archive(path)?;
+    // path -> (size, sha256) as found in the archive
+    let mut found: HashMap<String, (u64, String)> = HashMap::new();
+    // blob key -> (kind, size and sha256) expected from the rows (thumbnails: unknown)
+    let mut expected: HashMap<String, Expected> = HashMap::new();
+    let mut manifest: Vec<ManifestLine> = Vec::new();
+    let mut users = 0u64;
+    let mut rows = 0u64;
+    let mut row_bytes = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    for (i, entry) in ar.entries()?.enumerate() {
+        let entry = entry?;
+        let name = entry_path(&entry)?;
+        if i == 0 && name != HEADER_ENTRY {
+            rep.problems
+                .push(format!("first entry is {name:?}, not {HEADER_ENTRY}"));
+        }
+        let mut r = Hashing::new(entry);
+        match name.as_str() {
+            HEADER_ENTRY => {
+                let mut s = String::new();
+                r.read_to_string(&mut s)?;
+                match serde_json::from_str::<BackupHeader>(&s) {
+                    Ok(h) if h.format == FORMAT && h.version == VERSION => rep.header = Some(h),
+                    Ok(h) => rep.problems.push(format!(
+                        "unsupported format {} version {}",
+                        h.format, h.version
+                    )),
+                    Err(e) => rep.problems.push(format!("unreadable {HEADER_ENTRY}: {e}")),
+                }
+            }
+            USERS_ENTRY | FILES_ENTRY | MANIFEST_ENTRY => {
+                let mut lines = BufReader::new(&mut r);
+                let mut l = String::new();
+                while {
+                    l.clear();
+                    lines.read_line(&mut l)? > 0
+                } {
+                    let t = l.trim_end();
+                    if t.is_empty() {
+                        continue;
+                    }
+                    match name.as_str() {
+                        USERS_ENTRY => match serde_json::from_str::<DumpUser>(t) {
+                            Ok(_) => users += 1,
+                            Err(e) => rep.problems.push(format!("bad user row: {e}")),
+                        },
+                        FILES_ENTRY => match serde_json::from_str::<DumpFile>(t) {
+                            Ok(f) => {
+                                rows += 1;
+                                row_bytes += f.file_size.max(0) as u64;
+                                if let Some(th) = f.thumbnail_path {
+                                    expected
+                                        .insert(format!("{BLOB_PREFIX}{th}"), ("thumbnail", None));
+                                }
+                                expected.insert(
+                                    format!("{BLOB_PREFIX}{}", f.file_path),
+                                    ("file", Some((f.file_size, f.sha256))),
+                                );
+                            }
+                            Err(e) => rep.problems.push(format!("bad file row: {e}")),
+                        },
+                        _ => match serde_json::from_str::<ManifestLine>(t) {
+                            Ok(m) => manifest.push(m),
+                            Err(e) => rep.problems.push(format!("bad manifest line: {e}")),
+                        },
+                    }
+                }
+            }
+            n if n.starts_with(BLOB_PREFIX) => loop {
+                let k = r.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+            },
+            other => rep.problems.push(format!("unexpected entry {other:?}")),
+        }
+        let (size, sha) = r.finish();
+        rep.entries_checked += 1;
+        rep.bytes_checked += size;
+        if found.insert(name.clone(), (size, sha)).is_some() {
+            rep.problems.push(format!("entry {name:?} appears twice"));
+        }
+        let (n, b) = (rep.entries_checked, rep.bytes_checked);
+        progress.tick(|| format!("{n} entries, {b} bytes read"));
+    }
+
+    let Some(header) = rep.header.clone() else {
+        rep.problems.push("no backup header".into());
+        return Ok(rep);
+    };
+    if !matches!(manifest.last(), Some(ManifestLine::Summary { .. })) {
+        rep.problems
+            .push("manifest missing or truncated (no summary line)".into());
+    }
+    if header.users != users || header.files != rows || header.bytes != row_bytes {
+        rep.problems.push(format!(
+            "header says {} users, {} files, {} bytes; the dump has {users}, {rows}, {row_bytes}",
+            header.users, header.files, header.bytes
+        ));
+    }
+    let mut listed: HashSet<&str> = HashSet::new();
+    let mut skipped: HashSet<&str> = HashSet::new();
+    let (mut n_entries, mut n_files, mut n_thumbs, mut n_bytes) = (0u64, 0u64, 0u64, 0u64);
+    for m in &manifest {
+        match m {
+            ManifestLine::Entry {
+                path,
+                kind,
+                size,
+                sha256,
+                ..
+            } => {
+                listed.insert(path);
+                n_entries += 1;
+                match kind.as_str() {
+                    "file" => n_files += 1,
+                    "thumbnail" => n_thumbs += 1,
+                    _ => {}
+                }
+                if kind != "db" {
+                    n_bytes += size;
+                }
+                match found.get(path) {
+                    None => rep.problems.push(format!("{path}: in the manifest but not in the archive")),
+                    Some((s, h)) if s != size || h != sha256 => rep.problems.push(format!(
+                        "{path}: archive has {s} bytes sha256 {h}, manifest says {size} bytes sha256 {sha256}"
+                    )),
+                    Some(_) => {}
+                }
+                if kind != "db" {
+                    match expected.get(path.as_str()) {
+                        None => rep.problems.push(format!("{path}: no row references it")),
+                        Some((_, Some((rs, rh)))) if *rs != *size as i64 || rh != sha256 => rep.problems.push(format!(
+                            "{path}: row says {rs} bytes sha256 {rh}, manifest says {size} bytes sha256 {sha256}"
+                        )),
+                        Some(_) => {}
+                    }
+                }
+            }
+            ManifestLine::Skipped { key, .. } => {
+                rep.skipped += 1;
+                skipped.insert(key);
+            }
+            ManifestLine::Summary {
+                entries,
+                files,
+                thumbnails,
+                bytes,
+                skipped: s,
+            } => {
+                if (*entries, *files, *thumbnails, *bytes, *s)
+                    != (n_entries, n_files, n_thumbs, n_bytes, rep.skipped)
+                {
+                    rep.problems
+                        .push("manifest summary does not match its entries".into());
+                }
+            }
+        }
+    }
+    for name in found.keys() {
+        if name != HEADER_ENTRY && name != MANIFEST_ENTRY && !listed.contains(name.as_str()) {
+            rep.problems
+                .push(format!("{name}: in the archive but not in the manifest"));
+        }
+    }
+    for (key, (kind, _)) in &expected {
+        let bare = &key[BLOB_PREFIX.len()..];
+        if !listed.contains(key.as_str()) && !skipped.contains(bare) {
+            rep.problems.push(format!(
+                "{key}: the {kind} of a row is neither archived nor recorded as skipped"
+            ));
+        }
+    }
+    for name in [USERS_ENTRY, FILES_ENTRY] {
+        if !listed.contains(name) {
+            rep.problems.push(format!("{name} missing"));
+        }
+    }
+    rep.problems.sort();
+    rep.ok = rep.problems.is_empty();
+    progress.say(format!(
+        "{} entries, {} bytes: {}",
+        rep.entries_checked,
+        rep.bytes_checked,
+        if rep.ok { "OK" } else { "FAILED" }
+    ));
+    Ok(rep)
+}
+
+/// What a row says about its blob: kind, and (for files) size and sha256.
+type Expected = (&'static str, Option<(i64, String)>);
+
+/// An archive's header, rows and manifest, read whole.
+#[derive(Clone, Debug)]
+pub struct Contents {
+    pub header: BackupHeader,
+    pub users: Vec<DumpUser>,
+    pub files: Vec<DumpFile>,
+    pub manifest: Vec<ManifestLine>,
+}
+
+/// Reads an archive's header, rows and manifest (small archives: tests,
+/// inspection); blob contents are skipped.
+pub fn read_contents(path: &Path) -> anyhow::Result<Contents> {
+    let mut ar = open_archive(path)?;
+    let (mut header, mut users, mut files, mut manifest) =
+        (None, Vec::new(), Vec::new(), Vec::new());
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        let name = entry_path(&entry)?;
+        if name.starts_with(BLOB_PREFIX) {
+            continue;
+        }
+        let mut s = String::new();
+        entry.read_to_string(&mut s)?;
+        match name.as_str() {
+            HEADER_ENTRY => header = Some(serde_json::from_str(&s)?),
+            USERS_ENTRY => {
+                users = s
+                    .lines()
+                    .map(serde_json::from_str)
+                    .collect::<Result<_, _>>()?
+            }
+            FILES_ENTRY => {
+                files = s
+                    .lines()
+                    .map(serde_json::from_str)
+                    .collect::<Result<_, _>>()?
+            }
+            MANIFEST_ENTRY => {
+                manifest = s
+                    .lines()
+                    .map(serde_json::from_str)
+                    .collect::<Result<_, _>>()?
+            }
+            _ => {}
+        }
+    }
+    Ok(Contents {
+        header: header.context("no header")?,
+        users,
+        files,
+        manifest,
+    })
+}
+
+// ---------------------------------------------------------------- restore
+
+/// What the blocking half of `restore` unpacked.
+struct Unpacked {
+    header: BackupHeader,
+    /// Blob keys written to the volume.
+    restored: HashSet<String>,
+    thumbnails: u64,
+}
+
+/// Rebuilds the configured database and volume from `archive`. The
+/// database must hold no file rows. Blobs are checked against the manifest
+/// and their rows while written (temp file, fsync, rename); rows go in only
+/// when every blob checked out, in one transaction; the triggers rebuild the
+/// counters, which are then checked against the rows.
+pub async fn restore(
+    state: &AppState,
+    archive: &Path,
+    mut progress: Progress,
+) -> anyhow::Result<RestoreReport> {
+    let root = local_root(state)?;
+    state.meta.migrate().await.context("applying migrations")?;
+    if has_file_rows(state).await? {
+        bail!("the configured database already has files; restore needs an empty one");
+    }
+    let work = root
+        .join(".tmp")
+        .join(format!("restore-{}", Uuid::new_v4()));
+    mkdirs(&work)?;
+    let _cleanup = RemoveOnDrop(work.clone());
+    let users_path = work.join("user_storage.jsonl");
+    let files_path = work.join("user_files.jsonl");
+    progress.say(format!("unpacking {}", archive.display()));
+    let (archive_c, root_c, work_c) = (archive.to_path_buf(), root.clone(), work.clone());
+    let p = std::mem::replace(&mut progress, Progress::off());
+    let (unpacked, mut progress) =
+        tokio::task::spawn_blocking(move || unpack(&archive_c, &root_c, &work_c, p)).await??;
+    progress.say(format!(
+        "blobs in place; inserting rows ({} files)",
+        unpacked.header.files
+    ));
+    let mut rep = insert_rows(state, &users_path, &files_path, &unpacked.restored).await?;
+    rep.thumbnails = unpacked.thumbnails;
+    state.meta.repair_counters().await?;
+    // The counters must equal the rows now.
+    let totals: HashMap<String, (i64, i64)> = state
+        .meta
+        .row_totals()
+        .await?
+        .into_iter()
+        .map(|(u, b, n)| (u, (b, n)))
+        .collect();
+    for u in state.meta.list_users().await? {
+        let (b, n) = totals.get(&u.user_id).copied().unwrap_or((0, 0));
+        if (u.total_bytes, u.file_count) != (b, n) {
+            bail!(
+                "counters of {} do not match its rows after restore",
+                u.user_id
+            );
+        }
+    }
+    progress.say(format!(
+        "restored {} user(s), {} file(s), {} bytes",
+        rep.users, rep.files, rep.bytes
+    ));
+    Ok(rep)
+}
+
+async fn has_file_rows(state: &AppState) -> anyhow::Result<bool> {
+    const SQL: &str = "SELECT 1 AS one FROM user_files LIMIT 1";
+    let any = state.meta.as_any();
+    if let Some(pg) = any.downcast_ref::<PgStore>() {
+        Ok(sqlx::query(SQL).fetch_optional(pg.pool()).await?.is_some())
+    } else if let Some(lite) = any.downcast_ref::<SqliteStore>() {
+        Ok(sqlx::query(SQL)
+            .fetch_optional(lite.pool())
+            .await?
+            .is_some())
+    } else {
+        bail!("restore needs the PostgreSQL or SQLite store");
+    }
+}
+
+fn unpack(
+    archive: &Path,
+    root: &Path,
+    work: &Path,
+    mut progress: Progress,
+) -> anyhow::Result<(Unpacked, Progress)> {
+    let mut ar = open_archive(archive)?;
+    let mut header: Option<BackupHeader> = None;
+    // blob key -> (size, sha256) of the rows
+    let mut rows: HashMap<String, (i64, String)> = HashMap::new();
+    // archive path -> (size, sha256) as written
+    let mut got: HashMap<String, (u64, String)> = HashMap::new();
+    let mut manifest_seen = false;
+    let mut restored = HashSet::new();
+    let mut thumbnails = 0u64;
+    let mut n = 0u64;
+    for entry in ar.entries()? {
+        let entry = entry?;
+        let name = entry_path(&entry)?;
+        let mut r = Hashing::new(entry);
+        match name.as_str() {
+            HEADER_ENTRY => {
+                let mut s = String::new();
+                r.read_to_string(&mut s)?;
+                let h: BackupHeader = serde_json::from_str(&s)?;
+                if h.format != FORMAT || h.version != VERSION {
+                    bail!("unsupported archive: {} version {}", h.format, h.version);
+                }
+                header = Some(h);
+            }
+            USERS_ENTRY | FILES_ENTRY => {
+                let out = work.join(&name[3..]);
+                let mut w = BufWriter::new(File::create(&out)?);
+                let mut lines = BufReader::new(&mut r);
+                let mut l = String::new();
+                while {
+                    l.clear();
+                    lines.read_line(&mut l)? > 0
+                } {
+                    if name == FILES_ENTRY && !l.trim().is_empty() {
+                        let f: DumpFile = serde_json::from_str(l.trim_end())?;
+                        rows.insert(f.file_path, (f.file_size, f.sha256));
+                    }
+                    w.write_all(l.as_bytes())?;
+                }
+                w.flush()?;
+            }
+            MANIFEST_ENTRY => {
+                let mut s = String::new();
+                r.read_to_string(&mut s)?;
+                for l in s.lines().filter(|l| !l.trim().is_empty()) {
+                    if let ManifestLine::Entry {
+                        path, size, sha256, ..
+                    } = serde_json::from_str::<ManifestLine>(l)?
+                    {
+                        match got.get(&path) {
+                            Some((s, h)) if *s == size && *h == sha256 => {}
+                            _ => bail!("{path}: archive content does not match the manifest"),
+                        }
+                    }
+                }
+                manifest_seen = true;
+            }
+            blob if blob.starts_with(BLOB_PREFIX) => {
+                let key = blob[BLOB_PREFIX.len()..].to_string();
+                crate::blob::check_key(&key)
+                    .map_err(|e| anyhow::anyhow!("archive entry {blob:?}: {e}"))?;
+                let tmp = work.join(format!("blob-{n}.part"));
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                std::io::copy(&mut r, &mut out)?;
+                out.sync_all()?;
+                drop(out);
+                let (size, sha) = (r.len, hex::encode(r.hash.clone().finalize()));
+                if let Some((rs, rh)) = rows.get(&key) {
+                    if *rs != size as i64 || *rh != sha {
+                        bail!("{key}: {size} bytes sha256 {sha}, but its row says {rs} bytes sha256 {rh}");
+                    }
+                } else if key.split('/').nth(1) == Some(".thumbs") {
+                    thumbnails += 1;
+                } else {
+                    bail!("{key}: archived blob that no row references");
+                }
+                let dest = root.join(&key);
+                let parent = dest.parent().context("blob key without a directory")?;
+                mkdirs(parent)?;
+                std::fs::rename(&tmp, &dest)?;
+                fsync_dir(parent)?;
+                restored.insert(key);
+                n += 1;
+                progress.tick(|| format!("{n} blobs restored"));
+            }
+            other => bail!("unexpected archive entry {other:?}"),
+        }
+        let (size, sha) = r.finish();
+        got.insert(name, (size, sha));
+    }
+    if !manifest_seen {
+        bail!("archive has no manifest (truncated?)");
+    }
+    Ok((
+        Unpacked {
+            header: header.context("archive has no header")?,
+            restored,
+            thumbnails,
+        },
+        progress,
+    ))
+}
+
+const INSERT_USER_SQL: &str = "INSERT INTO user_storage (user_id, max_bytes, total_bytes, reserved_bytes, file_count, created_at, updated_at) \
+     VALUES ($1, $2, 0, 0, 0, $3, $4) \
+     ON CONFLICT (user_id) DO UPDATE SET max_bytes = EXCLUDED.max_bytes";
+const INSERT_FILE_SQL: &str = "INSERT INTO user_files (id, user_id, file_name, file_type, mime_type, file_size, file_path, \
+     thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+
+macro_rules! insert_rows {
+    ($pool:expr, $users:expr, $files:expr, $restored:expr, tags = |$t:ident| $tags:expr) => {{
+        let mut rep = RestoreReport::default();
+        let mut tx = $pool.begin().await?;
+        let mut lines = tokio::io::BufReader::new(tokio::fs::File::open($users).await?).lines();
+        while let Some(l) = lines.next_line().await? {
+            if l.trim().is_empty() {
+                continue;
+            }
+            let u: DumpUser = serde_json::from_str(&l)?;
+            sqlx::query(INSERT_USER_SQL)
+                .bind(&u.user_id)
+                .bind(u.max_bytes)
+                .bind(u.created_at)
+                .bind(u.updated_at)
+                .execute(&mut *tx)
+                .await?;
+            rep.users += 1;
+        }
+        let mut lines = tokio::io::BufReader::new(tokio::fs::File::open($files).await?).lines();
+        while let Some(l) = lines.next_line().await? {
+            if l.trim().is_empty() {
+                continue;
+            }
+            let f: DumpFile = serde_json::from_str(&l)?;
+            if !$restored.contains(&f.file_path) {
+                rep.rows_skipped += 1;
+                continue;
+            }
+            let thumb = f.thumbnail_path.filter(|t| $restored.contains(t));
+            let $t = &f.tags;
+            sqlx::query(INSERT_FILE_SQL)
+                .bind(f.id)
+                .bind(&f.user_id)
+                .bind(&f.file_name)
+                .bind(&f.file_type)
+                .bind(&f.mime_type)
+                .bind(f.file_size)
+                .bind(&f.file_path)
+                .bind(thumb)
+                .bind(&f.resolution)
+                .bind(&f.duration)
+                .bind(&f.package_name)
+                .bind($tags)
+                .bind(f.is_favorite)
+                .bind(&f.sha256)
+                .bind(f.upload_date)
+                .bind(f.created_at)
+                .execute(&mut *tx)
+                .await?;
+            rep.files += 1;
+            rep.bytes += f.file_size.max(0) as u64;
+        }
+        tx.commit().await?;
+        rep
+    }};
+}
+
+async fn insert_rows(
+    state: &AppState,
+    users: &Path,
+    files: &Path,
+    restored: &HashSet<String>,
+) -> anyhow::Result<RestoreReport> {
+    let any = state.meta.as_any();
+    if let Some(pg) = any.downcast_ref::<PgStore>() {
+        Ok(insert_rows!(
+            pg.pool(),
+            users,
+            files,
+            restored,
+            tags = |t| t.clone()
+        ))
+    } else if let Some(lite) = any.downcast_ref::<SqliteStore>() {
+        Ok(insert_rows!(
+            lite.pool(),
+            users,
+            files,
+            restored,
+            tags = |t| serde_json::to_string(t)?
+        ))
+    } else {
+        bail!("restore needs the PostgreSQL or SQLite store");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let t = DateTime::parse_from_rfc3339("2026-01-24T10:15:00.123Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let n = archive_name(t, false);
+        assert_eq!(n, "stowage-backup-20260124T101500123Z.tar");
+        assert_eq!(parse_archive_name(&n), Some(t));
+        assert_eq!(parse_archive_name(&archive_name(t, true)), Some(t));
+        for other in [
+            "stowage-backup-20260124T101500123Z.tar.partial",
+            ".stowage-backup-20260124T101500123Z.tar.partial",
+            "stowage-backup-latest.tar",
+            "notes.txt",
+            "stowage-backup-20261324T101500123Z.tar",
+        ] {
+            assert_eq!(parse_archive_name(other), None, "{other}");
+        }
+    }
+}
