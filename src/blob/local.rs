@@ -12,7 +12,6 @@ use std::{
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 use uuid::Uuid;
@@ -101,7 +100,7 @@ impl BlobWriter for LocalWriter {
 
 fn range_stream(file: tokio::fs::File, len: u64) -> ByteStream {
     let reader = file.take(len);
-    Box::pin(ReaderStream::with_capacity(reader, READ_CHUNK).map(|r| r.map(Bytes::from)))
+    Box::pin(ReaderStream::with_capacity(reader, READ_CHUNK))
 }
 
 #[async_trait]
@@ -227,6 +226,7 @@ impl BlobStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::StreamExt;
     use std::os::unix::fs::PermissionsExt;
 
     async fn collect(s: ByteStream) -> Vec<u8> {

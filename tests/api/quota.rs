@@ -39,7 +39,7 @@ both!(concurrent_uploads_never_pass_the_quota, |b| async move {
     let ok = results.iter().filter(|(s, _)| *s == 201).count();
     let refused = results.iter().filter(|(s, _)| *s == 507).count();
     assert_eq!(ok + refused, 40, "{results:?}");
-    assert!(ok >= 1 && ok <= 10, "at most 10 fit, got {ok}");
+    assert!((1..=10).contains(&ok), "at most 10 fit, got {ok}");
     for (s, v) in &results {
         if *s == 507 {
             assert_eq!(v["error"]["code"], "quota_exceeded");
@@ -66,7 +66,7 @@ both!(two_servers_share_one_quota, |b| async move {
     });
     let statuses = join_all(uploads).await;
     let ok = statuses.iter().filter(|s| **s == 201).count();
-    assert!(ok >= 1 && ok <= 10, "{statuses:?}");
+    assert!((1..=10).contains(&ok), "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 201 || *s == 507), "{statuses:?}");
     app.assert_consistent("q2").await;
     peer.assert_consistent("q2").await;

@@ -56,7 +56,14 @@ async fn create_ok(app: &TestApp, user: &str, len: u64, meta: &str) -> String {
     loc
 }
 
-async fn patch(app: &TestApp, user: &str, loc: &str, offset: u64, data: Vec<u8>, extra: &[(&str, String)]) -> Response {
+async fn patch(
+    app: &TestApp,
+    user: &str,
+    loc: &str,
+    offset: u64,
+    data: Vec<u8>,
+    extra: &[(&str, String)],
+) -> Response {
     let mut rb = app
         .client
         .patch(app.url(loc))
@@ -87,7 +94,13 @@ async fn offset_of(app: &TestApp, user: &str, loc: &str) -> u64 {
 }
 
 async fn reserved(app: &TestApp, user: &str) -> i64 {
-    app.state.meta.get_user(user).await.unwrap().map(|u| u.reserved_bytes).unwrap_or(0)
+    app.state
+        .meta
+        .get_user(user)
+        .await
+        .unwrap()
+        .map(|u| u.reserved_bytes)
+        .unwrap_or(0)
 }
 
 async fn download(app: &TestApp, user: &str, id: &str) -> Vec<u8> {
@@ -103,19 +116,38 @@ async fn error_code(r: Response) -> String {
 
 both!(options_discovery, |b| async move {
     let app = spawn_app(b).await;
-    let r = app.client.request(Method::OPTIONS, app.url("/api/uploads")).send().await.unwrap();
+    let r = app
+        .client
+        .request(Method::OPTIONS, app.url("/api/uploads"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(hdr(&r, "tus-resumable"), Some("1.0.0"));
     assert_eq!(hdr(&r, "tus-version"), Some("1.0.0"));
     let ext = hdr(&r, "tus-extension").unwrap();
-    for e in ["creation", "creation-with-upload", "termination", "expiration", "checksum"] {
+    for e in [
+        "creation",
+        "creation-with-upload",
+        "termination",
+        "expiration",
+        "checksum",
+    ] {
         assert!(ext.split(',').any(|x| x == e), "{ext}");
     }
     assert!(!ext.contains("creation-defer-length"));
-    assert_eq!(hdr(&r, "tus-max-size"), Some(app.state.config.max_file_size.to_string().as_str()));
+    assert_eq!(
+        hdr(&r, "tus-max-size"),
+        Some(app.state.config.max_file_size.to_string().as_str())
+    );
     assert_eq!(hdr(&r, "tus-checksum-algorithm"), Some("sha1,sha256"));
     // Trailing slash too.
-    let r = app.client.request(Method::OPTIONS, app.url("/api/uploads/")).send().await.unwrap();
+    let r = app
+        .client
+        .request(Method::OPTIONS, app.url("/api/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
 });
 
@@ -137,7 +169,9 @@ both!(create_head_patch_complete, |b| async move {
     assert_eq!(hdr(&r, "upload-offset"), Some("0"));
     assert_eq!(hdr(&r, "upload-length"), Some("300000"));
     assert_eq!(hdr(&r, "cache-control"), Some("no-store"));
-    assert!(hdr(&r, "upload-metadata").unwrap().contains(&format!("filename {}", b64("holiday.png"))));
+    assert!(hdr(&r, "upload-metadata")
+        .unwrap()
+        .contains(&format!("filename {}", b64("holiday.png"))));
     // Partial data is never listed.
     let r = patch(&app, "alice", &loc, 0, data[..100_000].to_vec(), &[]).await;
     assert_eq!(r.status(), 204);
@@ -179,7 +213,11 @@ both!(protocol_errors, |b| async move {
     let loc = create_ok(&app, "alice", 1000, "").await;
     // 412 without (or with another) Tus-Resumable, with Tus-Version.
     for v in [None, Some("0.2.2")] {
-        let mut rb = app.client.post(app.url("/api/uploads")).bearer_auth(token("alice")).header("Upload-Length", "10");
+        let mut rb = app
+            .client
+            .post(app.url("/api/uploads"))
+            .bearer_auth(token("alice"))
+            .header("Upload-Length", "10");
         if let Some(v) = v {
             rb = rb.header("Tus-Resumable", v);
         }
@@ -189,11 +227,29 @@ both!(protocol_errors, |b| async move {
         assert_eq!(hdr(&r, "tus-resumable"), Some("1.0.0"));
         assert_eq!(error_code(r).await, "unsupported_version");
     }
-    let r = app.client.patch(app.url(&loc)).bearer_auth(token("alice")).header("Content-Type", OCTET).header("Upload-Offset", "0").body("x").send().await.unwrap();
+    let r = app
+        .client
+        .patch(app.url(&loc))
+        .bearer_auth(token("alice"))
+        .header("Content-Type", OCTET)
+        .header("Upload-Offset", "0")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 412);
     // 415 for a wrong PATCH Content-Type.
-    let r = app.client.patch(app.url(&loc)).bearer_auth(token("alice")).header("Tus-Resumable", "1.0.0")
-        .header("Content-Type", "application/octet-stream").header("Upload-Offset", "0").body("x").send().await.unwrap();
+    let r = app
+        .client
+        .patch(app.url(&loc))
+        .bearer_auth(token("alice"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", "application/octet-stream")
+        .header("Upload-Offset", "0")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     assert_eq!(hdr(&r, "tus-resumable"), Some("1.0.0"));
     assert_eq!(error_code(r).await, "unsupported_media_type");
@@ -203,24 +259,71 @@ both!(protocol_errors, |b| async move {
     assert_eq!(error_code(r).await, "conflict");
     assert_eq!(offset_of(&app, "alice", &loc).await, 0);
     // 400: missing/bad Upload-Offset, missing Upload-Length, deferred length, bad metadata.
-    let r = app.client.patch(app.url(&loc)).bearer_auth(token("alice")).header("Tus-Resumable", "1.0.0")
-        .header("Content-Type", OCTET).header("Upload-Offset", "-1").body("x").send().await.unwrap();
+    let r = app
+        .client
+        .patch(app.url(&loc))
+        .bearer_auth(token("alice"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", OCTET)
+        .header("Upload-Offset", "-1")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = app.client.post(app.url("/api/uploads")).bearer_auth(token("alice")).header("Tus-Resumable", "1.0.0").send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/uploads"))
+        .bearer_auth(token("alice"))
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let r = app.client.post(app.url("/api/uploads")).bearer_auth(token("alice")).header("Tus-Resumable", "1.0.0")
-        .header("Upload-Defer-Length", "1").send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/uploads"))
+        .bearer_auth(token("alice"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Defer-Length", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(create(&app, "alice", 10, "filename !!!").await.status(), 400);
-    assert_eq!(create(&app, "alice", 10, &format!("file_type {}", b64("spreadsheet"))).await.status(), 400);
+    assert_eq!(
+        create(&app, "alice", 10, "filename !!!").await.status(),
+        400
+    );
+    assert_eq!(
+        create(
+            &app,
+            "alice",
+            10,
+            &format!("file_type {}", b64("spreadsheet"))
+        )
+        .await
+        .status(),
+        400
+    );
     // A body longer than Upload-Length: 413, nothing kept.
     let r = patch(&app, "alice", &loc, 0, vec![0u8; 1001], &[]).await;
     assert_eq!(r.status(), 413);
     assert_eq!(offset_of(&app, "alice", &loc).await, 0);
     // No session: 401; bad id: 404.
-    let r = app.client.head(app.url(&loc)).header("Tus-Resumable", "1.0.0").send().await.unwrap();
+    let r = app
+        .client
+        .head(app.url(&loc))
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(head(&app, "alice", "/api/uploads/not-a-uuid").await.status(), 404);
+    assert_eq!(
+        head(&app, "alice", "/api/uploads/not-a-uuid")
+            .await
+            .status(),
+        404
+    );
     // Content not of an accepted type: the completing PATCH is 415 and the
     // upload and its reservation are gone.
     let r = patch(&app, "alice", &loc, 0, vec![0u8; 1000], &[]).await;
@@ -236,22 +339,73 @@ both!(checksums, |b| async move {
     let loc = create_ok(&app, "alice", 30_000, "").await;
     let sha1 = |d: &[u8]| B64.encode(sha1::Sha1::digest(d));
     let sha256 = |d: &[u8]| B64.encode(sha2::Sha256::digest(d));
-    let r = patch(&app, "alice", &loc, 0, data[..10_000].to_vec(), &[("Upload-Checksum", format!("sha1 {}", sha1(&data[..10_000])))]).await;
+    let r = patch(
+        &app,
+        "alice",
+        &loc,
+        0,
+        data[..10_000].to_vec(),
+        &[("Upload-Checksum", format!("sha1 {}", sha1(&data[..10_000])))],
+    )
+    .await;
     assert_eq!(r.status(), 204);
     // A mismatch: 460, the offset and the staged bytes stay as they were.
-    let r = patch(&app, "alice", &loc, 10_000, vec![7u8; 10_000], &[("Upload-Checksum", format!("sha256 {}", sha256(&data[10_000..20_000])))]).await;
+    let r = patch(
+        &app,
+        "alice",
+        &loc,
+        10_000,
+        vec![7u8; 10_000],
+        &[(
+            "Upload-Checksum",
+            format!("sha256 {}", sha256(&data[10_000..20_000])),
+        )],
+    )
+    .await;
     assert_eq!(r.status(), 460);
     assert_eq!(hdr(&r, "tus-resumable"), Some("1.0.0"));
     assert_eq!(error_code(r).await, "checksum_mismatch");
     assert_eq!(offset_of(&app, "alice", &loc).await, 10_000);
-    let staged = std::fs::metadata(app.storage_root().join(".tmp").join(format!("{}.part", loc.rsplit('/').next().unwrap()))).unwrap();
+    let staged = std::fs::metadata(
+        app.storage_root()
+            .join(".tmp")
+            .join(format!("{}.part", loc.rsplit('/').next().unwrap())),
+    )
+    .unwrap();
     assert_eq!(staged.len(), 10_000);
     // Unsupported algorithm: 400.
-    let r = patch(&app, "alice", &loc, 10_000, data[10_000..20_000].to_vec(), &[("Upload-Checksum", "md5 1B2M2Y8AsgTpgAmY7PhCfg==".into())]).await;
+    let r = patch(
+        &app,
+        "alice",
+        &loc,
+        10_000,
+        data[10_000..20_000].to_vec(),
+        &[("Upload-Checksum", "md5 1B2M2Y8AsgTpgAmY7PhCfg==".into())],
+    )
+    .await;
     assert_eq!(r.status(), 400);
-    let r = patch(&app, "alice", &loc, 10_000, data[10_000..20_000].to_vec(), &[("Upload-Checksum", format!("sha256 {}", sha256(&data[10_000..20_000])))]).await;
+    let r = patch(
+        &app,
+        "alice",
+        &loc,
+        10_000,
+        data[10_000..20_000].to_vec(),
+        &[(
+            "Upload-Checksum",
+            format!("sha256 {}", sha256(&data[10_000..20_000])),
+        )],
+    )
+    .await;
     assert_eq!(r.status(), 204);
-    let r = patch(&app, "alice", &loc, 20_000, data[20_000..].to_vec(), &[("Upload-Checksum", format!("sha1 {}", sha1(&data[20_000..])))]).await;
+    let r = patch(
+        &app,
+        "alice",
+        &loc,
+        20_000,
+        data[20_000..].to_vec(),
+        &[("Upload-Checksum", format!("sha1 {}", sha1(&data[20_000..])))],
+    )
+    .await;
     assert_eq!(r.status(), 204);
     let id = hdr(&r, "stowage-file-id").unwrap().to_string();
     assert_eq!(download(&app, "alice", &id).await, data);
@@ -263,10 +417,18 @@ both!(creation_with_upload, |b| async move {
     let app = spawn_app(b).await;
     let data = png_bytes(50_000);
     // The whole file in the POST: answered with Stowage-File-Id.
-    let r = app.client.post(app.url("/api/uploads/")).bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0").header("Upload-Length", "50000")
+    let r = app
+        .client
+        .post(app.url("/api/uploads/"))
+        .bearer_auth(token("alice"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "50000")
         .header("Upload-Metadata", format!("filename {}", b64("one.png")))
-        .header("Content-Type", OCTET).body(data.clone()).send().await.unwrap();
+        .header("Content-Type", OCTET)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(hdr(&r, "upload-offset"), Some("50000"));
     let id = hdr(&r, "stowage-file-id").unwrap().to_string();
@@ -276,9 +438,17 @@ both!(creation_with_upload, |b| async move {
     assert_eq!(f["file_name"], "one.png");
     assert_eq!(f["file_type"], "image");
     // Part of it in the POST, the rest by PATCH.
-    let r = app.client.post(app.url("/api/uploads")).bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0").header("Upload-Length", "50000")
-        .header("Content-Type", OCTET).body(data[..20_000].to_vec()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/uploads"))
+        .bearer_auth(token("alice"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "50000")
+        .header("Content-Type", OCTET)
+        .body(data[..20_000].to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(hdr(&r, "upload-offset"), Some("20000"));
     assert!(hdr(&r, "stowage-file-id").is_none());
@@ -287,9 +457,17 @@ both!(creation_with_upload, |b| async move {
     assert_eq!(r.status(), 204);
     assert!(hdr(&r, "stowage-file-id").is_some());
     // A body of another type in the POST: 415 before anything is reserved.
-    let r = app.client.post(app.url("/api/uploads")).bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0").header("Upload-Length", "50000")
-        .header("Content-Type", "text/plain").body(data[..10].to_vec()).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/uploads"))
+        .bearer_auth(token("alice"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", "50000")
+        .header("Content-Type", "text/plain")
+        .body(data[..10].to_vec())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
     assert_eq!(reserved(&app, "alice").await, 0);
     app.assert_consistent("alice").await;
@@ -298,11 +476,20 @@ both!(creation_with_upload, |b| async move {
 both!(termination_releases_quota, |b| async move {
     let app = spawn_app(b).await;
     let loc = create_ok(&app, "alice", 1_000_000, "").await;
-    assert_eq!(patch(&app, "alice", &loc, 0, png_bytes(400_000), &[]).await.status(), 204);
+    assert_eq!(
+        patch(&app, "alice", &loc, 0, png_bytes(400_000), &[])
+            .await
+            .status(),
+        204
+    );
     assert_eq!(reserved(&app, "alice").await, 1_000_000);
     assert_eq!(app.temp_files().len(), 1);
     let del = |user: &'static str| {
-        app.client.delete(app.url(&loc)).bearer_auth(token(user)).header("Tus-Resumable", "1.0.0").send()
+        app.client
+            .delete(app.url(&loc))
+            .bearer_auth(token(user))
+            .header("Tus-Resumable", "1.0.0")
+            .send()
     };
     let r = del("alice").await.unwrap();
     assert_eq!(r.status(), 204);
@@ -310,7 +497,12 @@ both!(termination_releases_quota, |b| async move {
     assert_eq!(reserved(&app, "alice").await, 0);
     assert!(app.temp_files().is_empty());
     assert_eq!(head(&app, "alice", &loc).await.status(), 404);
-    assert_eq!(patch(&app, "alice", &loc, 400_000, vec![1; 10], &[]).await.status(), 404);
+    assert_eq!(
+        patch(&app, "alice", &loc, 400_000, vec![1; 10], &[])
+            .await
+            .status(),
+        404
+    );
     assert_eq!(del("alice").await.unwrap().status(), 404);
 });
 
@@ -318,8 +510,20 @@ both!(ownership, |b| async move {
     let app = spawn_app(b).await;
     let loc = create_ok(&app, "alice", 1000, "").await;
     assert_eq!(head(&app, "mallory", &loc).await.status(), 404);
-    assert_eq!(patch(&app, "mallory", &loc, 0, vec![1; 10], &[]).await.status(), 404);
-    let r = app.client.delete(app.url(&loc)).bearer_auth(token("mallory")).header("Tus-Resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(
+        patch(&app, "mallory", &loc, 0, vec![1; 10], &[])
+            .await
+            .status(),
+        404
+    );
+    let r = app
+        .client
+        .delete(app.url(&loc))
+        .bearer_auth(token("mallory"))
+        .header("Tus-Resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(offset_of(&app, "alice", &loc).await, 0);
     // A finished upload is private too.
@@ -347,7 +551,12 @@ both!(quota_and_limits, |b| async move {
     // The reservation counts: a second one no longer fits.
     assert_eq!(create(&app, "bob", 30_000, "").await.status(), 507);
     assert_eq!(app.temp_files().len(), 2);
-    assert_eq!(patch(&app, "bob", &loc, 0, png_bytes(30_000), &[]).await.status(), 204);
+    assert_eq!(
+        patch(&app, "bob", &loc, 0, png_bytes(30_000), &[])
+            .await
+            .status(),
+        204
+    );
     assert_eq!(create(&app, "bob", 30_000, "").await.status(), 507);
     app.assert_consistent("bob").await;
 });
@@ -369,7 +578,12 @@ both!(mixed_tus_and_multipart_respect_quota, |b| async move {
                 assert_eq!(r.status(), 201);
                 let loc = hdr(&r, "location").unwrap().to_string();
                 let half = data.len() / 2;
-                assert_eq!(patch(&app, "carol", &loc, 0, data[..half].to_vec(), &[]).await.status(), 204);
+                assert_eq!(
+                    patch(&app, "carol", &loc, 0, data[..half].to_vec(), &[])
+                        .await
+                        .status(),
+                    204
+                );
                 let r = patch(&app, "carol", &loc, half as u64, data[half..].to_vec(), &[]).await;
                 assert_eq!(r.status(), 204);
                 true
@@ -386,7 +600,7 @@ both!(mixed_tus_and_multipart_respect_quota, |b| async move {
             ok += 1;
         }
     }
-    assert!(ok >= 1 && ok <= 6, "{ok} uploads fit in 1 MB");
+    assert!((1..=6).contains(&ok), "{ok} uploads fit in 1 MB");
     let u = app.usage("carol").await;
     assert!(u["total_bytes"].as_i64().unwrap() <= 1_000_000);
     assert_eq!(reserved(&app, "carol").await, 0);
@@ -466,7 +680,12 @@ both!(resume_on_peer_after_stop, |b| async move {
     let mut app = spawn_app(b).await;
     let data = png_bytes(600_000);
     let loc = create_ok(&app, "erin", data.len() as u64, "").await;
-    assert_eq!(patch(&app, "erin", &loc, 0, data[..250_000].to_vec(), &[]).await.status(), 204);
+    assert_eq!(
+        patch(&app, "erin", &loc, 0, data[..250_000].to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
     app.stop().await;
     let peer = spawn_peer(&app).await;
     let off = offset_of(&peer, "erin", &loc).await;
@@ -481,19 +700,33 @@ both!(resume_on_peer_after_stop, |b| async move {
 both!(expiry_and_cleanup, |b| async move {
     let app = spawn_app_with(b, |c| c.upload_expiry = Duration::from_secs(1)).await;
     let loc = create_ok(&app, "frank", 100_000, "").await;
-    assert_eq!(patch(&app, "frank", &loc, 0, png_bytes(1000), &[]).await.status(), 204);
+    assert_eq!(
+        patch(&app, "frank", &loc, 0, png_bytes(1000), &[])
+            .await
+            .status(),
+        204
+    );
     let keep = create_ok(&app, "frank", 5_000, "").await;
     assert_eq!(reserved(&app, "frank").await, 105_000);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Expired: gone for the client even before cleanup runs.
     assert_eq!(head(&app, "frank", &loc).await.status(), 404);
-    assert_eq!(patch(&app, "frank", &loc, 1000, vec![0; 10], &[]).await.status(), 404);
-    let report = stowage::jobs::cleanup::run(&app.state, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        patch(&app, "frank", &loc, 1000, vec![0; 10], &[])
+            .await
+            .status(),
+        404
+    );
+    let report = stowage::jobs::cleanup::run(&app.state, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(report.expired_uploads, 2);
     assert_eq!(report.expired_reservations, 2);
     assert_eq!(reserved(&app, "frank").await, 0);
     assert!(app.temp_files().is_empty(), "{:?}", app.temp_files());
-    let again = stowage::jobs::cleanup::run(&app.state, Duration::ZERO).await.unwrap();
+    let again = stowage::jobs::cleanup::run(&app.state, Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(again.expired_uploads, 0);
     assert_eq!(again.expired_reservations, 0);
     assert_eq!(head(&app, "frank", &keep).await.status(), 404);
@@ -518,7 +751,10 @@ fn require_clients() {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "tuspy is not installed: run scripts/test.sh (or tests/clients/install.sh)");
+    assert!(
+        ok,
+        "tuspy is not installed: run scripts/test.sh (or tests/clients/install.sh)"
+    );
 }
 
 /// A 50 MiB file that sniffs as PNG, written once per test.
@@ -557,21 +793,35 @@ impl Proxy {
             down: Arc::new(AtomicBool::new(false)),
             cut_tx,
         };
-        let (target, up, cut_after, generation, down) =
-            (p.target.clone(), p.up_bytes.clone(), p.cut_after.clone(), p.generation.clone(), p.down.clone());
+        let (target, up, cut_after, generation, down) = (
+            p.target.clone(),
+            p.up_bytes.clone(),
+            p.cut_after.clone(),
+            p.generation.clone(),
+            p.down.clone(),
+        );
         let cut_tx = p.cut_tx.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else { return };
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
                 if down.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
                 let to = *target.lock().unwrap();
-                let Ok(server) = TcpStream::connect(to).await else { continue };
+                let Ok(server) = TcpStream::connect(to).await else {
+                    continue;
+                };
                 let gen = generation.load(Ordering::SeqCst);
-                let (up, cut_after, generation, down, cut_tx) =
-                    (up.clone(), cut_after.clone(), generation.clone(), down.clone(), cut_tx.clone());
+                let (up, cut_after, generation, down, cut_tx) = (
+                    up.clone(),
+                    cut_after.clone(),
+                    generation.clone(),
+                    down.clone(),
+                    cut_tx.clone(),
+                );
                 let mut rx = cut_rx.clone();
                 tokio::spawn(async move {
                     let (mut cr, mut cw) = client.into_split();
@@ -652,15 +902,28 @@ async fn run_client(cmd: &mut tokio::process::Command) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or("");
     serde_json::from_str(last).unwrap_or_else(|_| {
-        panic!("client printed no JSON: {stdout} / {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "client printed no JSON: {stdout} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
 }
 
 fn js_cmd(endpoint: &str, user: &str, file: &Path, extra: &[&str]) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("node");
     c.arg(clients_dir().join("tus-js/upload.mjs"))
-        .args(["--endpoint", endpoint, "--header", &format!("Authorization: Bearer {}", token(user))])
-        .args(["--metadata", "filename=big.png", "--metadata", "filetype=image/png"])
+        .args([
+            "--endpoint",
+            endpoint,
+            "--header",
+            &format!("Authorization: Bearer {}", token(user)),
+        ])
+        .args([
+            "--metadata",
+            "filename=big.png",
+            "--metadata",
+            "filetype=image/png",
+        ])
         .args(extra)
         .arg(file)
         .kill_on_drop(true);
@@ -670,7 +933,12 @@ fn js_cmd(endpoint: &str, user: &str, file: &Path, extra: &[&str]) -> tokio::pro
 fn py_cmd(endpoint: &str, user: &str, file: &Path, extra: &[&str]) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("python3");
     c.arg(clients_dir().join("tuspy/upload.py"))
-        .args(["--endpoint", endpoint, "--header", &format!("Authorization: Bearer {}", token(user))])
+        .args([
+            "--endpoint",
+            endpoint,
+            "--header",
+            &format!("Authorization: Bearer {}", token(user)),
+        ])
         .args(["--metadata", "filename=big.png"])
         .args(extra)
         .arg(file)
@@ -681,8 +949,17 @@ fn py_cmd(endpoint: &str, user: &str, file: &Path, extra: &[&str]) -> tokio::pro
 /// Checks the finished upload: listed once, byte-identical, right sha256.
 async fn check_result(app: &TestApp, user: &str, res: &Value, data: &[u8]) {
     assert_eq!(res["ok"], true, "{res}");
-    let id = res["file_id"].as_str().unwrap_or_else(|| panic!("no Stowage-File-Id: {res}")).to_string();
-    assert!(res["url"].as_str().unwrap().ends_with(&format!("/api/uploads/{id}")), "{res}");
+    let id = res["file_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no Stowage-File-Id: {res}"))
+        .to_string();
+    assert!(
+        res["url"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/api/uploads/{id}")),
+        "{res}"
+    );
     let (s, f) = app.get_json(user, &format!("/api/files/{id}")).await;
     assert_eq!(s, 200);
     assert_eq!(f["sha256"], sha256_hex(data));
@@ -704,12 +981,32 @@ both!(tus_js_abort_then_resume, |b| async move {
     let app = spawn_app(b).await;
     let (file, data) = big_file(app.dir.path());
     let endpoint = app.url("/api/uploads");
-    let first = run_client(&mut js_cmd(&endpoint, "gina", &file, &["--abort-after", &(20 * MIB).to_string()])).await;
+    let first = run_client(&mut js_cmd(
+        &endpoint,
+        "gina",
+        &file,
+        &["--abort-after", &(20 * MIB).to_string()],
+    ))
+    .await;
     assert_eq!(first["aborted"], true, "{first}");
     let url = first["url"].as_str().unwrap().to_string();
-    let second = run_client(&mut js_cmd(&endpoint, "gina", &file, &["--upload-url", &url])).await;
-    let offsets: Vec<u64> = second["head_offsets"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    assert!(offsets.iter().any(|o| *o > 0 && *o < data.len() as u64), "resumed from the server's offset: {second}");
+    let second = run_client(&mut js_cmd(
+        &endpoint,
+        "gina",
+        &file,
+        &["--upload-url", &url],
+    ))
+    .await;
+    let offsets: Vec<u64> = second["head_offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        offsets.iter().any(|o| *o > 0 && *o < data.len() as u64),
+        "resumed from the server's offset: {second}"
+    );
     check_result(&app, "gina", &second, &data).await;
 });
 
@@ -723,7 +1020,12 @@ both!(tus_js_server_restart_mid_upload, |b| async move {
     let proxy = Proxy::start(app.addr).await;
     proxy.cut_after(20 * MIB);
     let endpoint = format!("{}/api/uploads", proxy.base());
-    let mut cmd = js_cmd(&endpoint, "hank", &file, &["--chunk-size", &(8 * MIB).to_string()]);
+    let mut cmd = js_cmd(
+        &endpoint,
+        "hank",
+        &file,
+        &["--chunk-size", &(8 * MIB).to_string()],
+    );
     let client = tokio::spawn(async move { run_client(&mut cmd).await });
     while !proxy.is_down() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -732,8 +1034,16 @@ both!(tus_js_server_restart_mid_upload, |b| async move {
     let peer = spawn_peer(&app).await;
     proxy.up(peer.addr);
     let res = client.await.unwrap();
-    let offsets: Vec<u64> = res["head_offsets"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    assert!(offsets.iter().any(|o| *o >= 8 * MIB), "resumed past the first chunks: {res}");
+    let offsets: Vec<u64> = res["head_offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        offsets.iter().any(|o| *o >= 8 * MIB),
+        "resumed past the first chunks: {res}"
+    );
     check_result(&peer, "hank", &res, &data).await;
 });
 
@@ -746,7 +1056,12 @@ both!(tuspy_checksum_connection_cut, |b| async move {
     let proxy = Proxy::start(app.addr).await;
     proxy.cut_after(20 * MIB);
     let endpoint = format!("{}/api/uploads", proxy.base());
-    let mut cmd = py_cmd(&endpoint, "ivan", &file, &["--checksum", "--chunk-size", &(8 * MIB).to_string()]);
+    let mut cmd = py_cmd(
+        &endpoint,
+        "ivan",
+        &file,
+        &["--checksum", "--chunk-size", &(8 * MIB).to_string()],
+    );
     let client = tokio::spawn(async move { run_client(&mut cmd).await });
     while !proxy.is_down() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -754,9 +1069,17 @@ both!(tuspy_checksum_connection_cut, |b| async move {
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.up(app.addr);
     let res = client.await.unwrap();
-    let offsets: Vec<u64> = res["resumed_offsets"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = res["resumed_offsets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     // With a checksum a cut PATCH keeps nothing: resumption is on a chunk boundary.
-    assert!(offsets.iter().any(|o| *o > 0 && *o % (8 * MIB) == 0), "{res}");
+    assert!(
+        offsets.iter().any(|o| *o > 0 && *o % (8 * MIB) == 0),
+        "{res}"
+    );
     check_result(&app, "ivan", &res, &data).await;
 });
 
@@ -767,12 +1090,37 @@ both!(tuspy_resume_after_restart, |b| async move {
     require_clients();
     let mut app = spawn_app(b).await;
     let (file, data) = big_file(app.dir.path());
-    let first = run_client(&mut py_cmd(&app.url("/api/uploads"), "judy", &file, &["--chunk-size", &(8 * MIB).to_string(), "--stop-after", &(16 * MIB).to_string()])).await;
+    let first = run_client(&mut py_cmd(
+        &app.url("/api/uploads"),
+        "judy",
+        &file,
+        &[
+            "--chunk-size",
+            &(8 * MIB).to_string(),
+            "--stop-after",
+            &(16 * MIB).to_string(),
+        ],
+    ))
+    .await;
     let url = first["url"].as_str().unwrap().to_string();
-    let path = url.split_once("/api/").map(|(_, p)| format!("/api/{p}")).unwrap();
+    let path = url
+        .split_once("/api/")
+        .map(|(_, p)| format!("/api/{p}"))
+        .unwrap();
     app.stop().await;
     let peer = spawn_peer(&app).await;
-    let second = run_client(&mut py_cmd(&peer.url("/api/uploads"), "judy", &file, &["--url", &peer.url(&path), "--chunk-size", &(64 * MIB).to_string()])).await;
+    let second = run_client(&mut py_cmd(
+        &peer.url("/api/uploads"),
+        "judy",
+        &file,
+        &[
+            "--url",
+            &peer.url(&path),
+            "--chunk-size",
+            &(64 * MIB).to_string(),
+        ],
+    ))
+    .await;
     assert_eq!(second["resumed_offsets"][0], 16 * MIB, "{second}");
     check_result(&peer, "judy", &second, &data).await;
 });

@@ -45,6 +45,9 @@ struct Huffman {
     maxcode: [i32; 17],
     valoffset: [i32; 17],
     symbols: Vec<u8>,
+    /// For AC tables: indexed like `lut`, `bits to skip | coefficient step << 8` for a
+    /// short code plus its magnitude bits (step 0 = end of block); 0 for long codes.
+    ac_skip: Vec<u16>,
 }
 
 impl Huffman {
@@ -79,11 +82,27 @@ impl Huffman {
             }
             code <<= 1;
         }
+        let ac_skip = lut
+            .iter()
+            .map(|&(len, rs)| {
+                if len == 0 {
+                    return 0;
+                }
+                let (r, s) = (u16::from(rs >> 4), u16::from(rs & 15));
+                let step = match (r, s) {
+                    (15, 0) => 16,
+                    (_, 0) => 0,
+                    _ => r + 1,
+                };
+                (u16::from(len) + s) | (step << 8)
+            })
+            .collect();
         Ok(Huffman {
             lut,
             maxcode,
             valoffset,
             symbols: symbols[..k].to_vec(),
+            ac_skip,
         })
     }
 }

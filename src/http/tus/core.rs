@@ -12,11 +12,7 @@
 //! mid-body does not cancel it: what arrived is made durable and recorded
 //! (unless the request carried a checksum, then it is rolled back).
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::Instant,
-};
+use std::{collections::HashMap, sync::Mutex, time::Instant};
 
 use axum::{
     body::Body,
@@ -35,7 +31,10 @@ use super::{
     *,
 };
 use crate::{
-    domain::{filetype::{FileType, SNIFF_LEN}, names::sanitize_file_name},
+    domain::{
+        filetype::{FileType, SNIFF_LEN},
+        names::sanitize_file_name,
+    },
     http::{
         download::serve_file,
         error::AppResult,
@@ -84,7 +83,11 @@ pub async fn get_finished(
     FileId(id): FileId,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    let rec = state.meta.get_file(&user.0, id).await?.ok_or(AppError::NotFound)?;
+    let rec = state
+        .meta
+        .get_file(&user.0, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     serve_file(&state, &rec, &Method::GET, &headers, false).await
 }
 
@@ -106,10 +109,13 @@ pub async fn patch(
         .ok_or_else(|| AppError::BadRequest("Upload-Offset is required".into()))?
         .to_str()
         .map_err(|_| AppError::BadRequest("Upload-Offset is not valid".into()))
-        .and_then(|v| headers::parse_u64("Upload-Offset", v).map_err(|e| AppError::BadRequest(e.0)))?;
+        .and_then(|v| {
+            headers::parse_u64("Upload-Offset", v).map_err(|e| AppError::BadRequest(e.0))
+        })?;
     let checksum = parse_checksum_header(&headers)?;
-    let (lease, up) = Lease::acquire(&state, &user.0, id).await?;
+    let (mut lease, up) = Lease::acquire(&state, &user.0, id).await?;
     if up.upload_offset as u64 != offset {
+        lease.release().await;
         return Err(AppError::Conflict(format!(
             "Upload-Offset is {offset} but the upload is at {}",
             up.upload_offset
@@ -181,17 +187,26 @@ pub fn date_value(t: DateTime<Utc>) -> HeaderValue {
 /// (sanitized), `file_type` (declared type, checked against the content),
 /// `package_name`, `tags` (comma list). `filetype` (a MIME claim) is ignored:
 /// content decides.
-pub fn file_meta(meta: &std::collections::BTreeMap<String, Option<Vec<u8>>>) -> AppResult<FileMeta> {
+pub fn file_meta(
+    meta: &std::collections::BTreeMap<String, Option<Vec<u8>>>,
+) -> AppResult<FileMeta> {
     let text = |k: &str| -> Option<String> {
         meta.get(k)
             .and_then(|v| v.as_ref())
             .map(|v| String::from_utf8_lossy(v).into_owned())
     };
     let mut fm = FileMeta {
-        file_name: sanitize_file_name(&text("filename").or_else(|| text("name")).unwrap_or_default()),
+        file_name: sanitize_file_name(
+            &text("filename")
+                .or_else(|| text("name"))
+                .unwrap_or_default(),
+        ),
         ..Default::default()
     };
-    if let Some(d) = text("file_type").map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) {
+    if let Some(d) = text("file_type")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+    {
         fm.declared_type = Some(FileType::parse(&d).ok_or_else(|| {
             AppError::BadRequest(format!(
                 "file_type must be one of video, image, audio, scene, project (got {d:?})"
@@ -265,11 +280,16 @@ impl Lease {
             Ok(())
         } else {
             self.held = false;
-            Err(AppError::Locked("this request lost its lock on the upload".into()))
+            Err(AppError::Locked(
+                "this request lost its lock on the upload".into(),
+            ))
         }
     }
 
-    async fn release(mut self) {
+    async fn release(&mut self) {
+        if !self.held {
+            return;
+        }
         self.held = false;
         if let Err(e) = self.state.meta.unlock_tus_upload(self.id, self.owner).await {
             tracing::warn!(error = %e, upload = %self.id, "could not release upload lock; it will expire");
@@ -277,7 +297,7 @@ impl Lease {
     }
 
     /// The row is gone (completed or failed); nothing to release.
-    async fn finish_row(mut self) {
+    async fn finish_row(&mut self) {
         self.held = false;
         if let Err(e) = self.state.meta.finish_tus_upload(self.id, self.owner).await {
             tracing::warn!(error = %e, upload = %self.id, "could not delete finished upload row; cleanup will");
@@ -304,7 +324,8 @@ fn lease_len() -> chrono::Duration {
 }
 
 pub fn expiry_from(state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(state.config.upload_expiry).unwrap_or(chrono::Duration::days(1))
+    now + chrono::Duration::from_std(state.config.upload_expiry)
+        .unwrap_or(chrono::Duration::days(1))
 }
 
 /// What an append did.
@@ -346,11 +367,25 @@ pub fn hash_forget(id: Uuid) {
 
 /// Streams `body` onto upload `up` (whose offset the caller checked) under
 /// `lease`, then records the new offset, or completes the upload when it is
-/// whole. Consumes the lease.
+/// whole. Consumes the lease, released before this returns.
 pub async fn append(
     state: &AppState,
     user: &str,
     mut lease: Lease,
+    up: &TusUpload,
+    content_length: Option<u64>,
+    checksum: Option<headers::Checksum>,
+    body: Body,
+) -> AppResult<Appended> {
+    let res = append_inner(state, user, &mut lease, up, content_length, checksum, body).await;
+    lease.release().await;
+    res
+}
+
+async fn append_inner(
+    state: &AppState,
+    user: &str,
+    lease: &mut Lease,
     up: &TusUpload,
     content_length: Option<u64>,
     checksum: Option<headers::Checksum>,
@@ -440,9 +475,15 @@ pub async fn append(
             .await?
         {
             lease.held = false;
-            return Err(AppError::Locked("this request lost its lock on the upload".into()));
+            return Err(AppError::Locked(
+                "this request lost its lock on the upload".into(),
+            ));
         }
-        if let Err(e) = state.meta.touch_reservation(id, state.config.upload_expiry).await {
+        if let Err(e) = state
+            .meta
+            .touch_reservation(id, state.config.upload_expiry)
+            .await
+        {
             tracing::warn!(error = %e, upload = %id, "could not extend the upload's reservation");
         }
     }
@@ -454,10 +495,18 @@ pub async fn append(
         if disconnected {
             return Err(AppError::BadRequest("the body ended early".into()));
         }
-        return Ok(Appended { offset: new_offset, expires_at, file: None });
+        return Ok(Appended {
+            offset: new_offset,
+            expires_at,
+            file: None,
+        });
     }
     let file = complete(state, user, lease, up, whole).await?;
-    Ok(Appended { offset: new_offset, expires_at, file: Some(file) })
+    Ok(Appended {
+        offset: new_offset,
+        expires_at,
+        file: Some(file),
+    })
 }
 
 /// Cuts the staged data back to `offset` (nothing of a refused PATCH stays).
@@ -479,7 +528,7 @@ async fn rollback(state: &AppState, id: Uuid, offset: u64, hash: Option<Sha256>)
 async fn complete(
     state: &AppState,
     user: &str,
-    lease: Lease,
+    lease: &mut Lease,
     up: &TusUpload,
     whole: Option<Sha256>,
 ) -> AppResult<FileRecord> {

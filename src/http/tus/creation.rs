@@ -40,14 +40,18 @@ pub async fn create(
         ));
     }
     if headers.contains_key("upload-concat") {
-        return Err(AppError::BadRequest("the concatenation extension is not supported".into()));
+        return Err(AppError::BadRequest(
+            "the concatenation extension is not supported".into(),
+        ));
     }
     let length = headers
         .get(&UPLOAD_LENGTH)
         .ok_or_else(|| AppError::BadRequest("Upload-Length is required".into()))?
         .to_str()
         .map_err(|_| AppError::BadRequest("Upload-Length is not valid".into()))
-        .and_then(|v| headers::parse_u64("Upload-Length", v).map_err(|e| AppError::BadRequest(e.0)))?;
+        .and_then(|v| {
+            headers::parse_u64("Upload-Length", v).map_err(|e| AppError::BadRequest(e.0))
+        })?;
     let metadata = match headers.get(&UPLOAD_METADATA) {
         Some(v) => headers::parse_metadata(
             v.to_str()
@@ -73,7 +77,11 @@ pub async fn create(
             )));
         }
     }
-    let checksum = if has_body { core::parse_checksum_header(&headers)? } else { None };
+    let checksum = if has_body {
+        core::parse_checksum_header(&headers)?
+    } else {
+        None
+    };
 
     let (id, _) = ingest::reserve(&state, &user.0, SizeHint::Exact(length)).await?;
     let now = Utc::now();
@@ -90,11 +98,17 @@ pub async fn create(
     let appending = has_body || length == 0;
     let owner = Uuid::new_v4();
     let lock = appending.then(|| {
-        (owner, now + chrono::Duration::from_std(LEASE).expect("small duration"))
+        (
+            owner,
+            now + chrono::Duration::from_std(LEASE).expect("small duration"),
+        )
     });
     let setup = async {
         // The reservation lives as long as the upload may.
-        state.meta.touch_reservation(id, state.config.upload_expiry).await?;
+        state
+            .meta
+            .touch_reservation(id, state.config.upload_expiry)
+            .await?;
         state.blobs.stage(id, 0).await?.finish().await?;
         state.meta.create_tus_upload(&up, lock).await?;
         AppResult::Ok(())

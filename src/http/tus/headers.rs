@@ -61,7 +61,11 @@ pub enum ChecksumError {
 /// `Upload-Offset` / `Upload-Length`: a non-negative decimal integer of ASCII
 /// digits only (no sign, no spaces), that fits an `i64`.
 pub fn parse_u64(name: &str, raw: &str) -> Result<u64, HeaderError> {
-    let bad = || HeaderError(format!("{name} must be a non-negative integer, got {raw:?}"));
+    let bad = || {
+        HeaderError(format!(
+            "{name} must be a non-negative integer, got {raw:?}"
+        ))
+    };
     if raw.is_empty() || raw.len() > 19 || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
@@ -74,7 +78,10 @@ pub fn parse_u64(name: &str, raw: &str) -> Result<u64, HeaderError> {
 
 /// Decodes base64 with or without padding.
 fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    STANDARD.decode(s).ok().or_else(|| STANDARD_NO_PAD.decode(s).ok())
+    STANDARD
+        .decode(s)
+        .ok()
+        .or_else(|| STANDARD_NO_PAD.decode(s).ok())
 }
 
 /// `Upload-Metadata`: comma-separated `key` or `key base64value` pairs; keys
@@ -96,7 +103,9 @@ pub fn parse_metadata(raw: &str) -> Result<BTreeMap<String, Option<Vec<u8>>>, He
             .next()
             .ok_or_else(|| HeaderError("Upload-Metadata has an empty pair".into()))?;
         if !key.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
-            return Err(HeaderError(format!("Upload-Metadata key {key:?} is not valid")));
+            return Err(HeaderError(format!(
+                "Upload-Metadata key {key:?} is not valid"
+            )));
         }
         let value = match parts.next() {
             None => None,
@@ -189,21 +198,46 @@ mod tests {
     fn offsets() {
         assert_eq!(parse_u64("Upload-Offset", "0"), Ok(0));
         assert_eq!(parse_u64("Upload-Offset", "1048576"), Ok(1048576));
-        for bad in ["", "-1", "+1", " 1", "1.0", "0x10", "99999999999999999999", "9223372036854775808"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1.0",
+            "0x10",
+            "99999999999999999999",
+            "9223372036854775808",
+        ] {
             assert!(parse_u64("Upload-Offset", bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_u64("Upload-Length", "9223372036854775807"), Ok(i64::MAX as u64));
+        assert_eq!(
+            parse_u64("Upload-Length", "9223372036854775807"),
+            Ok(i64::MAX as u64)
+        );
     }
 
     #[test]
     fn metadata_examples() {
-        let m = parse_metadata("filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential").unwrap();
-        assert_eq!(m["filename"].as_deref(), Some(&b"world_domination_plan.pdf"[..]));
+        let m = parse_metadata("filename d29ybGRfZG9taW5hdGlvbl9wbGFuLnBkZg==,is_confidential")
+            .unwrap();
+        assert_eq!(
+            m["filename"].as_deref(),
+            Some(&b"world_domination_plan.pdf"[..])
+        );
         assert_eq!(m["is_confidential"], None);
         assert!(parse_metadata("").unwrap().is_empty());
         // Unpadded base64 is accepted.
-        assert_eq!(parse_metadata("a YQ").unwrap()["a"].as_deref(), Some(&b"a"[..]));
-        for bad in ["a !!!", "a YQ==,a YQ==", ",", "a YQ== YQ==", "k\u{e9}y YQ=="] {
+        assert_eq!(
+            parse_metadata("a YQ").unwrap()["a"].as_deref(),
+            Some(&b"a"[..])
+        );
+        for bad in [
+            "a !!!",
+            "a YQ==,a YQ==",
+            ",",
+            "a YQ== YQ==",
+            "k\u{e9}y YQ==",
+        ] {
             assert!(parse_metadata(bad).is_err(), "{bad:?}");
         }
         assert!(parse_metadata(&"k YQ==,".repeat(2000)).is_err());
@@ -214,10 +248,22 @@ mod tests {
         let c = parse_checksum("sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=").unwrap();
         assert_eq!(c.algo, Algo::Sha1);
         assert_eq!(c.digest.len(), 20);
-        assert!(matches!(parse_checksum("md5 1B2M2Y8AsgTpgAmY7PhCfg=="), Err(ChecksumError::Unsupported(_))));
-        assert!(matches!(parse_checksum("sha256 Kq5sNclPz7QV2+lfQIuc6R7oRu0="), Err(ChecksumError::Malformed(_))));
-        assert!(matches!(parse_checksum("sha1"), Err(ChecksumError::Malformed(_))));
-        assert!(matches!(parse_checksum("sha1 ***"), Err(ChecksumError::Malformed(_))));
+        assert!(matches!(
+            parse_checksum("md5 1B2M2Y8AsgTpgAmY7PhCfg=="),
+            Err(ChecksumError::Unsupported(_))
+        ));
+        assert!(matches!(
+            parse_checksum("sha256 Kq5sNclPz7QV2+lfQIuc6R7oRu0="),
+            Err(ChecksumError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_checksum("sha1"),
+            Err(ChecksumError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_checksum("sha1 ***"),
+            Err(ChecksumError::Malformed(_))
+        ));
     }
 
     #[test]

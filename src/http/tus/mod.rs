@@ -71,15 +71,46 @@ pub fn router() -> Router<AppState> {
 
 /// `OPTIONS /api/uploads`: what this server offers. No session needed.
 async fn discover(State(state): State<AppState>) -> Response {
+    discovery(&state)
+}
+
+fn discovery(state: &AppState) -> Response {
     let mut h = HeaderMap::new();
     h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
     h.insert("tus-extension", HeaderValue::from_static(TUS_EXTENSIONS));
-    h.insert("tus-max-size", HeaderValue::from(state.config.max_file_size));
+    h.insert(
+        "tus-max-size",
+        HeaderValue::from(state.config.max_file_size),
+    );
     h.insert(
         "tus-checksum-algorithm",
         HeaderValue::from_static(headers::CHECKSUM_ALGORITHMS),
     );
     (StatusCode::NO_CONTENT, h).into_response()
+}
+
+/// Answers tus discovery (`OPTIONS /api/uploads` without CORS preflight
+/// headers) before the CORS layer, which otherwise takes every `OPTIONS` for
+/// a preflight. Installed outside the CORS layer in [`crate::http::router`];
+/// a real preflight (with `Access-Control-Request-Method`) passes through.
+pub async fn discovery_before_cors(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if req.method() == Method::OPTIONS
+        && (path == "/api/uploads" || path == "/api/uploads/")
+        && !req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let mut r = discovery(&state);
+        r.headers_mut()
+            .insert(TUS_RESUMABLE.clone(), HeaderValue::from_static(TUS_VERSION));
+        return r;
+    }
+    next.run(req).await
 }
 
 /// Every response of the tus routes carries `Tus-Resumable`; a request other

@@ -24,7 +24,11 @@ pub async fn terminate(
     user: AuthUser,
     FileId(id): FileId,
 ) -> AppResult<Response> {
-    match state.meta.terminate_tus_upload(&user.0, id, Utc::now()).await? {
+    match state
+        .meta
+        .terminate_tus_upload(&user.0, id, Utc::now())
+        .await?
+    {
         TusLock::Acquired(_) => {
             core::hash_forget(id);
             ingest::abandon(&state, id).await;
