@@ -42,14 +42,14 @@ impl AppState {
             .await
             .with_context(|| format!("opening database {}", redact_url(&config.database_url)))?;
         let blobs: Arc<dyn BlobStore> = match config.blob_store {
-            BlobBackend::Local => Arc::new(
-                LocalStore::open(&config.storage_root).with_context(|| {
+            BlobBackend::Local => {
+                Arc::new(LocalStore::open(&config.storage_root).with_context(|| {
                     format!("opening storage root {}", config.storage_root.display())
-                })?,
-            ),
-            BlobBackend::S3 => anyhow::bail!(
-                "STOWAGE_BLOB_STORE=s3 is not available in this build; use local"
-            ),
+                })?)
+            }
+            BlobBackend::S3 => {
+                anyhow::bail!("STOWAGE_BLOB_STORE=s3 is not available in this build; use local")
+            }
         };
         let verifier = if let Some(pem) = &config.jwt_public_key {
             Some(

@@ -191,21 +191,31 @@ async fn run(cmd: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("migrations applied ({})", state.meta.backend());
         }
         Command::User(u) => return user(u, state(config).await?).await,
-        Command::Cleanup { temp_grace_secs, json } => {
+        Command::Cleanup {
+            temp_grace_secs,
+            json,
+        } => {
             let state = state(config).await?;
             let report = cleanup::run(&state, Duration::from_secs(temp_grace_secs)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "released {} expired reservation(s); removed {} stale temp file(s), {}",
+                    "removed {} expired upload(s) and {} unpublished blob(s); released {} expired reservation(s); removed {} stale temp file(s), {}",
+                    report.expired_uploads,
+                    report.unpublished_blobs,
                     report.expired_reservations,
                     report.stale_temp_files,
                     format_size(report.stale_temp_bytes)
                 );
             }
         }
-        Command::Audit { fix, json, grace, progress } => {
+        Command::Audit {
+            fix,
+            json,
+            grace,
+            progress,
+        } => {
             let state = state(config).await?;
             let opts = audit::AuditOptions {
                 fix,
@@ -218,7 +228,11 @@ async fn run(cmd: Command, config: Config) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", report.render());
             }
-            return Ok(if report.clean { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if report.clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         Command::Backup(b) => return backup_cmd(b, config).await,
     }
@@ -227,7 +241,14 @@ async fn run(cmd: Command, config: Config) -> anyhow::Result<ExitCode> {
 
 async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> {
     match cmd {
-        BackupCmd::Create { dest, keep, keep_days, gzip, progress, json } => {
+        BackupCmd::Create {
+            dest,
+            keep,
+            keep_days,
+            gzip,
+            progress,
+            json,
+        } => {
             let state = state(config).await?;
             let opts = backup::CreateOptions {
                 dest,
@@ -262,9 +283,16 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
-                println!("{:<45} {:<20} {:>10} {:>8} {:>12}", "ARCHIVE", "DATE (UTC)", "SIZE", "FILES", "DATA");
+                println!(
+                    "{:<45} {:<20} {:>10} {:>8} {:>12}",
+                    "ARCHIVE", "DATE (UTC)", "SIZE", "FILES", "DATA"
+                );
                 for a in list {
-                    let name = a.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let name = a
+                        .path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
                     let (files, data) = match &a.header {
                         Some(h) => (h.files.to_string(), format_size(h.bytes)),
                         None => ("?".into(), a.error.clone().unwrap_or_default()),
@@ -280,7 +308,11 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
                 }
             }
         }
-        BackupCmd::Verify { archive, progress, json } => {
+        BackupCmd::Verify {
+            archive,
+            progress,
+            json,
+        } => {
             let p = Progress::new("verify", progress);
             let r = tokio::task::spawn_blocking(move || backup::verify(&archive, p)).await??;
             if json {
@@ -301,7 +333,11 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
                 return Ok(ExitCode::from(1));
             }
         }
-        BackupCmd::Restore { archive, progress, json } => {
+        BackupCmd::Restore {
+            archive,
+            progress,
+            json,
+        } => {
             let state = AppState::build(config).await?;
             let r = backup::restore(&state, &archive, Progress::new("restore", progress)).await?;
             if json {
@@ -328,7 +364,10 @@ async fn user(cmd: UserCmd, state: AppState) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
-                println!("{:<40} {:>12} {:>12} {:>7} {:>7}", "USER", "USED", "QUOTA", "USED%", "FILES");
+                println!(
+                    "{:<40} {:>12} {:>12} {:>7} {:>7}",
+                    "USER", "USED", "QUOTA", "USED%", "FILES"
+                );
                 for u in users {
                     println!(
                         "{:<40} {:>12} {:>12} {:>6.2}% {:>7}",
@@ -353,11 +392,21 @@ async fn user(cmd: UserCmd, state: AppState) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&usage)?);
             } else {
                 println!("user       {}", u.user_id);
-                println!("used       {} of {} ({:.2}%)", format_size(u.total_bytes.max(0) as u64), format_size(u.max_bytes.max(0) as u64), usage.percent_used);
+                println!(
+                    "used       {} of {} ({:.2}%)",
+                    format_size(u.total_bytes.max(0) as u64),
+                    format_size(u.max_bytes.max(0) as u64),
+                    usage.percent_used
+                );
                 println!("reserved   {}", format_size(u.reserved_bytes.max(0) as u64));
                 println!("files      {}", u.file_count);
                 for (t, tu) in &usage.by_type {
-                    println!("  {:<8} {:>5} files {:>12}", t, tu.count, format_size(tu.bytes.max(0) as u64));
+                    println!(
+                        "  {:<8} {:>5} files {:>12}",
+                        t,
+                        tu.count,
+                        format_size(tu.bytes.max(0) as u64)
+                    );
                 }
                 println!("created    {}", u.created_at.to_rfc3339());
             }
@@ -365,15 +414,30 @@ async fn user(cmd: UserCmd, state: AppState) -> anyhow::Result<ExitCode> {
         UserCmd::SetQuota { id, size } => {
             let bytes = parse_size(&size).map_err(anyhow::Error::msg)?;
             let u = state.meta.set_quota(&id, bytes).await?;
-            println!("{}: quota {} ({} bytes), using {}", u.user_id, format_size(bytes), bytes, format_size(u.total_bytes.max(0) as u64));
+            println!(
+                "{}: quota {} ({} bytes), using {}",
+                u.user_id,
+                format_size(bytes),
+                bytes,
+                format_size(u.total_bytes.max(0) as u64)
+            );
         }
         UserCmd::Delete { id, yes } => {
             if !yes {
-                eprintln!("stowage: deleting {id:?} removes all of their files; add --yes to confirm");
+                eprintln!(
+                    "stowage: deleting {id:?} removes all of their files; add --yes to confirm"
+                );
                 return Ok(ExitCode::from(2));
             }
-            match crate::ops::delete_user(&state, &id).await.map_err(|e| anyhow::anyhow!("{e}"))? {
-                Some(r) => println!("deleted {id}: {} file(s), {}", r.files, format_size(r.bytes)),
+            match crate::ops::delete_user(&state, &id)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+            {
+                Some(r) => println!(
+                    "deleted {id}: {} file(s), {}",
+                    r.files,
+                    format_size(r.bytes)
+                ),
                 None => {
                     eprintln!("stowage: no user {id:?}");
                     return Ok(ExitCode::from(1));

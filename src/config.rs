@@ -145,7 +145,10 @@ fn size_value(name: &'static str, v: &toml::Value) -> Result<u64, ConfigError> {
     match v {
         toml::Value::Integer(i) if *i >= 0 => Ok(*i as u64),
         toml::Value::String(s) => parse_size(s).map_err(|e| invalid(name, e)),
-        _ => Err(invalid(name, "expected a byte count or a size like \"10GiB\"")),
+        _ => Err(invalid(
+            name,
+            "expected a byte count or a size like \"10GiB\"",
+        )),
     }
 }
 

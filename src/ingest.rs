@@ -255,7 +255,9 @@ pub async fn abandon(state: &AppState, id: Uuid) {
     }
     match state.meta.release(id).await {
         Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, reservation = %id, "could not release reservation; cleanup will"),
+        Err(e) => {
+            tracing::warn!(error = %e, reservation = %id, "could not release reservation; cleanup will")
+        }
     }
 }
 
@@ -264,9 +266,15 @@ pub fn check_meta(meta: &mut FileMeta) -> AppResult<()> {
     if let Some(p) = &meta.package_name {
         let p = p.trim();
         if p.chars().count() > 100 {
-            return Err(AppError::BadRequest("package_name is longer than 100 characters".into()));
+            return Err(AppError::BadRequest(
+                "package_name is longer than 100 characters".into(),
+            ));
         }
-        meta.package_name = if p.is_empty() { None } else { Some(p.to_string()) };
+        meta.package_name = if p.is_empty() {
+            None
+        } else {
+            Some(p.to_string())
+        };
     }
     meta.tags = normalize_tags(std::mem::take(&mut meta.tags))?;
     Ok(())
@@ -282,10 +290,14 @@ pub fn normalize_tags(tags: Vec<String>) -> AppResult<Vec<String>> {
             continue;
         }
         if t.chars().count() > 64 {
-            return Err(AppError::BadRequest("a tag is longer than 64 characters".into()));
+            return Err(AppError::BadRequest(
+                "a tag is longer than 64 characters".into(),
+            ));
         }
         if t.chars().any(|c| c.is_control()) {
-            return Err(AppError::BadRequest("tags may not contain control characters".into()));
+            return Err(AppError::BadRequest(
+                "tags may not contain control characters".into(),
+            ));
         }
         if !out.iter().any(|o| o == t) {
             out.push(t.to_string());
@@ -311,9 +323,8 @@ pub async fn publish_and_commit(
     mut meta: FileMeta,
 ) -> AppResult<FileRecord> {
     check_meta(&mut meta)?;
-    let sniffed = sniff(head).ok_or_else(|| {
-        AppError::UnsupportedMedia("file content is not an accepted type".into())
-    })?;
+    let sniffed = sniff(head)
+        .ok_or_else(|| AppError::UnsupportedMedia("file content is not an accepted type".into()))?;
     let file_type = decide(&sniffed, meta.declared_type, &state.allowed_mime)
         .map_err(AppError::UnsupportedMedia)?;
     if let Some(scanner) = &state.scanner {

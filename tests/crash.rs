@@ -13,7 +13,11 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_stowage");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Server {
@@ -24,9 +28,15 @@ struct Server {
 fn envs(dir: &Path, port: u16, db: &str) -> Vec<(String, String)> {
     vec![
         ("STOWAGE_BIND".into(), format!("127.0.0.1:{port}")),
-        ("STOWAGE_DATA_DIR".into(), dir.join("data").display().to_string()),
+        (
+            "STOWAGE_DATA_DIR".into(),
+            dir.join("data").display().to_string(),
+        ),
         ("STOWAGE_DATABASE_URL".into(), db.into()),
-        ("STOWAGE_STORAGE_ROOT".into(), dir.join("data/users").display().to_string()),
+        (
+            "STOWAGE_STORAGE_ROOT".into(),
+            dir.join("data/users").display().to_string(),
+        ),
         ("STOWAGE_RESERVATION_TTL_SECS".into(), "2".into()),
         ("STOWAGE_RATE_LIMIT_USER".into(), "100000".into()),
         ("STOWAGE_RATE_LIMIT_IP".into(), "100000".into()),
@@ -74,13 +84,15 @@ fn png_like(len: usize, seed: u8) -> Vec<u8> {
 /// A multipart upload whose body trickles in, so the kill lands mid-stream.
 async fn slow_upload(base: String, token: String, i: u8) -> Option<u16> {
     let data = png_like(4 * 1024 * 1024, i);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = data.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        data.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
     let delay = Duration::from_millis(5 + i as u64 % 7);
     let stream = futures::StreamExt::then(futures::stream::iter(chunks), move |c| async move {
         tokio::time::sleep(delay).await;
         c
     });
-    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream)).file_name(format!("f{i}.png"));
+    let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(stream))
+        .file_name(format!("f{i}.png"));
     let form = reqwest::multipart::Form::new().part("file", part);
     let r = reqwest::Client::new()
         .post(format!("{base}/api/files/upload"))
@@ -113,9 +125,14 @@ async fn crash_and_recover(db: &str, dir: &Path) {
     let token = login(&server.base, "crashy").await;
     // A few committed files first.
     for i in 0..3u8 {
-        assert_eq!(slow_upload(server.base.clone(), token.clone(), 100 + i).await, Some(201));
+        assert_eq!(
+            slow_upload(server.base.clone(), token.clone(), 100 + i).await,
+            Some(201)
+        );
     }
-    let uploads: Vec<_> = (0..8u8).map(|i| tokio::spawn(slow_upload(server.base.clone(), token.clone(), i))).collect();
+    let uploads: Vec<_> = (0..8u8)
+        .map(|i| tokio::spawn(slow_upload(server.base.clone(), token.clone(), i)))
+        .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
@@ -126,30 +143,75 @@ async fn crash_and_recover(db: &str, dir: &Path) {
     // Restart, let the dead process's reservations expire, clean up.
     let server = start(dir, db).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let out = Command::new(BIN).args(["cleanup", "--temp-grace-secs", "0", "--json"]).envs(envs(dir, 1, db)).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["cleanup", "--temp-grace-secs", "0", "--json"])
+        .envs(envs(dir, 1, db))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The restarted server's scheduler may have released them first; either
     // way the report is well-formed and nothing is left below.
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["expired_reservations"].is_u64(), "{report}");
 
     let c = reqwest::Client::new();
-    let usage: Value = c.get(format!("{}/api/storage/usage", server.base)).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-    let list: Value = c.get(format!("{}/api/files?limit=200", server.base)).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let usage: Value = c
+        .get(format!("{}/api/storage/usage", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list: Value = c
+        .get(format!("{}/api/files?limit=200", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let files = list["files"].as_array().unwrap();
     assert!(files.len() >= 3);
     let sum: i64 = files.iter().map(|f| f["file_size"].as_i64().unwrap()).sum();
-    assert_eq!(usage["total_bytes"].as_i64().unwrap(), sum, "usage equals the listed files");
+    assert_eq!(
+        usage["total_bytes"].as_i64().unwrap(),
+        sum,
+        "usage equals the listed files"
+    );
     assert_eq!(usage["file_count"].as_i64().unwrap(), files.len() as i64);
 
     // Every listed file is whole; nothing else is on the volume.
     let root = dir.join("data/users");
-    let on_disk: Vec<PathBuf> = walk(&root).into_iter().filter(|p| !p.components().any(|c| c.as_os_str() == ".thumbs" || c.as_os_str() == "media")).collect();
+    let on_disk: Vec<PathBuf> = walk(&root)
+        .into_iter()
+        .filter(|p| {
+            !p.components()
+                .any(|c| c.as_os_str() == ".thumbs" || c.as_os_str() == "media")
+        })
+        .collect();
     for f in files {
         let id = f["id"].as_str().unwrap();
-        let p = on_disk.iter().find(|p| p.file_stem().unwrap().to_str().unwrap() == id).unwrap_or_else(|| panic!("blob of {id}"));
-        assert_eq!(std::fs::metadata(p).unwrap().len() as i64, f["file_size"].as_i64().unwrap());
-        let r = c.get(format!("{}/api/files/{id}/download", server.base)).bearer_auth(&token).send().await.unwrap();
+        let p = on_disk
+            .iter()
+            .find(|p| p.file_stem().unwrap().to_str().unwrap() == id)
+            .unwrap_or_else(|| panic!("blob of {id}"));
+        assert_eq!(
+            std::fs::metadata(p).unwrap().len() as i64,
+            f["file_size"].as_i64().unwrap()
+        );
+        let r = c
+            .get(format!("{}/api/files/{id}/download", server.base))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     assert_eq!(on_disk.len(), files.len(), "no stray files: {on_disk:?}");
@@ -168,13 +230,25 @@ async fn sigkill_during_uploads_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_uploads_postgres() {
     use sqlx::Connection;
-    let admin = std::env::var("STOWAGE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("STOWAGE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let name = format!("stowage_crash_{}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL for the test suite");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("PostgreSQL for the test suite");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     let db = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
     let dir = tempfile::tempdir().unwrap();
     crash_and_recover(&db, dir.path()).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }

@@ -25,7 +25,8 @@
 #   relative to the repository root) PEERS_SH (run-peers.sh next to MEASURE_PY)
 #   PEERS_TSV (peer summary to compare with; default: this run's, else the
 #   newest in the peers' results/) PG_URL (postgres://postgres@127.0.0.1:5432)
-#   BUILD_TRIES (6, 120 s apart) WORK (/var/tmp/stowage-bench-<pid>)
+#   BUILD_TRIES (6, 120 s apart) WORK (/var/tmp/stowage-bench-<pid>) RESULTS_DIR (bench/api/results)
+#   QUIET_MAX (300: seconds, in all, to wait for the machine to be idle)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -51,7 +52,7 @@ ADMIN_TOKEN=bench-admin-$$-$RANDOM
 BIN=$ROOT/target/release/stowage
 PY=${PYTHON:-python3}
 
-RESULTS=$HERE/results
+RESULTS=${RESULTS_DIR:-$HERE/results}
 mkdir -p "$RESULTS"
 STAMP=$(date +%Y-%m-%d)
 [ -e "$RESULTS/stowage-$STAMP.tsv" ] && STAMP="$STAMP-$(date +%H%M%S)"

@@ -53,7 +53,11 @@ mod tests {
         let t = mint(b"k1", "alice");
         assert_eq!(verify(b"k1", &t).as_deref(), Some("alice"));
         assert_eq!(verify(b"k2", &t), None);
-        let forged = format!("dev.{}.{}", B64.encode("bob"), t.rsplit('.').next().unwrap());
+        let forged = format!(
+            "dev.{}.{}",
+            B64.encode("bob"),
+            t.rsplit('.').next().unwrap()
+        );
         assert_eq!(verify(b"k1", &forged), None);
         assert_eq!(verify(b"k1", "dev.garbage"), None);
     }

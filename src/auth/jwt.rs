@@ -82,7 +82,11 @@ fn key_from_pem(pem: &str) -> Result<Key, String> {
 
 impl Verifier {
     /// From a PEM public key.
-    pub fn from_pem(pem: &str, issuer: Option<String>, parties: Vec<String>) -> Result<Self, String> {
+    pub fn from_pem(
+        pem: &str,
+        issuer: Option<String>,
+        parties: Vec<String>,
+    ) -> Result<Self, String> {
         Ok(Verifier {
             source: Arc::new(Source::Static(key_from_pem(pem)?)),
             issuer,

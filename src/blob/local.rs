@@ -55,7 +55,10 @@ impl LocalStore {
 }
 
 fn mkdirs(p: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(p)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
 }
 
 async fn fsync_dir(dir: &Path) -> std::io::Result<()> {
@@ -268,7 +271,10 @@ mod tests {
 
         store.remove("u1/images/x.png").await.unwrap();
         store.remove("u1/images/x.png").await.unwrap();
-        assert!(matches!(store.len("u1/images/x.png").await, Err(BlobError::NotFound)));
+        assert!(matches!(
+            store.len("u1/images/x.png").await,
+            Err(BlobError::NotFound)
+        ));
         assert!(store.read("../escape", 0..1).await.is_err());
     }
 }

@@ -34,7 +34,9 @@ impl From<std::io::Error> for BlobError {
         match e.kind() {
             std::io::ErrorKind::NotFound => BlobError::NotFound,
             std::io::ErrorKind::StorageFull => BlobError::NoSpace,
-            _ if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) => {
+            _ if e.raw_os_error() == Some(libc::ENOSPC)
+                || e.raw_os_error() == Some(libc::EDQUOT) =>
+            {
                 BlobError::NoSpace
             }
             _ => BlobError::Io(e),
@@ -96,7 +98,9 @@ pub fn check_key(key: &str) -> BlobResult<()> {
         && !key.starts_with('/')
         && !key.contains('\\')
         && !key.contains('\0')
-        && key.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
+        && key
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..");
     if ok {
         Ok(())
     } else {

@@ -9,7 +9,9 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     if num.is_empty() {
-        return Err(format!("{input:?} is not a size (try 10GiB, 500MB or a byte count)"));
+        return Err(format!(
+            "{input:?} is not a size (try 10GiB, 500MB or a byte count)"
+        ));
     }
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,

@@ -14,7 +14,10 @@ use super::{
     extract::{AdminAuth, ApiJson},
     storage::{usage_for, Usage},
 };
-use crate::{app::AppState, meta::{JobInfo, UserStorage}};
+use crate::{
+    app::AppState,
+    meta::{JobInfo, UserStorage},
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,7 +33,9 @@ struct UsersPage {
 }
 
 async fn list_users(State(state): State<AppState>, _: AdminAuth) -> AppResult<Json<UsersPage>> {
-    Ok(Json(UsersPage { users: state.meta.list_users().await? }))
+    Ok(Json(UsersPage {
+        users: state.meta.list_users().await?,
+    }))
 }
 
 #[derive(Serialize)]
@@ -49,7 +54,11 @@ async fn details(state: &AppState, row: &UserStorage) -> AppResult<UserDetails> 
     })
 }
 
-async fn show_user(State(state): State<AppState>, _: AdminAuth, Path(id): Path<String>) -> AppResult<Json<UserDetails>> {
+async fn show_user(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> AppResult<Json<UserDetails>> {
     let row = state.meta.get_user(&id).await?.ok_or(AppError::NotFound)?;
     Ok(Json(details(&state, &row).await?))
 }
@@ -67,7 +76,9 @@ async fn set_quota(
     ApiJson(body): ApiJson<QuotaBody>,
 ) -> AppResult<Json<UserDetails>> {
     if id.is_empty() || id.len() > 255 {
-        return Err(AppError::BadRequest("user id must be 1 to 255 bytes".into()));
+        return Err(AppError::BadRequest(
+            "user id must be 1 to 255 bytes".into(),
+        ));
     }
     if body.max_bytes > i64::MAX as u64 {
         return Err(AppError::BadRequest("max_bytes is too large".into()));
@@ -77,8 +88,14 @@ async fn set_quota(
     Ok(Json(details(&state, &row).await?))
 }
 
-async fn delete_user(State(state): State<AppState>, _: AdminAuth, Path(id): Path<String>) -> AppResult<StatusCode> {
-    let removed = crate::ops::delete_user(&state, &id).await?.ok_or(AppError::NotFound)?;
+async fn delete_user(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
+    let removed = crate::ops::delete_user(&state, &id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     tracing::info!(user_id = %id, files = removed.files, bytes = removed.bytes, "user deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -89,5 +106,7 @@ struct FailedJobs {
 }
 
 async fn failed_jobs(State(state): State<AppState>, _: AdminAuth) -> AppResult<Json<FailedJobs>> {
-    Ok(Json(FailedJobs { jobs: state.meta.failed_jobs(100).await? }))
+    Ok(Json(FailedJobs {
+        jobs: state.meta.failed_jobs(100).await?,
+    }))
 }

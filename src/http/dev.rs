@@ -33,13 +33,18 @@ struct Login {
     user_id: String,
 }
 
-async fn login(State(state): State<AppState>, ApiJson(body): ApiJson<Login>) -> AppResult<Response> {
+async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Login>,
+) -> AppResult<Response> {
     if !state.dev_login() {
         return Err(AppError::NotFound);
     }
     let user = body.user_id.trim();
     if user.is_empty() || user.len() > 255 || user.chars().any(|c| c.is_control()) {
-        return Err(AppError::BadRequest("user_id must be 1 to 255 printable characters".into()));
+        return Err(AppError::BadRequest(
+            "user_id must be 1 to 255 printable characters".into(),
+        ));
     }
     let token = dev::mint(&state.signing_key, user);
     let cookie = format!("__session={token}; Path=/; HttpOnly; SameSite=Lax");

@@ -54,7 +54,11 @@ async fn download(
     headers: HeaderMap,
     Query(p): Query<DownloadParams>,
 ) -> AppResult<Response> {
-    let rec = state.meta.get_file(&user.0, id).await?.ok_or(AppError::NotFound)?;
+    let rec = state
+        .meta
+        .get_file(&user.0, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     serve_file(&state, &rec, &method, &headers, wants_inline(&p)).await
 }
 
@@ -92,7 +96,11 @@ async fn thumbnail(
     method: Method,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    let rec = state.meta.get_file(&user.0, id).await?.ok_or(AppError::NotFound)?;
+    let rec = state
+        .meta
+        .get_file(&user.0, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     serve_thumbnail(&state, &rec, &method, &headers).await
 }
 
@@ -119,7 +127,11 @@ async fn serve_thumbnail(
     if etag_matches(headers, &etag) {
         return Ok(not_modified(&etag));
     }
-    let mime = if key.ends_with(".webp") { "image/webp" } else { "image/jpeg" };
+    let mime = if key.ends_with(".webp") {
+        "image/webp"
+    } else {
+        "image/jpeg"
+    };
     let mut resp = if method == Method::HEAD {
         Response::new(Body::empty())
     } else {
@@ -128,7 +140,10 @@ async fn serve_thumbnail(
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex etag"),
+    );
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, max-age=31536000, immutable"),
@@ -138,7 +153,10 @@ async fn serve_thumbnail(
 }
 
 fn security_headers(h: &mut HeaderMap) {
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; img-src 'self'; media-src 'self'; style-src 'unsafe-inline'; sandbox"),
@@ -210,12 +228,20 @@ pub async fn serve_file(
     h.insert(header::CONTENT_TYPE, ctype);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
-    let disposition = content_disposition(if inline { "inline" } else { "attachment" }, &rec.file_name);
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex etag"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    let disposition =
+        content_disposition(if inline { "inline" } else { "attachment" }, &rec.file_name);
     h.insert(
         header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&disposition).unwrap_or_else(|_| HeaderValue::from_static("attachment")),
+        HeaderValue::from_str(&disposition)
+            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
     );
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(

@@ -27,8 +27,15 @@ pub struct AuthUser(pub String);
 /// Finds the session token: `Authorization: Bearer …`, else the `__session`
 /// cookie (Clerk's conventions).
 pub fn session_token(parts: &Parts) -> Option<String> {
-    if let Some(v) = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+    if let Some(v) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
             let t = t.trim();
             if !t.is_empty() {
                 return Some(t.to_string());
@@ -105,7 +112,9 @@ impl FromRequestParts<AppState> for AdminAuth {
                 return Ok(AdminAuth);
             }
             if verify_user(state, t).await.is_ok() {
-                return Err(AppError::Forbidden("admin access requires the admin token".into()));
+                return Err(AppError::Forbidden(
+                    "admin access requires the admin token".into(),
+                ));
             }
         }
         Err(AppError::Unauthorized("admin token required".into()))
@@ -128,7 +137,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 /// Parses a JSON body with a message that names the problem.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
-    serde_json::from_slice(bytes).map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| AppError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// A file id from the path; anything that is not a UUID is simply not found.
@@ -141,6 +151,8 @@ impl<S: Send + Sync> FromRequestParts<S> for FileId {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| AppError::NotFound)?;
-        Uuid::try_parse(&raw).map(FileId).map_err(|_| AppError::NotFound)
+        Uuid::try_parse(&raw)
+            .map(FileId)
+            .map_err(|_| AppError::NotFound)
     }
 }

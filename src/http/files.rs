@@ -164,7 +164,11 @@ async fn upload(
     let mut parsed = FormFields::default();
     let up = match read_form(up, &mut form, &mut parsed).await {
         Ok(Some(up)) => up,
-        Ok(None) => return Err(AppError::BadRequest("multipart part \"file\" is required".into())),
+        Ok(None) => {
+            return Err(AppError::BadRequest(
+                "multipart part \"file\" is required".into(),
+            ))
+        }
         Err(e) => return Err(drain_then(e, hint, &mut form).await),
     };
     if let SizeHint::AtMost(n) = hint {
@@ -175,7 +179,12 @@ async fn upload(
             )));
         }
     }
-    let FormFields { declared, tags_raw, client_name, mut meta } = parsed;
+    let FormFields {
+        declared,
+        tags_raw,
+        client_name,
+        mut meta,
+    } = parsed;
     if let Some(d) = declared.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
         meta.declared_type = Some(FileType::parse(d).ok_or_else(|| {
             AppError::BadRequest(format!(
@@ -222,16 +231,20 @@ struct FormFields {
 
 /// Reads the form: streams part `file` into `up`, collects the small fields.
 /// Returns `None` when there was no file part.
-async fn read_form(mut up: Ingest, form: &mut multer::Multipart<'_>, out: &mut FormFields) -> AppResult<Option<Ingest>> {
-    let bad = |e: multer::Error| {
-        AppError::BadRequest(format!("malformed multipart body: {e}"))
-    };
+async fn read_form(
+    mut up: Ingest,
+    form: &mut multer::Multipart<'_>,
+    out: &mut FormFields,
+) -> AppResult<Option<Ingest>> {
+    let bad = |e: multer::Error| AppError::BadRequest(format!("malformed multipart body: {e}"));
     let mut seen_file = false;
     while let Some(mut field) = form.next_field().await.map_err(bad)? {
         match field.name().unwrap_or("") {
             "file" => {
                 if seen_file {
-                    return Err(AppError::BadRequest("only one part named file is allowed".into()));
+                    return Err(AppError::BadRequest(
+                        "only one part named file is allowed".into(),
+                    ));
                 }
                 seen_file = true;
                 out.client_name = field.file_name().unwrap_or("").to_string();
@@ -286,7 +299,11 @@ fn parse_list(p: ListParams) -> AppResult<ListQuery> {
         None | Some("") | Some("upload_date") => SortKey::UploadDate,
         Some("file_name") => SortKey::FileName,
         Some("file_size") => SortKey::FileSize,
-        Some(o) => return Err(bad(format!("sort must be upload_date, file_name or file_size, not {o:?}"))),
+        Some(o) => {
+            return Err(bad(format!(
+                "sort must be upload_date, file_name or file_size, not {o:?}"
+            )))
+        }
     };
     let order = match p.order.as_deref() {
         None | Some("") | Some("desc") => SortOrder::Desc,
@@ -310,7 +327,10 @@ fn parse_list(p: ListParams) -> AppResult<ListQuery> {
     Ok(ListQuery {
         file_type,
         favorite,
-        tag: p.tag.filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_string()),
+        tag: p
+            .tag
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_string()),
         q: p.q.filter(|q| !q.is_empty()),
         sort,
         order,
@@ -340,7 +360,11 @@ fn encode_cursor(rec: &FileRecord, sort: SortKey, order: SortOrder) -> String {
         SortKey::FileSize => rec.file_size.to_string(),
     };
     let (s, o) = sort_name(sort, order);
-    let tok = CursorToken { s, o, c: Cursor { k, id: rec.id } };
+    let tok = CursorToken {
+        s,
+        o,
+        c: Cursor { k, id: rec.id },
+    };
     B64.encode(serde_json::to_vec(&tok).expect("cursor serializes"))
 }
 
@@ -349,7 +373,9 @@ fn decode_cursor(c: &str, sort: SortKey, order: SortOrder) -> AppResult<Cursor> 
     let raw = B64.decode(c).map_err(|_| bad())?;
     let tok: CursorToken = serde_json::from_slice(&raw).map_err(|_| bad())?;
     if (tok.s, tok.o) != sort_name(sort, order) {
-        return Err(AppError::BadRequest("cursor belongs to a different sort order".into()));
+        return Err(AppError::BadRequest(
+            "cursor belongs to a different sort order".into(),
+        ));
     }
     Ok(tok.c)
 }
@@ -364,10 +390,14 @@ async fn list(
     let mut q = parse_list(params)?;
     let limit = q.limit as usize;
     q.limit += 1;
-    let mut rows = state.meta.list_files(&user.0, &q).await.map_err(|e| match e {
-        crate::meta::MetaError::Conflict(_) => AppError::BadRequest("invalid cursor".into()),
-        other => other.into(),
-    })?;
+    let mut rows = state
+        .meta
+        .list_files(&user.0, &q)
+        .await
+        .map_err(|e| match e {
+            crate::meta::MetaError::Conflict(_) => AppError::BadRequest("invalid cursor".into()),
+            other => other.into(),
+        })?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
         rows.last().map(|r| encode_cursor(r, q.sort, q.order))
@@ -381,16 +411,32 @@ async fn list(
 }
 
 /// `GET /api/files/{id}`
-async fn details(State(state): State<AppState>, user: AuthUser, FileId(id): FileId) -> AppResult<Json<FileView>> {
-    let rec = state.meta.get_file(&user.0, id).await?.ok_or(AppError::NotFound)?;
+async fn details(
+    State(state): State<AppState>,
+    user: AuthUser,
+    FileId(id): FileId,
+) -> AppResult<Json<FileView>> {
+    let rec = state
+        .meta
+        .get_file(&user.0, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     Ok(Json(FileView::from(&rec)))
 }
 
 /// `DELETE /api/files/{id}`: the row goes (and usage with it, by trigger) in
 /// one transaction; the blob and thumbnail are removed after.
 #[tracing::instrument(skip_all, fields(user_id = %user.0, file_id = %id))]
-async fn remove(State(state): State<AppState>, user: AuthUser, FileId(id): FileId) -> AppResult<StatusCode> {
-    let rec = state.meta.delete_file(&user.0, id).await?.ok_or(AppError::NotFound)?;
+async fn remove(
+    State(state): State<AppState>,
+    user: AuthUser,
+    FileId(id): FileId,
+) -> AppResult<StatusCode> {
+    let rec = state
+        .meta
+        .delete_file(&user.0, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     for key in std::iter::once(&rec.file_path).chain(rec.thumbnail_path.as_ref()) {
         if let Err(e) = state.blobs.remove(key).await {
             tracing::error!(error = %e, key, "blob removal failed after row delete; audit will report an orphan");
@@ -418,7 +464,11 @@ async fn favorite(
     } else {
         Some(parse_json::<FavoriteBody>(&body)?.is_favorite)
     };
-    let rec = state.meta.set_favorite(&user.0, id, set).await?.ok_or(AppError::NotFound)?;
+    let rec = state
+        .meta
+        .set_favorite(&user.0, id, set)
+        .await?
+        .ok_or(AppError::NotFound)?;
     Ok(Json(FileView::from(&rec)))
 }
 
@@ -436,7 +486,11 @@ async fn tags(
     ApiJson(body): ApiJson<TagsBody>,
 ) -> AppResult<Json<FileView>> {
     let tags = normalize_tags(body.tags)?;
-    let rec = state.meta.set_tags(&user.0, id, &tags).await?.ok_or(AppError::NotFound)?;
+    let rec = state
+        .meta
+        .set_tags(&user.0, id, &tags)
+        .await?
+        .ok_or(AppError::NotFound)?;
     Ok(Json(FileView::from(&rec)))
 }
 
@@ -465,9 +519,15 @@ async fn signed_link(
         parse_json::<SignBody>(&body)?.expires_in.unwrap_or(3600)
     };
     if !(1..=604_800).contains(&expires_in) {
-        return Err(AppError::BadRequest("expires_in must be between 1 and 604800 seconds".into()));
+        return Err(AppError::BadRequest(
+            "expires_in must be between 1 and 604800 seconds".into(),
+        ));
     }
-    let rec = state.meta.get_file(&user.0, id).await?.ok_or(AppError::NotFound)?;
+    let rec = state
+        .meta
+        .get_file(&user.0, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
     let expires = Utc::now().timestamp() + expires_in;
     let token = signed_url::sign(&state.signing_key, rec.id, &rec.user_id, expires);
     let at = chrono::DateTime::from_timestamp(expires, 0).unwrap_or_default();

@@ -24,7 +24,11 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "volume": vol.as_ref().map(|_| "ok".to_string()).unwrap_or_else(|e| e.to_string()),
         "video_thumbnails": media,
     });
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     if !ok {
         tracing::warn!(%body, "not ready");
     }
@@ -37,7 +41,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     state.limits.shrink();
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         crate::telemetry::prometheus().render(),
     )
 }

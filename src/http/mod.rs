@@ -81,6 +81,10 @@ pub fn router(state: AppState) -> Router {
     api.layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn(record_metrics))
         .layer(cors)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            tus::discovery_before_cors,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
@@ -191,6 +195,11 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let resp = next.run(req).await;
-    crate::telemetry::metrics::request(&route, &method, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    crate::telemetry::metrics::request(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     resp
 }

@@ -30,31 +30,240 @@ const FILE: &str = "File";
 
 /// Every route of SPEC §3.
 pub const OPS: &[Op] = &[
-    Op { method: "post", path: "/api/files/upload", summary: "Upload a file (multipart: file, file_type, package_name, tags)", auth: Auth::User, responses: &[("201", FILE), ("400", "bad form"), ("413", "over the per-file limit"), ("415", "content type refused"), ("422", "malware"), ("507", "quota exceeded")], body: Some("multipart/form-data") },
-    Op { method: "get", path: "/api/files", summary: "List files (type, favorite, tag, q, sort, order, limit, cursor)", auth: Auth::User, responses: &[("200", "FileList"), ("400", "bad parameter")], body: None },
-    Op { method: "get", path: "/api/files/{id}", summary: "File details", auth: Auth::User, responses: &[("200", FILE), ("404", "not found")], body: None },
-    Op { method: "delete", path: "/api/files/{id}", summary: "Delete a file; usage drops in the same transaction", auth: Auth::User, responses: &[("204", "deleted"), ("404", "not found")], body: None },
-    Op { method: "get", path: "/api/files/{id}/download", summary: "Download bytes (Range, ETag, ?inline=1 for media)", auth: Auth::User, responses: &[("200", "bytes"), ("206", "partial"), ("304", "not modified"), ("404", "not found"), ("416", "range not satisfiable")], body: None },
-    Op { method: "head", path: "/api/files/{id}/download", summary: "Download headers", auth: Auth::User, responses: &[("200", "headers")], body: None },
-    Op { method: "get", path: "/api/files/{id}/thumbnail", summary: "Thumbnail (JPEG or WebP); 404 until generated", auth: Auth::User, responses: &[("200", "image"), ("404", "not yet")], body: None },
-    Op { method: "post", path: "/api/files/{id}/signed-url", summary: "Create a signed download link ({\"expires_in\": seconds})", auth: Auth::User, responses: &[("200", "SignedUrl"), ("400", "bad expiry"), ("404", "not found")], body: Some("application/json") },
-    Op { method: "get", path: "/s/{token}", summary: "Download through a signed link (Range honoured)", auth: Auth::None, responses: &[("200", "bytes"), ("206", "partial"), ("403", "invalid or expired")], body: None },
-    Op { method: "post", path: "/api/files/{id}/favorite", summary: "Toggle, or set with {\"is_favorite\": bool}", auth: Auth::User, responses: &[("200", FILE), ("404", "not found")], body: Some("application/json") },
-    Op { method: "put", path: "/api/files/{id}/tags", summary: "Replace tags ({\"tags\": [...]})", auth: Auth::User, responses: &[("200", FILE), ("400", "too many or too long"), ("404", "not found")], body: Some("application/json") },
-    Op { method: "get", path: "/api/storage/usage", summary: "Quota and usage by type", auth: Auth::User, responses: &[("200", "Usage")], body: None },
-    Op { method: "options", path: "/api/uploads", summary: "tus discovery", auth: Auth::None, responses: &[("204", "capabilities")], body: None },
-    Op { method: "post", path: "/api/uploads", summary: "tus creation (and creation-with-upload)", auth: Auth::User, responses: &[("201", "created; Location"), ("413", "too large"), ("507", "quota exceeded")], body: Some("application/offset+octet-stream") },
-    Op { method: "head", path: "/api/uploads/{id}", summary: "tus offset", auth: Auth::User, responses: &[("200", "Upload-Offset"), ("404", "not found")], body: None },
-    Op { method: "patch", path: "/api/uploads/{id}", summary: "tus append; the last PATCH answers Stowage-File-Id", auth: Auth::User, responses: &[("204", "appended"), ("409", "offset mismatch"), ("423", "locked"), ("460", "checksum mismatch")], body: Some("application/offset+octet-stream") },
-    Op { method: "delete", path: "/api/uploads/{id}", summary: "tus termination", auth: Auth::User, responses: &[("204", "terminated"), ("404", "not found")], body: None },
-    Op { method: "get", path: "/api/admin/users", summary: "List users", auth: Auth::Admin, responses: &[("200", "users")], body: None },
-    Op { method: "get", path: "/api/admin/users/{id}", summary: "User details and usage", auth: Auth::Admin, responses: &[("200", "Usage"), ("404", "not found")], body: None },
-    Op { method: "put", path: "/api/admin/users/{id}/quota", summary: "Set max_bytes (creates the user if new)", auth: Auth::Admin, responses: &[("200", "Usage")], body: Some("application/json") },
-    Op { method: "delete", path: "/api/admin/users/{id}", summary: "Delete a user with every file, upload and thumbnail", auth: Auth::Admin, responses: &[("204", "deleted"), ("404", "not found")], body: None },
-    Op { method: "get", path: "/healthz", summary: "Liveness", auth: Auth::None, responses: &[("200", "ok")], body: None },
-    Op { method: "get", path: "/readyz", summary: "Readiness: database and volume writable", auth: Auth::None, responses: &[("200", "ready"), ("503", "not ready")], body: None },
-    Op { method: "get", path: "/metrics", summary: "Prometheus metrics", auth: Auth::None, responses: &[("200", "text")], body: None },
-    Op { method: "get", path: "/openapi.json", summary: "This document", auth: Auth::None, responses: &[("200", "OpenAPI 3")], body: None },
+    Op {
+        method: "post",
+        path: "/api/files/upload",
+        summary: "Upload a file (multipart: file, file_type, package_name, tags)",
+        auth: Auth::User,
+        responses: &[
+            ("201", FILE),
+            ("400", "bad form"),
+            ("413", "over the per-file limit"),
+            ("415", "content type refused"),
+            ("422", "malware"),
+            ("507", "quota exceeded"),
+        ],
+        body: Some("multipart/form-data"),
+    },
+    Op {
+        method: "get",
+        path: "/api/files",
+        summary: "List files (type, favorite, tag, q, sort, order, limit, cursor)",
+        auth: Auth::User,
+        responses: &[("200", "FileList"), ("400", "bad parameter")],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/api/files/{id}",
+        summary: "File details",
+        auth: Auth::User,
+        responses: &[("200", FILE), ("404", "not found")],
+        body: None,
+    },
+    Op {
+        method: "delete",
+        path: "/api/files/{id}",
+        summary: "Delete a file; usage drops in the same transaction",
+        auth: Auth::User,
+        responses: &[("204", "deleted"), ("404", "not found")],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/api/files/{id}/download",
+        summary: "Download bytes (Range, ETag, ?inline=1 for media)",
+        auth: Auth::User,
+        responses: &[
+            ("200", "bytes"),
+            ("206", "partial"),
+            ("304", "not modified"),
+            ("404", "not found"),
+            ("416", "range not satisfiable"),
+        ],
+        body: None,
+    },
+    Op {
+        method: "head",
+        path: "/api/files/{id}/download",
+        summary: "Download headers",
+        auth: Auth::User,
+        responses: &[("200", "headers")],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/api/files/{id}/thumbnail",
+        summary: "Thumbnail (JPEG or WebP); 404 until generated",
+        auth: Auth::User,
+        responses: &[("200", "image"), ("404", "not yet")],
+        body: None,
+    },
+    Op {
+        method: "post",
+        path: "/api/files/{id}/signed-url",
+        summary: "Create a signed download link ({\"expires_in\": seconds})",
+        auth: Auth::User,
+        responses: &[
+            ("200", "SignedUrl"),
+            ("400", "bad expiry"),
+            ("404", "not found"),
+        ],
+        body: Some("application/json"),
+    },
+    Op {
+        method: "get",
+        path: "/s/{token}",
+        summary: "Download through a signed link (Range honoured)",
+        auth: Auth::None,
+        responses: &[
+            ("200", "bytes"),
+            ("206", "partial"),
+            ("403", "invalid or expired"),
+        ],
+        body: None,
+    },
+    Op {
+        method: "post",
+        path: "/api/files/{id}/favorite",
+        summary: "Toggle, or set with {\"is_favorite\": bool}",
+        auth: Auth::User,
+        responses: &[("200", FILE), ("404", "not found")],
+        body: Some("application/json"),
+    },
+    Op {
+        method: "put",
+        path: "/api/files/{id}/tags",
+        summary: "Replace tags ({\"tags\": [...]})",
+        auth: Auth::User,
+        responses: &[
+            ("200", FILE),
+            ("400", "too many or too long"),
+            ("404", "not found"),
+        ],
+        body: Some("application/json"),
+    },
+    Op {
+        method: "get",
+        path: "/api/storage/usage",
+        summary: "Quota and usage by type",
+        auth: Auth::User,
+        responses: &[("200", "Usage")],
+        body: None,
+    },
+    Op {
+        method: "options",
+        path: "/api/uploads",
+        summary: "tus discovery",
+        auth: Auth::None,
+        responses: &[("204", "capabilities")],
+        body: None,
+    },
+    Op {
+        method: "post",
+        path: "/api/uploads",
+        summary: "tus creation (and creation-with-upload)",
+        auth: Auth::User,
+        responses: &[
+            ("201", "created; Location"),
+            ("413", "too large"),
+            ("507", "quota exceeded"),
+        ],
+        body: Some("application/offset+octet-stream"),
+    },
+    Op {
+        method: "head",
+        path: "/api/uploads/{id}",
+        summary: "tus offset",
+        auth: Auth::User,
+        responses: &[("200", "Upload-Offset"), ("404", "not found")],
+        body: None,
+    },
+    Op {
+        method: "patch",
+        path: "/api/uploads/{id}",
+        summary: "tus append; the last PATCH answers Stowage-File-Id",
+        auth: Auth::User,
+        responses: &[
+            ("204", "appended"),
+            ("409", "offset mismatch"),
+            ("423", "locked"),
+            ("460", "checksum mismatch"),
+        ],
+        body: Some("application/offset+octet-stream"),
+    },
+    Op {
+        method: "delete",
+        path: "/api/uploads/{id}",
+        summary: "tus termination",
+        auth: Auth::User,
+        responses: &[("204", "terminated"), ("404", "not found")],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/api/admin/users",
+        summary: "List users",
+        auth: Auth::Admin,
+        responses: &[("200", "users")],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/api/admin/users/{id}",
+        summary: "User details and usage",
+        auth: Auth::Admin,
+        responses: &[("200", "Usage"), ("404", "not found")],
+        body: None,
+    },
+    Op {
+        method: "put",
+        path: "/api/admin/users/{id}/quota",
+        summary: "Set max_bytes (creates the user if new)",
+        auth: Auth::Admin,
+        responses: &[("200", "Usage")],
+        body: Some("application/json"),
+    },
+    Op {
+        method: "delete",
+        path: "/api/admin/users/{id}",
+        summary: "Delete a user with every file, upload and thumbnail",
+        auth: Auth::Admin,
+        responses: &[("204", "deleted"), ("404", "not found")],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/healthz",
+        summary: "Liveness",
+        auth: Auth::None,
+        responses: &[("200", "ok")],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/readyz",
+        summary: "Readiness: database and volume writable",
+        auth: Auth::None,
+        responses: &[("200", "ready"), ("503", "not ready")],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/metrics",
+        summary: "Prometheus metrics",
+        auth: Auth::None,
+        responses: &[("200", "text")],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/openapi.json",
+        summary: "This document",
+        auth: Auth::None,
+        responses: &[("200", "OpenAPI 3")],
+        body: None,
+    },
 ];
 
 pub fn router() -> Router<AppState> {
@@ -84,12 +293,15 @@ pub fn document() -> Value {
     for op in OPS {
         let mut responses = Map::new();
         for (code, desc) in op.responses {
-            let schema_name = ["File", "FileList", "SignedUrl", "Usage"].contains(desc).then_some(*desc);
+            let schema_name = ["File", "FileList", "SignedUrl", "Usage"]
+                .contains(desc)
+                .then_some(*desc);
             let mut r = json!({"description": desc});
             if let Some(s) = schema_name {
                 r["content"] = json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}});
             } else if code.starts_with('4') || code.starts_with('5') {
-                r["content"] = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+                r["content"] =
+                    json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
             }
             responses.insert(code.to_string(), r);
         }

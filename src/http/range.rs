@@ -75,11 +75,35 @@ mod tests {
     #[test]
     fn common_forms() {
         assert_eq!(parse_range(None, 100), Full);
-        assert_eq!(parse_range(Some("bytes=0-9"), 100), Partial { start: 0, end: 10 });
-        assert_eq!(parse_range(Some("bytes=90-"), 100), Partial { start: 90, end: 100 });
-        assert_eq!(parse_range(Some("bytes=-10"), 100), Partial { start: 90, end: 100 });
-        assert_eq!(parse_range(Some("bytes=-500"), 100), Partial { start: 0, end: 100 });
-        assert_eq!(parse_range(Some("bytes=50-5000"), 100), Partial { start: 50, end: 100 });
+        assert_eq!(
+            parse_range(Some("bytes=0-9"), 100),
+            Partial { start: 0, end: 10 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=90-"), 100),
+            Partial {
+                start: 90,
+                end: 100
+            }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-10"), 100),
+            Partial {
+                start: 90,
+                end: 100
+            }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=-500"), 100),
+            Partial { start: 0, end: 100 }
+        );
+        assert_eq!(
+            parse_range(Some("bytes=50-5000"), 100),
+            Partial {
+                start: 50,
+                end: 100
+            }
+        );
         assert_eq!(parse_range(Some("bytes=100-"), 100), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=200-300"), 100), Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=-0"), 100), Unsatisfiable);

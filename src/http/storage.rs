@@ -53,7 +53,10 @@ pub async fn usage_for(state: &AppState, user: &UserStorage) -> AppResult<Usage>
 }
 
 async fn usage(State(state): State<AppState>, user: AuthUser) -> AppResult<Json<Usage>> {
-    let row = state.meta.ensure_user(&user.0, state.config.default_quota).await?;
+    let row = state
+        .meta
+        .ensure_user(&user.0, state.config.default_quota)
+        .await?;
     Ok(Json(usage_for(&state, &row).await?))
 }
 

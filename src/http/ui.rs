@@ -22,7 +22,8 @@ pub fn asset(uri: &Uri) -> Option<Response> {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_str(&mime).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+        HeaderValue::from_str(&mime)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
     );
     let cache = if path.starts_with("assets/") {
         "public, max-age=31536000, immutable"
@@ -30,7 +31,10 @@ pub fn asset(uri: &Uri) -> Option<Response> {
         "no-cache"
     };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if path == "index.html" {
         h.insert(
             header::CONTENT_SECURITY_POLICY,

@@ -9,7 +9,50 @@ use chrono::Utc;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::app::AppState;
+use crate::{app::AppState, domain::filetype::FileType, domain::names::user_dir_name};
+
+/// A process killed between publishing a blob (rename) and committing its
+/// row leaves the blob in place and the reservation behind. The file id is
+/// the reservation id, so the blob is found from the expired reservation and
+/// removed when no row claims it. The rename time (ctime) must be older than
+/// `grace`, so an upload committing right now is never touched.
+async fn sweep_unpublished(
+    state: &AppState,
+    id: Uuid,
+    user: &str,
+    grace: Duration,
+) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = format!("{id}.");
+    let mut removed = 0;
+    for t in FileType::ALL {
+        let dir = state
+            .config
+            .storage_root
+            .join(user_dir_name(user))
+            .join(t.dir());
+        let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
+            continue;
+        };
+        while let Some(e) = rd.next_entry().await? {
+            if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let meta = e.metadata().await?;
+            let renamed = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.ctime().max(0) as u64);
+            let old = SystemTime::now()
+                .duration_since(renamed)
+                .unwrap_or_default()
+                >= grace;
+            if old && state.meta.get_file_any(id).await?.is_none() {
+                tokio::fs::remove_file(e.path()).await?;
+                tracing::warn!(file = %e.path().display(), "removed a blob whose upload died before its commit");
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
 
 /// What one cleanup pass did.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -19,6 +62,8 @@ pub struct CleanupReport {
     pub expired_reservations: u64,
     pub stale_temp_files: u64,
     pub stale_temp_bytes: u64,
+    /// Blobs published by a process that died before committing their row.
+    pub unpublished_blobs: u64,
 }
 
 /// Temp files younger than this are left alone even without a reservation
@@ -38,7 +83,13 @@ pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<Clean
         }
         tracing::info!(upload = %id, "expired tus upload removed");
     }
-    report.expired_reservations += state.meta.expire_reservations(Utc::now()).await?;
+    let now = Utc::now();
+    if state.blobs.kind() == "local" {
+        for (id, user) in state.meta.expired_reservations(now).await? {
+            report.unpublished_blobs += sweep_unpublished(state, id, &user, temp_grace).await?;
+        }
+    }
+    report.expired_reservations += state.meta.expire_reservations(now).await?;
     if state.blobs.kind() == "local" {
         let tmp = state.config.storage_root.join(".tmp");
         let mut dir = tokio::fs::read_dir(&tmp).await?;
@@ -57,7 +108,10 @@ pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<Clean
             if age < temp_grace {
                 continue;
             }
-            let live = match name.strip_suffix(".part").and_then(|s| Uuid::try_parse(s).ok()) {
+            let live = match name
+                .strip_suffix(".part")
+                .and_then(|s| Uuid::try_parse(s).ok())
+            {
                 Some(id) => state.meta.reservation_exists(id).await?,
                 None => false,
             };

@@ -30,11 +30,15 @@ static TOOLS: OnceLock<MediaTools> = OnceLock::new();
 /// The ffmpeg/ffprobe wrapper, found on `PATH` once.
 pub fn tools() -> &'static MediaTools {
     TOOLS.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let t = MediaTools::detect().with_concurrency(cores);
         match t.disabled_reason() {
             None => tracing::info!("video thumbnails on (ffmpeg and ffprobe found)"),
-            Some(why) => tracing::warn!(reason = %why, "video thumbnails and media durations are off"),
+            Some(why) => {
+                tracing::warn!(reason = %why, "video thumbnails and media durations are off")
+            }
         }
         t
     })
@@ -50,7 +54,10 @@ pub fn status() -> String {
 
 /// Whether a file gets media processing at all.
 pub fn wants_processing(rec: &FileRecord) -> bool {
-    matches!(rec.file_type, FileType::Image | FileType::Video | FileType::Audio)
+    matches!(
+        rec.file_type,
+        FileType::Image | FileType::Video | FileType::Audio
+    )
 }
 
 fn spec(state: &AppState) -> ThumbnailSpec {
@@ -108,12 +115,17 @@ pub async fn process(state: &AppState, file_id: Uuid) -> Result<(), JobError> {
         FileType::Video => {
             let t = tools();
             if let Some(why) = t.disabled_reason() {
-                return Err(JobError::Permanent(format!("video processing is off: {why}")));
+                return Err(JobError::Permanent(format!(
+                    "video processing is off: {why}"
+                )));
             }
             let probe = t.probe(&src).await.map_err(classify)?;
             update.resolution = probe.resolution();
             update.duration = probe.duration_hms();
-            match t.video_poster(&src, &thumb_tmp, probe.duration_secs, &spec).await {
+            match t
+                .video_poster(&src, &thumb_tmp, probe.duration_secs, &spec)
+                .await
+            {
                 Ok(_) => thumb_written = true,
                 // Metadata without a poster is still worth keeping.
                 Err(e) => tracing::warn!(file_id = %rec.id, error = %e, "no poster frame"),
@@ -131,7 +143,12 @@ pub async fn process(state: &AppState, file_id: Uuid) -> Result<(), JobError> {
     }
 
     if thumb_written {
-        let key = format!("{}/.thumbs/{}.{}", user_dir_name(&rec.user_id), rec.id, spec.format.extension());
+        let key = format!(
+            "{}/.thumbs/{}.{}",
+            user_dir_name(&rec.user_id),
+            rec.id,
+            spec.format.extension()
+        );
         let data = tokio::fs::read(&thumb_tmp)
             .await
             .map_err(|e| JobError::Transient(format!("reading thumbnail: {e}")));

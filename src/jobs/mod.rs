@@ -41,7 +41,11 @@ impl JobPayload {
 }
 
 /// Queues a job now.
-pub async fn enqueue(state: &AppState, payload: &JobPayload, user: Option<&str>) -> anyhow::Result<Uuid> {
+pub async fn enqueue(
+    state: &AppState,
+    payload: &JobPayload,
+    user: Option<&str>,
+) -> anyhow::Result<Uuid> {
     let json = serde_json::to_string(payload)?;
     let id = state
         .meta
@@ -55,7 +59,12 @@ pub async fn enqueue(state: &AppState, payload: &JobPayload, user: Option<&str>)
 /// type has any.
 pub async fn enqueue_media(state: &AppState, rec: &FileRecord) -> anyhow::Result<()> {
     if media::wants_processing(rec) {
-        enqueue(state, &JobPayload::Media { file_id: rec.id }, Some(&rec.user_id)).await?;
+        enqueue(
+            state,
+            &JobPayload::Media { file_id: rec.id },
+            Some(&rec.user_id),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -175,9 +184,14 @@ mod tests {
 
     #[test]
     fn payload_round_trips() {
-        let p = JobPayload::Media { file_id: Uuid::nil() };
+        let p = JobPayload::Media {
+            file_id: Uuid::nil(),
+        };
         let s = serde_json::to_string(&p).unwrap();
-        assert_eq!(s, r#"{"type":"media","file_id":"00000000-0000-0000-0000-000000000000"}"#);
+        assert_eq!(
+            s,
+            r#"{"type":"media","file_id":"00000000-0000-0000-0000-000000000000"}"#
+        );
         assert_eq!(serde_json::from_str::<JobPayload>(&s).unwrap(), p);
     }
 }

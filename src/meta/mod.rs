@@ -249,6 +249,8 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn release(&self, id: Uuid) -> MetaResult<bool>;
     /// True while reservation `id` is live (staging files without one are stale).
     async fn reservation_exists(&self, id: Uuid) -> MetaResult<bool>;
+    /// Reservations expired at `now`, as `(id, user_id)`, without releasing them.
+    async fn expired_reservations(&self, now: DateTime<Utc>) -> MetaResult<Vec<(Uuid, String)>>;
     /// Releases every reservation expired at `now`; returns how many.
     async fn expire_reservations(&self, now: DateTime<Utc>) -> MetaResult<u64>;
 
@@ -263,8 +265,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Every file of a user or of all users, ordered by id (audit, backup).
     async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>>;
     async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>>;
-    async fn set_favorite(&self, user_id: &str, id: Uuid, fav: Option<bool>) -> MetaResult<Option<FileRecord>>;
-    async fn set_tags(&self, user_id: &str, id: Uuid, tags: &[String]) -> MetaResult<Option<FileRecord>>;
+    async fn set_favorite(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        fav: Option<bool>,
+    ) -> MetaResult<Option<FileRecord>>;
+    async fn set_tags(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        tags: &[String],
+    ) -> MetaResult<Option<FileRecord>>;
     async fn set_media(&self, id: Uuid, media: &MediaUpdate) -> MetaResult<()>;
     /// Bytes and count per file type, summed from rows.
     async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>>;
@@ -274,14 +286,25 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn repair_counters(&self) -> MetaResult<u64>;
 
     /// Queues a job to run at `run_at`.
-    async fn enqueue_job(&self, kind: &str, payload: &str, user_id: Option<&str>, run_at: DateTime<Utc>) -> MetaResult<Uuid>;
+    async fn enqueue_job(
+        &self,
+        kind: &str,
+        payload: &str,
+        user_id: Option<&str>,
+        run_at: DateTime<Utc>,
+    ) -> MetaResult<Uuid>;
     /// Claims one runnable job (queued and due, or running with an expired
     /// lease), leasing it for `lease`. At most one claimer gets a given job.
     async fn claim_job(&self, lease: Duration) -> MetaResult<Option<Job>>;
     async fn complete_job(&self, id: Uuid) -> MetaResult<()>;
     /// Records a failure: requeued at `retry_at`, or failed for good when
     /// `retry_at` is `None`.
-    async fn fail_job(&self, id: Uuid, error: &str, retry_at: Option<DateTime<Utc>>) -> MetaResult<()>;
+    async fn fail_job(
+        &self,
+        id: Uuid,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> MetaResult<()>;
     /// Jobs queued or running.
     async fn queue_depth(&self) -> MetaResult<u64>;
     /// Jobs that failed for good, newest first (admin view).
@@ -290,9 +313,18 @@ pub trait MetaStore: Send + Sync + 'static {
     /// Inserts a tus upload row (its reservation `up.id` already taken).
     /// With `lock`, the row is created leased to `lock.0` until `lock.1`
     /// (creation-with-upload).
-    async fn create_tus_upload(&self, up: &TusUpload, lock: Option<(Uuid, DateTime<Utc>)>) -> MetaResult<()>;
+    async fn create_tus_upload(
+        &self,
+        up: &TusUpload,
+        lock: Option<(Uuid, DateTime<Utc>)>,
+    ) -> MetaResult<()>;
     /// The user's live (unexpired at `now`) upload `id`.
-    async fn get_tus_upload(&self, user_id: &str, id: Uuid, now: DateTime<Utc>) -> MetaResult<Option<TusUpload>>;
+    async fn get_tus_upload(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> MetaResult<Option<TusUpload>>;
     /// Takes the upload's lease for `owner` until `lease_until` when nobody
     /// holds a live one (one conditional `UPDATE`: atomic across processes),
     /// pushing its expiry to `expires_at`.
@@ -305,16 +337,32 @@ pub trait MetaStore: Send + Sync + 'static {
         expires_at: DateTime<Utc>,
     ) -> MetaResult<TusLock>;
     /// Extends `owner`'s lease; false when `owner` no longer holds it.
-    async fn renew_tus_lock(&self, id: Uuid, owner: Uuid, lease_until: DateTime<Utc>) -> MetaResult<bool>;
+    async fn renew_tus_lock(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        lease_until: DateTime<Utc>,
+    ) -> MetaResult<bool>;
     /// Records a new offset while `owner` holds the lease; false otherwise.
-    async fn set_tus_offset(&self, id: Uuid, owner: Uuid, offset: u64, expires_at: DateTime<Utc>) -> MetaResult<bool>;
+    async fn set_tus_offset(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        offset: u64,
+        expires_at: DateTime<Utc>,
+    ) -> MetaResult<bool>;
     /// Gives up `owner`'s lease (no-op when not held).
     async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()>;
     /// Deletes the row of an upload that `owner` holds (completion, failure).
     async fn finish_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<bool>;
     /// Termination: deletes the user's upload unless a live lease is held on
     /// it at `now` (then `Busy`).
-    async fn terminate_tus_upload(&self, user_id: &str, id: Uuid, now: DateTime<Utc>) -> MetaResult<TusLock>;
+    async fn terminate_tus_upload(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> MetaResult<TusLock>;
     /// Deletes every upload expired at `now` and not leased; returns their ids
     /// (the caller discards their staging blobs and releases reservations).
     async fn expire_tus_uploads(&self, now: DateTime<Utc>) -> MetaResult<Vec<Uuid>>;

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
     postgres::{PgPoolOptions, PgRow},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
     PgPool, Row, SqlitePool,
 };
 use uuid::Uuid;
@@ -109,7 +111,8 @@ fn like_pattern(q: &str) -> String {
 const FILE_COLS: &str = "id, user_id, file_name, file_type, mime_type, file_size, file_path, \
      thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date";
 
-const TUS_COLS: &str = "id, user_id, upload_length, upload_offset, metadata, expires_at, created_at";
+const TUS_COLS: &str =
+    "id, user_id, upload_length, upload_offset, metadata, expires_at, created_at";
 
 const USER_COLS: &str = "user_id, total_bytes, reserved_bytes, max_bytes, \
      CAST(file_count AS BIGINT) AS file_count, created_at, updated_at";
@@ -446,6 +449,18 @@ macro_rules! impl_store {
                     .await
                     .map_err(MetaError::from_sqlx)?;
                 Ok(row.is_some())
+            }
+
+            async fn expired_reservations(&self, at: DateTime<Utc>) -> MetaResult<Vec<(Uuid, String)>> {
+                let rows = sqlx::query("SELECT id, user_id FROM upload_reservations WHERE expires_at < $1")
+                    .bind(at)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("id")?, r.try_get("user_id")?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(MetaError::from)
             }
 
             async fn expire_reservations(&self, at: DateTime<Utc>) -> MetaResult<u64> {
@@ -1022,13 +1037,24 @@ macro_rules! impl_store {
 }
 
 impl_store!(
-    PgStore, PgRow, "postgres", sqlx::migrate!("./migrations/postgres"),
-    tags_in = pg_tags_in, tags_out = pg_tags_out,
-    tag_filter = " AND ${n} = ANY(tags)", skip_locked = " FOR UPDATE SKIP LOCKED"
+    PgStore,
+    PgRow,
+    "postgres",
+    sqlx::migrate!("./migrations/postgres"),
+    tags_in = pg_tags_in,
+    tags_out = pg_tags_out,
+    tag_filter = " AND ${n} = ANY(tags)",
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 );
 
 impl_store!(
-    SqliteStore, SqliteRow, "sqlite", sqlx::migrate!("./migrations/sqlite"),
-    tags_in = sqlite_tags_in, tags_out = sqlite_tags_out,
-    tag_filter = " AND EXISTS (SELECT 1 FROM json_each(user_files.tags) WHERE json_each.value = ${n})", skip_locked = ""
+    SqliteStore,
+    SqliteRow,
+    "sqlite",
+    sqlx::migrate!("./migrations/sqlite"),
+    tags_in = sqlite_tags_in,
+    tags_out = sqlite_tags_out,
+    tag_filter =
+        " AND EXISTS (SELECT 1 FROM json_each(user_files.tags) WHERE json_each.value = ${n})",
+    skip_locked = ""
 );

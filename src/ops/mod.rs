@@ -6,7 +6,9 @@ pub mod lease;
 pub mod progress;
 pub mod scheduler;
 
-use crate::{app::AppState, domain::names::user_dir_name, http::error::AppResult, meta::DeletedUser};
+use crate::{
+    app::AppState, domain::names::user_dir_name, http::error::AppResult, meta::DeletedUser,
+};
 
 /// Removes every row and blob of `user`, then the user's directory.
 pub async fn delete_user(state: &AppState, user: &str) -> AppResult<Option<DeletedUser>> {
@@ -23,7 +25,9 @@ pub async fn delete_user(state: &AppState, user: &str) -> AppResult<Option<Delet
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::error!(error = %e, dir = %dir.display(), "could not remove user directory"),
+            Err(e) => {
+                tracing::error!(error = %e, dir = %dir.display(), "could not remove user directory")
+            }
         }
     }
     Ok(Some(removed))

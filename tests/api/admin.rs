@@ -5,59 +5,129 @@ use serde_json::Value;
 use crate::both;
 use crate::helpers::*;
 
-both!(admin_sets_quota_before_first_sign_in_and_deletes_accounts, |b| async move {
-    let app = spawn_app(b).await;
-    let c = &app.client;
-    app.admin_set_quota("future", 12345).await;
-    let v: Value = c.get(app.url("/api/admin/users/future")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
-    assert_eq!(v["max_bytes"], 12345);
-    assert_eq!(app.usage("future").await["max_bytes"], 12345, "first sign-in keeps the plan");
+both!(
+    admin_sets_quota_before_first_sign_in_and_deletes_accounts,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let c = &app.client;
+        app.admin_set_quota("future", 12345).await;
+        let v: Value = c
+            .get(app.url("/api/admin/users/future"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["max_bytes"], 12345);
+        assert_eq!(
+            app.usage("future").await["max_bytes"],
+            12345,
+            "first sign-in keeps the plan"
+        );
 
-    let r = c.put(app.url("/api/admin/users/future/quota")).bearer_auth(ADMIN_TOKEN).body("{\"max_bytes\": -1}").send().await.unwrap();
-    assert_eq!(r.status(), 400);
+        let r = c
+            .put(app.url("/api/admin/users/future/quota"))
+            .bearer_auth(ADMIN_TOKEN)
+            .body("{\"max_bytes\": -1}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
 
-    app.upload_ok("gone", "a.png", png_bytes(1000)).await;
-    app.upload_ok("gone", "b.json", b"{}".to_vec()).await;
-    app.upload_ok("stays", "c.png", png_bytes(1000)).await;
-    let list: Value = c.get(app.url("/api/admin/users")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
-    let ids: Vec<&str> = list["users"].as_array().unwrap().iter().map(|u| u["user_id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&"gone") && ids.contains(&"stays") && ids.contains(&"future"));
+        app.upload_ok("gone", "a.png", png_bytes(1000)).await;
+        app.upload_ok("gone", "b.json", b"{}".to_vec()).await;
+        app.upload_ok("stays", "c.png", png_bytes(1000)).await;
+        let list: Value = c
+            .get(app.url("/api/admin/users"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = list["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["user_id"].as_str().unwrap())
+            .collect();
+        assert!(ids.contains(&"gone") && ids.contains(&"stays") && ids.contains(&"future"));
 
-    let r = c.delete(app.url("/api/admin/users/gone")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), 204);
-    assert!(app.state.meta.get_user("gone").await.unwrap().is_none());
-    assert!(app.blobs_on_disk().iter().all(|p| !p.starts_with("gone/")));
-    assert!(!app.storage_root().join("gone").exists());
-    assert_eq!(app.blobs_on_disk().len(), 1);
-    let r = c.delete(app.url("/api/admin/users/gone")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
-    assert_eq!(r.status(), 404);
-});
+        let r = c
+            .delete(app.url("/api/admin/users/gone"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        assert!(app.state.meta.get_user("gone").await.unwrap().is_none());
+        assert!(app.blobs_on_disk().iter().all(|p| !p.starts_with("gone/")));
+        assert!(!app.storage_root().join("gone").exists());
+        assert_eq!(app.blobs_on_disk().len(), 1);
+        let r = c
+            .delete(app.url("/api/admin/users/gone"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+);
 
 #[tokio::test]
 async fn health_readiness_metrics_and_openapi() {
     let app = spawn_app(Backend::Sqlite).await;
     let c = &app.client;
-    assert_eq!(c.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(app.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
     let r = c.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["database"], "ok");
     assert_eq!(v["volume"], "ok");
     app.upload_ok("m", "a.png", png_bytes(100)).await;
-    let text = c.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = c
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("stowage_http_requests_total"), "{text}");
-    let doc: Value = c.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = c
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     // Every documented path is routed (anything but the unknown-route 404 body).
     for (path, ops) in doc["paths"].as_object().unwrap() {
-        let concrete = path.replace("{id}", "00000000-0000-0000-0000-000000000000").replace("{token}", "x");
+        let concrete = path
+            .replace("{id}", "00000000-0000-0000-0000-000000000000")
+            .replace("{token}", "x");
         for method in ops.as_object().unwrap().keys() {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let r = c.request(m.clone(), app.url(&concrete)).send().await.unwrap();
+            let r = c
+                .request(m.clone(), app.url(&concrete))
+                .send()
+                .await
+                .unwrap();
             assert_ne!(r.status(), 405, "{method} {path} is routed");
             if r.status() == 404 {
                 let v: Value = r.json().await.unwrap_or(Value::Null);
-                assert_ne!(v["error"]["message"], "no such route", "{method} {path} exists");
+                assert_ne!(
+                    v["error"]["message"], "no such route",
+                    "{method} {path} exists"
+                );
             }
         }
     }

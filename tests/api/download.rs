@@ -8,7 +8,9 @@ use crate::helpers::*;
 both!(download_ranges_and_headers, |b| async move {
     let app = spawn_app(b).await;
     let data = png_bytes(10_000);
-    let f = app.upload_ok("d", "na\u{ef}ve \"pic\".png", data.clone()).await;
+    let f = app
+        .upload_ok("d", "na\u{ef}ve \"pic\".png", data.clone())
+        .await;
     let id = f["id"].as_str().unwrap();
     let url = format!("/api/files/{id}/download");
     let r = app.get("d", &url).await;
@@ -16,17 +18,32 @@ both!(download_ranges_and_headers, |b| async move {
     let h = r.headers().clone();
     assert_eq!(h["accept-ranges"], "bytes");
     assert_eq!(h["x-content-type-options"], "nosniff");
-    assert!(h["content-security-policy"].to_str().unwrap().contains("sandbox"));
+    assert!(h["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("sandbox"));
     assert_eq!(h["content-type"], "image/png");
     assert_eq!(h["content-length"], "10000");
     let cd = h["content-disposition"].to_str().unwrap();
-    assert!(cd.starts_with("attachment; filename=\"na_ve _pic_.png\""), "{cd}");
-    assert!(cd.contains("filename*=UTF-8''na%C3%AFve%20%22pic%22.png"), "{cd}");
+    assert!(
+        cd.starts_with("attachment; filename=\"na_ve _pic_.png\""),
+        "{cd}"
+    );
+    assert!(
+        cd.contains("filename*=UTF-8''na%C3%AFve%20%22pic%22.png"),
+        "{cd}"
+    );
     let etag = h["etag"].to_str().unwrap().to_string();
     assert_eq!(etag, format!("\"{}\"", sha256_hex(&data)));
     assert_eq!(r.bytes().await.unwrap().to_vec(), data);
 
-    let get_range = |range: &'static str| app.client.get(app.url(&url)).bearer_auth(token("d")).header("range", range).send();
+    let get_range = |range: &'static str| {
+        app.client
+            .get(app.url(&url))
+            .bearer_auth(token("d"))
+            .header("range", range)
+            .send()
+    };
     let r = get_range("bytes=100-199").await.unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], "bytes 100-199/10000");
@@ -42,22 +59,54 @@ both!(download_ranges_and_headers, |b| async move {
     assert_eq!(v["error"]["code"], "range_not_satisfiable");
 
     // Conditional requests.
-    let r = app.client.get(app.url(&url)).bearer_auth(token("d")).header("if-none-match", &etag).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url(&url))
+        .bearer_auth(token("d"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 304);
-    let r = app.client.get(app.url(&url)).bearer_auth(token("d")).header("range", "bytes=0-9").header("if-range", "\"stale\"").send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url(&url))
+        .bearer_auth(token("d"))
+        .header("range", "bytes=0-9")
+        .header("if-range", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "If-Range mismatch serves the whole file");
 
     // HEAD.
-    let r = app.client.head(app.url(&url)).bearer_auth(token("d")).send().await.unwrap();
+    let r = app
+        .client
+        .head(app.url(&url))
+        .bearer_auth(token("d"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-length"], "10000");
 
     // inline only for safe media.
     let r = app.get("d", &format!("{url}?inline=1")).await;
-    assert!(r.headers()["content-disposition"].to_str().unwrap().starts_with("inline"));
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("inline"));
     let j = app.upload_ok("d", "p.json", b"{\"a\":1}".to_vec()).await;
-    let r = app.get("d", &format!("/api/files/{}/download?inline=1", j["id"].as_str().unwrap())).await;
-    assert!(r.headers()["content-disposition"].to_str().unwrap().starts_with("attachment"));
+    let r = app
+        .get(
+            "d",
+            &format!("/api/files/{}/download?inline=1", j["id"].as_str().unwrap()),
+        )
+        .await;
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .starts_with("attachment"));
 });
 
 both!(signed_links, |b| async move {
@@ -65,8 +114,19 @@ both!(signed_links, |b| async move {
     let data = png_bytes(5000);
     let f = app.upload_ok("s", "a.png", data.clone()).await;
     let id = f["id"].as_str().unwrap();
-    let sign = |body: Value| app.client.post(app.url(&format!("/api/files/{id}/signed-url"))).bearer_auth(token("s")).json(&body).send();
-    let v: Value = sign(json!({"expires_in": 60})).await.unwrap().json().await.unwrap();
+    let sign = |body: Value| {
+        app.client
+            .post(app.url(&format!("/api/files/{id}/signed-url")))
+            .bearer_auth(token("s"))
+            .json(&body)
+            .send()
+    };
+    let v: Value = sign(json!({"expires_in": 60}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let link = v["url"].as_str().unwrap().to_string();
     assert!(link.starts_with("/s/"));
     assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
@@ -74,7 +134,13 @@ both!(signed_links, |b| async move {
     let r = app.client.get(app.url(&link)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), data);
-    let r = app.client.get(app.url(&link)).header("range", "bytes=0-3").send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url(&link))
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap().to_vec(), data[..4].to_vec());
     // Any alteration is 403.
@@ -82,25 +148,89 @@ both!(signed_links, |b| async move {
     let i = altered.len() - 2;
     altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).unwrap();
-    assert_eq!(app.client.get(app.url(&altered)).send().await.unwrap().status(), 403);
+    assert_eq!(
+        app.client
+            .get(app.url(&altered))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     let parts: Vec<&str> = link.trim_start_matches("/s/").split('.').collect();
-    let later = format!("/s/{}.{}.{}", parts[0], parts[1].parse::<i64>().unwrap() + 1000, parts[2]);
-    assert_eq!(app.client.get(app.url(&later)).send().await.unwrap().status(), 403);
-    assert_eq!(app.client.get(app.url("/s/garbage")).send().await.unwrap().status(), 403);
+    let later = format!(
+        "/s/{}.{}.{}",
+        parts[0],
+        parts[1].parse::<i64>().unwrap() + 1000,
+        parts[2]
+    );
+    assert_eq!(
+        app.client
+            .get(app.url(&later))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(
+        app.client
+            .get(app.url("/s/garbage"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
     // Expired.
-    let v: Value = sign(json!({"expires_in": 1})).await.unwrap().json().await.unwrap();
+    let v: Value = sign(json!({"expires_in": 1}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let r = app.client.get(app.url(v["url"].as_str().unwrap())).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url(v["url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "forbidden");
     // Expiry bounds.
     assert_eq!(sign(json!({"expires_in": 0})).await.unwrap().status(), 400);
-    assert_eq!(sign(json!({"expires_in": 604801})).await.unwrap().status(), 400);
-    assert_eq!(sign(json!({"expires_in": "soon"})).await.unwrap().status(), 400);
-    let r = app.client.post(app.url(&format!("/api/files/{id}/signed-url"))).bearer_auth(token("s")).send().await.unwrap();
+    assert_eq!(
+        sign(json!({"expires_in": 604801})).await.unwrap().status(),
+        400
+    );
+    assert_eq!(
+        sign(json!({"expires_in": "soon"})).await.unwrap().status(),
+        400
+    );
+    let r = app
+        .client
+        .post(app.url(&format!("/api/files/{id}/signed-url")))
+        .bearer_auth(token("s"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "empty body means the default expiry");
     // A deleted file's link stops working.
-    app.client.delete(app.url(&format!("/api/files/{id}"))).bearer_auth(token("s")).send().await.unwrap();
-    assert_eq!(app.client.get(app.url(&link)).send().await.unwrap().status(), 403);
+    app.client
+        .delete(app.url(&format!("/api/files/{id}")))
+        .bearer_auth(token("s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        app.client
+            .get(app.url(&link))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
 });

@@ -35,7 +35,13 @@ both!(upload_list_get_delete, |b| async move {
     let blobs = app.blobs_on_disk();
     assert_eq!(blobs, vec![format!("alice/images/{id}.png")]);
 
-    let r = app.client.delete(app.url(&format!("/api/files/{id}"))).bearer_auth(token("alice")).send().await.unwrap();
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/files/{id}")))
+        .bearer_auth(token("alice"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let u = app.usage("alice").await;
     assert_eq!(u["total_bytes"], 0);
@@ -49,7 +55,16 @@ both!(upload_list_get_delete, |b| async move {
 both!(declared_fields_are_stored, |b| async move {
     let app = spawn_app(b).await;
     let r = app
-        .upload_with("bob", "s.json", br#"{"scene":{"objects":[]}}"#.to_vec(), &[("file_type", "scene"), ("package_name", "starter"), ("tags", " intro, ,demo,intro ")])
+        .upload_with(
+            "bob",
+            "s.json",
+            br#"{"scene":{"objects":[]}}"#.to_vec(),
+            &[
+                ("file_type", "scene"),
+                ("package_name", "starter"),
+                ("tags", " intro, ,demo,intro "),
+            ],
+        )
         .await;
     assert_eq!(r.status(), 201);
     let f: Value = r.json().await.unwrap();
@@ -70,7 +85,10 @@ both!(favourites_and_tags, |b| async move {
     let f = app.upload_ok("carol", "a.png", png_bytes(1000)).await;
     let id = f["id"].as_str().unwrap();
     let fav = |body: Option<Value>| {
-        let mut rb = app.client.post(app.url(&format!("/api/files/{id}/favorite"))).bearer_auth(token("carol"));
+        let mut rb = app
+            .client
+            .post(app.url(&format!("/api/files/{id}/favorite")))
+            .bearer_auth(token("carol"));
         if let Some(b) = body {
             rb = rb.json(&b);
         }
@@ -80,15 +98,36 @@ both!(favourites_and_tags, |b| async move {
     assert_eq!(v["is_favorite"], true);
     let v: Value = fav(None).await.unwrap().json().await.unwrap();
     assert_eq!(v["is_favorite"], false);
-    let v: Value = fav(Some(json!({"is_favorite": true}))).await.unwrap().json().await.unwrap();
+    let v: Value = fav(Some(json!({"is_favorite": true})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["is_favorite"], true);
-    let v: Value = fav(Some(json!({"is_favorite": true}))).await.unwrap().json().await.unwrap();
+    let v: Value = fav(Some(json!({"is_favorite": true})))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["is_favorite"], true);
     let r = fav(Some(json!({"is_favorite": "yes"}))).await.unwrap();
     assert_eq!(r.status(), 400);
 
-    let put = |tags: Value| app.client.put(app.url(&format!("/api/files/{id}/tags"))).bearer_auth(token("carol")).json(&json!({"tags": tags})).send();
-    let v: Value = put(json!([" b ", "a", "", "b"])).await.unwrap().json().await.unwrap();
+    let put = |tags: Value| {
+        app.client
+            .put(app.url(&format!("/api/files/{id}/tags")))
+            .bearer_auth(token("carol"))
+            .json(&json!({"tags": tags}))
+            .send()
+    };
+    let v: Value = put(json!([" b ", "a", "", "b"]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["tags"], json!(["b", "a"]));
     let too_many: Vec<String> = (0..33).map(|i| format!("t{i}")).collect();
     let r = put(json!(too_many)).await.unwrap();
@@ -104,16 +143,28 @@ both!(favourites_and_tags, |b| async move {
     app.upload_ok("carol", "b.png", png_bytes(2000)).await;
     let favs = app.list_all("carol", "&favorite=true").await;
     assert_eq!(favs.len(), 1);
-    let tagged = app.list_all("carol", &format!("&tag={}", "y".repeat(64))).await;
+    let tagged = app
+        .list_all("carol", &format!("&tag={}", "y".repeat(64)))
+        .await;
     assert_eq!(tagged.len(), 1);
     assert_eq!(tagged[0]["id"], json!(id));
 });
 
 both!(listing_filters_sorts_and_pages, |b| async move {
     let app = spawn_app(b).await;
-    let names = ["Beach.PNG", "alpha.png", "Zebra_100%.png", "movie.json", "beach-2.png"];
+    let names = [
+        "Beach.PNG",
+        "alpha.png",
+        "Zebra_100%.png",
+        "movie.json",
+        "beach-2.png",
+    ];
     for (i, n) in names.iter().enumerate() {
-        let data = if n.ends_with(".json") { b"{}".to_vec() } else { png_bytes(1000 + i * 10) };
+        let data = if n.ends_with(".json") {
+            b"{}".to_vec()
+        } else {
+            png_bytes(1000 + i * 10)
+        };
         app.upload_ok("dave", n, data).await;
     }
     // Search is a case-insensitive substring; % is literal.
@@ -129,12 +180,18 @@ both!(listing_filters_sorts_and_pages, |b| async move {
     assert_eq!(projects.len(), 1);
 
     let by_size = app.list_all("dave", "&sort=file_size&order=asc").await;
-    let sizes: Vec<i64> = by_size.iter().map(|f| f["file_size"].as_i64().unwrap()).collect();
+    let sizes: Vec<i64> = by_size
+        .iter()
+        .map(|f| f["file_size"].as_i64().unwrap())
+        .collect();
     let mut sorted = sizes.clone();
     sorted.sort();
     assert_eq!(sizes, sorted);
     let by_name = app.list_all("dave", "&sort=file_name&order=desc").await;
-    let ns: Vec<String> = by_name.iter().map(|f| f["file_name"].as_str().unwrap().to_string()).collect();
+    let ns: Vec<String> = by_name
+        .iter()
+        .map(|f| f["file_name"].as_str().unwrap().to_string())
+        .collect();
     let mut sorted = ns.clone();
     sorted.sort();
     sorted.reverse();
@@ -166,10 +223,21 @@ both!(listing_filters_sorts_and_pages, |b| async move {
     uniq.sort();
     uniq.dedup();
     assert_eq!(uniq.len(), seen.len(), "no file twice");
-    assert_eq!(seen.len(), 5, "every original file once; the late one sorts before the cursor");
+    assert_eq!(
+        seen.len(),
+        5,
+        "every original file once; the late one sorts before the cursor"
+    );
 
     // Bad parameters are 400 with the error shape.
-    for q in ["sort=size", "order=up", "limit=abc", "type=pdf", "favorite=maybe", "cursor=%%%"] {
+    for q in [
+        "sort=size",
+        "order=up",
+        "limit=abc",
+        "type=pdf",
+        "favorite=maybe",
+        "cursor=%%%",
+    ] {
         let (s, v) = app.get_json("dave", &format!("/api/files?{q}")).await;
         assert_eq!(s, 400, "{q}");
         assert_eq!(v["error"]["code"], "invalid_request");

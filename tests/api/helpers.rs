@@ -62,7 +62,10 @@ pub struct PgDb {
 impl PgDb {
     pub async fn create() -> PgDb {
         static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let name = format!(
             "stowage_test_{}_{}_{}",
             std::process::id(),
@@ -78,7 +81,10 @@ impl PgDb {
             .await
             .expect("create test database");
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-        PgDb { url: format!("{base}/{name}"), name }
+        PgDb {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 }
 
@@ -88,7 +94,10 @@ impl Drop for PgDb {
         let admin = pg_admin_url();
         // Dropped from sync code inside a runtime: use a thread of our own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -135,7 +144,10 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let (db_url, pg) = match backend {
-        Backend::Sqlite => (format!("sqlite://{}/data/stowage.db", dir.path().display()), None),
+        Backend::Sqlite => (
+            format!("sqlite://{}/data/stowage.db", dir.path().display()),
+            None,
+        ),
         Backend::Postgres => {
             let db = PgDb::create().await;
             (db.url.clone(), Some(db))
@@ -151,11 +163,19 @@ pub async fn spawn_peer(other: &TestApp) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = (*other.state.config).clone();
     config.data_dir = dir.path().join("peer");
-    config.signing_secret = Some(stowage::config::Secret(hex::encode(&*other.state.signing_key)));
+    config.signing_secret = Some(stowage::config::Secret(hex::encode(
+        &*other.state.signing_key,
+    )));
     start(dir, config, other.backend, other.db_url.clone(), None).await
 }
 
-async fn start(dir: TempDir, config: Config, backend: Backend, db_url: String, pg: Option<PgDb>) -> TestApp {
+async fn start(
+    dir: TempDir,
+    config: Config,
+    backend: Backend,
+    db_url: String,
+    pg: Option<PgDb>,
+) -> TestApp {
     let state = AppState::build(config).await.expect("build state");
     state.meta.migrate().await.expect("migrate");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -206,12 +226,21 @@ impl TestApp {
         self.upload_with(user, name, data, &[]).await
     }
 
-    pub async fn upload_with(&self, user: &str, name: &str, data: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::Response {
+    pub async fn upload_with(
+        &self,
+        user: &str,
+        name: &str,
+        data: Vec<u8>,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut form = reqwest::multipart::Form::new();
         for (k, v) in fields {
             form = form.text(k.to_string(), v.to_string());
         }
-        form = form.part("file", reqwest::multipart::Part::bytes(data).file_name(name.to_string()));
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(data).file_name(name.to_string()),
+        );
         self.client
             .post(self.url("/api/files/upload"))
             .bearer_auth(token(user))
@@ -231,7 +260,12 @@ impl TestApp {
     }
 
     pub async fn get(&self, user: &str, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(token(user)).send().await.unwrap()
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token(user))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, user: &str, path: &str) -> (u16, Value) {
@@ -284,7 +318,9 @@ impl TestApp {
         let mut out = Vec::new();
         let mut stack = vec![root.clone()];
         while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let p = e.path();
                 if p.is_dir() {
@@ -320,7 +356,11 @@ impl TestApp {
         let usage = self.usage(user).await;
         let files = self.list_all(user, "").await;
         let sum: i64 = files.iter().map(|f| f["file_size"].as_i64().unwrap()).sum();
-        assert_eq!(usage["total_bytes"].as_i64().unwrap(), sum, "usage equals listed sizes");
+        assert_eq!(
+            usage["total_bytes"].as_i64().unwrap(),
+            sum,
+            "usage equals listed sizes"
+        );
         assert_eq!(usage["file_count"].as_i64().unwrap(), files.len() as i64);
         assert!(usage["total_bytes"].as_i64().unwrap() <= usage["max_bytes"].as_i64().unwrap());
         let row = self.state.meta.get_user(user).await.unwrap().unwrap();
@@ -349,20 +389,42 @@ pub struct Claims {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A valid RS256 session token for `user`, as Clerk would issue.
 pub fn token(user: &str) -> String {
-    sign_rs256(RSA_PRIVATE, &Claims { sub: user.into(), exp: now() + 600, nbf: None, iss: None, azp: None })
+    sign_rs256(
+        RSA_PRIVATE,
+        &Claims {
+            sub: user.into(),
+            exp: now() + 600,
+            nbf: None,
+            iss: None,
+            azp: None,
+        },
+    )
 }
 
 pub fn sign_rs256(pem: &str, claims: &Claims) -> String {
-    encode(&Header::new(Algorithm::RS256), claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
+    encode(
+        &Header::new(Algorithm::RS256),
+        claims,
+        &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
 
 pub fn sign_es256(pem: &str, claims: &Claims) -> String {
-    encode(&Header::new(Algorithm::ES256), claims, &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()).unwrap()
+    encode(
+        &Header::new(Algorithm::ES256),
+        claims,
+        &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap()
 }
 
 /// Bytes that sniff as PNG, of exactly `len` bytes (`len` ≥ 16).
@@ -381,7 +443,9 @@ pub fn png_bytes(len: usize) -> Vec<u8> {
 
 /// A real, decodable PNG of `w`×`h` pixels.
 pub fn real_png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
     let mut out = std::io::Cursor::new(Vec::new());
     img.write_to(&mut out, image::ImageFormat::Png).unwrap();
     out.into_inner()

@@ -36,7 +36,14 @@ both!(hostile_file_names_are_sanitized, |b| async move {
         let status = r.status().as_u16();
         let v: serde_json::Value = r.json().await.unwrap();
         match status {
-            201 => assert!(!v["file_name"].as_str().unwrap().chars().any(|c| c.is_control()), "{v}"),
+            201 => assert!(
+                !v["file_name"]
+                    .as_str()
+                    .unwrap()
+                    .chars()
+                    .any(|c| c.is_control()),
+                "{v}"
+            ),
             400 => assert_eq!(v["error"]["code"], "invalid_request"),
             other => panic!("unexpected {other}: {v}"),
         }
@@ -51,7 +58,10 @@ both!(hostile_file_names_are_sanitized, |b| async move {
         assert_eq!(parts.len(), 3, "{p}");
         assert_eq!(parts[0], "h");
         assert_eq!(parts[1], "images");
-        assert!(Uuid::try_parse(parts[2].trim_end_matches(".png")).is_ok(), "{p}");
+        assert!(
+            Uuid::try_parse(parts[2].trim_end_matches(".png")).is_ok(),
+            "{p}"
+        );
     }
 });
 
@@ -59,16 +69,29 @@ both!(content_type_is_decided_by_bytes, |b| async move {
     let app = spawn_app(b).await;
     let svg = b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>".to_vec();
     let html = b"<!doctype html><html><script>alert(1)</script></html>".to_vec();
-    for (name, data) in [("x.svg", svg), ("x.png", html), ("x.mp4", b"just text".to_vec())] {
+    for (name, data) in [
+        ("x.svg", svg),
+        ("x.png", html),
+        ("x.mp4", b"just text".to_vec()),
+    ] {
         let r = app.upload("t", name, data).await;
         assert_eq!(r.status(), 415, "{name}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "unsupported_media_type");
     }
     // A PNG claimed as a video.
-    let r = app.upload_with("t", "x.mp4", png_bytes(2000), &[("file_type", "video")]).await;
+    let r = app
+        .upload_with("t", "x.mp4", png_bytes(2000), &[("file_type", "video")])
+        .await;
     assert_eq!(r.status(), 415);
-    let r = app.upload_with("t", "x.png", png_bytes(2000), &[("file_type", "spreadsheet")]).await;
+    let r = app
+        .upload_with(
+            "t",
+            "x.png",
+            png_bytes(2000),
+            &[("file_type", "spreadsheet")],
+        )
+        .await;
     assert_eq!(r.status(), 400);
     assert!(app.blobs_on_disk().is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -85,21 +108,90 @@ both!(malformed_requests_get_the_error_shape, |b| async move {
     let check = |r: reqwest::Response, status: u16, code: &'static str| async move {
         assert_eq!(r.status().as_u16(), status);
         let text = r.text().await.unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON error body for {status}: {text:?}"));
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("JSON error body for {status}: {text:?}"));
         assert_eq!(v["error"]["code"], code, "{v}");
         assert!(v["error"]["message"].is_string());
     };
-    check(c.put(app.url(&format!("/api/files/{id}/tags"))).bearer_auth(&t).body("{not json").send().await.unwrap(), 400, "invalid_request").await;
-    check(c.put(app.url(&format!("/api/files/{id}/tags"))).bearer_auth(&t).body("{\"tags\": 5}").send().await.unwrap(), 400, "invalid_request").await;
-    check(c.patch(app.url(&format!("/api/files/{id}"))).bearer_auth(&t).send().await.unwrap(), 405, "invalid_request").await;
-    check(c.get(app.url("/api/nope")).bearer_auth(&t).send().await.unwrap(), 404, "not_found").await;
-    check(c.post(app.url("/api/files/upload")).bearer_auth(&t).body("x").send().await.unwrap(), 400, "invalid_request").await;
+    check(
+        c.put(app.url(&format!("/api/files/{id}/tags")))
+            .bearer_auth(&t)
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
+    check(
+        c.put(app.url(&format!("/api/files/{id}/tags")))
+            .bearer_auth(&t)
+            .body("{\"tags\": 5}")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
+    check(
+        c.patch(app.url(&format!("/api/files/{id}")))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap(),
+        405,
+        "invalid_request",
+    )
+    .await;
+    check(
+        c.get(app.url("/api/nope"))
+            .bearer_auth(&t)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    check(
+        c.post(app.url("/api/files/upload"))
+            .bearer_auth(&t)
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
     // A form without a file part.
     let form = reqwest::multipart::Form::new().text("tags", "a");
-    check(c.post(app.url("/api/files/upload")).bearer_auth(&t).multipart(form).send().await.unwrap(), 400, "invalid_request").await;
+    check(
+        c.post(app.url("/api/files/upload"))
+            .bearer_auth(&t)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
     // Oversized headers.
     let big = "x".repeat(40 * 1024);
-    check(c.get(app.url("/api/files")).bearer_auth(&t).header("x-big", big).send().await.unwrap(), 431, "invalid_request").await;
+    check(
+        c.get(app.url("/api/files"))
+            .bearer_auth(&t)
+            .header("x-big", big)
+            .send()
+            .await
+            .unwrap(),
+        431,
+        "invalid_request",
+    )
+    .await;
 });
 
 /// Sends `head` and `body`; then either reads the answer (keeping the socket
@@ -113,12 +205,18 @@ async fn send_raw(app: &TestApp, head: String, body: &[u8], wait_for_answer: boo
         return String::new();
     }
     let mut out = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut out)).await.expect("an answer").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut out))
+        .await
+        .expect("an answer")
+        .unwrap();
     String::from_utf8_lossy(&out[..n]).to_string()
 }
 
 fn multipart(boundary: &str, data: &[u8], close: bool) -> Vec<u8> {
-    let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.png\"\r\n\r\n").into_bytes();
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.png\"\r\n\r\n"
+    )
+    .into_bytes();
     body.extend_from_slice(data);
     if close {
         body.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
@@ -137,9 +235,21 @@ async fn assert_nothing_left(app: &TestApp, user: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let row = app.state.meta.get_user(user).await.unwrap();
-    assert_eq!(row.as_ref().map(|r| r.reserved_bytes).unwrap_or(0), 0, "reservation released");
-    assert_eq!(row.as_ref().map(|r| r.total_bytes).unwrap_or(0), 0, "usage unchanged");
-    assert!(app.temp_files().is_empty(), "temp files: {:?}", app.temp_files());
+    assert_eq!(
+        row.as_ref().map(|r| r.reserved_bytes).unwrap_or(0),
+        0,
+        "reservation released"
+    );
+    assert_eq!(
+        row.as_ref().map(|r| r.total_bytes).unwrap_or(0),
+        0,
+        "usage unchanged"
+    );
+    assert!(
+        app.temp_files().is_empty(),
+        "temp files: {:?}",
+        app.temp_files()
+    );
     assert!(app.blobs_on_disk().is_empty());
     assert!(app.list_all(user, "").await.is_empty());
 }
@@ -169,29 +279,32 @@ both!(truncated_and_short_bodies_leave_nothing, |b| async move {
     assert_nothing_left(&app, "tr").await;
 });
 
-both!(client_vanishing_mid_upload_releases_everything, |b| async move {
-    let app = spawn_app(b).await;
-    let boundary = "VV";
-    let body = multipart(boundary, &png_bytes(2_000_000), true);
-    let head = format!("POST /api/files/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n", token("gone"), body.len());
-    // Send half, wait until the server holds a reservation, then drop the socket.
-    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&body[..body.len() / 2]).await.unwrap();
-    let mut held = false;
-    for _ in 0..50 {
-        if let Some(r) = app.state.meta.get_user("gone").await.unwrap() {
-            if r.reserved_bytes > 0 {
-                held = true;
-                break;
+both!(
+    client_vanishing_mid_upload_releases_everything,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let boundary = "VV";
+        let body = multipart(boundary, &png_bytes(2_000_000), true);
+        let head = format!("POST /api/files/upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n", token("gone"), body.len());
+        // Send half, wait until the server holds a reservation, then drop the socket.
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body[..body.len() / 2]).await.unwrap();
+        let mut held = false;
+        for _ in 0..50 {
+            if let Some(r) = app.state.meta.get_user("gone").await.unwrap() {
+                if r.reserved_bytes > 0 {
+                    held = true;
+                    break;
+                }
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(held, "the upload was in flight with a reservation");
+        drop(s);
+        assert_nothing_left(&app, "gone").await;
     }
-    assert!(held, "the upload was in flight with a reservation");
-    drop(s);
-    assert_nothing_left(&app, "gone").await;
-});
+);
 
 /// A volume whose writes fail with "no space" after `budget` bytes.
 struct FullDisk {
@@ -221,36 +334,73 @@ impl BlobWriter for FullWriter {
 #[async_trait]
 impl BlobStore for FullDisk {
     async fn stage(&self, id: Uuid, offset: u64) -> BlobResult<Box<dyn BlobWriter>> {
-        Ok(Box::new(FullWriter { inner: self.inner.stage(id, offset).await?, left: self.budget }))
+        Ok(Box::new(FullWriter {
+            inner: self.inner.stage(id, offset).await?,
+            left: self.budget,
+        }))
     }
-    async fn staged_len(&self, id: Uuid) -> BlobResult<Option<u64>> { self.inner.staged_len(id).await }
-    async fn read_staged(&self, id: Uuid, r: Range<u64>) -> BlobResult<ByteStream> { self.inner.read_staged(id, r).await }
-    async fn publish(&self, id: Uuid, key: &str) -> BlobResult<()> { self.inner.publish(id, key).await }
-    async fn discard(&self, id: Uuid) -> BlobResult<()> { self.inner.discard(id).await }
-    async fn read(&self, key: &str, r: Range<u64>) -> BlobResult<ByteStream> { self.inner.read(key, r).await }
-    async fn len(&self, key: &str) -> BlobResult<u64> { self.inner.len(key).await }
-    async fn remove(&self, key: &str) -> BlobResult<()> { self.inner.remove(key).await }
-    async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()> { self.inner.put_small(key, data).await }
-    fn local_path(&self, key: &str) -> Option<PathBuf> { self.inner.local_path(key) }
-    async fn check_writable(&self) -> BlobResult<()> { self.inner.check_writable().await }
-    fn kind(&self) -> &'static str { "local" }
+    async fn staged_len(&self, id: Uuid) -> BlobResult<Option<u64>> {
+        self.inner.staged_len(id).await
+    }
+    async fn read_staged(&self, id: Uuid, r: Range<u64>) -> BlobResult<ByteStream> {
+        self.inner.read_staged(id, r).await
+    }
+    async fn publish(&self, id: Uuid, key: &str) -> BlobResult<()> {
+        self.inner.publish(id, key).await
+    }
+    async fn discard(&self, id: Uuid) -> BlobResult<()> {
+        self.inner.discard(id).await
+    }
+    async fn read(&self, key: &str, r: Range<u64>) -> BlobResult<ByteStream> {
+        self.inner.read(key, r).await
+    }
+    async fn len(&self, key: &str) -> BlobResult<u64> {
+        self.inner.len(key).await
+    }
+    async fn remove(&self, key: &str) -> BlobResult<()> {
+        self.inner.remove(key).await
+    }
+    async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()> {
+        self.inner.put_small(key, data).await
+    }
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.inner.local_path(key)
+    }
+    async fn check_writable(&self) -> BlobResult<()> {
+        self.inner.check_writable().await
+    }
+    fn kind(&self) -> &'static str {
+        "local"
+    }
 }
 
 both!(a_full_disk_fails_cleanly, |b| async move {
     let mut app = spawn_app(b).await;
     let root = app.storage_root();
-    app.state.blobs = Arc::new(FullDisk { inner: LocalStore::open(&root).unwrap(), budget: 100_000 });
+    app.state.blobs = Arc::new(FullDisk {
+        inner: LocalStore::open(&root).unwrap(),
+        budget: 100_000,
+    });
     // Restart the server with the faulty volume on the same state.
     app.stop().await;
     let listener = tokio::net::TcpListener::bind(app.addr).await.unwrap();
     let st = app.state.clone();
-    let server = tokio::spawn(async move { stowage::app::serve(listener, st, std::future::pending()).await.unwrap() });
+    let server = tokio::spawn(async move {
+        stowage::app::serve(listener, st, std::future::pending())
+            .await
+            .unwrap()
+    });
     let r = app.upload("full", "big.png", png_bytes(500_000)).await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unavailable");
     assert_nothing_left(&app, "full").await;
     // Small files still fit.
-    assert_eq!(app.upload("full", "small.png", png_bytes(1000)).await.status(), 201);
+    assert_eq!(
+        app.upload("full", "small.png", png_bytes(1000))
+            .await
+            .status(),
+        201
+    );
     server.abort();
 });

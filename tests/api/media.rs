@@ -21,7 +21,11 @@ async fn wait_for(app: &TestApp, user: &str, id: &str, field: &str, secs: u64) -
 }
 
 fn ffmpeg_available() -> bool {
-    let ok = Command::new("ffmpeg").arg("-version").output().map(|o| o.status.success()).unwrap_or(false);
+    let ok = Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
     if !ok && std::env::var("STOWAGE_REQUIRE_FFMPEG").as_deref() == Ok("1") {
         panic!("ffmpeg is required (STOWAGE_REQUIRE_FFMPEG=1); scripts/test.sh installs it");
     }
@@ -29,7 +33,12 @@ fn ffmpeg_available() -> bool {
 }
 
 fn ffmpeg(args: &[&str], out: &Path) -> Vec<u8> {
-    let st = Command::new("ffmpeg").args(["-v", "error", "-y"]).args(args).arg(out).status().unwrap();
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .arg(out)
+        .status()
+        .unwrap();
     assert!(st.success(), "ffmpeg {args:?}");
     std::fs::read(out).unwrap()
 }
@@ -39,7 +48,10 @@ async fn thumbnail_dims(app: &TestApp, user: &str, f: &Value) -> (u32, u32) {
     let r = app.get(user, url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/jpeg");
-    assert!(r.headers()["cache-control"].to_str().unwrap().contains("max-age"));
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age"));
     let bytes = r.bytes().await.unwrap();
     let img = image::load_from_memory(&bytes).expect("thumbnail decodes");
     (img.width(), img.height())
@@ -55,16 +67,43 @@ both!(image_thumbnail_and_resolution, |b| async move {
     assert_eq!(f["thumbnail_url"], format!("/api/files/{id}/thumbnail"));
     assert_eq!(thumbnail_dims(&app, "img", &f).await, (320, 160));
     // Another user cannot see it; thumbnails are not counted against quota.
-    assert_eq!(app.get("other", &format!("/api/files/{id}/thumbnail")).await.status(), 404);
+    assert_eq!(
+        app.get("other", &format!("/api/files/{id}/thumbnail"))
+            .await
+            .status(),
+        404
+    );
     let u = app.usage("img").await;
     assert_eq!(u["total_bytes"], f["file_size"]);
     // Through a signed link too.
-    let v: Value = app.client.post(app.url(&format!("/api/files/{id}/signed-url"))).bearer_auth(token("img")).send().await.unwrap().json().await.unwrap();
+    let v: Value = app
+        .client
+        .post(app.url(&format!("/api/files/{id}/signed-url")))
+        .bearer_auth(token("img"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let link = format!("{}/thumbnail", v["url"].as_str().unwrap());
-    assert_eq!(app.client.get(app.url(&link)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url(&link))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     // Deleted with its file.
     assert!(app.blobs_on_disk().iter().any(|p| p.contains(".thumbs/")));
-    app.client.delete(app.url(&format!("/api/files/{id}"))).bearer_auth(token("img")).send().await.unwrap();
+    app.client
+        .delete(app.url(&format!("/api/files/{id}")))
+        .bearer_auth(token("img"))
+        .send()
+        .await
+        .unwrap();
     assert!(app.blobs_on_disk().is_empty(), "{:?}", app.blobs_on_disk());
 });
 
@@ -75,7 +114,17 @@ both!(video_and_audio_metadata_with_ffmpeg, |b| async move {
     }
     let app = spawn_app(b).await;
     let dir = tempfile::tempdir().unwrap();
-    let mp4 = ffmpeg(&["-f", "lavfi", "-i", "testsrc=duration=3:size=640x360:rate=25", "-pix_fmt", "yuv420p"], &dir.path().join("clip.mp4"));
+    let mp4 = ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=3:size=640x360:rate=25",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+        &dir.path().join("clip.mp4"),
+    );
     let f = app.upload_ok("vid", "clip.mp4", mp4).await;
     assert_eq!(f["file_type"], "video");
     let id = f["id"].as_str().unwrap();
@@ -84,7 +133,10 @@ both!(video_and_audio_metadata_with_ffmpeg, |b| async move {
     assert_eq!(f["duration"], "00:00:03");
     assert_eq!(thumbnail_dims(&app, "vid", &f).await, (320, 180));
 
-    let wav = ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=440:duration=2"], &dir.path().join("tone.wav"));
+    let wav = ffmpeg(
+        &["-f", "lavfi", "-i", "sine=frequency=440:duration=2"],
+        &dir.path().join("tone.wav"),
+    );
     let a = app.upload_ok("vid", "tone.wav", wav).await;
     assert_eq!(a["file_type"], "audio");
     let a = wait_for(&app, "vid", a["id"].as_str().unwrap(), "duration", 60).await;
@@ -108,9 +160,13 @@ both!(hostile_media_fails_the_job_not_the_file, |b| async move {
     let f1 = app.upload_ok("evil", "bomb.png", bomb.clone()).await;
     // Truncated JPEG.
     let mut jpg = std::io::Cursor::new(Vec::new());
-    image::RgbImage::from_fn(640, 480, |x, y| image::Rgb([x as u8, y as u8, 7])).write_to(&mut jpg, image::ImageFormat::Jpeg).unwrap();
+    image::RgbImage::from_fn(640, 480, |x, y| image::Rgb([x as u8, y as u8, 7]))
+        .write_to(&mut jpg, image::ImageFormat::Jpeg)
+        .unwrap();
     let jpg = jpg.into_inner();
-    let f2 = app.upload_ok("evil", "cut.jpg", jpg[..jpg.len() / 3].to_vec()).await;
+    let f2 = app
+        .upload_ok("evil", "cut.jpg", jpg[..jpg.len() / 3].to_vec())
+        .await;
     // Garbage that starts like an MP4.
     let mut mp4 = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom".to_vec();
     mp4.extend(png_bytes(50_000));
@@ -120,7 +176,16 @@ both!(hostile_media_fails_the_job_not_the_file, |b| async move {
     // Every job ends failed with a reason the admin can read.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let jobs = loop {
-        let v: Value = app.client.get(app.url("/api/admin/jobs/failed")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+        let v: Value = app
+            .client
+            .get(app.url("/api/admin/jobs/failed"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let jobs = v["jobs"].as_array().unwrap().clone();
         if jobs.len() >= 3 || std::time::Instant::now() > deadline {
             break jobs;
@@ -128,8 +193,14 @@ both!(hostile_media_fails_the_job_not_the_file, |b| async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(jobs.len(), 3, "{jobs:?}");
-    assert!(jobs.iter().all(|j| j["last_error"].as_str().is_some_and(|e| !e.is_empty())));
-    assert!(jobs.iter().any(|j| j["last_error"].as_str().unwrap().contains("too large")), "{jobs:?}");
+    assert!(jobs
+        .iter()
+        .all(|j| j["last_error"].as_str().is_some_and(|e| !e.is_empty())));
+    assert!(
+        jobs.iter()
+            .any(|j| j["last_error"].as_str().unwrap().contains("too large")),
+        "{jobs:?}"
+    );
     // The files stay stored and downloadable, without thumbnails.
     for (f, bytes) in [(&f1, &bomb), (&f3, &mp4)] {
         let id = f["id"].as_str().unwrap();
@@ -139,7 +210,15 @@ both!(hostile_media_fails_the_job_not_the_file, |b| async move {
         let (_, now) = app.get_json("evil", &format!("/api/files/{id}")).await;
         assert!(now["thumbnail_url"].is_null());
     }
-    assert_eq!(app.get("evil", &format!("/api/files/{}/thumbnail", f2["id"].as_str().unwrap())).await.status(), 404);
+    assert_eq!(
+        app.get(
+            "evil",
+            &format!("/api/files/{}/thumbnail", f2["id"].as_str().unwrap())
+        )
+        .await
+        .status(),
+        404
+    );
 });
 
 fn crc32(data: &[u8]) -> u32 {
@@ -147,7 +226,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

@@ -12,10 +12,13 @@
 //! 2. Read only the header and refuse sources whose width × height exceeds
 //!    [`ThumbnailSpec::max_pixels`] with [`MediaError::TooLarge`], before any pixel
 //!    buffer exists. Decoding then also runs under `image::Limits`.
-//! 3. Decode. JPEGs in 8-bit grey or YCbCr go through `jpeg-decoder` with DCT-domain
-//!    scaling (1/2, 1/4 or 1/8 during the inverse DCT, the same "shrink on load" that
-//!    libjpeg-turbo offers), so a 12-megapixel photo is never materialised at full size;
-//!    other JPEGs (CMYK, 12-bit) fall back to `image`'s zune-jpeg decoder. Animated GIF
+//! 3. Decode. Baseline JPEGs at least 8× larger than the thumbnail are decoded at
+//!    1/8 scale by the DC-only decoder in `jpeg_dc` (no IDCT, no full-size buffers).
+//!    Other 8-bit grey or YCbCr JPEGs go through `jpeg-decoder` with DCT-domain
+//!    scaling (1/2, 1/4 or 1/8 in the inverse DCT, the "shrink on load" that
+//!    libjpeg-turbo also offers). Everything else (CMYK, 12-bit) falls back to
+//!    `image`'s zune-jpeg decoder at full size. Arithmetic-coded JPEGs are not
+//!    supported by any of them and fail with [`MediaError::Decode`]. Animated GIF
 //!    and WebP yield their first frame.
 //! 4. Resize with `fast_image_resize` (Lanczos3, SIMD, alpha-aware) so the longest side
 //!    is [`ThumbnailSpec::max_side`]; smaller sources are not upscaled.
@@ -288,6 +291,9 @@ fn decode_jpeg_scaled(src: &Path, spec: &ThumbnailSpec) -> Result<Option<Decoded
     // 1/8 scale is enough: take the DC-only fast path for baseline files.
     if info.coding_process == jpeg_decoder::CodingProcess::DctSequential
         && (width.div_ceil(8) >= tw || height.div_ceil(8) >= th)
+        // The fast path reads the whole file; a file far larger than its pixels can
+        // justify is left to the streaming decoder.
+        && fs::metadata(src)?.len() <= (u64::from(width) * u64::from(height) * 2).max(16 << 20)
     {
         let bytes = fs::read(src)?;
         match crate::jpeg_dc::decode(&bytes) {

@@ -510,6 +510,16 @@ fn decode_scan(
                         let mut k = 1;
                         while k < 64 {
                             bits.refill();
+                            // Short code: code and magnitude bits skipped in one go.
+                            let e = p.ac.ac_skip[bits.peek(LUT_BITS) as usize];
+                            if e != 0 {
+                                bits.consume(u32::from(e & 0xFF));
+                                match usize::from(e >> 8) {
+                                    0 => break,
+                                    step => k += step,
+                                }
+                                continue;
+                            }
                             let rs = bits.symbol(p.ac)?;
                             let (r, s) = (usize::from(rs >> 4), u32::from(rs & 15));
                             if s == 0 {

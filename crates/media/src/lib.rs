@@ -12,6 +12,8 @@
 //!   DCT-domain downscaling for JPEG.
 //! - [`video`] owns [`MediaTools`], which runs `ffprobe`/`ffmpeg` for probing video and
 //!   audio and for video poster frames.
+//! - `jpeg_dc` (private) owns the DC-only decoder for baseline JPEGs that
+//!   [`mod@image`] uses when 1/8 of the resolution is enough (typical photos).
 //! - [`process`] owns the single subprocess wrapper (no shell, timeout, kill on drop,
 //!   bounded output capture) that every external tool call goes through.
 //! - [`error`] owns [`MediaError`].
