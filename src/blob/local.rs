@@ -21,7 +21,7 @@ use super::*;
 /// Read chunk for downloads: large enough that per-chunk overhead vanishes.
 const READ_CHUNK: usize = 256 * 1024;
 /// Writes are gathered into buffers of this size before hitting the disk.
-const WRITE_BUF: usize = 1024 * 1024;
+const WRITE_BUF: usize = 512 * 1024;
 
 pub struct LocalStore {
     root: PathBuf,
@@ -68,35 +68,62 @@ async fn fsync_dir(dir: &Path) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
 }
 
+/// Buffers small chunks and writes whole buffers from the blocking pool.
+/// The buffer moves into the blocking task and back (no copy), so an upload
+/// holds one buffer of [`WRITE_BUF`] bytes whatever its size.
 struct LocalWriter {
-    file: tokio::fs::File,
+    /// `None` only while a write is in flight on the blocking pool.
+    file: Option<std::fs::File>,
     buf: Vec<u8>,
     len: u64,
+}
+
+impl LocalWriter {
+    /// Writes and empties the buffer.
+    async fn flush_buf(&mut self) -> BlobResult<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut file = self.file.take().expect("file present between writes");
+        let buf = std::mem::take(&mut self.buf);
+        let (file, mut buf, res) = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let res = file.write_all(&buf);
+            (file, buf, res)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.file = Some(file);
+        buf.clear();
+        self.buf = buf;
+        res?;
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl BlobWriter for LocalWriter {
     async fn write(&mut self, chunk: &[u8]) -> BlobResult<()> {
         self.len += chunk.len() as u64;
-        if self.buf.is_empty() && chunk.len() >= WRITE_BUF {
-            self.file.write_all(chunk).await?;
-            return Ok(());
-        }
-        self.buf.extend_from_slice(chunk);
-        if self.buf.len() >= WRITE_BUF {
-            self.file.write_all(&self.buf).await?;
-            self.buf.clear();
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            let room = WRITE_BUF - self.buf.len();
+            let take = room.min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() >= WRITE_BUF {
+                self.flush_buf().await?;
+            }
         }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> BlobResult<u64> {
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf).await?;
-            self.buf.clear();
-        }
-        self.file.flush().await?;
-        self.file.sync_data().await?;
+        self.flush_buf().await?;
+        let file = self.file.take().expect("file present between writes");
+        tokio::task::spawn_blocking(move || file.sync_data())
+            .await
+            .map_err(std::io::Error::other)??;
         Ok(self.len)
     }
 }
@@ -127,7 +154,7 @@ impl BlobStore for LocalStore {
             file.seek(SeekFrom::Start(offset)).await?;
         }
         Ok(Box::new(LocalWriter {
-            file,
+            file: Some(file.into_std().await),
             buf: Vec::with_capacity(WRITE_BUF),
             len: offset,
         }))

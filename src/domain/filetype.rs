@@ -94,6 +94,11 @@ pub const DEFAULT_ALLOWED: &[&str] = &[
 /// (which includes SVG, HTML and other text that is not JSON).
 pub fn sniff(head: &[u8]) -> Option<Sniffed> {
     if let Some(kind) = infer::get(head) {
+        // Text formats (HTML, XML, scripts) are never stored: a browser or a
+        // viewer may execute them.
+        if kind.matcher_type() == infer::MatcherType::Text {
+            return None;
+        }
         let mime = kind.mime_type();
         let media = match kind.matcher_type() {
             infer::MatcherType::Video => Some(FileType::Video),
