@@ -64,7 +64,7 @@ npm_ci() { # dir
 [ -x tests/clients/install.sh ] && tests/clients/install.sh
 
 # --- Rust: format, lint, build, test -------------------------------------------
-export STOWAGE_REQUIRE_FFMPEG=1
+export STOWAGE_REQUIRE_FFMPEG=1 STOWAGE_REQUIRE_CLAMD=1
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -12,4 +12,5 @@ mod files;
 mod hostile;
 mod media;
 mod quota;
+mod scan;
 mod tus;
