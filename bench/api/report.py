@@ -87,7 +87,8 @@ def main():
     lst = index([dict(r, median=r["value"]) for r in read_tsv(a.list)])
     v = versions(a.versions)
     pv = versions(a.peers[: -len(".tsv")] + ".versions.txt") if a.peers else {}
-    rel = lambda path: os.path.relpath(path, os.path.dirname(os.path.abspath(a.doc))) if path else "n/a"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(a.doc)))  # docs/.. = the repository
+    rel = lambda path: os.path.relpath(os.path.abspath(path), root) if path else "n/a"
 
     conc = next((m for (peer, m) in s if peer == "stowage" and re.fullmatch(r"conc\d+x\w+_upload", m)), None)
     conc_disk = conc.replace("_upload", "_write_fsync") if conc else None

@@ -22,7 +22,9 @@
 # Env knobs: REPS (3) SIZE (1GiB) CONC (16) CONC_SIZE (64MiB) PORT (18190)
 #   LIST_ROWS (100000) LIST_REQS (1000) PEERS (0) SKIP (comma list of
 #   build,disk,http,py,list-sqlite,list-pg,docs) MEASURE_PY (../shared/peers/measure.py,
-#   relative to the repository root) PEERS_SH (run-peers.sh next to MEASURE_PY)
+#   relative to the repository root) PEERS_SH (run-peers.sh next to MEASURE_PY; it
+#   installs nginx and runs `npm ci` in its own tree, so point it at a writable
+#   copy when ../shared/peers is read-only)
 #   PEERS_TSV (peer summary to compare with; default: this run's, else the
 #   newest in the peers' results/) PG_URL (postgres://postgres@127.0.0.1:5432)
 #   BUILD_TRIES (6, 120 s apart) WORK (/var/tmp/stowage-bench-<pid>) RESULTS_DIR (bench/api/results)

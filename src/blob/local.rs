@@ -21,7 +21,11 @@ use super::*;
 /// Read chunk for downloads: large enough that per-chunk overhead vanishes.
 const READ_CHUNK: usize = 256 * 1024;
 /// Writes are gathered into buffers of this size before hitting the disk.
-const WRITE_BUF: usize = 512 * 1024;
+const WRITE_BUF: usize = 64 * 1024;
+/// Written data is handed to the kernel's writeback every this many bytes
+/// (`sync_file_range`), so the final `fdatasync` waits only for the tail
+/// instead of the whole file.
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
 pub struct LocalStore {
     root: PathBuf,
@@ -76,6 +80,10 @@ struct LocalWriter {
     file: Option<std::fs::File>,
     buf: Vec<u8>,
     len: u64,
+    /// File offset up to which writeback has been started.
+    written_back: u64,
+    /// Bytes in the file (what `len` counts minus what is still buffered).
+    pos: u64,
 }
 
 impl LocalWriter {
@@ -86,9 +94,31 @@ impl LocalWriter {
         }
         let mut file = self.file.take().expect("file present between writes");
         let buf = std::mem::take(&mut self.buf);
+        // File position once this buffer is written.
+        let end = self.pos + buf.len() as u64;
+        self.pos = end;
+        let start_wb = self.written_back;
+        let kick = end - start_wb >= WRITEBACK_EVERY;
+        if kick {
+            self.written_back = end;
+        }
         let (file, mut buf, res) = tokio::task::spawn_blocking(move || {
             use std::io::Write;
+            use std::os::fd::AsRawFd;
             let res = file.write_all(&buf);
+            if kick && res.is_ok() {
+                // Start (not wait for) writeback of what is written so far;
+                // advisory, so a failure here changes nothing.
+                // SAFETY: plain syscall on a valid open descriptor.
+                unsafe {
+                    libc::sync_file_range(
+                        file.as_raw_fd(),
+                        start_wb as libc::off64_t,
+                        (end - start_wb) as libc::off64_t,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+            }
             (file, buf, res)
         })
         .await
@@ -157,6 +187,8 @@ impl BlobStore for LocalStore {
             file: Some(file.into_std().await),
             buf: Vec::with_capacity(WRITE_BUF),
             len: offset,
+            written_back: offset,
+            pos: offset,
         }))
     }
 

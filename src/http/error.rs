@@ -156,9 +156,6 @@ impl From<MetaError> for AppError {
             )),
             MetaError::Conflict(m) => AppError::Conflict(m),
             MetaError::Unavailable(m) => AppError::Unavailable(m),
-            MetaError::Db(sqlx::Error::PoolTimedOut) | MetaError::Db(sqlx::Error::Io(_)) => {
-                AppError::Unavailable("database unreachable".into())
-            }
             other => AppError::internal(other),
         }
     }
@@ -166,6 +163,9 @@ impl From<MetaError> for AppError {
 
 impl From<BlobError> for AppError {
     fn from(e: BlobError) -> Self {
+        if !matches!(e, BlobError::NotFound) {
+            crate::telemetry::metrics::blob_error();
+        }
         match e {
             BlobError::NotFound => AppError::NotFound,
             BlobError::NoSpace => AppError::Unavailable("storage volume is full".into()),

@@ -34,18 +34,46 @@ pub enum MetaError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+impl From<sqlx::Error> for MetaError {
+    fn from(e: sqlx::Error) -> Self {
+        MetaError::from_sqlx(e)
+    }
+}
+
 impl MetaError {
-    /// Classifies sqlx errors that mean "the database is not reachable".
+    /// Classifies sqlx errors: "the database is not reachable right now"
+    /// (answered 503 with `Retry-After`) versus everything else (500).
     pub(crate) fn from_sqlx(e: sqlx::Error) -> MetaError {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                MetaError::Unavailable(e.to_string())
+        let transient = match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                // PostgreSQL: connection exceptions (08…), operator
+                // intervention/shutdown (57P…), insufficient resources (53…),
+                // database not accepting connections (55000). SQLite: busy
+                // or locked beyond the busy timeout (5, 6 and extended codes).
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code.starts_with("53")
+                    || code == "55000"
+                    || matches!(code.as_ref(), "5" | "6" | "261" | "517" | "262")
             }
+            _ => false,
+        };
+        if transient {
+            return MetaError::Unavailable(e.to_string());
+        }
+        match e {
             sqlx::Error::RowNotFound => MetaError::NotFound,
             other => MetaError::Db(other),
         }

@@ -419,3 +419,107 @@ both!(a_full_disk_fails_cleanly, |b| async move {
     );
     server.abort();
 });
+
+/// PostgreSQL goes away (connections refused and cut) and comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_goes_away_answers_503_and_recovers() {
+    use sqlx::Connection;
+    let app = spawn_app_with(Backend::Postgres, |_| {}).await;
+    app.upload_ok("db", "before.png", png_bytes(1000)).await;
+    let name = app.db_url.rsplit('/').next().unwrap().to_string();
+    let mut admin = sqlx::PgConnection::connect(&pg_admin_url()).await.unwrap();
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let r = app.upload("db", "during.png", png_bytes(2000)).await;
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unavailable");
+    assert!(r_retry_after_is_set(&app).await);
+    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(app.blobs_on_disk().len(), 1, "nothing new was stored");
+    assert!(app.temp_files().is_empty());
+
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "recovers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.upload_ok("db", "after.png", png_bytes(3000)).await;
+    app.assert_consistent("db").await;
+    assert_eq!(app.usage("db").await["total_bytes"], 4000);
+}
+
+async fn r_retry_after_is_set(app: &TestApp) -> bool {
+    let r = app.get("db", "/api/storage/usage").await;
+    r.status() == 503 && r.headers().get("retry-after").is_some()
+}
+
+#[tokio::test]
+async fn cors_allows_only_configured_origins() {
+    let app = spawn_app_with(Backend::Sqlite, |c| {
+        c.cors_origins = vec!["https://app.example.com".into()]
+    })
+    .await;
+    let pre = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/api/uploads"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "tus-resumable,upload-length,authorization",
+            )
+            .send()
+    };
+    let r = pre("https://app.example.com").await.unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+    let r = pre("https://evil.example.com").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    let r = app.get("c", "/api/storage/usage").await;
+    assert!(
+        r.headers().get("access-control-allow-origin").is_none(),
+        "no Origin, no CORS headers"
+    );
+    let r = app
+        .client
+        .get(app.url("/api/storage/usage"))
+        .bearer_auth(token("c"))
+        .header("origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        exposed.contains("upload-offset") && exposed.contains("stowage-file-id"),
+        "{exposed}"
+    );
+}
