@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tus upload benchmark: stowage's /api/uploads driven by tus-js-client through
-# /work/shared/peers/measure.py, once with one PATCH per file and once with
+# ../shared/peers/measure.py, once with one PATCH per file and once with
 # 8 MiB chunks, so the rows sit beside the @tus/server ("tus-node") rows.
 #
 #   bench/tus/run.sh [--reps N] [--size 1GiB] [--out FILE.tsv]
@@ -13,7 +13,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-peers="${PEERS:-/work/shared/peers}"
+peers="${PEERS:-$root/../shared/peers}"
 reps=3 size=1GiB out="$here/results-$(date +%Y-%m-%d-%H%M%S).raw.tsv"
 while [[ $# -gt 0 ]]; do
   case "$1" in
