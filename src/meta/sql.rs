@@ -142,7 +142,7 @@ fn sqlite_tags_out(row: &SqliteRow) -> Result<Vec<String>, sqlx::Error> {
 
 macro_rules! impl_store {
     (
-        $store:ident, $row:ty, $name:literal, $migrator:expr,
+        $store:ident, $db:ty, $row:ty, $name:literal, $migrator:expr,
         tags_in = $tags_in:path, tags_out = $tags_out:path,
         tag_filter = $tag_filter:literal, skip_locked = $skip_locked:literal
     ) => {
@@ -180,6 +180,40 @@ macro_rules! impl_store {
                     expires_at: row.try_get("expires_at")?,
                     created_at: row.try_get("created_at")?,
                 })
+            }
+
+            /// Deletes reservation `id` and hands its bytes back to its user,
+            /// inside `tx`. True when this call released it (`DELETE …
+            /// RETURNING` lets only one caller win).
+            async fn release_in(tx: &mut sqlx::Transaction<'_, $db>, id: Uuid) -> Result<bool, sqlx::Error> {
+                let row = sqlx::query("DELETE FROM upload_reservations WHERE id = $1 RETURNING user_id, bytes")
+                    .bind(id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(false);
+                };
+                Self::give_back(tx, &row.try_get::<String, _>("user_id")?, row.try_get("bytes")?).await?;
+                Ok(true)
+            }
+
+            /// Lowers `reserved_bytes` of `user` by `bytes`.
+            async fn give_back(tx: &mut sqlx::Transaction<'_, $db>, user: &str, bytes: i64) -> Result<(), sqlx::Error> {
+                sqlx::query("UPDATE user_storage SET reserved_bytes = reserved_bytes - $2 WHERE user_id = $1")
+                    .bind(user)
+                    .bind(bytes)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+
+            /// The room `user` has left, for a `QuotaExceeded` answer.
+            async fn room_in(tx: &mut sqlx::Transaction<'_, $db>, user: &str) -> Result<u64, sqlx::Error> {
+                let row = sqlx::query("SELECT max_bytes - total_bytes - reserved_bytes AS room FROM user_storage WHERE user_id = $1")
+                    .bind(user)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                Ok(row.try_get::<i64, _>("room")?.max(0) as u64)
             }
 
             fn user_from_row(row: &$row) -> Result<UserStorage, sqlx::Error> {
@@ -338,18 +372,9 @@ macro_rules! impl_store {
                 .await?
                 .rows_affected();
                 if granted == 0 {
-                    let row = sqlx::query(
-                        "SELECT max_bytes - total_bytes - reserved_bytes AS room FROM user_storage WHERE user_id = $1",
-                    )
-                    .bind(user_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let room: i64 = row.try_get("room")?;
+                    let available = Self::room_in(&mut tx, user_id).await?;
                     tx.rollback().await?;
-                    return Err(MetaError::QuotaExceeded {
-                        needed: bytes,
-                        available: room.max(0) as u64,
-                    });
+                    return Err(MetaError::QuotaExceeded { needed: bytes, available });
                 }
                 let id = Uuid::now_v7();
                 sqlx::query(
@@ -391,18 +416,9 @@ macro_rules! impl_store {
                 .await?
                 .rows_affected();
                 if granted == 0 {
-                    let row = sqlx::query(
-                        "SELECT max_bytes - total_bytes - reserved_bytes AS room FROM user_storage WHERE user_id = $1",
-                    )
-                    .bind(&user_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    let room: i64 = row.try_get("room")?;
+                    let available = Self::room_in(&mut tx, &user_id).await?;
                     tx.rollback().await?;
-                    return Err(MetaError::QuotaExceeded {
-                        needed: extra,
-                        available: room.max(0) as u64,
-                    });
+                    return Err(MetaError::QuotaExceeded { needed: extra, available });
                 }
                 tx.commit().await?;
                 Ok(())
@@ -424,22 +440,9 @@ macro_rules! impl_store {
 
             async fn release(&self, id: Uuid) -> MetaResult<bool> {
                 let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
-                let row = sqlx::query("DELETE FROM upload_reservations WHERE id = $1 RETURNING user_id, bytes")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(false);
-                };
-                let user_id: String = row.try_get("user_id")?;
-                let bytes: i64 = row.try_get("bytes")?;
-                sqlx::query("UPDATE user_storage SET reserved_bytes = reserved_bytes - $2 WHERE user_id = $1")
-                    .bind(&user_id)
-                    .bind(bytes)
-                    .execute(&mut *tx)
-                    .await?;
+                let released = Self::release_in(&mut tx, id).await?;
                 tx.commit().await?;
-                Ok(true)
+                Ok(released)
             }
 
             async fn reservation_exists(&self, id: Uuid) -> MetaResult<bool> {
@@ -472,13 +475,7 @@ macro_rules! impl_store {
                 .fetch_all(&mut *tx)
                 .await?;
                 for r in &rows {
-                    let user_id: String = r.try_get("user_id")?;
-                    let bytes: i64 = r.try_get("bytes")?;
-                    sqlx::query("UPDATE user_storage SET reserved_bytes = reserved_bytes - $2 WHERE user_id = $1")
-                        .bind(&user_id)
-                        .bind(bytes)
-                        .execute(&mut *tx)
-                        .await?;
+                    Self::give_back(&mut tx, &r.try_get::<String, _>("user_id")?, r.try_get("bytes")?).await?;
                 }
                 tx.commit().await?;
                 Ok(rows.len() as u64)
@@ -487,19 +484,7 @@ macro_rules! impl_store {
             async fn commit_file(&self, reservation: Uuid, f: NewFile) -> MetaResult<FileRecord> {
                 let t = now();
                 let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
-                let released = sqlx::query("DELETE FROM upload_reservations WHERE id = $1 RETURNING user_id, bytes")
-                    .bind(reservation)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(r) = released {
-                    let owner: String = r.try_get("user_id")?;
-                    let bytes: i64 = r.try_get("bytes")?;
-                    sqlx::query("UPDATE user_storage SET reserved_bytes = reserved_bytes - $2 WHERE user_id = $1")
-                        .bind(&owner)
-                        .bind(bytes)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                Self::release_in(&mut tx, reservation).await?;
                 // With the reservation handed back, the file must fit; this also
                 // covers a reservation that expired while the upload ran.
                 let fits = sqlx::query(
@@ -1038,6 +1023,7 @@ macro_rules! impl_store {
 
 impl_store!(
     PgStore,
+    sqlx::Postgres,
     PgRow,
     "postgres",
     sqlx::migrate!("./migrations/postgres"),
@@ -1049,6 +1035,7 @@ impl_store!(
 
 impl_store!(
     SqliteStore,
+    sqlx::Sqlite,
     SqliteRow,
     "sqlite",
     sqlx::migrate!("./migrations/sqlite"),
