@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     auth::jwt::Verifier,
-    blob::{local::LocalStore, BlobStore},
+    blob::{local::LocalStore, s3::S3Store, BlobStore},
     config::{BlobBackend, Config},
     domain::filetype::DEFAULT_ALLOWED,
     http::ratelimit::RateLimits,
@@ -48,7 +48,14 @@ impl AppState {
                 })?)
             }
             BlobBackend::S3 => {
-                anyhow::bail!("STOWAGE_BLOB_STORE=s3 is not available in this build; use local")
+                let o = config.s3_options();
+                Arc::new(S3Store::open(&o).with_context(|| {
+                    format!(
+                        "opening bucket {} at {}",
+                        o.bucket,
+                        o.endpoint.as_deref().unwrap_or("AWS")
+                    )
+                })?)
             }
         };
         let verifier = if let Some(pem) = &config.jwt_public_key {

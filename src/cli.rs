@@ -3,6 +3,8 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
+
+use crate::blob::BlobStore as _;
 use clap::{Parser, Subcommand};
 
 use crate::{
@@ -66,6 +68,19 @@ pub enum Command {
     /// Create, list, verify and restore backups.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// Copy the local volume (STOWAGE_STORAGE_ROOT) into the object store
+    /// (STOWAGE_S3_*), verifying every file by sha256, while the service runs.
+    /// Resumable: files already in the store are skipped. Run it once more
+    /// after switching to STOWAGE_BLOB_STORE=s3; the volume is left as it is.
+    /// Exits 1 when any file could not be copied.
+    MigrateBlobs {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print progress to stderr even when it is not a terminal.
+        #[arg(long)]
+        progress: bool,
+    },
 }
 
 fn parse_grace(s: &str) -> Result<Duration, String> {
@@ -235,6 +250,46 @@ async fn run(cmd: Command, config: Config) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Backup(b) => return backup_cmd(b, config).await,
+        Command::MigrateBlobs { json, progress } => {
+            if config.s3_bucket.is_none() {
+                anyhow::bail!("migrate-blobs needs the object store: set STOWAGE_S3_BUCKET (and STOWAGE_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)");
+            }
+            let meta = crate::meta::connect(&config.database_url).await?;
+            let from = crate::blob::local::LocalStore::open(&config.storage_root)
+                .with_context(|| format!("opening {}", config.storage_root.display()))?;
+            let to = crate::blob::s3::S3Store::open(&config.s3_options())
+                .context("opening the object store")?;
+            to.check_writable()
+                .await
+                .context("the object store does not accept writes")?;
+            let r = crate::ops::migrate::run(
+                meta.as_ref(),
+                &from,
+                &to,
+                Progress::new("migrate-blobs", progress),
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} file(s): {} copied ({}), {} already in the store, {} deleted meanwhile, {} failed; {} thumbnail(s) copied",
+                    r.files_total,
+                    r.copied,
+                    format_size(r.bytes_copied),
+                    r.already_present,
+                    r.deleted_meanwhile,
+                    r.failed.len(),
+                    r.thumbnails_copied
+                );
+                for f in &r.failed {
+                    println!("  failed {} ({}): {}", f.file_id, f.key, f.reason);
+                }
+            }
+            if !r.failed.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

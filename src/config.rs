@@ -59,6 +59,14 @@ pub struct Config {
     pub s3_bucket: Option<String>,
     pub s3_endpoint: Option<String>,
     pub s3_region: String,
+    /// Key prefix inside the bucket, so one bucket can hold several
+    /// deployments (`STOWAGE_S3_PREFIX`); empty for the bucket's root.
+    pub s3_prefix: String,
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<Secret>,
+    /// Downloads answer 302 to a short-lived presigned URL of the object
+    /// store instead of streaming through stowage.
     pub s3_downloads_redirect: bool,
     /// Requests per second allowed per signed-in user (burst is 4x).
     pub rate_limit_user_per_sec: u32,
@@ -105,6 +113,7 @@ struct FileConfig {
     s3_bucket: Option<String>,
     s3_endpoint: Option<String>,
     s3_region: Option<String>,
+    s3_prefix: Option<String>,
     s3_downloads: Option<String>,
     rate_limit_user_per_sec: Option<u32>,
     rate_limit_ip_per_sec: Option<u32>,
@@ -302,6 +311,11 @@ impl Config {
             s3_region: env_any(&["STOWAGE_S3_REGION"])
                 .or(fc.s3_region)
                 .unwrap_or_else(|| "us-east-1".into()),
+            s3_prefix: env_any(&["STOWAGE_S3_PREFIX"])
+                .or(fc.s3_prefix)
+                .unwrap_or_default(),
+            s3_access_key_id: env_any(&["AWS_ACCESS_KEY_ID"]),
+            s3_secret_access_key: env_any(&["AWS_SECRET_ACCESS_KEY"]).map(Secret),
             s3_downloads_redirect,
             rate_limit_user_per_sec: num(
                 "STOWAGE_RATE_LIMIT_USER",
@@ -367,7 +381,28 @@ impl Config {
         if cfg.rate_limit_ip_per_sec == 0 || cfg.rate_limit_user_per_sec == 0 {
             return Err(invalid("rate limits", "must be at least 1 per second"));
         }
+        if cfg.blob_store == BlobBackend::S3 && cfg.s3_bucket.is_none() {
+            return Err(invalid(
+                "STOWAGE_S3_BUCKET",
+                "required when STOWAGE_BLOB_STORE=s3",
+            ));
+        }
         Ok(cfg)
+    }
+
+    /// How to reach the object store (meaningful with a bucket set).
+    pub fn s3_options(&self) -> crate::blob::s3::S3Options {
+        crate::blob::s3::S3Options {
+            bucket: self.s3_bucket.clone().unwrap_or_default(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            prefix: self.s3_prefix.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self
+                .s3_secret_access_key
+                .as_ref()
+                .map(|s| s.expose().to_string()),
+        }
     }
 
     /// True when real token verification is configured.

@@ -7,8 +7,9 @@
 //! final key by [`BlobStore::publish`]. Readers get ranged byte streams.
 
 pub mod local;
+pub mod s3;
 
-use std::{ops::Range, path::PathBuf, pin::Pin};
+use std::{ops::Range, path::PathBuf, pin::Pin, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -86,6 +87,33 @@ pub trait BlobStore: Send + Sync + 'static {
     fn local_path(&self, key: &str) -> Option<PathBuf>;
     /// Checks that the store accepts writes (for `/readyz`).
     async fn check_writable(&self) -> BlobResult<()>;
+    /// A URL that reads `key` directly from the store for `ttl`, answering
+    /// with the given `Content-Type` and `Content-Disposition`; `None` when
+    /// the backend cannot hand out such links (the local volume).
+    async fn presign_read(
+        &self,
+        _key: &str,
+        _ttl: Duration,
+        _content_type: &str,
+        _disposition: &str,
+    ) -> BlobResult<Option<String>> {
+        Ok(None)
+    }
+    /// Object-store keys starting with `prefix` (a key prefix, not only a
+    /// directory), with their last write time; the local volume answers an
+    /// empty list (its callers read the directory themselves).
+    async fn list_prefix(
+        &self,
+        _prefix: &str,
+    ) -> BlobResult<Vec<(String, Option<chrono::DateTime<chrono::Utc>>)>> {
+        Ok(Vec::new())
+    }
+    /// Staging objects with their last write time, for cleanup of uploads
+    /// nobody owns any more. The local volume sweeps its temp directory
+    /// itself and answers an empty list.
+    async fn staged_ids(&self) -> BlobResult<Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>)>> {
+        Ok(Vec::new())
+    }
     /// "local" or "s3".
     fn kind(&self) -> &'static str;
 }

@@ -184,6 +184,38 @@ fn not_modified(etag: &str) -> Response {
     r
 }
 
+/// How long a presigned object-store URL handed out by a redirect lives.
+pub const REDIRECT_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `STOWAGE_S3_DOWNLOADS=redirect`: a 302 to a short-lived presigned URL of
+/// the object store, which answers with the same type and disposition and
+/// handles ranges itself. `None` when the backend cannot presign.
+async fn redirect_to_store(
+    state: &AppState,
+    rec: &FileRecord,
+    inline: bool,
+) -> AppResult<Option<Response>> {
+    let inline = inline && inline_safe(&rec.mime_type);
+    let disposition =
+        content_disposition(if inline { "inline" } else { "attachment" }, &rec.file_name);
+    let Some(url) = state
+        .blobs
+        .presign_read(&rec.file_path, REDIRECT_TTL, &rec.mime_type, &disposition)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut resp = StatusCode::FOUND.into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&url).map_err(AppError::internal)?,
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    security_headers(h);
+    Ok(Some(resp))
+}
+
 /// Streams a file's bytes (or a range of them) with all download headers.
 pub async fn serve_file(
     state: &AppState,
@@ -196,6 +228,11 @@ pub async fn serve_file(
     let etag = format!("\"{}\"", rec.sha256);
     if etag_matches(headers, &etag) {
         return Ok(not_modified(&etag));
+    }
+    if state.config.s3_downloads_redirect && method == Method::GET {
+        if let Some(resp) = redirect_to_store(state, rec, inline).await? {
+            return Ok(resp);
+        }
     }
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     // If-Range: a range applies only while the representation is unchanged.

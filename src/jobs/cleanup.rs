@@ -54,6 +54,31 @@ async fn sweep_unpublished(
     Ok(removed)
 }
 
+/// [`sweep_unpublished`] for object stores: the published object is found by
+/// its key prefix `{user}/{type}/{id}.` and its write time.
+async fn sweep_unpublished_objects(
+    state: &AppState,
+    id: Uuid,
+    user: &str,
+    grace: Duration,
+) -> anyhow::Result<u64> {
+    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
+    let mut removed = 0;
+    for t in FileType::ALL {
+        let prefix = format!("{}/{}/{id}.", user_dir_name(user), t.dir());
+        for (key, modified) in state.blobs.list_prefix(&prefix).await? {
+            if modified.is_some_and(|m| m > cutoff) || state.meta.get_file_any(id).await?.is_some()
+            {
+                continue;
+            }
+            state.blobs.remove(&key).await?;
+            tracing::warn!(%key, "removed an object whose upload died before its commit");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// What one cleanup pass did.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct CleanupReport {
@@ -84,12 +109,28 @@ pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<Clean
         tracing::info!(upload = %id, "expired tus upload removed");
     }
     let now = Utc::now();
-    if state.blobs.kind() == "local" {
-        for (id, user) in state.meta.expired_reservations(now).await? {
-            report.unpublished_blobs += sweep_unpublished(state, id, &user, temp_grace).await?;
-        }
+    for (id, user) in state.meta.expired_reservations(now).await? {
+        report.unpublished_blobs += if state.blobs.kind() == "local" {
+            sweep_unpublished(state, id, &user, temp_grace).await?
+        } else {
+            sweep_unpublished_objects(state, id, &user, temp_grace).await?
+        };
     }
     report.expired_reservations += state.meta.expire_reservations(now).await?;
+    if state.blobs.kind() != "local" {
+        // Object stores: staging objects whose upload no reservation owns
+        // (a multipart upload whose process died, an expired tus upload
+        // whose row was already gone).
+        let cutoff = now - chrono::Duration::from_std(temp_grace).unwrap_or_default();
+        for (id, modified) in state.blobs.staged_ids().await? {
+            if modified.is_some_and(|m| m > cutoff) || state.meta.reservation_exists(id).await? {
+                continue;
+            }
+            state.blobs.discard(id).await?;
+            report.stale_temp_files += 1;
+            tracing::info!(upload = %id, "removed stale staging object");
+        }
+    }
     if state.blobs.kind() == "local" {
         let tmp = state.config.storage_root.join(".tmp");
         let mut dir = tokio::fs::read_dir(&tmp).await?;

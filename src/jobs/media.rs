@@ -83,6 +83,48 @@ fn scratch(state: &AppState) -> Result<PathBuf, JobError> {
     Ok(dir)
 }
 
+/// A blob copied from the object store into the scratch directory; removed
+/// on drop.
+struct ScratchCopy(PathBuf);
+
+impl ScratchCopy {
+    async fn fetch(state: &AppState, key: &str) -> Result<ScratchCopy, JobError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let transient = |what: &str, e: &dyn std::fmt::Display| {
+            JobError::Transient(format!("fetching the file ({what}): {e}"))
+        };
+        let len = state
+            .blobs
+            .len(key)
+            .await
+            .map_err(|e| transient("size", &e))?;
+        let copy = ScratchCopy(scratch(state)?.join(format!("{}.src", Uuid::new_v4())));
+        let mut out = tokio::fs::File::create(&copy.0)
+            .await
+            .map_err(|e| transient("create", &e))?;
+        let mut s = state
+            .blobs
+            .read(key, 0..len)
+            .await
+            .map_err(|e| transient("read", &e))?;
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(|e| transient("read", &e))?;
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| transient("write", &e))?;
+        }
+        out.flush().await.map_err(|e| transient("write", &e))?;
+        Ok(copy)
+    }
+}
+
+impl Drop for ScratchCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Runs the media job for `file_id`.
 pub async fn process(state: &AppState, file_id: Uuid) -> Result<(), JobError> {
     let rec = match state.meta.get_file_any(file_id).await {
@@ -91,10 +133,18 @@ pub async fn process(state: &AppState, file_id: Uuid) -> Result<(), JobError> {
         Ok(None) => return Ok(()),
         Err(e) => return Err(JobError::Transient(e.to_string())),
     };
-    let src = state
-        .blobs
-        .local_path(&rec.file_path)
-        .ok_or_else(|| JobError::Permanent("media processing needs the local volume".into()))?;
+    // Decoders and ffmpeg read files: the volume's own, or a scratch copy
+    // fetched from the object store (removed when the job ends).
+    let mut _fetched = None;
+    let src = match state.blobs.local_path(&rec.file_path) {
+        Some(p) => p,
+        None => {
+            let copy = ScratchCopy::fetch(state, &rec.file_path).await?;
+            let p = copy.0.clone();
+            _fetched = Some(copy);
+            p
+        }
+    };
     let spec = spec(state);
     let thumb_tmp = scratch(state)?.join(format!("{}.{}", Uuid::new_v4(), spec.format.extension()));
     let mut update = MediaUpdate::default();

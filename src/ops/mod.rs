@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backup;
 pub mod lease;
+pub mod migrate;
 pub mod progress;
 pub mod scheduler;
 

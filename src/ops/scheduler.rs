@@ -42,7 +42,12 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
                 cleanup_every,
             )));
         }
-        if !audit_every.is_zero() {
+        if !audit_every.is_zero() && state.blobs.kind() != "local" {
+            tracing::info!(
+                "scheduled audits are off: audit reads the local volume, and blobs are in {}",
+                state.blobs.kind()
+            );
+        } else if !audit_every.is_zero() {
             tasks.push(tokio::spawn(every(
                 state.clone(),
                 stop.clone(),

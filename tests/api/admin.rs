@@ -64,9 +64,13 @@ both!(
             .unwrap();
         assert_eq!(r.status(), 204);
         assert!(app.state.meta.get_user("gone").await.unwrap().is_none());
-        assert!(app.blobs_on_disk().iter().all(|p| !p.starts_with("gone/")));
+        assert!(app
+            .blobs_on_disk()
+            .await
+            .iter()
+            .all(|p| !p.starts_with("gone/")));
         assert!(!app.storage_root().join("gone").exists());
-        assert_eq!(app.blobs_on_disk().len(), 1);
+        assert_eq!(app.blobs_on_disk().await.len(), 1);
         let r = c
             .delete(app.url("/api/admin/users/gone"))
             .bearer_auth(ADMIN_TOKEN)

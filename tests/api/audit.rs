@@ -18,8 +18,8 @@ use stowage::{
 };
 use uuid::Uuid;
 
-use crate::both;
 use crate::helpers::*;
+use crate::local;
 
 const DAY: u64 = 24 * 3600;
 
@@ -88,7 +88,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-both!(clean_volume_audits_clean, |b| async move {
+local!(clean_volume_audits_clean, |b| async move {
     let app = spawn_app(b).await;
     app.upload_ok("ac1", "a.png", png_bytes(1000)).await;
     app.upload_ok("ac1", "b.png", png_bytes(2000)).await;
@@ -101,7 +101,7 @@ both!(clean_volume_audits_clean, |b| async move {
     assert!(r.drift.is_empty() && r.orphans.is_empty() && r.missing.is_empty());
 });
 
-both!(
+local!(
     audit_finds_every_inconsistency_and_fix_repairs_what_it_may,
     |b| async move {
         let app = spawn_app(b).await;
@@ -262,7 +262,7 @@ both!(
     }
 );
 
-both!(
+local!(
     fix_makes_clean_when_everything_is_repairable,
     |b| async move {
         let app = spawn_app(b).await;
@@ -306,7 +306,7 @@ both!(
     }
 );
 
-both!(grace_period_protects_young_files, |b| async move {
+local!(grace_period_protects_young_files, |b| async move {
     let app = spawn_app(b).await;
     let root = app.storage_root();
     app.upload_ok("ag1", "a.png", png_bytes(1000)).await;
@@ -403,7 +403,7 @@ async fn audit_binary_json_and_exit_status() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-both!(two_servers_never_hold_one_lease, |b| async move {
+local!(two_servers_never_hold_one_lease, |b| async move {
     let app = spawn_app(b).await;
     let peer = spawn_peer(&app).await;
     let ttl = Duration::from_secs(30);
@@ -480,7 +480,7 @@ both!(two_servers_never_hold_one_lease, |b| async move {
     }
 });
 
-both!(serve_scheduler_runs_cleanup, |b| async move {
+local!(serve_scheduler_runs_cleanup, |b| async move {
     let app = spawn_app_with(b, |c| {
         c.cleanup_interval = Duration::from_secs(1);
         c.audit_interval = Duration::from_secs(1);

@@ -14,8 +14,8 @@ use stowage::ops::{
     progress::Progress,
 };
 
-use crate::both;
 use crate::helpers::*;
+use crate::local;
 
 fn opts(dest: &Path) -> CreateOptions {
     CreateOptions {
@@ -99,7 +99,7 @@ async fn restore_and_check(
         app2.assert_consistent(user).await;
     }
     // Blobs on disk are exactly the restored files, with the layout's modes.
-    assert_eq!(app2.blobs_on_disk().len(), expected.len());
+    assert_eq!(app2.blobs_on_disk().await.len(), expected.len());
     for f in &expected {
         use std::os::unix::fs::PermissionsExt;
         let p = app2.storage_root().join(&f.file_path);
@@ -123,7 +123,7 @@ async fn restore_and_check(
     app2
 }
 
-both!(
+local!(
     backup_during_uploads_and_deletes_restores_the_snapshot,
     |b| async move {
         let app = spawn_app(b).await;
@@ -266,7 +266,7 @@ both!(
     }
 );
 
-both!(backup_restores_across_backends, |b| async move {
+local!(backup_restores_across_backends, |b| async move {
     let app = spawn_app(b).await;
     let dest = app.dir.path().join("backups");
     for i in 0..4 {
@@ -296,7 +296,7 @@ both!(backup_restores_across_backends, |b| async move {
         .collect();
     let other = match b {
         Backend::Sqlite => Backend::Postgres,
-        Backend::Postgres => Backend::Sqlite,
+        Backend::Postgres | Backend::S3 => Backend::Sqlite,
     };
     restore_and_check(other, &made.path, &files, &skipped_keys(&manifest), &quotas).await;
 });
@@ -313,7 +313,7 @@ fn first_blob_offset(path: &Path) -> u64 {
     panic!("no blob in archive");
 }
 
-both!(verify_detects_a_damaged_archive, |b| async move {
+local!(verify_detects_a_damaged_archive, |b| async move {
     let app = spawn_app(b).await;
     let dest = app.dir.path().join("backups");
     for i in 0..3 {
@@ -370,7 +370,7 @@ both!(verify_detects_a_damaged_archive, |b| async move {
     assert_eq!(run(&bad), Some(1));
 });
 
-both!(retention_keeps_the_newest_archives_only, |b| async move {
+local!(retention_keeps_the_newest_archives_only, |b| async move {
     let app = spawn_app(b).await;
     let dest = app.dir.path().join("backups");
     app.upload_ok("rb1", "r.png", png_bytes(2000)).await;

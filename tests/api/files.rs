@@ -32,7 +32,7 @@ both!(upload_list_get_delete, |b| async move {
     }
 
     // On disk under the SPEC layout, named by id, not by the client's name.
-    let blobs = app.blobs_on_disk();
+    let blobs = app.blobs_on_disk().await;
     assert_eq!(blobs, vec![format!("alice/images/{id}.png")]);
 
     let r = app
@@ -46,7 +46,7 @@ both!(upload_list_get_delete, |b| async move {
     let u = app.usage("alice").await;
     assert_eq!(u["total_bytes"], 0);
     assert_eq!(u["file_count"], 0);
-    assert!(app.blobs_on_disk().is_empty());
+    assert!(app.blobs_on_disk().await.is_empty());
     let (s, e) = app.get_json("alice", &format!("/api/files/{id}")).await;
     assert_eq!(s, 404);
     assert_eq!(e["error"]["code"], "not_found");

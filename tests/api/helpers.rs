@@ -17,13 +17,46 @@ use tempfile::TempDir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
+    /// SQLite metadata, local volume.
     Sqlite,
+    /// PostgreSQL metadata, local volume.
     Postgres,
+    /// SQLite metadata, blobs in the shared Garage cluster (see
+    /// [`crate::garage`]).
+    S3,
 }
 
-/// Runs a test body once per backend, as two `#[tokio::test]`s.
+/// Runs a test body once per metadata backend on the local volume, and once
+/// with blobs in Garage: three `#[tokio::test]`s.
 #[macro_export]
 macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)($crate::helpers::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3() {
+                if $crate::garage::available() {
+                    ($body)($crate::helpers::Backend::S3).await
+                }
+            }
+        }
+    };
+}
+
+/// Like [`both!`] for behaviour that belongs to the local volume (its
+/// files, permissions, temp directory, disk-full injection, backups):
+/// SQLite and PostgreSQL only.
+#[macro_export]
+macro_rules! local {
     ($name:ident, $body:expr) => {
         mod $name {
             #[allow(unused_imports)]
@@ -144,7 +177,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let (db_url, pg) = match backend {
-        Backend::Sqlite => (
+        Backend::Sqlite | Backend::S3 => (
             format!("sqlite://{}/data/stowage.db", dir.path().display()),
             None,
         ),
@@ -154,8 +187,32 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
         }
     };
     let mut config = test_config(dir.path(), &db_url);
+    if backend == Backend::S3 {
+        use_garage(&mut config, 0).await;
+    }
     tweak(&mut config);
     start(dir, config, backend, db_url, pg).await
+}
+
+/// Points `config` at the shared Garage cluster (through node `node`), under
+/// a key prefix of its own.
+pub async fn use_garage(config: &mut Config, node: usize) {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let cluster = tokio::task::spawn_blocking(crate::garage::shared)
+        .await
+        .unwrap();
+    config.blob_store = stowage::config::BlobBackend::S3;
+    config.s3_bucket = Some(crate::garage::BUCKET.into());
+    config.s3_endpoint = Some(cluster.endpoint(node));
+    config.s3_region = "us-east-1".into();
+    config.s3_prefix = format!(
+        "t{}-{}-{}",
+        std::process::id(),
+        now(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    config.s3_access_key_id = Some(crate::garage::KEY_ID.into());
+    config.s3_secret_access_key = Some(stowage::config::Secret(crate::garage::SECRET.into()));
 }
 
 /// Starts another server on the same database and volume as `other`.
@@ -312,8 +369,34 @@ impl TestApp {
         }
     }
 
-    /// Files under the volume, excluding `.tmp`, as relative paths.
-    pub fn blobs_on_disk(&self) -> Vec<String> {
+    /// For the object store: every key under this app's prefix.
+    async fn bucket_keys(&self) -> Vec<String> {
+        let c = &self.state.config;
+        let op = crate::garage::shared().operator(0, &c.s3_prefix);
+        let mut keys: Vec<String> = op
+            .list_with("")
+            .recursive(true)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.metadata().is_file())
+            .map(|e| e.path().to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Published blobs (local volume excluding `.tmp`, or the bucket
+    /// excluding staging), as keys.
+    pub async fn blobs_on_disk(&self) -> Vec<String> {
+        if self.backend == Backend::S3 {
+            return self
+                .bucket_keys()
+                .await
+                .into_iter()
+                .filter(|k| !k.starts_with(".staging/") && !k.starts_with(".ready/"))
+                .collect();
+        }
         let root = self.storage_root();
         let mut out = Vec::new();
         let mut stack = vec![root.clone()];
@@ -336,8 +419,17 @@ impl TestApp {
         out
     }
 
-    /// Files in the volume's temp directory.
-    pub fn temp_files(&self) -> Vec<String> {
+    /// Staged uploads: files in the volume's temp directory, or staging
+    /// segments in the bucket.
+    pub async fn temp_files(&self) -> Vec<String> {
+        if self.backend == Backend::S3 {
+            return self
+                .bucket_keys()
+                .await
+                .into_iter()
+                .filter(|k| k.starts_with(".staging/"))
+                .collect();
+        }
         let tmp = self.storage_root().join(".tmp");
         let mut v: Vec<String> = std::fs::read_dir(tmp)
             .map(|rd| {

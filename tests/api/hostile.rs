@@ -11,8 +11,8 @@ use stowage::blob::{local::LocalStore, BlobError, BlobResult, BlobStore, BlobWri
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use crate::both;
 use crate::helpers::*;
+use crate::{both, local};
 
 both!(hostile_file_names_are_sanitized, |b| async move {
     let app = spawn_app(b).await;
@@ -53,7 +53,7 @@ both!(hostile_file_names_are_sanitized, |b| async move {
     assert_eq!(name.chars().count(), 255);
     assert!(name.ends_with(".png"));
     // Nothing escaped the user's directory: every blob is {user}/images/{uuid}.png.
-    for p in app.blobs_on_disk() {
+    for p in app.blobs_on_disk().await {
         let parts: Vec<&str> = p.split('/').collect();
         assert_eq!(parts.len(), 3, "{p}");
         assert_eq!(parts[0], "h");
@@ -93,9 +93,9 @@ both!(content_type_is_decided_by_bytes, |b| async move {
         )
         .await;
     assert_eq!(r.status(), 400);
-    assert!(app.blobs_on_disk().is_empty());
+    assert!(app.blobs_on_disk().await.is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(app.temp_files().is_empty());
+    assert!(app.temp_files().await.is_empty());
     assert_eq!(app.usage("t").await["total_bytes"], 0);
 });
 
@@ -229,7 +229,7 @@ async fn assert_nothing_left(app: &TestApp, user: &str) {
     for _ in 0..200 {
         let row = app.state.meta.get_user(user).await.unwrap();
         let reserved = row.as_ref().map(|r| r.reserved_bytes).unwrap_or(0);
-        if reserved == 0 && app.temp_files().is_empty() {
+        if reserved == 0 && app.temp_files().await.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -246,11 +246,11 @@ async fn assert_nothing_left(app: &TestApp, user: &str) {
         "usage unchanged"
     );
     assert!(
-        app.temp_files().is_empty(),
+        app.temp_files().await.is_empty(),
         "temp files: {:?}",
-        app.temp_files()
+        app.temp_files().await
     );
-    assert!(app.blobs_on_disk().is_empty());
+    assert!(app.blobs_on_disk().await.is_empty());
     assert!(app.list_all(user, "").await.is_empty());
 }
 
@@ -389,7 +389,7 @@ impl BlobStore for FullDisk {
     }
 }
 
-both!(a_full_disk_fails_cleanly, |b| async move {
+local!(a_full_disk_fails_cleanly, |b| async move {
     let mut app = spawn_app(b).await;
     let root = app.storage_root();
     app.state.blobs = Arc::new(FullDisk {
@@ -446,8 +446,8 @@ async fn a_database_that_goes_away_answers_503_and_recovers() {
     assert!(r_retry_after_is_set(&app).await);
     let r = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
-    assert_eq!(app.blobs_on_disk().len(), 1, "nothing new was stored");
-    assert!(app.temp_files().is_empty());
+    assert_eq!(app.blobs_on_disk().await.len(), 1, "nothing new was stored");
+    assert!(app.temp_files().await.is_empty());
 
     sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
         .execute(&mut admin)

@@ -1,6 +1,7 @@
 //! The API integration suite: one binary, a real server per test, every
 //! behaviour on SQLite and PostgreSQL.
 
+mod garage;
 mod helpers;
 
 mod admin;

@@ -97,14 +97,22 @@ both!(image_thumbnail_and_resolution, |b| async move {
         200
     );
     // Deleted with its file.
-    assert!(app.blobs_on_disk().iter().any(|p| p.contains(".thumbs/")));
+    assert!(app
+        .blobs_on_disk()
+        .await
+        .iter()
+        .any(|p| p.contains(".thumbs/")));
     app.client
         .delete(app.url(&format!("/api/files/{id}")))
         .bearer_auth(token("img"))
         .send()
         .await
         .unwrap();
-    assert!(app.blobs_on_disk().is_empty(), "{:?}", app.blobs_on_disk());
+    assert!(
+        app.blobs_on_disk().await.is_empty(),
+        "{:?}",
+        app.blobs_on_disk().await
+    );
 });
 
 both!(video_and_audio_metadata_with_ffmpeg, |b| async move {

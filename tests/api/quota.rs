@@ -52,9 +52,13 @@ both!(concurrent_uploads_never_pass_the_quota, |b| async move {
     let u = app.usage("q1").await;
     assert_eq!(u["total_bytes"].as_u64().unwrap(), (ok * MIB) as u64);
     // Refused uploads left nothing: only the committed blobs exist, no temp files, no reservation.
-    assert_eq!(app.blobs_on_disk().len(), ok);
+    assert_eq!(app.blobs_on_disk().await.len(), ok);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(app.temp_files().is_empty(), "{:?}", app.temp_files());
+    assert!(
+        app.temp_files().await.is_empty(),
+        "{:?}",
+        app.temp_files().await
+    );
     let row = app.state.meta.get_user("q1").await.unwrap().unwrap();
     assert_eq!(row.reserved_bytes, 0);
 });
@@ -101,8 +105,8 @@ both!(
         let answer = raw_request(&app, &head).await;
         assert!(answer.starts_with("HTTP/1.1 507"), "{answer}");
         assert!(answer.contains("quota_exceeded"), "{answer}");
-        assert!(app.temp_files().is_empty());
-        assert!(app.blobs_on_disk().is_empty());
+        assert!(app.temp_files().await.is_empty());
+        assert!(app.blobs_on_disk().await.is_empty());
 
         // Over the per-file limit: 413, also before the body.
         let head = format!(
@@ -128,7 +132,7 @@ both!(per_file_limit_is_inclusive, |b| async move {
     assert_eq!(v["error"]["code"], "file_too_large");
     app.assert_consistent("q4").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(app.temp_files().is_empty());
+    assert!(app.temp_files().await.is_empty());
 });
 
 both!(unknown_size_stream_stops_at_the_limit, |b| async move {
@@ -157,7 +161,7 @@ both!(unknown_size_stream_stops_at_the_limit, |b| async move {
         assert_eq!(r.status(), 507);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(app.temp_files().is_empty());
+    assert!(app.temp_files().await.is_empty());
     let row = app.state.meta.get_user("q5").await.unwrap().unwrap();
     assert_eq!(row.reserved_bytes, 0);
     assert_eq!(row.total_bytes, 0);
@@ -257,7 +261,7 @@ both!(
             .unwrap();
         assert_eq!(report.unpublished_blobs, 1);
         assert!(report.expired_reservations >= 1);
-        assert_eq!(app.blobs_on_disk().len(), 1);
+        assert_eq!(app.blobs_on_disk().await.len(), 1);
         app.assert_consistent("crashed").await;
         assert_eq!(
             st.meta

@@ -119,8 +119,8 @@ both!(
             .unwrap()
             .contains("Stowage.Test.Infected"));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(app.blobs_on_disk().is_empty());
-        assert!(app.temp_files().is_empty());
+        assert!(app.blobs_on_disk().await.is_empty());
+        assert!(app.temp_files().await.is_empty());
         let u = app.usage("v").await;
         assert_eq!(u["total_bytes"], 0);
         assert_eq!(
@@ -163,8 +163,8 @@ both!(an_unreachable_scanner_fails_closed, |b| async move {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unavailable");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(app.blobs_on_disk().is_empty());
-    assert!(app.temp_files().is_empty());
+    assert!(app.blobs_on_disk().await.is_empty());
+    assert!(app.temp_files().await.is_empty());
     assert_eq!(app.usage("w").await["total_bytes"], 0);
     assert_eq!(
         app.state

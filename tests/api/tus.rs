@@ -204,7 +204,11 @@ both!(create_head_patch_complete, |b| async move {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), data);
     assert_eq!(app.list_all("alice", "").await.len(), 1);
-    assert!(app.temp_files().is_empty(), "{:?}", app.temp_files());
+    assert!(
+        app.temp_files().await.is_empty(),
+        "{:?}",
+        app.temp_files().await
+    );
     app.assert_consistent("alice").await;
 });
 
@@ -330,7 +334,7 @@ both!(protocol_errors, |b| async move {
     assert_eq!(r.status(), 415);
     assert_eq!(head(&app, "alice", &loc).await.status(), 404);
     assert_eq!(reserved(&app, "alice").await, 0);
-    assert!(app.temp_files().is_empty());
+    assert!(app.temp_files().await.is_empty());
 });
 
 both!(checksums, |b| async move {
@@ -366,13 +370,9 @@ both!(checksums, |b| async move {
     assert_eq!(hdr(&r, "tus-resumable"), Some("1.0.0"));
     assert_eq!(error_code(r).await, "checksum_mismatch");
     assert_eq!(offset_of(&app, "alice", &loc).await, 10_000);
-    let staged = std::fs::metadata(
-        app.storage_root()
-            .join(".tmp")
-            .join(format!("{}.part", loc.rsplit('/').next().unwrap())),
-    )
-    .unwrap();
-    assert_eq!(staged.len(), 10_000);
+    let id = uuid::Uuid::parse_str(loc.rsplit('/').next().unwrap()).unwrap();
+    let staged = app.state.blobs.staged_len(id).await.unwrap();
+    assert_eq!(staged, Some(10_000));
     // Unsupported algorithm: 400.
     let r = patch(
         &app,
@@ -483,7 +483,7 @@ both!(termination_releases_quota, |b| async move {
         204
     );
     assert_eq!(reserved(&app, "alice").await, 1_000_000);
-    assert_eq!(app.temp_files().len(), 1);
+    assert_eq!(app.temp_files().await.len(), 1);
     let del = |user: &'static str| {
         app.client
             .delete(app.url(&loc))
@@ -495,7 +495,7 @@ both!(termination_releases_quota, |b| async move {
     assert_eq!(r.status(), 204);
     assert_eq!(hdr(&r, "tus-resumable"), Some("1.0.0"));
     assert_eq!(reserved(&app, "alice").await, 0);
-    assert!(app.temp_files().is_empty());
+    assert!(app.temp_files().await.is_empty());
     assert_eq!(head(&app, "alice", &loc).await.status(), 404);
     assert_eq!(
         patch(&app, "alice", &loc, 400_000, vec![1; 10], &[])
@@ -550,7 +550,7 @@ both!(quota_and_limits, |b| async move {
     let loc = create_ok(&app, "bob", 30_000, "").await;
     // The reservation counts: a second one no longer fits.
     assert_eq!(create(&app, "bob", 30_000, "").await.status(), 507);
-    assert_eq!(app.temp_files().len(), 2);
+    assert_eq!(app.temp_files().await.len(), 2);
     assert_eq!(
         patch(&app, "bob", &loc, 0, png_bytes(30_000), &[])
             .await
@@ -723,7 +723,11 @@ both!(expiry_and_cleanup, |b| async move {
     assert_eq!(report.expired_uploads, 2);
     assert_eq!(report.expired_reservations, 2);
     assert_eq!(reserved(&app, "frank").await, 0);
-    assert!(app.temp_files().is_empty(), "{:?}", app.temp_files());
+    assert!(
+        app.temp_files().await.is_empty(),
+        "{:?}",
+        app.temp_files().await
+    );
     let again = stowage::jobs::cleanup::run(&app.state, Duration::ZERO)
         .await
         .unwrap();

@@ -1,0 +1,472 @@
+//! Any S3-compatible object store (AWS S3, Garage, MinIO, R2…) through
+//! OpenDAL, which does the signing, retries and multipart protocol.
+//!
+//! Object stores cannot append or rename, so staging works differently from
+//! the local volume:
+//!
+//! * A staging object is a run of *segments* under `.staging/{id}/`, each a
+//!   whole object named by its starting offset (20 zero-padded digits, so
+//!   names sort by offset). Every [`BlobWriter`] writes one segment, as a
+//!   streamed multipart upload in parts of [`PART_SIZE`] bytes (S3 requires
+//!   ≥ 5 MiB), or one PUT when it is smaller. A tus PATCH is one segment, so
+//!   an upload resumes on any node: the segments are in the store, the
+//!   offset in the database.
+//! * Cutting back to an offset deletes the segments past it and rewrites the
+//!   one that straddles it (rare: only after a crash between writing and
+//!   recording an offset, or a refused checksum).
+//! * Publishing copies a single segment server-side (a metadata operation on
+//!   Garage) or concatenates several by streaming them into one multipart
+//!   upload, then deletes the segments.
+//!
+//! Memory per writer is bounded by `PART_SIZE × (PART_CONCURRENCY + 1)`.
+
+use std::{ops::Range, path::PathBuf, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use opendal::{layers::RetryLayer, layers::TimeoutLayer, ErrorKind, Operator};
+use uuid::Uuid;
+
+use super::*;
+
+/// Multipart part size: above S3's 5 MiB minimum, small enough to bound
+/// memory per upload.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts of one upload in flight at once.
+const PART_CONCURRENCY: usize = 2;
+/// S3's limit for a single-request CopyObject; larger single-segment blobs
+/// are published by streaming instead.
+const COPY_LIMIT: u64 = 5 * 1024 * 1024 * 1024;
+const STAGING: &str = ".staging/";
+
+/// Where and how to reach the object store.
+#[derive(Clone, Debug)]
+pub struct S3Options {
+    pub bucket: String,
+    /// `http(s)://host:port`; `None` for AWS itself.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Key prefix inside the bucket ("" for the root).
+    pub prefix: String,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+pub struct S3Store {
+    op: Operator,
+    bucket: String,
+}
+
+impl S3Store {
+    pub fn open(o: &S3Options) -> BlobResult<S3Store> {
+        let mut b = opendal::services::S3::default()
+            .bucket(&o.bucket)
+            .region(&o.region)
+            .root(&format!("/{}", o.prefix.trim_matches('/')))
+            // Credentials come from the options (read from AWS_* by the
+            // config), never from instance metadata or ~/.aws.
+            .disable_config_load()
+            .disable_ec2_metadata();
+        if let Some(e) = &o.endpoint {
+            b = b.endpoint(e);
+        }
+        if let (Some(k), Some(s)) = (&o.access_key_id, &o.secret_access_key) {
+            b = b.access_key_id(k).secret_access_key(s);
+        }
+        let op = Operator::new(b)
+            .map_err(to_blob)?
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(Duration::from_secs(60))
+                    .with_io_timeout(Duration::from_secs(30)),
+            )
+            .layer(
+                RetryLayer::new()
+                    .with_max_times(4)
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(2))
+                    .with_jitter(),
+            )
+            .finish();
+        Ok(S3Store {
+            op,
+            bucket: o.bucket.clone(),
+        })
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn segment_key(id: Uuid, start: u64) -> String {
+        format!("{STAGING}{id}/{start:020}")
+    }
+
+    /// The segments of staging object `id`, in offset order, as
+    /// `(start, len)`; only the contiguous run from 0 counts. Segments past
+    /// a gap (left by an interrupted cut-back) are returned separately so
+    /// they can be removed.
+    async fn segments(&self, id: Uuid) -> BlobResult<(Vec<(u64, u64)>, Vec<u64>)> {
+        let prefix = format!("{STAGING}{id}/");
+        let mut found: Vec<(u64, u64)> = Vec::new();
+        let mut lister = self
+            .op
+            .lister_with(&prefix)
+            .recursive(true)
+            .await
+            .map_err(to_blob)?;
+        while let Some(e) = lister.try_next().await.map_err(to_blob)? {
+            let Some(start) = e
+                .name()
+                .parse::<u64>()
+                .ok()
+                .filter(|_| e.metadata().is_file())
+            else {
+                continue;
+            };
+            let len = match e.metadata().content_length() {
+                0 => self
+                    .op
+                    .stat(e.path())
+                    .await
+                    .map_err(to_blob)?
+                    .content_length(),
+                n => n,
+            };
+            found.push((start, len));
+        }
+        found.sort_unstable();
+        let mut run = Vec::new();
+        let mut stray = Vec::new();
+        let mut end = 0u64;
+        for (start, len) in found {
+            if start == end {
+                run.push((start, len));
+                end += len;
+            } else {
+                stray.push(start);
+            }
+        }
+        Ok((run, stray))
+    }
+
+    /// Streams `range` of the concatenation of `segs`.
+    fn segments_stream(&self, id: Uuid, segs: Vec<(u64, u64)>, range: Range<u64>) -> ByteStream {
+        let op = self.op.clone();
+        let parts: Vec<(String, Range<u64>)> = segs
+            .into_iter()
+            .filter_map(|(start, len)| {
+                let a = range.start.max(start);
+                let b = range.end.min(start + len);
+                (a < b).then(|| (Self::segment_key(id, start), a - start..b - start))
+            })
+            .collect();
+        let s = futures::stream::iter(parts)
+            .then(move |(key, r)| {
+                let op = op.clone();
+                async move { read_range(&op, &key, r).await.map_err(std::io::Error::from) }
+            })
+            .try_flatten();
+        Box::pin(s)
+    }
+
+    /// Writes the concatenation of `segs` to `key` as one multipart upload.
+    async fn concat(
+        &self,
+        id: Uuid,
+        segs: Vec<(u64, u64)>,
+        total: u64,
+        key: &str,
+    ) -> BlobResult<()> {
+        let mut src = self.segments_stream(id, segs, 0..total);
+        let mut w = self.writer(key).await?;
+        let res = async {
+            while let Some(chunk) = src.next().await {
+                w.write(chunk?).await.map_err(to_blob)?;
+            }
+            w.close().await.map_err(to_blob)?;
+            Ok(())
+        }
+        .await;
+        if res.is_err() {
+            let _ = w.abort().await;
+        }
+        res
+    }
+
+    async fn writer(&self, key: &str) -> BlobResult<opendal::Writer> {
+        self.op
+            .writer_with(key)
+            .chunk(PART_SIZE)
+            .concurrent(PART_CONCURRENCY)
+            .await
+            .map_err(to_blob)
+    }
+
+    async fn delete_segments(
+        &self,
+        id: Uuid,
+        starts: impl IntoIterator<Item = u64>,
+    ) -> BlobResult<()> {
+        for s in starts {
+            self.op
+                .delete(&Self::segment_key(id, s))
+                .await
+                .map_err(to_blob)?;
+        }
+        Ok(())
+    }
+
+    /// Every staging object with its newest segment's time, for cleanup.
+    async fn list_staged(&self) -> BlobResult<Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>)>> {
+        let mut out: std::collections::HashMap<Uuid, Option<chrono::DateTime<chrono::Utc>>> =
+            Default::default();
+        let mut lister = self
+            .op
+            .lister_with(STAGING)
+            .recursive(true)
+            .await
+            .map_err(to_blob)?;
+        while let Some(e) = lister.try_next().await.map_err(to_blob)? {
+            let rest = e.path().trim_start_matches(STAGING);
+            let Some(id) = rest.split('/').next().and_then(|s| Uuid::try_parse(s).ok()) else {
+                continue;
+            };
+            let t = e.metadata().last_modified();
+            let slot = out.entry(id).or_insert(t);
+            if t > *slot {
+                *slot = t;
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+}
+
+/// One ranged GET as a byte stream. An empty range reads nothing (S3 has no
+/// way to ask for zero bytes).
+async fn read_range(
+    op: &Operator,
+    key: &str,
+    r: Range<u64>,
+) -> opendal::Result<futures::stream::BoxStream<'static, std::io::Result<Bytes>>> {
+    if r.start >= r.end {
+        return Ok(futures::stream::empty().boxed());
+    }
+    let reader = op.reader(key).await?;
+    Ok(reader.into_bytes_stream(r).await?.boxed())
+}
+
+fn to_blob(e: opendal::Error) -> BlobError {
+    match e.kind() {
+        ErrorKind::NotFound => BlobError::NotFound,
+        _ => BlobError::Io(std::io::Error::other(e)),
+    }
+}
+
+struct S3Writer {
+    w: opendal::Writer,
+    len: u64,
+}
+
+#[async_trait]
+impl BlobWriter for S3Writer {
+    async fn write(&mut self, chunk: &[u8]) -> BlobResult<()> {
+        self.w
+            .write(Bytes::copy_from_slice(chunk))
+            .await
+            .map_err(to_blob)?;
+        self.len += chunk.len() as u64;
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> BlobResult<u64> {
+        self.w.close().await.map_err(to_blob)?;
+        Ok(self.len)
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3Store {
+    async fn stage(&self, id: Uuid, offset: u64) -> BlobResult<Box<dyn BlobWriter>> {
+        let (run, stray) = self.segments(id).await?;
+        self.delete_segments(id, stray).await?;
+        let have: u64 = run.iter().map(|s| s.1).sum();
+        if offset > have && !(offset == 0 && have == 0) {
+            return Err(BlobError::Io(std::io::Error::other(format!(
+                "staged {have} bytes, cannot resume at {offset}"
+            ))));
+        }
+        // Drop everything at or past `offset`; keep the head of a segment
+        // that straddles it (rewritten under the same name, atomically).
+        let mut straddle = None;
+        let mut past = Vec::new();
+        for &(start, len) in &run {
+            if start >= offset {
+                past.push(start);
+            } else if start + len > offset {
+                straddle = Some(start);
+            }
+        }
+        // Delete from the end so an interruption leaves a contiguous head.
+        past.reverse();
+        self.delete_segments(id, past).await?;
+        if let Some(start) = straddle {
+            let key = Self::segment_key(id, start);
+            let mut src = read_range(&self.op, &key, 0..offset - start)
+                .await
+                .map_err(to_blob)?;
+            let mut w = self.writer(&key).await?;
+            while let Some(chunk) = src.next().await {
+                w.write(chunk?).await.map_err(to_blob)?;
+            }
+            w.close().await.map_err(to_blob)?;
+        }
+        let w = self.writer(&Self::segment_key(id, offset)).await?;
+        Ok(Box::new(S3Writer { w, len: offset }))
+    }
+
+    async fn staged_len(&self, id: Uuid) -> BlobResult<Option<u64>> {
+        let (run, _) = self.segments(id).await?;
+        if run.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(run.iter().map(|s| s.1).sum()))
+    }
+
+    async fn read_staged(&self, id: Uuid, range: Range<u64>) -> BlobResult<ByteStream> {
+        let (run, _) = self.segments(id).await?;
+        if run.is_empty() {
+            return Err(BlobError::NotFound);
+        }
+        Ok(self.segments_stream(id, run, range))
+    }
+
+    async fn publish(&self, id: Uuid, key: &str) -> BlobResult<()> {
+        check_key(key)?;
+        let (run, _) = self.segments(id).await?;
+        if run.is_empty() {
+            return Err(BlobError::NotFound);
+        }
+        let total: u64 = run.iter().map(|s| s.1).sum();
+        // Only segments with bytes matter (a tus upload starts with an
+        // empty one).
+        let full: Vec<(u64, u64)> = run.iter().copied().filter(|s| s.1 > 0).collect();
+        match full.as_slice() {
+            [] => {
+                self.op.write(key, Bytes::new()).await.map_err(to_blob)?;
+            }
+            [(start, len)] if *len <= COPY_LIMIT => {
+                self.op
+                    .copy(&Self::segment_key(id, *start), key)
+                    .await
+                    .map_err(to_blob)?;
+            }
+            _ => self.concat(id, full, total, key).await?,
+        }
+        self.discard(id).await
+    }
+
+    async fn discard(&self, id: Uuid) -> BlobResult<()> {
+        let prefix = format!("{STAGING}{id}/");
+        let keys: Vec<String> = self
+            .op
+            .list_with(&prefix)
+            .recursive(true)
+            .await
+            .map_err(to_blob)?
+            .into_iter()
+            .filter(|e| e.metadata().is_file())
+            .map(|e| e.path().to_string())
+            .collect();
+        for k in keys {
+            self.op.delete(&k).await.map_err(to_blob)?;
+        }
+        Ok(())
+    }
+
+    async fn read(&self, key: &str, range: Range<u64>) -> BlobResult<ByteStream> {
+        check_key(key)?;
+        if range.start >= range.end {
+            // Still report a missing blob as missing.
+            self.op.stat(key).await.map_err(to_blob)?;
+        }
+        let s = read_range(&self.op, key, range).await.map_err(to_blob)?;
+        Ok(Box::pin(s))
+    }
+
+    async fn len(&self, key: &str) -> BlobResult<u64> {
+        check_key(key)?;
+        Ok(self.op.stat(key).await.map_err(to_blob)?.content_length())
+    }
+
+    async fn remove(&self, key: &str) -> BlobResult<()> {
+        check_key(key)?;
+        match self.op.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(to_blob(e)),
+        }
+    }
+
+    async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()> {
+        check_key(key)?;
+        self.op.write(key, data).await.map_err(to_blob)?;
+        Ok(())
+    }
+
+    fn local_path(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
+
+    async fn check_writable(&self) -> BlobResult<()> {
+        let probe = format!(".ready/{}", Uuid::new_v4());
+        self.op
+            .write(&probe, Bytes::from_static(b"ok"))
+            .await
+            .map_err(to_blob)?;
+        self.op.delete(&probe).await.map_err(to_blob)?;
+        Ok(())
+    }
+
+    async fn presign_read(
+        &self,
+        key: &str,
+        ttl: Duration,
+        content_type: &str,
+        disposition: &str,
+    ) -> BlobResult<Option<String>> {
+        check_key(key)?;
+        let req = self
+            .op
+            .presign_read_with(key, ttl)
+            .override_content_type(content_type)
+            .override_content_disposition(disposition)
+            .await
+            .map_err(to_blob)?;
+        Ok(Some(req.uri().to_string()))
+    }
+
+    async fn list_prefix(
+        &self,
+        prefix: &str,
+    ) -> BlobResult<Vec<(String, Option<chrono::DateTime<chrono::Utc>>)>> {
+        Ok(self
+            .op
+            .list(prefix)
+            .await
+            .map_err(to_blob)?
+            .into_iter()
+            .filter(|e| e.metadata().is_file())
+            .map(|e| (e.path().to_string(), e.metadata().last_modified()))
+            .collect())
+    }
+
+    async fn staged_ids(&self) -> BlobResult<Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>)>> {
+        self.list_staged().await
+    }
+
+    fn kind(&self) -> &'static str {
+        "s3"
+    }
+}
