@@ -63,8 +63,23 @@ npm_ci() { # dir
 [ -f web/package-lock.json ] && npm_ci web
 [ -x tests/clients/install.sh ] && tests/clients/install.sh
 
+# --- Garage (the object store the S3 tests run against) --------------------------
+# Built once from crates.io at a pinned version and cached outside the clone;
+# the first build takes about 20 minutes on 2 cores, later runs reuse it.
+GARAGE_VERSION=2.5.0
+GARAGE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/stowage/garage-$GARAGE_VERSION"
+if [ ! -x "$GARAGE_ROOT/bin/garage" ]; then
+  log "building Garage $GARAGE_VERSION (once; cached in $GARAGE_ROOT)"
+  GARAGE_BUILD="${TMPDIR:-/tmp}/stowage-garage-build"
+  cargo install garage --locked --version "$GARAGE_VERSION" \
+    --no-default-features --features bundled-libs,lmdb \
+    --root "$GARAGE_ROOT" --target-dir "$GARAGE_BUILD"
+  rm -rf "$GARAGE_BUILD"
+fi
+export STOWAGE_GARAGE_BIN="$GARAGE_ROOT/bin/garage"
+
 # --- Rust: format, lint, build, test -------------------------------------------
-export STOWAGE_REQUIRE_FFMPEG=1 STOWAGE_REQUIRE_CLAMD=1
+export STOWAGE_REQUIRE_FFMPEG=1 STOWAGE_REQUIRE_CLAMD=1 STOWAGE_REQUIRE_GARAGE=1
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -217,8 +217,14 @@ pub async fn use_garage(config: &mut Config, node: usize) {
 
 /// Starts another server on the same database and volume as `other`.
 pub async fn spawn_peer(other: &TestApp) -> TestApp {
+    spawn_peer_with(other, |_| {}).await
+}
+
+/// [`spawn_peer`] with a configuration change (another Garage node, say).
+pub async fn spawn_peer_with(other: &TestApp, tweak: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = (*other.state.config).clone();
+    tweak(&mut config);
     config.data_dir = dir.path().join("peer");
     config.signing_secret = Some(stowage::config::Secret(hex::encode(
         &*other.state.signing_key,

@@ -13,5 +13,6 @@ mod files;
 mod hostile;
 mod media;
 mod quota;
+mod s3;
 mod scan;
 mod tus;

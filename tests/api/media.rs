@@ -9,7 +9,7 @@ use crate::both;
 use crate::helpers::*;
 
 /// Polls the file until `field` is set (or gives up after `secs`).
-async fn wait_for(app: &TestApp, user: &str, id: &str, field: &str, secs: u64) -> Value {
+pub(crate) async fn wait_for(app: &TestApp, user: &str, id: &str, field: &str, secs: u64) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let (_, f) = app.get_json(user, &format!("/api/files/{id}")).await;

@@ -28,7 +28,7 @@ fn b64(s: &str) -> String {
     B64.encode(s.as_bytes())
 }
 
-fn hdr<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+pub(crate) fn hdr<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
     r.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -46,7 +46,7 @@ async fn create(app: &TestApp, user: &str, len: u64, meta: &str) -> Response {
 }
 
 /// Creates and returns the Location path.
-async fn create_ok(app: &TestApp, user: &str, len: u64, meta: &str) -> String {
+pub(crate) async fn create_ok(app: &TestApp, user: &str, len: u64, meta: &str) -> String {
     let r = create(app, user, len, meta).await;
     assert_eq!(r.status(), 201, "{:?}", r.text().await);
     let loc = hdr(&r, "location").unwrap().to_string();
@@ -56,7 +56,7 @@ async fn create_ok(app: &TestApp, user: &str, len: u64, meta: &str) -> String {
     loc
 }
 
-async fn patch(
+pub(crate) async fn patch(
     app: &TestApp,
     user: &str,
     loc: &str,
@@ -87,7 +87,7 @@ async fn head(app: &TestApp, user: &str, loc: &str) -> Response {
         .unwrap()
 }
 
-async fn offset_of(app: &TestApp, user: &str, loc: &str) -> u64 {
+pub(crate) async fn offset_of(app: &TestApp, user: &str, loc: &str) -> u64 {
     let r = head(app, user, loc).await;
     assert_eq!(r.status(), 200);
     hdr(&r, "upload-offset").unwrap().parse().unwrap()
@@ -103,7 +103,7 @@ async fn reserved(app: &TestApp, user: &str) -> i64 {
         .unwrap_or(0)
 }
 
-async fn download(app: &TestApp, user: &str, id: &str) -> Vec<u8> {
+pub(crate) async fn download(app: &TestApp, user: &str, id: &str) -> Vec<u8> {
     let r = app.get(user, &format!("/api/files/{id}/download")).await;
     assert_eq!(r.status(), 200);
     r.bytes().await.unwrap().to_vec()
