@@ -55,7 +55,6 @@ pub struct S3Options {
 
 pub struct S3Store {
     op: Operator,
-    bucket: String,
 }
 
 impl S3Store {
@@ -89,14 +88,7 @@ impl S3Store {
                     .with_jitter(),
             )
             .finish();
-        Ok(S3Store {
-            op,
-            bucket: o.bucket.clone(),
-        })
-    }
-
-    pub fn bucket(&self) -> &str {
-        &self.bucket
+        Ok(S3Store { op })
     }
 
     fn segment_key(id: Uuid, start: u64) -> String {
@@ -125,16 +117,7 @@ impl S3Store {
             else {
                 continue;
             };
-            let len = match e.metadata().content_length() {
-                0 => self
-                    .op
-                    .stat(e.path())
-                    .await
-                    .map_err(to_blob)?
-                    .content_length(),
-                n => n,
-            };
-            found.push((start, len));
+            found.push((start, e.metadata().content_length()));
         }
         found.sort_unstable();
         let mut run = Vec::new();
@@ -146,6 +129,26 @@ impl S3Store {
                 end += len;
             } else {
                 stray.push(start);
+            }
+        }
+        // A listing may lag behind writes (Garage's does under load), and a
+        // segment it misses would make a resumable upload look shorter than
+        // its recorded offset. A HEAD of the next expected key is
+        // read-after-write consistent, so extend the run with it.
+        loop {
+            let key = Self::segment_key(id, end);
+            match self.op.stat(&key).await {
+                Ok(m) if m.content_length() > 0 || run.is_empty() => {
+                    stray.retain(|s| *s != end);
+                    run.push((end, m.content_length()));
+                    end += m.content_length();
+                    if m.content_length() == 0 {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(e) if e.kind() == ErrorKind::NotFound => break,
+                Err(e) => return Err(to_blob(e)),
             }
         }
         Ok((run, stray))
@@ -171,15 +174,10 @@ impl S3Store {
         Box::pin(s)
     }
 
-    /// Writes the concatenation of `segs` to `key` as one multipart upload.
-    async fn concat(
-        &self,
-        id: Uuid,
-        segs: Vec<(u64, u64)>,
-        total: u64,
-        key: &str,
-    ) -> BlobResult<()> {
-        let mut src = self.segments_stream(id, segs, 0..total);
+    /// Streams `src` into a new object at `key` (multipart when large);
+    /// aborts the upload when reading or writing fails, so the old object
+    /// at `key`, if any, stays as it was.
+    async fn write_stream(&self, key: &str, mut src: ByteStream) -> BlobResult<()> {
         let mut w = self.writer(key).await?;
         let res = async {
             while let Some(chunk) = src.next().await {
@@ -313,14 +311,10 @@ impl BlobStore for S3Store {
         self.delete_segments(id, past).await?;
         if let Some(start) = straddle {
             let key = Self::segment_key(id, start);
-            let mut src = read_range(&self.op, &key, 0..offset - start)
+            let head = read_range(&self.op, &key, 0..offset - start)
                 .await
                 .map_err(to_blob)?;
-            let mut w = self.writer(&key).await?;
-            while let Some(chunk) = src.next().await {
-                w.write(chunk?).await.map_err(to_blob)?;
-            }
-            w.close().await.map_err(to_blob)?;
+            self.write_stream(&key, Box::pin(head)).await?;
         }
         let w = self.writer(&Self::segment_key(id, offset)).await?;
         Ok(Box::new(S3Writer { w, len: offset }))
@@ -348,7 +342,6 @@ impl BlobStore for S3Store {
         if run.is_empty() {
             return Err(BlobError::NotFound);
         }
-        let total: u64 = run.iter().map(|s| s.1).sum();
         // Only segments with bytes matter (a tus upload starts with an
         // empty one).
         let full: Vec<(u64, u64)> = run.iter().copied().filter(|s| s.1 > 0).collect();
@@ -362,7 +355,11 @@ impl BlobStore for S3Store {
                     .await
                     .map_err(to_blob)?;
             }
-            _ => self.concat(id, full, total, key).await?,
+            _ => {
+                let total = full.iter().map(|s| s.0 + s.1).max().unwrap_or(0);
+                let src = self.segments_stream(id, full, 0..total);
+                self.write_stream(key, src).await?
+            }
         }
         self.discard(id).await
     }

@@ -311,7 +311,16 @@ root_domain = ".s3.garage.localhost"
             .secret_access_key(SECRET)
             .disable_config_load()
             .disable_ec2_metadata();
-        opendal::Operator::new(b).unwrap().finish()
+        // Retries as the service does: a pooled connection the daemon has
+        // just closed fails once with a temporary error.
+        opendal::Operator::new(b)
+            .unwrap()
+            .layer(
+                opendal::layers::RetryLayer::new()
+                    .with_max_times(4)
+                    .with_jitter(),
+            )
+            .finish()
     }
 }
 

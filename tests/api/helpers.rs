@@ -388,8 +388,16 @@ impl TestApp {
             .filter(|e| e.metadata().is_file())
             .map(|e| e.path().to_string())
             .collect();
-        keys.sort();
-        keys
+        // A listing can lag behind deletes; keep only keys a HEAD (which is
+        // read-after-write consistent) still finds.
+        let mut live = Vec::with_capacity(keys.len());
+        for k in keys.drain(..) {
+            if op.stat(&k).await.is_ok() {
+                live.push(k);
+            }
+        }
+        live.sort();
+        live
     }
 
     /// Published blobs (local volume excluding `.tmp`, or the bucket
