@@ -65,6 +65,20 @@ pub enum Command {
         #[arg(long)]
         progress: bool,
     },
+    /// Show the recent runs of the periodic tasks `serve` schedules (cleanup,
+    /// audit): which process ran each, when, and how it ended. With several
+    /// nodes on one database, runs of a task never overlap.
+    Tasks {
+        /// Only this task (cleanup or audit).
+        #[arg(long, value_name = "NAME")]
+        task: Option<String>,
+        /// How many runs to show, newest first.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Print the runs as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create, list, verify and restore backups.
     #[command(subcommand)]
     Backup(BackupCmd),
@@ -248,6 +262,40 @@ async fn run(cmd: Command, config: Config) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             });
+        }
+        Command::Tasks { task, limit, json } => {
+            let state = state(config).await?;
+            let runs = crate::ops::lease::recent_runs(&state, task.as_deref(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else if runs.is_empty() {
+                println!("no scheduled runs recorded yet (see STOWAGE_CLEANUP_INTERVAL_SECS, STOWAGE_AUDIT_INTERVAL_SECS)");
+            } else {
+                println!(
+                    "{:<8} {:<20} {:>8} {:<9} {:<30} SUMMARY",
+                    "TASK", "STARTED (UTC)", "SECONDS", "OUTCOME", "BY"
+                );
+                for r in runs {
+                    let secs = r
+                        .finished_at
+                        .map(|f| {
+                            format!(
+                                "{:.1}",
+                                (f - r.started_at).num_milliseconds() as f64 / 1000.0
+                            )
+                        })
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<8} {:<20} {:>8} {:<9} {:<30} {}",
+                        r.name,
+                        r.started_at.format("%Y-%m-%d %H:%M:%S"),
+                        secs,
+                        r.outcome.as_deref().unwrap_or("running"),
+                        r.holder,
+                        r.summary.as_deref().unwrap_or("")
+                    );
+                }
+            }
         }
         Command::Backup(b) => return backup_cmd(b, config).await,
         Command::MigrateBlobs { json, progress } => {

@@ -280,9 +280,129 @@ impl BlobStore for LocalStore {
         Ok(())
     }
 
+    async fn list_prefix(&self, prefix: &str) -> BlobResult<Vec<BlobEntry>> {
+        // Walk the deepest directory the prefix names, keep what matches.
+        let dir = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        if !dir.is_empty() {
+            check_key(dir)?;
+        }
+        if dir == ".tmp" || dir.starts_with(".tmp/") {
+            return Ok(Vec::new());
+        }
+        let (root, start, prefix) = (self.root.clone(), self.root.join(dir), prefix.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk_files(&root, &start, &mut |key, meta| {
+                if key.starts_with(&prefix) && !key.starts_with(".tmp/") {
+                    out.push(entry(key, meta));
+                }
+            })?;
+            Ok(out)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    async fn list_top(&self) -> BlobResult<(Vec<String>, Vec<BlobEntry>)> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let (mut dirs, mut blobs) = (Vec::new(), Vec::new());
+            for e in std::fs::read_dir(&root)? {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let ft = e.file_type()?;
+                if ft.is_dir() && name != ".tmp" {
+                    dirs.push(name);
+                } else if ft.is_file() {
+                    blobs.push(entry(name, &e.metadata()?));
+                }
+            }
+            Ok((dirs, blobs))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    async fn list_staged(&self) -> BlobResult<Vec<StagedEntry>> {
+        let tmp = self.tmp_dir();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(&tmp)? {
+                let e = e?;
+                let Ok(meta) = e.metadata() else {
+                    continue; // removed while listing
+                };
+                if !meta.is_file() {
+                    continue;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name
+                    .strip_suffix(".part")
+                    .and_then(|s| Uuid::try_parse(s).ok());
+                let e = entry(format!(".tmp/{name}"), &meta);
+                out.push(StagedEntry {
+                    id,
+                    key: e.key,
+                    len: e.len,
+                    modified: e.modified,
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     fn kind(&self) -> &'static str {
         "local"
     }
+}
+
+fn entry(key: String, meta: &std::fs::Metadata) -> BlobEntry {
+    BlobEntry {
+        key,
+        len: meta.len(),
+        modified: meta.modified().ok().map(chrono::DateTime::from),
+    }
+}
+
+/// Calls `f(key, metadata)` for every regular file under `dir`, keys
+/// relative to `root` with `/` separators. Only directory paths wait on the
+/// stack; a directory that vanishes meanwhile is skipped.
+fn walk_files(
+    root: &Path,
+    dir: &Path,
+    f: &mut dyn FnMut(String, &std::fs::Metadata),
+) -> std::io::Result<()> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in rd {
+            let e = e?;
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                if e.path() != root.join(".tmp") {
+                    stack.push(e.path());
+                }
+            } else if ft.is_file() {
+                let Ok(meta) = e.metadata() else { continue };
+                let path = e.path();
+                let key = path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                f(key, &meta);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

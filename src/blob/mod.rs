@@ -47,6 +47,34 @@ impl From<std::io::Error> for BlobError {
 
 pub type BlobResult<T> = Result<T, BlobError>;
 
+/// When a blob was last written, as a listing reports it.
+pub type Modified = Option<chrono::DateTime<chrono::Utc>>;
+
+/// One blob as a listing reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobEntry {
+    pub key: String,
+    pub len: u64,
+    /// Last write: the modification time on the local volume, the
+    /// `Last-Modified` of an object.
+    pub modified: Modified,
+}
+
+/// One entry of the staging area.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedEntry {
+    /// The staging id, when the entry is a staged upload.
+    pub id: Option<Uuid>,
+    /// Where it is, relative to the store's root (`.tmp/{id}.part` on the
+    /// volume, `.staging/{id}` in a bucket); for reports, and to remove an
+    /// entry that is not a staged upload.
+    pub key: String,
+    /// Bytes staged.
+    pub len: u64,
+    /// The newest write.
+    pub modified: Modified,
+}
+
 /// A stream of chunks read from a blob.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -99,20 +127,25 @@ pub trait BlobStore: Send + Sync + 'static {
     ) -> BlobResult<Option<String>> {
         Ok(None)
     }
-    /// Object-store keys starting with `prefix` (a key prefix, not only a
-    /// directory), with their last write time; the local volume answers an
-    /// empty list (its callers read the directory themselves).
-    async fn list_prefix(
-        &self,
-        _prefix: &str,
-    ) -> BlobResult<Vec<(String, Option<chrono::DateTime<chrono::Utc>>)>> {
-        Ok(Vec::new())
-    }
-    /// Staging objects with their last write time, for cleanup of uploads
-    /// nobody owns any more. The local volume sweeps its temp directory
-    /// itself and answers an empty list.
-    async fn staged_ids(&self) -> BlobResult<Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>)>> {
-        Ok(Vec::new())
+    /// Every blob whose key starts with `prefix` (a key prefix such as
+    /// `{user}/` or `{user}/images/{id}.`), at any depth, with its length
+    /// and last write time; the staging area is never included. Used by
+    /// audit, cleanup and account deletion, which need the same view of
+    /// both backends.
+    async fn list_prefix(&self, prefix: &str) -> BlobResult<Vec<BlobEntry>>;
+    /// The top level of the store: its directory names (for object stores,
+    /// the first key components) and the blobs stored directly at the root,
+    /// leaving out the staging area.
+    async fn list_top(&self) -> BlobResult<(Vec<String>, Vec<BlobEntry>)>;
+    /// Everything in the staging area: staged uploads (by id, with the
+    /// bytes staged so far) and anything else found there.
+    async fn list_staged(&self) -> BlobResult<Vec<StagedEntry>>;
+    /// Removes one entry returned by [`BlobStore::list_staged`].
+    async fn remove_staged(&self, entry: &StagedEntry) -> BlobResult<()> {
+        match entry.id {
+            Some(id) => self.discard(id).await,
+            None => self.remove(&entry.key).await,
+        }
     }
     /// "local" or "s3".
     fn kind(&self) -> &'static str;

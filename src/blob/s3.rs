@@ -216,28 +216,25 @@ impl S3Store {
         Ok(())
     }
 
-    /// Every staging object with its newest segment's time, for cleanup.
-    async fn list_staged(&self) -> BlobResult<Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>)>> {
-        let mut out: std::collections::HashMap<Uuid, Option<chrono::DateTime<chrono::Utc>>> =
-            Default::default();
+    /// Every object under `prefix`, recursively.
+    async fn list_objects(&self, prefix: &str) -> BlobResult<Vec<BlobEntry>> {
+        let mut out = Vec::new();
         let mut lister = self
             .op
-            .lister_with(STAGING)
+            .lister_with(prefix)
             .recursive(true)
             .await
             .map_err(to_blob)?;
         while let Some(e) = lister.try_next().await.map_err(to_blob)? {
-            let rest = e.path().trim_start_matches(STAGING);
-            let Some(id) = rest.split('/').next().and_then(|s| Uuid::try_parse(s).ok()) else {
-                continue;
-            };
-            let t = e.metadata().last_modified();
-            let slot = out.entry(id).or_insert(t);
-            if t > *slot {
-                *slot = t;
+            if e.metadata().is_file() && e.path().starts_with(prefix) {
+                out.push(BlobEntry {
+                    key: e.path().to_string(),
+                    len: e.metadata().content_length(),
+                    modified: e.metadata().last_modified(),
+                });
             }
         }
-        Ok(out.into_iter().collect())
+        Ok(out)
     }
 }
 
@@ -444,23 +441,64 @@ impl BlobStore for S3Store {
         Ok(Some(req.uri().to_string()))
     }
 
-    async fn list_prefix(
-        &self,
-        prefix: &str,
-    ) -> BlobResult<Vec<(String, Option<chrono::DateTime<chrono::Utc>>)>> {
-        Ok(self
-            .op
-            .list(prefix)
-            .await
-            .map_err(to_blob)?
-            .into_iter()
-            .filter(|e| e.metadata().is_file())
-            .map(|e| (e.path().to_string(), e.metadata().last_modified()))
-            .collect())
+    async fn list_prefix(&self, prefix: &str) -> BlobResult<Vec<BlobEntry>> {
+        let mut all = self.list_objects(prefix).await?;
+        all.retain(|e| !e.key.starts_with(STAGING));
+        Ok(all)
     }
 
-    async fn staged_ids(&self) -> BlobResult<Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>)>> {
-        self.list_staged().await
+    async fn list_top(&self) -> BlobResult<(Vec<String>, Vec<BlobEntry>)> {
+        let (mut dirs, mut blobs) = (Vec::new(), Vec::new());
+        let mut lister = self.op.lister("/").await.map_err(to_blob)?;
+        while let Some(e) = lister.try_next().await.map_err(to_blob)? {
+            let path = e.path().trim_start_matches('/');
+            if path.is_empty() || path == STAGING {
+                continue;
+            }
+            if let Some(dir) = path.strip_suffix('/') {
+                dirs.push(dir.to_string());
+            } else {
+                blobs.push(BlobEntry {
+                    key: path.to_string(),
+                    len: e.metadata().content_length(),
+                    modified: e.metadata().last_modified(),
+                });
+            }
+        }
+        Ok((dirs, blobs))
+    }
+
+    /// Segments are grouped by upload: an upload's length is the sum of
+    /// its listed segments and its time the newest segment's. Objects in
+    /// the staging area that are not segments are listed one by one.
+    async fn list_staged(&self) -> BlobResult<Vec<StagedEntry>> {
+        let mut uploads: std::collections::HashMap<Uuid, StagedEntry> = Default::default();
+        let mut other = Vec::new();
+        for e in self.list_objects(STAGING).await? {
+            let rest = &e.key[STAGING.len()..];
+            let id = rest
+                .split_once('/')
+                .and_then(|(id, _)| Uuid::try_parse(id).ok());
+            let Some(id) = id else {
+                other.push(StagedEntry {
+                    id: None,
+                    key: e.key,
+                    len: e.len,
+                    modified: e.modified,
+                });
+                continue;
+            };
+            let slot = uploads.entry(id).or_insert_with(|| StagedEntry {
+                id: Some(id),
+                key: format!("{STAGING}{id}"),
+                len: 0,
+                modified: None,
+            });
+            slot.len += e.len;
+            slot.modified = slot.modified.max(e.modified);
+        }
+        other.extend(uploads.into_values());
+        Ok(other)
     }
 
     fn kind(&self) -> &'static str {

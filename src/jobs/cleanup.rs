@@ -66,11 +66,13 @@ async fn sweep_unpublished_objects(
     let mut removed = 0;
     for t in FileType::ALL {
         let prefix = format!("{}/{}/{id}.", user_dir_name(user), t.dir());
-        for (key, modified) in state.blobs.list_prefix(&prefix).await? {
-            if modified.is_some_and(|m| m > cutoff) || state.meta.get_file_any(id).await?.is_some()
+        for e in state.blobs.list_prefix(&prefix).await? {
+            if e.modified.is_some_and(|m| m > cutoff)
+                || state.meta.get_file_any(id).await?.is_some()
             {
                 continue;
             }
+            let key = e.key;
             state.blobs.remove(&key).await?;
             tracing::warn!(%key, "removed an object whose upload died before its commit");
             removed += 1;
@@ -117,57 +119,23 @@ pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<Clean
         };
     }
     report.expired_reservations += state.meta.expire_reservations(now).await?;
-    if state.blobs.kind() != "local" {
-        // Object stores: staging objects whose upload no reservation owns
-        // (a multipart upload whose process died, an expired tus upload
-        // whose row was already gone).
-        let cutoff = now - chrono::Duration::from_std(temp_grace).unwrap_or_default();
-        for (id, modified) in state.blobs.staged_ids().await? {
-            if modified.is_some_and(|m| m > cutoff) || state.meta.reservation_exists(id).await? {
+    // Staging entries no reservation owns: a temp file or multipart
+    // upload whose process died, an expired tus upload whose row was
+    // already gone, or anything else left in the staging area.
+    let cutoff = now - chrono::Duration::from_std(temp_grace).unwrap_or_default();
+    for e in state.blobs.list_staged().await? {
+        if e.modified.map_or(true, |m| m > cutoff) {
+            continue;
+        }
+        if let Some(id) = e.id {
+            if state.meta.reservation_exists(id).await? {
                 continue;
             }
-            state.blobs.discard(id).await?;
-            report.stale_temp_files += 1;
-            tracing::info!(upload = %id, "removed stale staging object");
         }
-    }
-    if state.blobs.kind() == "local" {
-        let tmp = state.config.storage_root.join(".tmp");
-        let mut dir = tokio::fs::read_dir(&tmp).await?;
-        while let Some(entry) = dir.next_entry().await? {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let meta = match entry.metadata().await {
-                Ok(m) if m.is_file() => m,
-                _ => continue,
-            };
-            let age = meta
-                .modified()
-                .ok()
-                .and_then(|m| SystemTime::now().duration_since(m).ok())
-                .unwrap_or_default();
-            if age < temp_grace {
-                continue;
-            }
-            let live = match name
-                .strip_suffix(".part")
-                .and_then(|s| Uuid::try_parse(s).ok())
-            {
-                Some(id) => state.meta.reservation_exists(id).await?,
-                None => false,
-            };
-            if !live {
-                match tokio::fs::remove_file(entry.path()).await {
-                    Ok(()) => {
-                        report.stale_temp_files += 1;
-                        report.stale_temp_bytes += meta.len();
-                        tracing::info!(file = %name, bytes = meta.len(), "removed stale temp file");
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
+        state.blobs.remove_staged(&e).await?;
+        report.stale_temp_files += 1;
+        report.stale_temp_bytes += e.len;
+        tracing::info!(key = %e.key, bytes = e.len, "removed stale staging data");
     }
     Ok(report)
 }

@@ -1,24 +1,24 @@
-//! `stowage audit` (SPEC §6): reconciles the database with the volume.
+//! `stowage audit` (SPEC §6): reconciles the database with the blob store,
+//! the local volume or an S3 bucket alike (through [`crate::blob::BlobStore`]'s
+//! listings).
 //!
 //! Per user it compares the trigger-kept counters (`user_storage.total_bytes`,
 //! `file_count`) with the sum of the user's rows ("drift"), and the rows with
-//! the files under `{root}/{user}/` ("missing" blobs: a row without a file;
-//! "size_mismatch": a file whose length differs from its row; "orphans": a
-//! file without a row). Thumbnails under `{user}/.thumbs/` are counted and
-//! an unreferenced one is an orphan too. Stray staging files in `.tmp` with
-//! no live reservation are reported as well.
+//! the blobs under `{user}/` ("missing" blobs: a row without a blob;
+//! "size_mismatch": a blob whose length differs from its row; "orphans": a
+//! blob without a row). Thumbnails under `{user}/.thumbs/` are counted and
+//! an unreferenced one is an orphan too. Staging data (`.tmp` on the volume,
+//! `.staging/` in a bucket) with no live reservation is reported as well.
 //!
-//! Both sides are streamed: rows are fetched one user at a time, and the
-//! volume is walked with directory iterators (only directory paths are kept
-//! on a stack, never the list of files). Orphans and temp files younger than
+//! Rows and blobs are fetched one user at a time, so memory follows the
+//! largest user, not the whole store. Orphans and staging data younger than
 //! the grace period are listed but never touched: they may be uploads in
 //! progress. `--fix` repairs counters and removes the older orphans and
-//! stray temp files; it never deletes a row.
+//! stray staging data; it never deletes a row.
 
 use std::{
     collections::{HashMap, HashSet},
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use chrono::{DateTime, Utc};
@@ -26,7 +26,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::progress::Progress;
-use crate::{app::AppState, domain::names::user_dir_name};
+use crate::{
+    app::AppState,
+    blob::{BlobEntry, BlobError, Modified},
+    domain::names::user_dir_name,
+};
 
 /// Default grace period for orphans and temp files.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -270,23 +274,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration {s:?} is too large"))
 }
 
-fn age_of(meta: &std::fs::Metadata, now: SystemTime) -> Duration {
-    meta.modified()
-        .ok()
-        .and_then(|m| now.duration_since(m).ok())
-        .unwrap_or_default()
-}
-
-/// Relative path with `/` separators.
-fn rel_key(root: &Path, p: &Path) -> String {
-    p.strip_prefix(root)
-        .unwrap_or(p)
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
 fn kind_of(key: &str) -> &'static str {
     let mut parts = key.split('/');
     let _user = parts.next();
@@ -297,68 +284,41 @@ fn kind_of(key: &str) -> &'static str {
     }
 }
 
-/// Streams every regular file under `dir`, calling `f(path, metadata)`.
-/// Only directories wait on the stack; unreadable ones become errors.
-async fn walk(dir: &Path, errors: &mut Vec<String>, mut f: impl FnMut(PathBuf, std::fs::Metadata)) {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let mut rd = match tokio::fs::read_dir(&d).await {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                errors.push(format!("cannot read {}: {e}", d.display()));
-                continue;
-            }
-        };
-        loop {
-            match rd.next_entry().await {
-                Ok(Some(entry)) => {
-                    let Ok(ft) = entry.file_type().await else {
-                        continue;
-                    };
-                    if ft.is_dir() {
-                        stack.push(entry.path());
-                    } else if ft.is_file() {
-                        if let Ok(meta) = entry.metadata().await {
-                            f(entry.path(), meta);
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    errors.push(format!("cannot list {}: {e}", d.display()));
-                    break;
-                }
-            }
-        }
-    }
+fn age_secs(modified: Modified, now: DateTime<Utc>) -> u64 {
+    modified
+        .and_then(|m| (now - m).to_std().ok())
+        .unwrap_or_default()
+        .as_secs()
 }
 
-/// A file that was found without a row, before it is classified by age.
-fn stray(
-    root: &Path,
-    path: &Path,
-    meta: &std::fs::Metadata,
-    now: SystemTime,
-    kind: &str,
-) -> StrayFile {
+/// A blob that was found without a row, before it is classified by age.
+fn stray(e: &BlobEntry, now: DateTime<Utc>, kind: &str) -> StrayFile {
     StrayFile {
-        path: rel_key(root, path),
+        path: e.key.clone(),
         kind: kind.to_string(),
-        bytes: meta.len(),
-        age_secs: age_of(meta, now).as_secs(),
+        bytes: e.len,
+        age_secs: age_secs(e.modified, now),
         removed: false,
     }
 }
 
-/// Runs one audit. Only the local volume is supported.
-pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<AuditReport> {
-    if state.blobs.kind() != "local" {
-        anyhow::bail!("audit needs the local volume (STOWAGE_BLOB_STORE=local)");
+/// True when the blob at `key` is gone (a failed check counts as present:
+/// the audit reports what it knows, and the error).
+async fn is_missing(state: &AppState, key: &str, errors: &mut Vec<String>) -> bool {
+    match state.blobs.len(key).await {
+        Ok(_) => false,
+        Err(BlobError::NotFound) => true,
+        Err(e) => {
+            errors.push(format!("cannot check {key}: {e}"));
+            false
+        }
     }
-    let root = state.config.storage_root.clone();
+}
+
+/// Runs one audit, on whichever blob store is configured.
+pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<AuditReport> {
     let started_at = Utc::now();
-    let now = SystemTime::now();
+    let now = started_at;
     let grace = opts.grace;
     let mut r = AuditReport {
         started_at,
@@ -384,7 +344,7 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
     // 1. Counters against row sums.
     r.drift = find_drift(state).await?;
 
-    // 2. Rows against the volume, one user at a time.
+    // 2. Rows against the blobs, one user at a time.
     let users = state.meta.list_users().await?;
     let total_users = users.len();
     let mut known_dirs: HashSet<String> = HashSet::with_capacity(users.len());
@@ -393,6 +353,14 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
         let dir_name = user_dir_name(&u.user_id);
         known_dirs.insert(dir_name.clone());
         let rows = state.meta.all_files(Some(&u.user_id)).await?;
+        let blobs = match state.blobs.list_prefix(&format!("{dir_name}/")).await {
+            Ok(b) => b,
+            Err(e) => {
+                r.errors
+                    .push(format!("cannot list the blobs of {}: {e}", u.user_id));
+                continue;
+            }
+        };
         // key -> (row index, is thumbnail)
         let mut by_key: HashMap<&str, (usize, bool)> = HashMap::with_capacity(rows.len() * 2);
         for (i, f) in rows.iter().enumerate() {
@@ -403,37 +371,30 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
         }
         let mut seen_file = vec![false; rows.len()];
         let mut seen_thumb = vec![false; rows.len()];
-        let mut mismatches = Vec::new();
-        let mut errors = Vec::new();
-        let udir = root.join(&dir_name);
-        walk(&udir, &mut errors, |path, meta| {
-            let key = rel_key(&root, &path);
-            let kind = kind_of(&key);
+        for e in &blobs {
+            let kind = kind_of(&e.key);
             if kind == "thumbnail" {
                 r.thumbnails += 1;
-                r.thumbnail_bytes += meta.len();
+                r.thumbnail_bytes += e.len;
             }
-            match by_key.get(key.as_str()) {
+            match by_key.get(e.key.as_str()) {
                 Some(&(i, true)) => seen_thumb[i] = true,
                 Some(&(i, false)) => {
                     seen_file[i] = true;
-                    r.bytes_checked += meta.len();
-                    if meta.len() as i64 != rows[i].file_size {
-                        mismatches.push(SizeMismatch {
+                    r.bytes_checked += e.len;
+                    if e.len as i64 != rows[i].file_size {
+                        r.size_mismatch.push(SizeMismatch {
                             user_id: u.user_id.clone(),
                             file_id: rows[i].id,
-                            key: key.clone(),
+                            key: e.key.clone(),
                             expected_bytes: rows[i].file_size,
-                            actual_bytes: meta.len(),
+                            actual_bytes: e.len,
                         });
                     }
                 }
-                None => orphan_candidates.push(stray(&root, &path, &meta, now, kind)),
+                None => orphan_candidates.push(stray(e, now, kind)),
             }
-        })
-        .await;
-        r.errors.extend(errors);
-        r.size_mismatch.extend(mismatches);
+        }
         for (i, f) in rows.iter().enumerate() {
             let lost_file = !seen_file[i];
             let lost_thumb = f.thumbnail_path.is_some() && !seen_thumb[i];
@@ -441,11 +402,12 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
                 continue;
             }
             // The row may have been deleted (row first, then blob) while we
-            // walked: only a row that still exists is missing its blob.
+            // listed, or committed after (blob first, then row): only a row
+            // that still exists and whose blob is still absent is missing it.
             if state.meta.get_file(&u.user_id, f.id).await?.is_none() {
                 continue;
             }
-            if lost_file && !root.join(&f.file_path).exists() {
+            if lost_file && is_missing(state, &f.file_path, &mut r.errors).await {
                 r.missing.push(MissingBlob {
                     user_id: u.user_id.clone(),
                     file_id: f.id,
@@ -455,7 +417,7 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
                 });
             }
             if let (true, Some(t)) = (lost_thumb, &f.thumbnail_path) {
-                if !root.join(t).exists() {
+                if is_missing(state, t, &mut r.errors).await {
                     r.missing.push(MissingBlob {
                         user_id: u.user_id.clone(),
                         file_id: f.id,
@@ -473,33 +435,27 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
             .tick(|| format!("{uc}/{total_users} users, {fc} files"));
     }
 
-    // 3. Directories of no known user, and stray files at the top level.
-    let mut top = tokio::fs::read_dir(&root).await?;
-    while let Some(entry) = top.next_entry().await? {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == ".tmp" || name == "lost+found" || known_dirs.contains(&name) {
+    // 3. Directories of no known user, and stray blobs at the top level.
+    let (dirs, top_blobs) = state.blobs.list_top().await?;
+    for e in &top_blobs {
+        orphan_candidates.push(stray(e, now, "unknown"));
+    }
+    for dir in dirs {
+        if dir == "lost+found" || known_dirs.contains(&dir) {
             continue;
         }
-        let Ok(ft) = entry.file_type().await else {
-            continue;
-        };
-        if ft.is_dir() {
-            let mut errors = Vec::new();
-            walk(&entry.path(), &mut errors, |path, meta| {
-                let key = rel_key(&root, &path);
-                let kind = kind_of(&key);
-                if kind == "thumbnail" {
-                    r.thumbnails += 1;
-                    r.thumbnail_bytes += meta.len();
+        match state.blobs.list_prefix(&format!("{dir}/")).await {
+            Ok(blobs) => {
+                for e in &blobs {
+                    let kind = kind_of(&e.key);
+                    if kind == "thumbnail" {
+                        r.thumbnails += 1;
+                        r.thumbnail_bytes += e.len;
+                    }
+                    orphan_candidates.push(stray(e, now, kind));
                 }
-                orphan_candidates.push(stray(&root, &path, &meta, now, kind));
-            })
-            .await;
-            r.errors.extend(errors);
-        } else if ft.is_file() {
-            if let Ok(meta) = entry.metadata().await {
-                orphan_candidates.push(stray(&root, &entry.path(), &meta, now, "unknown"));
             }
+            Err(e) => r.errors.push(format!("cannot list {dir}/: {e}")),
         }
     }
     for o in orphan_candidates {
@@ -510,28 +466,25 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
         }
     }
 
-    // 4. Staging files nobody owns.
-    let tmp = root.join(".tmp");
-    if let Ok(mut rd) = tokio::fs::read_dir(&tmp).await {
-        while let Some(entry) = rd.next_entry().await? {
-            let Ok(meta) = entry.metadata().await else {
-                continue;
-            };
-            if !meta.is_file() || age_of(&meta, now) < grace {
-                continue;
-            }
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let live = match name
-                .strip_suffix(".part")
-                .and_then(|s| Uuid::try_parse(s).ok())
-            {
-                Some(id) => state.meta.reservation_exists(id).await?,
-                None => false,
-            };
-            if !live {
-                r.stray_temp
-                    .push(stray(&root, &entry.path(), &meta, now, "temp"));
-            }
+    // 4. Staging data nobody owns.
+    let mut stray_staged = Vec::new();
+    for e in state.blobs.list_staged().await? {
+        if age_secs(e.modified, now) < grace.as_secs() {
+            continue;
+        }
+        let live = match e.id {
+            Some(id) => state.meta.reservation_exists(id).await?,
+            None => false,
+        };
+        if !live {
+            r.stray_temp.push(StrayFile {
+                path: e.key.clone(),
+                kind: "temp".into(),
+                bytes: e.len,
+                age_secs: age_secs(e.modified, now),
+                removed: false,
+            });
+            stray_staged.push(e);
         }
     }
 
@@ -549,10 +502,15 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
                 d.repaired = !still.contains(&d.user_id);
             }
         }
-        for o in r.orphans.iter_mut().chain(r.stray_temp.iter_mut()) {
-            match tokio::fs::remove_file(root.join(&o.path)).await {
+        for o in r.orphans.iter_mut() {
+            match state.blobs.remove(&o.path).await {
                 Ok(()) => o.removed = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => o.removed = true,
+                Err(e) => r.errors.push(format!("cannot remove {}: {e}", o.path)),
+            }
+        }
+        for (o, e) in r.stray_temp.iter_mut().zip(&stray_staged) {
+            match state.blobs.remove_staged(e).await {
+                Ok(()) => o.removed = true,
                 Err(e) => r.errors.push(format!("cannot remove {}: {e}", o.path)),
             }
         }

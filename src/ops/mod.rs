@@ -21,22 +21,21 @@ pub async fn delete_user(state: &AppState, user: &str) -> AppResult<Option<Delet
             tracing::error!(error = %e, key, "could not remove blob of deleted user");
         }
     }
-    if state.blobs.kind() != "local" {
-        // Object stores have no directory to drop: sweep the user's prefix
-        // for anything the rows did not name (a thumbnail written by a job
-        // racing this deletion, an object left by a crashed commit).
-        let prefix = format!("{}/", user_dir_name(user));
-        match state.blobs.list_prefix(&prefix).await {
-            Ok(keys) => {
-                for (key, _) in keys {
-                    if let Err(e) = state.blobs.remove(&key).await {
-                        tracing::error!(error = %e, key, "could not remove blob of deleted user");
-                    }
+    // Sweep the user's prefix for anything the rows did not name (a
+    // thumbnail written by a job racing this deletion, a blob left by a
+    // crashed commit).
+    let prefix = format!("{}/", user_dir_name(user));
+    match state.blobs.list_prefix(&prefix).await {
+        Ok(left) => {
+            for e in left {
+                if let Err(e) = state.blobs.remove(&e.key).await {
+                    tracing::error!(error = %e, "could not remove blob of deleted user");
                 }
             }
-            Err(e) => tracing::error!(error = %e, "could not list the deleted user's objects"),
         }
+        Err(e) => tracing::error!(error = %e, "could not list the deleted user's blobs"),
     }
+    // The volume also keeps the (now empty) directories.
     if state.blobs.kind() == "local" {
         let dir = state.config.storage_root.join(user_dir_name(user));
         match tokio::fs::remove_dir_all(&dir).await {

@@ -7,7 +7,8 @@
 //! the task, the others skip that tick. The lease is renewed while a long
 //! run is in progress and then left to expire, so across all processes a
 //! task runs about once per interval. The first run comes one interval after
-//! start-up.
+//! start-up. Every run is recorded in `task_runs` (`stowage tasks` lists
+//! them), "running" until it ends, or forever if its process died.
 
 use std::time::Duration;
 
@@ -42,12 +43,7 @@ pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
                 cleanup_every,
             )));
         }
-        if !audit_every.is_zero() && state.blobs.kind() != "local" {
-            tracing::info!(
-                "scheduled audits are off: audit reads the local volume, and blobs are in {}",
-                state.blobs.kind()
-            );
-        } else if !audit_every.is_zero() {
+        if !audit_every.is_zero() {
             tasks.push(tokio::spawn(every(
                 state.clone(),
                 stop.clone(),
@@ -99,13 +95,27 @@ async fn every(
                 continue;
             }
         }
+        let run_id = match lease::run_started(&state, task, &holder).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(task, error = %e, "could not record the run");
+                None
+            }
+        };
         let run = run_task(&state, task);
         tokio::pin!(run);
         // Keep the lease while a long run is in progress.
         let renew_every = (interval / 2).max(Duration::from_millis(500));
         loop {
             tokio::select! {
-                _ = &mut run => break,
+                (outcome, summary) = &mut run => {
+                    if let Some(id) = run_id {
+                        if let Err(e) = lease::run_finished(&state, id, outcome, &summary).await {
+                            tracing::warn!(task, error = %e, "could not record the end of the run");
+                        }
+                    }
+                    break;
+                }
                 _ = stopped(&mut stop) => {
                     // Shutting down mid-run: let another process take over.
                     let _ = lease::release(&state, task, &holder).await;
@@ -121,7 +131,9 @@ async fn every(
     }
 }
 
-async fn run_task(state: &AppState, task: &'static str) {
+/// Runs one task; returns its outcome (`ok`, `problems`, `failed`) and a
+/// one-line summary for `task_runs`.
+async fn run_task(state: &AppState, task: &'static str) -> (&'static str, String) {
     match task {
         CLEANUP_TASK => match cleanup::run(state, cleanup::TEMP_GRACE).await {
             Ok(r) => {
@@ -135,29 +147,60 @@ async fn run_task(state: &AppState, task: &'static str) {
                 } else {
                     tracing::debug!("scheduled cleanup: nothing to do");
                 }
+                (
+                    "ok",
+                    format!(
+                        "{} expired upload(s), {} expired reservation(s), {} stale staging entr(ies), {} unpublished blob(s)",
+                        r.expired_uploads, r.expired_reservations, r.stale_temp_files, r.unpublished_blobs
+                    ),
+                )
             }
-            Err(e) => tracing::error!(error = %e, "scheduled cleanup failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "scheduled cleanup failed");
+                ("failed", format!("{e:#}"))
+            }
         },
         AUDIT_TASK => match audit::run(state, audit::AuditOptions::default()).await {
-            Ok(r) if r.clean => tracing::info!(
-                users = r.users_checked,
-                files = r.files_checked,
-                recent_orphans = r.recent_orphans.len(),
-                "scheduled audit: clean"
-            ),
-            Ok(r) => tracing::warn!(
-                users = r.users_checked,
-                files = r.files_checked,
-                drift = r.drift.len(),
-                missing = r.missing.len(),
-                size_mismatch = r.size_mismatch.len(),
-                orphans = r.orphans.len(),
-                stray_temp = r.stray_temp.len(),
-                errors = r.errors.len(),
-                "scheduled audit found problems; run `stowage audit` for details and `stowage audit --fix` to repair"
-            ),
-            Err(e) => tracing::error!(error = %e, "scheduled audit failed"),
+            Ok(r) => {
+                let summary = format!(
+                    "{} user(s), {} file(s); drift {}, missing {}, size mismatch {}, orphans {}, stray staging {}, errors {}",
+                    r.users_checked,
+                    r.files_checked,
+                    r.drift.len(),
+                    r.missing.len(),
+                    r.size_mismatch.len(),
+                    r.orphans.len(),
+                    r.stray_temp.len(),
+                    r.errors.len()
+                );
+                if r.clean {
+                    tracing::info!(
+                        users = r.users_checked,
+                        files = r.files_checked,
+                        recent_orphans = r.recent_orphans.len(),
+                        "scheduled audit: clean"
+                    );
+                    ("ok", summary)
+                } else {
+                    tracing::warn!(
+                        users = r.users_checked,
+                        files = r.files_checked,
+                        drift = r.drift.len(),
+                        missing = r.missing.len(),
+                        size_mismatch = r.size_mismatch.len(),
+                        orphans = r.orphans.len(),
+                        stray_temp = r.stray_temp.len(),
+                        errors = r.errors.len(),
+                        "scheduled audit found problems; run `stowage audit` for details and `stowage audit --fix` to repair"
+                    );
+                    ("problems", summary)
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "scheduled audit failed");
+                ("failed", format!("{e:#}"))
+            }
         },
-        _ => {}
+        _ => ("failed", format!("unknown task {task}")),
     }
 }

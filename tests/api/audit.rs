@@ -50,7 +50,7 @@ async fn audit_with(app: &TestApp, fix: bool, grace: Duration) -> AuditReport {
     .unwrap()
 }
 
-async fn exec(app: &TestApp, sql: &str) {
+pub async fn exec(app: &TestApp, sql: &str) {
     let any = app.state.meta.as_any();
     if let Some(pg) = any.downcast_ref::<PgStore>() {
         sqlx::query(sql).execute(pg.pool()).await.unwrap();
@@ -534,4 +534,65 @@ local!(serve_scheduler_runs_cleanup, |b| async move {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each run is recorded with its outcome: the cleanup that released the
+    // reservation, and audits of this (clean) volume.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let runs = loop {
+        let runs = lease::recent_runs(&app.state, None, 100).await.unwrap();
+        let done = |name: &str| {
+            runs.iter()
+                .any(|r| r.name == name && r.finished_at.is_some())
+        };
+        if done("cleanup") && done("audit") {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "runs not recorded: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let cleanup_runs: Vec<_> = runs.iter().filter(|r| r.name == "cleanup").collect();
+    assert!(
+        cleanup_runs
+            .iter()
+            .any(|r| r.outcome.as_deref() == Some("ok")
+                && r.summary
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("1 expired reservation")),
+        "{cleanup_runs:?}"
+    );
+    let audit_run = runs
+        .iter()
+        .find(|r| r.name == "audit" && r.finished_at.is_some())
+        .unwrap();
+    assert_eq!(audit_run.outcome.as_deref(), Some("ok"), "{audit_run:?}");
+    assert!(audit_run.finished_at.unwrap() >= audit_run.started_at);
+    // Filtered by task, newest first.
+    let only = lease::recent_runs(&app.state, Some("audit"), 2)
+        .await
+        .unwrap();
+    assert!(!only.is_empty() && only.len() <= 2);
+    assert!(only.iter().all(|r| r.name == "audit"));
+    assert!(only.windows(2).all(|w| w[0].started_at >= w[1].started_at));
+
+    // `stowage tasks --json` shows the same history.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"));
+    cmd.args(["tasks", "--json", "--task", "cleanup"])
+        .env_clear()
+        .env("STOWAGE_DATA_DIR", app.dir.path().join("data"))
+        .env("STOWAGE_DATABASE_URL", &app.db_url)
+        .env("RUST_LOG", "error")
+        .current_dir(app.dir.path());
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!listed.is_empty());
+    assert!(listed.iter().all(|r| r["name"] == "cleanup"));
+    assert!(listed.iter().any(|r| r["outcome"] == "ok"));
 });

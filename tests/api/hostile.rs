@@ -7,7 +7,10 @@ use std::{ops::Range, path::PathBuf, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::Value;
-use stowage::blob::{local::LocalStore, BlobError, BlobResult, BlobStore, BlobWriter, ByteStream};
+use stowage::blob::{
+    local::LocalStore, BlobEntry, BlobError, BlobResult, BlobStore, BlobWriter, ByteStream,
+    StagedEntry,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -383,6 +386,15 @@ impl BlobStore for FullDisk {
     }
     async fn check_writable(&self) -> BlobResult<()> {
         self.inner.check_writable().await
+    }
+    async fn list_prefix(&self, prefix: &str) -> BlobResult<Vec<BlobEntry>> {
+        self.inner.list_prefix(prefix).await
+    }
+    async fn list_top(&self) -> BlobResult<(Vec<String>, Vec<BlobEntry>)> {
+        self.inner.list_top().await
+    }
+    async fn list_staged(&self) -> BlobResult<Vec<StagedEntry>> {
+        self.inner.list_staged().await
     }
     fn kind(&self) -> &'static str {
         "local"
