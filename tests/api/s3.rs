@@ -1,6 +1,7 @@
 //! What only the object store has: a storage node failing under load,
-//! several stowage nodes on one database and one Garage cluster, presigned
-//! redirects, and `migrate-blobs`. (The rest of the suite runs on Garage
+//! several stowage nodes on one database and one Garage cluster (requests
+//! and scheduled tasks), presigned redirects, audit of a bucket, and
+//! `migrate-blobs`. (The rest of the suite runs on Garage
 //! through the `s3` variant of `both!`.)
 
 use std::time::Duration;
@@ -11,8 +12,14 @@ use serde_json::Value;
 use stowage::{
     blob::{local::LocalStore, s3::S3Store, BlobStore},
     config::BlobBackend,
-    ops::{migrate, progress::Progress},
+    domain::names::user_dir_name,
+    ops::{
+        audit::{self, AuditOptions},
+        lease, migrate,
+        progress::Progress,
+    },
 };
+use uuid::Uuid;
 
 use crate::{
     garage::{self, Cluster},
@@ -473,4 +480,298 @@ async fn migrate_blobs_copies_the_volume_and_resumes() {
         .await;
     assert_eq!(t.status(), 200);
     s3node.assert_consistent("mig").await;
+}
+
+/// The blob key of an uploaded file, from its row.
+async fn key_of(app: &TestApp, user: &str, file: &Value) -> String {
+    let id = file["id"].as_str().unwrap().parse().unwrap();
+    app.state
+        .meta
+        .get_file(user, id)
+        .await
+        .unwrap()
+        .unwrap()
+        .file_path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_on_the_bucket_finds_every_inconsistency_and_fix_repairs_it() {
+    if !garage::available() {
+        return;
+    }
+    let app = spawn_app(Backend::S3).await;
+    let op = garage::shared().operator(0, &app.state.config.s3_prefix);
+    let udir = user_dir_name("sa1");
+    let a = app.upload_ok("sa1", "a.png", png_bytes(1000)).await;
+    let b_data = png_bytes(2000);
+    let b = app.upload_ok("sa1", "b.png", b_data.clone()).await;
+    app.upload_ok("sa1", "c.png", png_bytes(3000)).await;
+    let (a_key, b_key) = (key_of(&app, "sa1", &a).await, key_of(&app, "sa1", &b).await);
+
+    // Missing blob, size mismatch, drifted counters.
+    op.delete(&a_key).await.unwrap();
+    op.write(&b_key, vec![7u8; 2007]).await.unwrap();
+    crate::audit::exec(&app, "UPDATE user_storage SET total_bytes = total_bytes + 7, file_count = file_count + 1 WHERE user_id = 'sa1'").await;
+    // Objects no row names, and staging data no reservation owns. An
+    // object's age is its Last-Modified, which cannot be set: these are
+    // made "old" by waiting past a short grace period.
+    let old_orphan = format!("{udir}/images/{}.png", Uuid::new_v4());
+    let old_thumb = format!("{udir}/.thumbs/{}.jpg", Uuid::new_v4());
+    let stranger = "nobody/videos/x.mp4".to_string();
+    let at_top = "stray.bin".to_string();
+    let stray_id = Uuid::new_v4();
+    let stray_seg = format!(".staging/{stray_id}/{:020}", 0);
+    let junk = ".staging/junk".to_string();
+    for (k, n) in [
+        (&old_orphan, 500),
+        (&old_thumb, 90),
+        (&stranger, 10),
+        (&at_top, 3),
+        (&stray_seg, 300),
+        (&junk, 5),
+    ] {
+        op.write(k, vec![1u8; n]).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let young_orphan = format!("{udir}/images/{}.png", Uuid::new_v4());
+    let young_seg = format!(".staging/{}/{:020}", Uuid::new_v4(), 0);
+    op.write(&young_orphan, vec![1u8; 400]).await.unwrap();
+    op.write(&young_seg, vec![1u8; 5]).await.unwrap();
+    let grace = Duration::from_secs(4);
+    let audit_with = |fix: bool, grace: Duration| {
+        let state = app.state.clone();
+        async move {
+            audit::run(
+                &state,
+                AuditOptions {
+                    fix,
+                    grace,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    let r = audit_with(false, grace).await;
+    assert!(!r.clean, "{}", r.render());
+    assert_eq!(r.users_checked, 1);
+    assert_eq!(r.files_checked, 3);
+    assert_eq!(r.drift.len(), 1, "{}", r.render());
+    assert_eq!(
+        (
+            r.drift[0].counter_bytes - r.drift[0].row_bytes,
+            r.drift[0].counter_files - r.drift[0].row_files
+        ),
+        (7, 1)
+    );
+    assert_eq!(r.missing.len(), 1, "{}", r.render());
+    assert_eq!(
+        (r.missing[0].key.as_str(), r.missing[0].kind.as_str()),
+        (a_key.as_str(), "file")
+    );
+    assert_eq!(r.size_mismatch.len(), 1, "{}", r.render());
+    assert_eq!(
+        (
+            r.size_mismatch[0].key.as_str(),
+            r.size_mismatch[0].expected_bytes,
+            r.size_mismatch[0].actual_bytes
+        ),
+        (b_key.as_str(), 2000, 2007)
+    );
+    let mut orphans: Vec<(&str, &str, u64)> = r
+        .orphans
+        .iter()
+        .map(|o| (o.path.as_str(), o.kind.as_str(), o.bytes))
+        .collect();
+    orphans.sort();
+    let mut want = vec![
+        (old_orphan.as_str(), "file", 500),
+        (old_thumb.as_str(), "thumbnail", 90),
+        (stranger.as_str(), "file", 10),
+        (at_top.as_str(), "unknown", 3),
+    ];
+    want.sort();
+    assert_eq!(orphans, want, "{}", r.render());
+    assert!(r.orphans.iter().all(|o| o.age_secs >= 4));
+    assert_eq!(r.recent_orphans.len(), 1, "{}", r.render());
+    assert_eq!(r.recent_orphans[0].path, young_orphan);
+    assert_eq!((r.thumbnails, r.thumbnail_bytes), (1, 90));
+    let mut strays: Vec<(String, u64)> = r
+        .stray_temp
+        .iter()
+        .map(|s| (s.path.clone(), s.bytes))
+        .collect();
+    strays.sort();
+    let mut want_strays = vec![(format!(".staging/{stray_id}"), 300), (junk.clone(), 5)];
+    want_strays.sort();
+    assert_eq!(strays, want_strays, "{}", r.render());
+    // Report-only touched nothing.
+    for k in [&old_orphan, &stray_seg, &junk] {
+        assert!(op.stat(k).await.is_ok(), "{k}");
+    }
+
+    // --fix: counters repaired, old orphans and stray staging data removed;
+    // the young ones and every row stay.
+    let r = audit_with(true, grace).await;
+    assert!(r.drift.iter().all(|d| d.repaired), "{}", r.render());
+    assert!(
+        r.orphans.iter().all(|o| o.removed) && r.orphans.len() == 4,
+        "{}",
+        r.render()
+    );
+    assert!(r.stray_temp.iter().all(|o| o.removed) && r.stray_temp.len() == 2);
+    for k in [
+        &old_orphan,
+        &old_thumb,
+        &stranger,
+        &at_top,
+        &stray_seg,
+        &junk,
+    ] {
+        assert!(
+            matches!(op.stat(k).await, Err(e) if e.kind() == opendal::ErrorKind::NotFound),
+            "{k} should be gone"
+        );
+    }
+    for k in [&young_orphan, &young_seg] {
+        assert!(op.stat(k).await.is_ok(), "{k} should stay");
+    }
+    let u = app.state.meta.get_user("sa1").await.unwrap().unwrap();
+    assert_eq!((u.total_bytes, u.file_count), (6000, 3));
+    assert_eq!(
+        app.list_all("sa1", "").await.len(),
+        3,
+        "rows are never deleted"
+    );
+    assert!(!r.clean, "a missing blob and a size mismatch remain");
+
+    // Once the operator deals with those, the audit is clean; the real
+    // binary agrees (exit status 0).
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/files/{}", a["id"].as_str().unwrap())))
+        .bearer_auth(token("sa1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    op.write(&b_key, b_data).await.unwrap();
+    let r = audit_with(false, audit::DEFAULT_GRACE).await;
+    assert!(r.clean, "{}", r.render());
+    assert_eq!(r.recent_orphans.len(), 1);
+    let c = &app.state.config;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stowage"))
+        .args(["audit", "--json"])
+        .env_clear()
+        .env("STOWAGE_DATA_DIR", app.dir.path().join("data"))
+        .env("STOWAGE_DATABASE_URL", &app.db_url)
+        .env("STOWAGE_BLOB_STORE", "s3")
+        .env("STOWAGE_S3_BUCKET", garage::BUCKET)
+        .env("STOWAGE_S3_ENDPOINT", c.s3_endpoint.as_deref().unwrap())
+        .env("STOWAGE_S3_PREFIX", &c.s3_prefix)
+        .env("AWS_ACCESS_KEY_ID", garage::KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", garage::SECRET)
+        .env("RUST_LOG", "error")
+        .current_dir(app.dir.path())
+        .output()
+        .unwrap();
+    let report: audit::AuditReport = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    assert_eq!(out.status.code(), Some(0), "{}", report.render());
+    assert_eq!((report.files_checked, report.bytes_checked), (2, 5000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_tasks_run_once_at_a_time_across_nodes() {
+    if !garage::available() {
+        return;
+    }
+    // Three nodes on one PostgreSQL database and one bucket, each through
+    // another Garage node, all scheduling cleanup and audit every second.
+    let mut cfg = stowage::config::Config::defaults(std::env::temp_dir());
+    use_garage(&mut cfg, 0).await;
+    let interval = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let a = spawn_app_with(Backend::Postgres, |c| {
+        c.blob_store = cfg.blob_store;
+        c.s3_bucket = cfg.s3_bucket.clone();
+        c.s3_endpoint = cfg.s3_endpoint.clone();
+        c.s3_prefix = cfg.s3_prefix.clone();
+        c.s3_access_key_id = cfg.s3_access_key_id.clone();
+        c.s3_secret_access_key = cfg.s3_secret_access_key.clone();
+        c.cleanup_interval = interval;
+        c.audit_interval = interval;
+    })
+    .await;
+    let cluster = garage::shared();
+    let b = spawn_peer_with(&a, |c| c.s3_endpoint = Some(cluster.endpoint(1))).await;
+    let c = spawn_peer_with(&a, |c| c.s3_endpoint = Some(cluster.endpoint(2))).await;
+    // Work for the audits, uploaded through every node.
+    for (i, n) in [&a, &b, &c].into_iter().enumerate() {
+        n.upload_ok(&format!("st{i}"), "f.png", blob(2 * MIB, i as u8))
+            .await;
+    }
+    // Watch for about six intervals.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let runs = loop {
+        let runs = lease::recent_runs(&a.state, None, 1000).await.unwrap();
+        let finished = |name: &str| {
+            runs.iter()
+                .filter(|r| r.name == name && r.finished_at.is_some())
+                .count()
+        };
+        if finished("audit") >= 6 && finished("cleanup") >= 6 {
+            break runs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "too few runs: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let elapsed = started.elapsed();
+    for task in ["audit", "cleanup"] {
+        let mut mine: Vec<_> = runs.iter().filter(|r| r.name == task).collect();
+        mine.sort_by_key(|r| r.started_at);
+        // One lease per task: runs start at least an interval apart, so
+        // there are at most elapsed/interval + 1 of them (three unguarded
+        // schedulers would make about three times as many) ...
+        let most = (elapsed.as_secs_f64() / interval.as_secs_f64()).floor() as usize + 1;
+        assert!(
+            mine.len() <= most,
+            "{task}: {} runs in {elapsed:?}",
+            mine.len()
+        );
+        // ... and none overlaps the next.
+        for w in mine.windows(2) {
+            let prev_end = w[0]
+                .finished_at
+                .expect("only the last run may be unfinished");
+            assert!(
+                prev_end <= w[1].started_at,
+                "{task} runs overlap: {:?} and {:?}",
+                w[0],
+                w[1]
+            );
+        }
+        // Every finished run succeeded: the bucket and the rows agree.
+        for r in mine.iter().filter(|r| r.finished_at.is_some()) {
+            assert_eq!(r.outcome.as_deref(), Some("ok"), "{r:?}");
+        }
+    }
+    let audit = runs
+        .iter()
+        .find(|r| r.name == "audit" && r.finished_at.is_some())
+        .unwrap();
+    assert!(
+        audit
+            .summary
+            .as_deref()
+            .unwrap()
+            .starts_with("3 user(s), 3 file(s)"),
+        "{audit:?}"
+    );
 }
