@@ -7,8 +7,10 @@
 //! - `db/user_storage.jsonl`, `db/user_files.jsonl`: the rows, one JSON
 //!   object per line ([`DumpUser`], [`DumpFile`]). The format is the same
 //!   for both backends, so a backup restores into either.
-//! - `blobs/{key}`: each referenced file and thumbnail, `key` being its path
-//!   relative to the volume root.
+//! - `blobs/{key}`: each referenced file and thumbnail, `key` being its blob
+//!   key (its path relative to the volume root, or its object key). Blobs
+//!   are read and written through [`BlobStore`], so an archive taken from the
+//!   volume restores into a bucket and the other way round.
 //! - `manifest.jsonl`: one [`ManifestLine`] per archived entry (size,
 //!   sha256), per blob that vanished between snapshot and copy, and a final
 //!   summary. It comes last because the sums are computed while streaming.
@@ -27,6 +29,7 @@ use std::{
     io::{BufRead, BufReader, BufWriter, Read, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{bail, Context};
@@ -41,6 +44,7 @@ use uuid::Uuid;
 use super::progress::Progress;
 use crate::{
     app::AppState,
+    blob::{BlobError, BlobStore},
     meta::{PgStore, SqliteStore},
 };
 
@@ -335,11 +339,60 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn local_root(state: &AppState) -> anyhow::Result<PathBuf> {
-    if state.blobs.kind() != "local" {
-        bail!("backups need the local volume (STOWAGE_BLOB_STORE=local)");
+/// Reads blob `key` whole for the blocking archive writer: its length and a
+/// synchronous reader over the store's byte stream (a file on the volume,
+/// ranged GETs on an object store), so memory stays bounded either way.
+fn open_blob(
+    blobs: &dyn BlobStore,
+    rt: &tokio::runtime::Handle,
+    key: &str,
+) -> Result<(u64, impl Read), BlobError> {
+    let (size, stream) = rt.block_on(async {
+        let size = blobs.len(key).await?;
+        Ok::<_, BlobError>((size, blobs.read(key, 0..size).await?))
+    })?;
+    let reader = tokio_util::io::SyncIoBridge::new_with_handle(
+        tokio_util::io::StreamReader::new(stream),
+        rt.clone(),
+    );
+    Ok((size, reader.take(size)))
+}
+
+/// Writes one blob from an archive entry into the store under a staging
+/// id, hashing it; returns (id, length, sha256). The caller publishes or
+/// discards the id.
+fn stage_blob(
+    blobs: &dyn BlobStore,
+    rt: &tokio::runtime::Handle,
+    src: &mut impl Read,
+) -> anyhow::Result<(Uuid, u64, String)> {
+    let id = Uuid::new_v4();
+    let res = (|| {
+        let mut w = rt.block_on(blobs.stage(id, 0))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut hash = Sha256::new();
+        let mut len = 0u64;
+        loop {
+            let n = src.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            len += n as u64;
+            rt.block_on(w.write(&buf[..n]))?;
+        }
+        rt.block_on(w.finish())?;
+        Ok((id, len, hex::encode(hash.finalize())))
+    })();
+    if res.is_err() {
+        let _ = rt.block_on(blobs.discard(id));
     }
-    Ok(state.config.storage_root.clone())
+    res
+}
+
+/// A scratch directory on local disk for work files (the database dump).
+fn scratch_root(state: &AppState) -> PathBuf {
+    state.config.storage_root.join(".tmp")
 }
 
 // ---------------------------------------------------------------- snapshot
@@ -483,7 +536,8 @@ async fn snapshot(
 struct Pack {
     partial: PathBuf,
     gzip: bool,
-    root: PathBuf,
+    blobs: Arc<dyn BlobStore>,
+    rt: tokio::runtime::Handle,
     header: BackupHeader,
     users: PathBuf,
     files: PathBuf,
@@ -499,7 +553,6 @@ struct Packed {
 
 /// Creates one archive in `opts.dest`, then applies retention.
 pub async fn create(state: &AppState, mut opts: CreateOptions) -> anyhow::Result<CreateReport> {
-    let root = local_root(state)?;
     if opts.keep == Some(0) {
         bail!("--keep must be at least 1");
     }
@@ -535,7 +588,8 @@ pub async fn create(state: &AppState, mut opts: CreateOptions) -> anyhow::Result
     let pack = Pack {
         partial: partial.clone(),
         gzip: opts.gzip,
-        root,
+        blobs: state.blobs.clone(),
+        rt: tokio::runtime::Handle::current(),
         header: header.clone(),
         users,
         files,
@@ -649,10 +703,9 @@ fn write_archive(mut p: Pack) -> anyhow::Result<Packed> {
         }
         for (key, kind) in keys {
             crate::blob::check_key(key).map_err(|e| anyhow::anyhow!("row {}: {e}", row.id))?;
-            let path = p.root.join(key);
-            let f = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (size, f) = match open_blob(p.blobs.as_ref(), &p.rt, key) {
+                Ok(opened) => opened,
+                Err(BlobError::NotFound) => {
                     let s = ManifestLine::Skipped {
                         key: key.into(),
                         kind: kind.into(),
@@ -663,15 +716,14 @@ fn write_archive(mut p: Pack) -> anyhow::Result<Packed> {
                     packed.skipped.push(s);
                     continue;
                 }
-                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+                Err(e) => return Err(e).with_context(|| format!("reading {key}")),
             };
-            let size = f.metadata()?.len();
-            let mut r = Hashing::new(f.take(size));
+            let mut r = Hashing::new(f);
             let name = format!("{BLOB_PREFIX}{key}");
             tar.append_data(&mut tar_header(size, mtime), &name, &mut r)?;
             let (n, sha) = r.finish();
             if n != size {
-                bail!("{} shrank while it was archived", path.display());
+                bail!("{key} shrank while it was archived");
             }
             if kind == "file" && (size as i64 != row.file_size || sha != row.sha256) {
                 tracing::warn!(
@@ -1088,9 +1140,10 @@ struct Unpacked {
     thumbnails: u64,
 }
 
-/// Rebuilds the configured database and volume from `archive`. The
+/// Rebuilds the configured database and blob store from `archive`. The
 /// database must hold no file rows. Blobs are checked against the manifest
-/// and their rows while written (temp file, fsync, rename); rows go in only
+/// and their rows while written (staged, made durable, then published under
+/// their key only when the sums match); rows go in only
 /// when every blob checked out, in one transaction; the triggers rebuild the
 /// counters, which are then checked against the rows.
 pub async fn restore(
@@ -1098,23 +1151,22 @@ pub async fn restore(
     archive: &Path,
     mut progress: Progress,
 ) -> anyhow::Result<RestoreReport> {
-    let root = local_root(state)?;
     state.meta.migrate().await.context("applying migrations")?;
     if has_file_rows(state).await? {
         bail!("the configured database already has files; restore needs an empty one");
     }
-    let work = root
-        .join(".tmp")
-        .join(format!("restore-{}", Uuid::new_v4()));
+    let work = scratch_root(state).join(format!("restore-{}", Uuid::new_v4()));
     mkdirs(&work)?;
     let _cleanup = RemoveOnDrop(work.clone());
     let users_path = work.join("user_storage.jsonl");
     let files_path = work.join("user_files.jsonl");
     progress.say(format!("unpacking {}", archive.display()));
-    let (archive_c, root_c, work_c) = (archive.to_path_buf(), root.clone(), work.clone());
+    let (archive_c, work_c) = (archive.to_path_buf(), work.clone());
+    let (blobs, rt) = (state.blobs.clone(), tokio::runtime::Handle::current());
     let p = std::mem::replace(&mut progress, Progress::off());
     let (unpacked, mut progress) =
-        tokio::task::spawn_blocking(move || unpack(&archive_c, &root_c, &work_c, p)).await??;
+        tokio::task::spawn_blocking(move || unpack(&archive_c, blobs.as_ref(), &rt, &work_c, p))
+            .await??;
     progress.say(format!(
         "blobs in place; inserting rows ({} files)",
         unpacked.header.files
@@ -1163,7 +1215,8 @@ async fn has_file_rows(state: &AppState) -> anyhow::Result<bool> {
 
 fn unpack(
     archive: &Path,
-    root: &Path,
+    blobs: &dyn BlobStore,
+    rt: &tokio::runtime::Handle,
     work: &Path,
     mut progress: Progress,
 ) -> anyhow::Result<(Unpacked, Progress)> {
@@ -1228,30 +1281,28 @@ fn unpack(
                 let key = blob[BLOB_PREFIX.len()..].to_string();
                 crate::blob::check_key(&key)
                     .map_err(|e| anyhow::anyhow!("archive entry {blob:?}: {e}"))?;
-                let tmp = work.join(format!("blob-{n}.part"));
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                std::io::copy(&mut r, &mut out)?;
-                out.sync_all()?;
-                drop(out);
-                let (size, sha) = (r.len, hex::encode(r.hash.clone().finalize()));
-                if let Some((rs, rh)) = rows.get(&key) {
+                let (id, size, sha) =
+                    stage_blob(blobs, rt, &mut r).with_context(|| format!("writing {key}"))?;
+                let checked = if let Some((rs, rh)) = rows.get(&key) {
                     if *rs != size as i64 || *rh != sha {
-                        bail!("{key}: {size} bytes sha256 {sha}, but its row says {rs} bytes sha256 {rh}");
+                        Err(anyhow::anyhow!("{key}: {size} bytes sha256 {sha}, but its row says {rs} bytes sha256 {rh}"))
+                    } else {
+                        Ok(())
                     }
                 } else if key.split('/').nth(1) == Some(".thumbs") {
                     thumbnails += 1;
+                    Ok(())
                 } else {
-                    bail!("{key}: archived blob that no row references");
+                    Err(anyhow::anyhow!(
+                        "{key}: archived blob that no row references"
+                    ))
+                };
+                if let Err(e) = checked {
+                    let _ = rt.block_on(blobs.discard(id));
+                    return Err(e);
                 }
-                let dest = root.join(&key);
-                let parent = dest.parent().context("blob key without a directory")?;
-                mkdirs(parent)?;
-                std::fs::rename(&tmp, &dest)?;
-                fsync_dir(parent)?;
+                rt.block_on(blobs.publish(id, &key))
+                    .with_context(|| format!("publishing {key}"))?;
                 restored.insert(key);
                 n += 1;
                 progress.tick(|| format!("{n} blobs restored"));
