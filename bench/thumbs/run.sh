@@ -3,6 +3,7 @@
 # on the same generated 12-megapixel JPEGs, same job: longest side 320, JPEG q80.
 #
 # usage: bench/thumbs/run.sh [IMAGES=20] [ROUNDS=3] [REPEATS=3]
+#        FORMAT=avif bench/thumbs/run.sh ...   # the same photos as AVIF (ffmpeg, libaom)
 #   IMAGES   number of 4000x3000 JPEGs generated
 #   ROUNDS   passes over all images inside one timed run
 #   REPEATS  timed runs per configuration (interleaved); the best is reported
@@ -36,8 +37,18 @@ if ! ls "$work/src"/*.jpg >/dev/null 2>&1; then
   "$bin" gen "$work/src" "$images"
 fi
 
-run_rust() { "$bin" run "$work/src" "$work/out-rust" "$1" "$rounds"; }
-run_sharp() { node "$here/sharp_bench.js" "$work/src" "$work/out-sharp" "$1" "$rounds"; }
+input="$work/src"
+if [[ "${FORMAT:-jpeg}" == avif ]]; then
+  input="$work/avif"
+  mkdir -p "$input"
+  for f in "$work/src"/*.jpg; do
+    a="$input/$(basename "${f%.jpg}").avif"
+    [[ -f "$a" ]] || ffmpeg -v error -i "$f" -c:v libaom-av1 -still-picture 1 -cpu-used 8 -y "$a"
+  done
+fi
+
+run_rust() { "$bin" run "$input" "$work/out-rust" "$1" "$rounds"; }
+run_sharp() { node "$here/sharp_bench.js" "$input" "$work/out-sharp" "$1" "$rounds"; }
 
 echo "# warm-up" >&2
 run_rust 1 >/dev/null
@@ -59,7 +70,11 @@ echo "rustc: $(rustc --version)  node: $(node --version)"
 echo "sharp: $(cd "$here" && node -e 'const v=require("sharp").versions;console.log(`${v.sharp} (libvips ${v.vips}, mozjpeg ${v.mozjpeg})`)')"
 echo "stowage-media deps: $(cd "$root" && for c in image jpeg-decoder fast_image_resize; do
   printf '%s %s  ' "$c" "$(grep -A1 "^name = \"$c\"$" Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p' | head -1)"; done)"
-echo "images: $images x 4000x3000 JPEG q90, $rounds rounds per run, best of $repeats runs"
+if [[ "${FORMAT:-jpeg}" == avif ]]; then
+  echo "images: $images x 4000x3000 AVIF (libaom, 4:2:0, from the JPEGs), $rounds rounds per run, best of $repeats runs"
+else
+  echo "images: $images x 4000x3000 JPEG q90, $rounds rounds per run, best of $repeats runs"
+fi
 echo
 echo "| tool | parallel images | thumbnails | seconds | thumbnails/s |"
 echo "|---|---|---|---|---|"

@@ -15,8 +15,11 @@ async function main() {
   // One libvips worker thread for the single-image run; for parallel runs one per
   // core (sharp's default off glibc, and its fastest setting here).
   sharp.concurrency(parallel === 1 ? 1 : os.cpus().length);
-  const files = fs.readdirSync(src).filter((f) => f.endsWith('.jpg')).sort();
-  if (files.length === 0) throw new Error(`no .jpg files in ${src}`);
+  const files = fs
+    .readdirSync(src)
+    .filter((f) => f.endsWith('.jpg') || f.endsWith('.avif'))
+    .sort();
+  if (files.length === 0) throw new Error(`no .jpg or .avif files in ${src}`);
   fs.mkdirSync(out, { recursive: true });
   const jobs = files.length * rounds;
   let next = 0;

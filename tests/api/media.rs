@@ -152,6 +152,37 @@ both!(video_and_audio_metadata_with_ffmpeg, |b| async move {
     assert!(a["thumbnail_url"].is_null());
 });
 
+both!(avif_thumbnail_and_resolution, |b| async move {
+    if !ffmpeg_available() {
+        eprintln!("skipping: ffmpeg not installed");
+        return;
+    }
+    let app = spawn_app(b).await;
+    let dir = tempfile::tempdir().unwrap();
+    let avif = ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=960x540",
+            "-frames:v",
+            "1",
+            "-c:v",
+            "libaom-av1",
+            "-still-picture",
+            "1",
+        ],
+        &dir.path().join("still.avif"),
+    );
+    let f = app.upload_ok("avif", "still.avif", avif).await;
+    assert_eq!(f["file_type"], "image");
+    assert_eq!(f["mime_type"], "image/avif");
+    let id = f["id"].as_str().unwrap();
+    let f = wait_for(&app, "avif", id, "thumbnail_url", 60).await;
+    assert_eq!(f["resolution"], "960x540");
+    assert_eq!(thumbnail_dims(&app, "avif", &f).await, (320, 180));
+});
+
 both!(hostile_media_fails_the_job_not_the_file, |b| async move {
     let app = spawn_app(b).await;
     // A PNG whose header claims 100,000 x 100,000 pixels.
@@ -180,6 +211,11 @@ both!(hostile_media_fails_the_job_not_the_file, |b| async move {
     mp4.extend(png_bytes(50_000));
     let f3 = app.upload_ok("evil", "junk.mp4", mp4.clone()).await;
     assert_eq!(f3["file_type"], "video");
+    // An AVIF brand in front of garbage.
+    let mut avif = b"\0\0\0\x18ftypavif\0\0\0\0avifmif1".to_vec();
+    avif.extend(png_bytes(20_000));
+    let f4 = app.upload_ok("evil", "junk.avif", avif.clone()).await;
+    assert_eq!(f4["mime_type"], "image/avif");
 
     // Every job ends failed with a reason the admin can read.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -195,12 +231,12 @@ both!(hostile_media_fails_the_job_not_the_file, |b| async move {
             .await
             .unwrap();
         let jobs = v["jobs"].as_array().unwrap().clone();
-        if jobs.len() >= 3 || std::time::Instant::now() > deadline {
+        if jobs.len() >= 4 || std::time::Instant::now() > deadline {
             break jobs;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    assert_eq!(jobs.len(), 4, "{jobs:?}");
     assert!(jobs
         .iter()
         .all(|j| j["last_error"].as_str().is_some_and(|e| !e.is_empty())));
@@ -210,7 +246,12 @@ both!(hostile_media_fails_the_job_not_the_file, |b| async move {
         "{jobs:?}"
     );
     // The files stay stored and downloadable, without thumbnails.
-    for (f, bytes) in [(&f1, &bomb), (&f3, &mp4)] {
+    assert!(
+        jobs.iter()
+            .any(|j| j["last_error"].as_str().unwrap().contains("AVIF")),
+        "{jobs:?}"
+    );
+    for (f, bytes) in [(&f1, &bomb), (&f3, &mp4), (&f4, &avif)] {
         let id = f["id"].as_str().unwrap();
         let r = app.get("evil", &format!("/api/files/{id}/download")).await;
         assert_eq!(r.status(), 200);

@@ -94,10 +94,14 @@ fn run(src: &Path, out: &Path, threads: usize, rounds: usize, format: ThumbForma
     let mut files: Vec<PathBuf> = std::fs::read_dir(src)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg" || e == "avif"))
         .collect();
     files.sort();
-    assert!(!files.is_empty(), "no .jpg files in {}", src.display());
+    assert!(
+        !files.is_empty(),
+        "no .jpg or .avif files in {}",
+        src.display()
+    );
     std::fs::create_dir_all(out).unwrap();
     let spec = ThumbnailSpec {
         format,

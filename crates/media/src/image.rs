@@ -7,8 +7,9 @@
 //! limits.
 //!
 //! The pipeline, in order:
-//! 1. Sniff the format from magic bytes (never the file name). JPEG, PNG, GIF and WebP
-//!    are decoded; anything else, AVIF included, is [`MediaError::Unsupported`].
+//! 1. Sniff the format from magic bytes (never the file name). JPEG, PNG, GIF, WebP
+//!    and AVIF (through [`crate::avif`]) are decoded; anything else is
+//!    [`MediaError::Unsupported`].
 //! 2. Read only the header and refuse sources whose width × height exceeds
 //!    [`ThumbnailSpec::max_pixels`] with [`MediaError::TooLarge`], before any pixel
 //!    buffer exists. Decoding then also runs under `image::Limits`.
@@ -101,6 +102,15 @@ pub(crate) struct Raster {
 }
 
 impl Raster {
+    pub(crate) fn new(width: u32, height: u32, alpha: bool, data: Vec<u8>) -> Raster {
+        Raster {
+            width,
+            height,
+            alpha,
+            data,
+        }
+    }
+
     fn from_dynamic(img: DynamicImage) -> Raster {
         let (width, height) = (img.width(), img.height());
         if img.color().has_alpha() {
@@ -163,6 +173,15 @@ fn decode(src: &Path, spec: &ThumbnailSpec) -> Result<Decoded, MediaError> {
         ImageFormat::Png | ImageFormat::Gif | ImageFormat::WebP => {
             decode_generic(src, format, spec)
         }
+        ImageFormat::Avif => {
+            let raster = crate::avif::decode_avif(src, spec)?;
+            Ok(Decoded {
+                width: raster.width,
+                height: raster.height,
+                orientation: Orientation::NoTransforms,
+                raster,
+            })
+        }
         _ => Err(MediaError::Unsupported),
     }
 }
@@ -190,7 +209,11 @@ fn fixed_header_dimensions(head: &[u8], format: ImageFormat) -> Option<(u32, u32
     }
 }
 
-fn check_pixels(width: u32, height: u32, spec: &ThumbnailSpec) -> Result<(), MediaError> {
+pub(crate) fn check_pixels(
+    width: u32,
+    height: u32,
+    spec: &ThumbnailSpec,
+) -> Result<(), MediaError> {
     let pixels = u64::from(width) * u64::from(height);
     if pixels > spec.max_pixels {
         return Err(MediaError::TooLarge { pixels });

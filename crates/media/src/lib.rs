@@ -7,7 +7,7 @@
 //! untrusted content stays in one small, testable place.
 //!
 //! Modules:
-//! - [`mod@image`] owns in-process image thumbnails (JPEG, PNG, GIF, WebP) with a
+//! - [`mod@image`] owns in-process image thumbnails (JPEG, PNG, GIF, WebP, AVIF) with a
 //!   pixel-count guard read from the header before any decoding, EXIF orientation, and
 //!   DCT-domain downscaling for JPEG.
 //! - [`video`] owns [`MediaTools`], which runs `ffprobe`/`ffmpeg` for probing video and
@@ -20,10 +20,9 @@
 //!
 //! Formats: thumbnails are written as JPEG by default. [`ThumbFormat::WebP`] is
 //! available but is *lossless* WebP, because the `image` crate only encodes lossless
-//! WebP; it is larger than JPEG and meant for images where that matters. AVIF is not
-//! decoded: `image` decodes AVIF only through libdav1d >= 1.3, which the target
-//! platform (Debian 12: 1.0) does not ship, so AVIF sources fail cleanly with
-//! [`MediaError::Unsupported`].
+//! WebP; it is larger than JPEG and meant for images where that matters. AVIF sources
+//! are decoded by [`avif`] with a Rust port of dav1d (no C library; `image` would need
+//! libdav1d >= 1.3, which the target platform, Debian 12, does not ship).
 //!
 //! Blocking vs async: [`image_thumbnail`] is CPU-bound and blocking (call it from
 //! `tokio::task::spawn_blocking`); [`MediaTools`] methods are async and bounded by
@@ -31,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+pub mod avif;
 pub mod error;
 pub mod image;
 mod jpeg_dc;
