@@ -176,9 +176,8 @@ impl BlobStore for LocalStore {
         if offset > 0 {
             let have = file.metadata().await?.len();
             if offset > have {
-                return Err(BlobError::Io(std::io::Error::other(format!(
-                    "staged {have} bytes, cannot resume at {offset}"
-                ))));
+                tracing::warn!(upload = %id, have, offset, "staged data is shorter than its offset");
+                return Err(BlobError::NotFound);
             }
             file.set_len(offset).await?;
             file.seek(SeekFrom::Start(offset)).await?;

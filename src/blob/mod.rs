@@ -91,8 +91,9 @@ pub trait BlobWriter: Send {
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Opens staging object `id` for appending at `offset`: 0 creates (or
-    /// truncates) it; otherwise the staged length is cut back to `offset`,
-    /// which must not exceed it.
+    /// truncates) it; otherwise the staged length is cut back to `offset`.
+    /// Fewer than `offset` bytes staged (or none) is `NotFound`: the bytes
+    /// the caller counts on are gone.
     async fn stage(&self, id: Uuid, offset: u64) -> BlobResult<Box<dyn BlobWriter>>;
     /// Bytes currently staged under `id`, or `None`.
     async fn staged_len(&self, id: Uuid) -> BlobResult<Option<u64>>;

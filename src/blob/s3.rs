@@ -287,10 +287,9 @@ impl BlobStore for S3Store {
         let (run, stray) = self.segments(id).await?;
         self.delete_segments(id, stray).await?;
         let have: u64 = run.iter().map(|s| s.1).sum();
-        if offset > have && !(offset == 0 && have == 0) {
-            return Err(BlobError::Io(std::io::Error::other(format!(
-                "staged {have} bytes, cannot resume at {offset}"
-            ))));
+        if offset > 0 && (run.is_empty() || offset > have) {
+            tracing::warn!(upload = %id, have, offset, "staged data is shorter than its offset");
+            return Err(BlobError::NotFound);
         }
         // Drop everything at or past `offset`; keep the head of a segment
         // that straddles it (rewritten under the same name, atomically).

@@ -1128,3 +1128,42 @@ both!(tuspy_resume_after_restart, |b| async move {
     assert_eq!(second["resumed_offsets"][0], 16 * MIB, "{second}");
     check_result(&peer, "judy", &second, &data).await;
 });
+
+both!(lost_staging_data_drops_the_upload_cleanly, |b| async move {
+    // The staged bytes of an upload vanish (a volume restored from an old
+    // snapshot, a bucket lifecycle rule): the next PATCH cannot resume, so
+    // the upload is dropped with 404 and its reservation released; a
+    // shorter staged copy is treated the same way.
+    let app = spawn_app(b).await;
+    for shorten in [false, true] {
+        let loc = create_ok(&app, "lost", 300_000, "").await;
+        let id: uuid::Uuid = loc.rsplit('/').next().unwrap().parse().unwrap();
+        let data = png_bytes(300_000);
+        let r = patch(&app, "lost", &loc, 0, data[..200_000].to_vec(), &[]).await;
+        assert_eq!(r.status(), 204);
+        assert_eq!(reserved(&app, "lost").await, 300_000);
+        if shorten {
+            // Only the first 1,000 bytes survive.
+            let mut w = app.state.blobs.stage(id, 1_000).await.unwrap();
+            w.write(b"").await.unwrap();
+            w.finish().await.unwrap();
+        } else {
+            app.state.blobs.discard(id).await.unwrap();
+        }
+        let r = patch(&app, "lost", &loc, 200_000, data[200_000..].to_vec(), &[]).await;
+        assert_eq!(r.status(), 404, "shortened: {shorten}");
+        assert_eq!(head(&app, "lost", &loc).await.status(), 404);
+        assert_eq!(reserved(&app, "lost").await, 0, "shortened: {shorten}");
+        assert!(
+            app.temp_files().await.is_empty(),
+            "{:?}",
+            app.temp_files().await
+        );
+    }
+    app.assert_consistent("lost").await;
+    // The user can upload again at once.
+    let loc = create_ok(&app, "lost", 1_000, "").await;
+    let r = patch(&app, "lost", &loc, 0, png_bytes(1_000), &[]).await;
+    assert_eq!(r.status(), 204);
+    assert!(hdr(&r, "stowage-file-id").is_some());
+});

@@ -31,6 +31,7 @@ use super::{
     *,
 };
 use crate::{
+    blob::BlobError,
     domain::{
         filetype::{FileType, SNIFF_LEN},
         names::sanitize_file_name,
@@ -401,20 +402,22 @@ async fn append_inner(
             )));
         }
     }
-    match state.blobs.staged_len(id).await? {
-        Some(have) if have >= start => {}
-        _ => {
+    // One call opens the staged data at the offset and checks it holds
+    // that many bytes (on an object store, a listing plus a probe).
+    let mut writer = match state.blobs.stage(id, start).await {
+        Ok(w) => w,
+        Err(BlobError::NotFound) => {
             // The staged bytes the offset counts are gone: nothing to resume.
             tracing::error!(upload = %id, start, "staging data of a tus upload is missing; dropping the upload");
             lease.finish_row().await;
             ingest::abandon(state, id).await;
             return Err(AppError::NotFound);
         }
-    }
+        Err(e) => return Err(e.into()),
+    };
     let before = hash_take(id, start).or_else(|| (start == 0).then(Sha256::new));
     let mut whole = before.clone();
     let mut body_hash = checksum.as_ref().map(|c| BodyHasher::new(c.algo));
-    let mut writer = state.blobs.stage(id, start).await?;
     let mut written: u64 = 0;
     let mut disconnected = false;
     let mut stream = body.into_data_stream();
