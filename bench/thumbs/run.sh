@@ -26,7 +26,11 @@ else
 fi
 
 echo "# building (release) and installing sharp" >&2
-(cd "$root" && cargo build --quiet --release -p stowage-media --example thumb_bench)
+# With nasm on the machine, AV1 (AVIF) decoding uses its assembly kernels, as a
+# production build with `--features avif-asm` does; NO_ASM=1 measures without.
+features=()
+if command -v nasm >/dev/null && [[ -z "${NO_ASM:-}" ]]; then features=(--features asm); fi
+(cd "$root" && cargo build --quiet --release -p stowage-media --example thumb_bench "${features[@]}")
 target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
   node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')
 bin="$target_dir/release/examples/thumb_bench"
@@ -68,7 +72,8 @@ echo
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)  cores: $cores  cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 echo "rustc: $(rustc --version)  node: $(node --version)"
 echo "sharp: $(cd "$here" && node -e 'const v=require("sharp").versions;console.log(`${v.sharp} (libvips ${v.vips}, mozjpeg ${v.mozjpeg})`)')"
-echo "stowage-media deps: $(cd "$root" && for c in image jpeg-decoder fast_image_resize; do
+echo "stowage-media build: ${features[*]:-default features (AV1 without assembly)}"
+echo "stowage-media deps: $(cd "$root" && for c in image jpeg-decoder fast_image_resize re_rav1d; do
   printf '%s %s  ' "$c" "$(grep -A1 "^name = \"$c\"$" Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p' | head -1)"; done)"
 if [[ "${FORMAT:-jpeg}" == avif ]]; then
   echo "images: $images x 4000x3000 AVIF (libaom, 4:2:0, from the JPEGs), $rounds rounds per run, best of $repeats runs"
