@@ -126,7 +126,7 @@ impl Ingest {
     }
 
     /// Appends a chunk, enforcing the per-file limit and the reservation.
-    pub async fn write(&mut self, chunk: &[u8]) -> AppResult<()> {
+    pub async fn write(&mut self, chunk: bytes::Bytes) -> AppResult<()> {
         let new_len = self.len + chunk.len() as u64;
         let max = self.state.config.max_file_size;
         if new_len > max {
@@ -174,7 +174,7 @@ impl Ingest {
                 self.early_type_check()?;
             }
         }
-        self.hasher.update(chunk);
+        self.hasher.update(&chunk);
         self.writer
             .as_mut()
             .expect("writer open until commit")

@@ -133,9 +133,9 @@ impl LocalWriter {
 
 #[async_trait]
 impl BlobWriter for LocalWriter {
-    async fn write(&mut self, chunk: &[u8]) -> BlobResult<()> {
+    async fn write(&mut self, chunk: Bytes) -> BlobResult<()> {
         self.len += chunk.len() as u64;
-        let mut rest = chunk;
+        let mut rest = &chunk[..];
         while !rest.is_empty() {
             let room = WRITE_BUF - self.buf.len();
             let take = room.min(rest.len());
@@ -249,7 +249,7 @@ impl BlobStore for LocalStore {
         let id = Uuid::new_v4();
         let mut w = self.stage(id, 0).await?;
         let res = async {
-            w.write(&data).await?;
+            w.write(data).await?;
             w.finish().await?;
             self.publish(id, key).await
         }
@@ -425,11 +425,11 @@ mod tests {
         let store = LocalStore::open(dir.path().join("users")).unwrap();
         let id = Uuid::new_v4();
         let mut w = store.stage(id, 0).await.unwrap();
-        w.write(b"hello ").await.unwrap();
+        w.write(Bytes::from_static(b"hello ")).await.unwrap();
         assert_eq!(w.finish().await.unwrap(), 6);
         // Resume at 5 cuts the trailing space.
         let mut w = store.stage(id, 5).await.unwrap();
-        w.write(b" world").await.unwrap();
+        w.write(Bytes::from_static(b" world")).await.unwrap();
         assert_eq!(w.finish().await.unwrap(), 11);
         assert_eq!(store.staged_len(id).await.unwrap(), Some(11));
         assert!(store.stage(id, 99).await.is_err());

@@ -83,7 +83,9 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>
 /// abandon an upload call [`BlobStore::discard`].
 #[async_trait]
 pub trait BlobWriter: Send {
-    async fn write(&mut self, chunk: &[u8]) -> BlobResult<()>;
+    /// Appends `chunk`. It is taken by value so that a store which sends
+    /// buffers on (an object store's multipart parts) need not copy it.
+    async fn write(&mut self, chunk: Bytes) -> BlobResult<()>;
     /// Flushes and makes everything written durable; returns the staged length.
     async fn finish(self: Box<Self>) -> BlobResult<u64>;
 }

@@ -266,12 +266,10 @@ struct S3Writer {
 
 #[async_trait]
 impl BlobWriter for S3Writer {
-    async fn write(&mut self, chunk: &[u8]) -> BlobResult<()> {
-        self.w
-            .write(Bytes::copy_from_slice(chunk))
-            .await
-            .map_err(to_blob)?;
-        self.len += chunk.len() as u64;
+    async fn write(&mut self, chunk: Bytes) -> BlobResult<()> {
+        let n = chunk.len() as u64;
+        self.w.write(chunk).await.map_err(to_blob)?;
+        self.len += n;
         Ok(())
     }
 

@@ -249,7 +249,7 @@ async fn read_form(
                 seen_file = true;
                 out.client_name = field.file_name().unwrap_or("").to_string();
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    up.write(&chunk).await?;
+                    up.write(chunk).await?;
                 }
             }
             "file_type" => out.declared = Some(read_text_field(field).await?),

@@ -379,7 +379,7 @@ fn stage_blob(
             }
             hash.update(&buf[..n]);
             len += n as u64;
-            rt.block_on(w.write(&buf[..n]))?;
+            rt.block_on(w.write(bytes::Bytes::copy_from_slice(&buf[..n])))?;
         }
         rt.block_on(w.finish())?;
         Ok((id, len, hex::encode(hash.finalize())))

@@ -158,7 +158,7 @@ async fn stage_verify_publish(
         let chunk = chunk.map_err(|e| format!("reading the volume: {e}"))?;
         h.update(&chunk);
         n += chunk.len() as u64;
-        w.write(&chunk)
+        w.write(chunk)
             .await
             .map_err(|e| format!("writing the object store: {e}"))?;
     }

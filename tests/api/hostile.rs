@@ -337,7 +337,7 @@ struct FullWriter {
 
 #[async_trait]
 impl BlobWriter for FullWriter {
-    async fn write(&mut self, chunk: &[u8]) -> BlobResult<()> {
+    async fn write(&mut self, chunk: Bytes) -> BlobResult<()> {
         if chunk.len() as u64 > self.left {
             return Err(BlobError::NoSpace);
         }

@@ -247,7 +247,7 @@ both!(
             .await
             .unwrap();
         let mut w = st.blobs.stage(id, 0).await.unwrap();
-        w.write(&png_bytes(1000)).await.unwrap();
+        w.write(png_bytes(1000).into()).await.unwrap();
         w.finish().await.unwrap();
         st.blobs
             .publish(id, &format!("crashed/images/{id}.png"))

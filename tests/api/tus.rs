@@ -1145,7 +1145,7 @@ both!(lost_staging_data_drops_the_upload_cleanly, |b| async move {
         if shorten {
             // Only the first 1,000 bytes survive.
             let mut w = app.state.blobs.stage(id, 1_000).await.unwrap();
-            w.write(b"").await.unwrap();
+            w.write(bytes::Bytes::new()).await.unwrap();
             w.finish().await.unwrap();
         } else {
             app.state.blobs.discard(id).await.unwrap();

@@ -450,8 +450,8 @@ async fn append_inner(
         if let Some(h) = body_hash.as_mut() {
             h.update(&chunk);
         }
-        writer.write(&chunk).await?;
         written += chunk.len() as u64;
+        writer.write(chunk).await?;
     }
     let new_offset = writer.finish().await?;
     debug_assert_eq!(new_offset, start + written);
