@@ -105,7 +105,8 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn publish(&self, id: Uuid, key: &str) -> BlobResult<()>;
     /// Removes a staging object; absent is fine.
     async fn discard(&self, id: Uuid) -> BlobResult<()>;
-    /// Streams `range` of the blob at `key`.
+    /// Streams `range` of the blob at `key`. A missing blob is `NotFound`
+    /// here, not later from the stream.
     async fn read(&self, key: &str, range: Range<u64>) -> BlobResult<ByteStream>;
     /// The blob's length, or `NotFound`.
     async fn len(&self, key: &str) -> BlobResult<u64>;

@@ -382,8 +382,13 @@ impl BlobStore for S3Store {
             // Still report a missing blob as missing.
             self.op.stat(key).await.map_err(to_blob)?;
         }
-        let s = read_range(&self.op, key, range).await.map_err(to_blob)?;
-        Ok(Box::pin(s))
+        let mut s = read_range(&self.op, key, range).await.map_err(to_blob)?;
+        // The GET goes out when the stream is first polled. Poll it here, so
+        // that a key deleted meanwhile is `NotFound` now, as on the volume
+        // (where `read` opens the file), and not an error half-way through
+        // a response or an archive entry.
+        let first = s.next().await.transpose().map_err(BlobError::from)?;
+        Ok(Box::pin(futures::stream::iter(first.map(Ok)).chain(s)))
     }
 
     async fn len(&self, key: &str) -> BlobResult<u64> {

@@ -34,7 +34,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, NaiveDateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -349,18 +349,9 @@ fn open_blob(
 ) -> Result<(u64, impl Read), BlobError> {
     let (size, stream) = rt.block_on(async {
         let size = blobs.len(key).await?;
-        let mut stream = blobs.read(key, 0..size).await?;
-        // An object store opens the object on the first read, not in
-        // `read`: take the first chunk now, so that a blob deleted after
-        // the stat is skipped like one deleted before it, rather than
-        // failing the archive half-way through its entry.
-        let first = match size {
-            0 => None,
-            _ => stream.next().await.transpose().map_err(BlobError::from)?,
-        };
-        let stream: crate::blob::ByteStream =
-            Box::pin(futures::stream::iter(first.map(Ok)).chain(stream));
-        Ok::<_, BlobError>((size, stream))
+        // `read` reports a blob deleted since the stat as NotFound (both
+        // stores open it there), so it is skipped like one deleted before.
+        Ok::<_, BlobError>((size, blobs.read(key, 0..size).await?))
     })?;
     let reader = tokio_util::io::SyncIoBridge::new_with_handle(
         tokio_util::io::StreamReader::new(stream),

@@ -37,7 +37,7 @@ fn put(path: &Path, len: usize, secs: u64) {
     age(path, secs);
 }
 
-async fn audit_with(app: &TestApp, fix: bool, grace: Duration) -> AuditReport {
+pub async fn audit_with(app: &TestApp, fix: bool, grace: Duration) -> AuditReport {
     audit::run(
         &app.state,
         AuditOptions {

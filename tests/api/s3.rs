@@ -13,15 +13,12 @@ use stowage::{
     blob::{local::LocalStore, s3::S3Store, BlobStore},
     config::BlobBackend,
     domain::names::user_dir_name,
-    ops::{
-        audit::{self, AuditOptions},
-        lease, migrate,
-        progress::Progress,
-    },
+    ops::{audit, lease, migrate, progress::Progress},
 };
 use uuid::Uuid;
 
 use crate::{
+    audit::audit_with,
     garage::{self, Cluster},
     helpers::*,
     media::wait_for,
@@ -145,6 +142,27 @@ async fn a_storage_node_fails_during_uploads_and_downloads() {
     }
 }
 
+/// Three stowage nodes on one PostgreSQL database and one bucket prefix,
+/// talking to Garage nodes 0, 1 and 2; `tweak` applies to all of them.
+async fn three_nodes(tweak: impl FnOnce(&mut stowage::config::Config)) -> [TestApp; 3] {
+    let mut shared = stowage::config::Config::defaults(std::env::temp_dir());
+    use_garage(&mut shared, 0).await;
+    let a = spawn_app_with(Backend::Postgres, |c| {
+        c.blob_store = shared.blob_store;
+        c.s3_bucket = shared.s3_bucket.clone();
+        c.s3_endpoint = shared.s3_endpoint.clone();
+        c.s3_prefix = shared.s3_prefix.clone();
+        c.s3_access_key_id = shared.s3_access_key_id.clone();
+        c.s3_secret_access_key = shared.s3_secret_access_key.clone();
+        tweak(c);
+    })
+    .await;
+    let cluster = garage::shared();
+    let b = spawn_peer_with(&a, |c| c.s3_endpoint = Some(cluster.endpoint(1))).await;
+    let c = spawn_peer_with(&a, |c| c.s3_endpoint = Some(cluster.endpoint(2))).await;
+    [a, b, c]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_nodes_on_one_database_and_one_cluster() {
     if !garage::available() {
@@ -152,20 +170,7 @@ async fn many_nodes_on_one_database_and_one_cluster() {
     }
     // Three stowage nodes on one PostgreSQL database and one Garage
     // cluster, each talking to a different Garage node.
-    let mut cfg = stowage::config::Config::defaults(std::env::temp_dir());
-    use_garage(&mut cfg, 0).await;
-    let a = spawn_app_with(Backend::Postgres, |c| {
-        c.blob_store = cfg.blob_store;
-        c.s3_bucket = cfg.s3_bucket.clone();
-        c.s3_endpoint = cfg.s3_endpoint.clone();
-        c.s3_prefix = cfg.s3_prefix.clone();
-        c.s3_access_key_id = cfg.s3_access_key_id.clone();
-        c.s3_secret_access_key = cfg.s3_secret_access_key.clone();
-    })
-    .await;
-    let cluster = garage::shared();
-    let b = spawn_peer_with(&a, |c| c.s3_endpoint = Some(cluster.endpoint(1))).await;
-    let c = spawn_peer_with(&a, |c| c.s3_endpoint = Some(cluster.endpoint(2))).await;
+    let [a, b, c] = three_nodes(|_| {}).await;
     let nodes = [&a, &b, &c];
 
     // The quota holds with uploads spread over the nodes.
@@ -538,23 +543,8 @@ async fn audit_on_the_bucket_finds_every_inconsistency_and_fix_repairs_it() {
     op.write(&young_orphan, vec![1u8; 400]).await.unwrap();
     op.write(&young_seg, vec![1u8; 5]).await.unwrap();
     let grace = Duration::from_secs(4);
-    let audit_with = |fix: bool, grace: Duration| {
-        let state = app.state.clone();
-        async move {
-            audit::run(
-                &state,
-                AuditOptions {
-                    fix,
-                    grace,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap()
-        }
-    };
 
-    let r = audit_with(false, grace).await;
+    let r = audit_with(&app, false, grace).await;
     assert!(!r.clean, "{}", r.render());
     assert_eq!(r.users_checked, 1);
     assert_eq!(r.files_checked, 3);
@@ -614,7 +604,7 @@ async fn audit_on_the_bucket_finds_every_inconsistency_and_fix_repairs_it() {
 
     // --fix: counters repaired, old orphans and stray staging data removed;
     // the young ones and every row stay.
-    let r = audit_with(true, grace).await;
+    let r = audit_with(&app, true, grace).await;
     assert!(r.drift.iter().all(|d| d.repaired), "{}", r.render());
     assert!(
         r.orphans.iter().all(|o| o.removed) && r.orphans.len() == 4,
@@ -658,7 +648,7 @@ async fn audit_on_the_bucket_finds_every_inconsistency_and_fix_repairs_it() {
         .unwrap();
     assert_eq!(r.status(), 204);
     op.write(&b_key, b_data).await.unwrap();
-    let r = audit_with(false, audit::DEFAULT_GRACE).await;
+    let r = audit_with(&app, false, audit::DEFAULT_GRACE).await;
     assert!(r.clean, "{}", r.render());
     assert_eq!(r.recent_orphans.len(), 1);
     let c = &app.state.config;
@@ -691,24 +681,13 @@ async fn scheduled_tasks_run_once_at_a_time_across_nodes() {
     }
     // Three nodes on one PostgreSQL database and one bucket, each through
     // another Garage node, all scheduling cleanup and audit every second.
-    let mut cfg = stowage::config::Config::defaults(std::env::temp_dir());
-    use_garage(&mut cfg, 0).await;
     let interval = Duration::from_secs(1);
     let started = std::time::Instant::now();
-    let a = spawn_app_with(Backend::Postgres, |c| {
-        c.blob_store = cfg.blob_store;
-        c.s3_bucket = cfg.s3_bucket.clone();
-        c.s3_endpoint = cfg.s3_endpoint.clone();
-        c.s3_prefix = cfg.s3_prefix.clone();
-        c.s3_access_key_id = cfg.s3_access_key_id.clone();
-        c.s3_secret_access_key = cfg.s3_secret_access_key.clone();
+    let [a, b, c] = three_nodes(|c| {
         c.cleanup_interval = interval;
         c.audit_interval = interval;
     })
     .await;
-    let cluster = garage::shared();
-    let b = spawn_peer_with(&a, |c| c.s3_endpoint = Some(cluster.endpoint(1))).await;
-    let c = spawn_peer_with(&a, |c| c.s3_endpoint = Some(cluster.endpoint(2))).await;
     // Work for the audits, uploaded through every node.
     for (i, n) in [&a, &b, &c].into_iter().enumerate() {
         n.upload_ok(&format!("st{i}"), "f.png", blob(2 * MIB, i as u8))

@@ -145,29 +145,20 @@ fn avif_with_alpha_keeps_it_in_webp() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("alpha.avif");
-    let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg("color=c=red@0.5:s=400x200,format=rgba")
-        .args([
+    // The colour and the alpha plane as two AV1 items.
+    let src = avif(
+        dir.path(),
+        "alpha.avif",
+        "color=c=red@0.5:s=400x200,format=rgba",
+        &[
             "-filter_complex",
             "[0:v]format=yuva444p,split[c][a];[a]alphaextract[a2]",
             "-map",
             "[c]",
             "-map",
             "[a2]",
-            "-frames:v",
-            "1",
-            "-c:v",
-            "libaom-av1",
-            "-still-picture",
-            "1",
-            "-y",
-        ])
-        .arg(&src)
-        .status()
-        .unwrap();
-    assert!(status.success());
+        ],
+    );
     let spec = ThumbnailSpec {
         format: ThumbFormat::WebP,
         ..ThumbnailSpec::default()
