@@ -1007,8 +1007,12 @@ both!(tus_js_abort_then_resume, |b| async move {
         .iter()
         .map(|v| v.as_u64().unwrap())
         .collect();
+    // The abort cuts the connection after ~20 MiB have been handed to the
+    // socket; on a fast loopback the server may already hold all of them
+    // (and more) by then, so the resumed run may find the upload whole.
+    // Either way it must resume from the server's offset, not from 0.
     assert!(
-        offsets.iter().any(|o| *o > 0 && *o < data.len() as u64),
+        offsets.iter().any(|o| *o > 0 && *o <= data.len() as u64),
         "resumed from the server's offset: {second}"
     );
     check_result(&app, "gina", &second, &data).await;
