@@ -3,7 +3,12 @@
 //!
 //! Secrets are wrapped in [`Secret`] so that `Debug` never prints them.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -89,6 +94,130 @@ pub struct Config {
     pub cleanup_interval: Duration,
     /// How often `serve` runs a report-only audit; zero disables it.
     pub audit_interval: Duration,
+    /// What one client may cost the service (SPEC §9).
+    pub limits: Limits,
+}
+
+/// The hostile-client limits of SPEC §9. Every one is configurable; the
+/// defaults are the SPEC's. See docs/security.md for why each default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Request headers must be complete this long after the connection's
+    /// first byte (or the previous response on a keep-alive connection).
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_timeout: Duration,
+    /// A request body that delivers nothing for this long is ended.
+    pub body_idle_timeout: Duration,
+    /// Open connections in all; beyond it new ones are refused.
+    pub max_connections: usize,
+    /// Open connections per client IP (trusted proxies are exempt).
+    pub max_connections_per_ip: usize,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// A multipart body's preamble and each part's headers, bytes.
+    pub multipart_header_bytes: usize,
+    /// Parts in one multipart body.
+    pub multipart_max_parts: usize,
+    /// Each non-file multipart field, bytes.
+    pub multipart_field_bytes: usize,
+    /// JSON request bodies, bytes (over → 413 `payload_too_large`).
+    pub json_body_bytes: usize,
+    /// Unfinished uploads (tus and multipart together) per user.
+    pub max_unfinished_uploads: u64,
+    /// An unknown JWKS `kid` refetches the set at most this often.
+    pub jwks_refresh: Duration,
+    /// One JWKS fetch, connect to last byte.
+    pub jwks_timeout: Duration,
+    /// One clamd exchange (connect, each write, the verdict).
+    pub clamd_timeout: Duration,
+    /// One media job (decode or ffmpeg run).
+    pub media_timeout: Duration,
+    /// Media jobs running at once on this node.
+    pub media_concurrency: usize,
+    /// Address space an ffmpeg/ffprobe child may map (`RLIMIT_AS`), bytes.
+    pub ffmpeg_memory_bytes: u64,
+    /// Threads ffmpeg may use per run.
+    pub ffmpeg_threads: u32,
+    /// `/readyz` answers from a cached check this long.
+    pub readyz_cache: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(30),
+            max_connections: 4096,
+            max_connections_per_ip: 64,
+            trusted_proxies: Vec::new(),
+            multipart_header_bytes: 16 * 1024,
+            multipart_max_parts: 8,
+            multipart_field_bytes: 4 * 1024,
+            json_body_bytes: 64 * 1024,
+            max_unfinished_uploads: 64,
+            jwks_refresh: Duration::from_secs(30),
+            jwks_timeout: Duration::from_secs(5),
+            clamd_timeout: Duration::from_secs(60),
+            media_timeout: Duration::from_secs(120),
+            media_concurrency: 2,
+            ffmpeg_memory_bytes: 1024 * 1024 * 1024,
+            ffmpeg_threads: 2,
+            readyz_cache: Duration::from_secs(1),
+        }
+    }
+}
+
+/// An address or CIDR block (`10.0.0.0/8`, `::1`), for trusted proxies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `addr` or `addr/prefix`.
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s}: not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s}: prefix must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    /// True when `ip` lies in this block (IPv4-mapped IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The on-disk TOML shape; every field optional.
@@ -125,6 +254,33 @@ struct FileConfig {
     job_workers: Option<usize>,
     cleanup_interval_secs: Option<u64>,
     audit_interval_secs: Option<u64>,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+/// `[limits]` in the TOML file; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    header_timeout_secs: Option<u64>,
+    keepalive_timeout_secs: Option<u64>,
+    body_idle_timeout_secs: Option<u64>,
+    max_connections: Option<u64>,
+    max_connections_per_ip: Option<u64>,
+    trusted_proxies: Option<Vec<String>>,
+    multipart_header_bytes: Option<toml::Value>,
+    multipart_max_parts: Option<u64>,
+    multipart_field_bytes: Option<toml::Value>,
+    json_body_bytes: Option<toml::Value>,
+    max_unfinished_uploads: Option<u64>,
+    jwks_refresh_secs: Option<u64>,
+    jwks_timeout_secs: Option<u64>,
+    clamd_timeout_secs: Option<u64>,
+    media_timeout_secs: Option<u64>,
+    media_concurrency: Option<u64>,
+    ffmpeg_memory_bytes: Option<toml::Value>,
+    ffmpeg_threads: Option<u64>,
+    readyz_cache_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +322,209 @@ fn comma_list(s: &str) -> Vec<String> {
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .collect()
+}
+
+/// A CORS origin must be exactly `scheme://host[:port]`: credentials are
+/// allowed, so a wildcard would hand every site the user's session.
+fn check_origin(origin: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| invalid("STOWAGE_CORS_ORIGINS", format!("{origin:?}: {why}"));
+    if origin.contains('*') {
+        return Err(bad(
+            "wildcards are not allowed with credentials; list each origin",
+        ));
+    }
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| bad("expected http://host[:port] or https://host[:port]"))?;
+    if rest.is_empty()
+        || rest.contains('/')
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    {
+        return Err(bad("expected scheme://host[:port], with no path"));
+    }
+    Ok(())
+}
+
+/// Reads the `[limits]` table and the `STOWAGE_*` limit variables.
+fn limits_from(
+    fl: &FileLimits,
+    env_any: &dyn Fn(&[&str]) -> Option<String>,
+) -> Result<Limits, ConfigError> {
+    let d = Limits::default();
+    // A whole number from the environment, else the file, else the default.
+    let n = |name: &'static str, file: Option<u64>, default: u64| -> Result<u64, ConfigError> {
+        match env_any(&[name]) {
+            Some(s) => s
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| invalid(name, format!("{s}: {e}"))),
+            None => Ok(file.unwrap_or(default)),
+        }
+    };
+    let size = |name: &'static str,
+                file: &Option<toml::Value>,
+                default: u64|
+     -> Result<u64, ConfigError> {
+        match env_any(&[name]) {
+            Some(s) => parse_size(&s).map_err(|e| invalid(name, e)),
+            None => match file {
+                Some(v) => size_value(name, v),
+                None => Ok(default),
+            },
+        }
+    };
+    let secs =
+        |name, file, default: Duration| n(name, file, default.as_secs()).map(Duration::from_secs);
+    let positive = |name: &'static str, v: u64| -> Result<u64, ConfigError> {
+        if v == 0 {
+            Err(invalid(name, "must be at least 1"))
+        } else {
+            Ok(v)
+        }
+    };
+    let trusted_proxies = match env_any(&["STOWAGE_TRUSTED_PROXIES"]) {
+        Some(s) => comma_list(&s),
+        None => fl.trusted_proxies.clone().unwrap_or_default(),
+    }
+    .iter()
+    .map(|p| IpNet::parse(p).map_err(|e| invalid("STOWAGE_TRUSTED_PROXIES", e)))
+    .collect::<Result<Vec<_>, _>>()?;
+    let l = Limits {
+        header_timeout: secs(
+            "STOWAGE_HEADER_TIMEOUT_SECS",
+            fl.header_timeout_secs,
+            d.header_timeout,
+        )?,
+        keepalive_timeout: secs(
+            "STOWAGE_KEEPALIVE_TIMEOUT_SECS",
+            fl.keepalive_timeout_secs,
+            d.keepalive_timeout,
+        )?,
+        body_idle_timeout: secs(
+            "STOWAGE_BODY_IDLE_TIMEOUT_SECS",
+            fl.body_idle_timeout_secs,
+            d.body_idle_timeout,
+        )?,
+        max_connections: positive(
+            "STOWAGE_MAX_CONNECTIONS",
+            n(
+                "STOWAGE_MAX_CONNECTIONS",
+                fl.max_connections,
+                d.max_connections as u64,
+            )?,
+        )? as usize,
+        max_connections_per_ip: positive(
+            "STOWAGE_MAX_CONNECTIONS_PER_IP",
+            n(
+                "STOWAGE_MAX_CONNECTIONS_PER_IP",
+                fl.max_connections_per_ip,
+                d.max_connections_per_ip as u64,
+            )?,
+        )? as usize,
+        trusted_proxies,
+        multipart_header_bytes: positive(
+            "STOWAGE_MULTIPART_HEADER_BYTES",
+            size(
+                "STOWAGE_MULTIPART_HEADER_BYTES",
+                &fl.multipart_header_bytes,
+                d.multipart_header_bytes as u64,
+            )?,
+        )? as usize,
+        multipart_max_parts: positive(
+            "STOWAGE_MULTIPART_MAX_PARTS",
+            n(
+                "STOWAGE_MULTIPART_MAX_PARTS",
+                fl.multipart_max_parts,
+                d.multipart_max_parts as u64,
+            )?,
+        )? as usize,
+        multipart_field_bytes: positive(
+            "STOWAGE_MULTIPART_FIELD_BYTES",
+            size(
+                "STOWAGE_MULTIPART_FIELD_BYTES",
+                &fl.multipart_field_bytes,
+                d.multipart_field_bytes as u64,
+            )?,
+        )? as usize,
+        json_body_bytes: positive(
+            "STOWAGE_JSON_BODY_BYTES",
+            size(
+                "STOWAGE_JSON_BODY_BYTES",
+                &fl.json_body_bytes,
+                d.json_body_bytes as u64,
+            )?,
+        )? as usize,
+        max_unfinished_uploads: positive(
+            "STOWAGE_MAX_UNFINISHED_UPLOADS",
+            n(
+                "STOWAGE_MAX_UNFINISHED_UPLOADS",
+                fl.max_unfinished_uploads,
+                d.max_unfinished_uploads,
+            )?,
+        )?,
+        jwks_refresh: secs(
+            "STOWAGE_JWKS_REFRESH_SECS",
+            fl.jwks_refresh_secs,
+            d.jwks_refresh,
+        )?,
+        jwks_timeout: secs(
+            "STOWAGE_JWKS_TIMEOUT_SECS",
+            fl.jwks_timeout_secs,
+            d.jwks_timeout,
+        )?,
+        clamd_timeout: secs(
+            "STOWAGE_CLAMD_TIMEOUT_SECS",
+            fl.clamd_timeout_secs,
+            d.clamd_timeout,
+        )?,
+        media_timeout: secs(
+            "STOWAGE_MEDIA_TIMEOUT_SECS",
+            fl.media_timeout_secs,
+            d.media_timeout,
+        )?,
+        media_concurrency: positive(
+            "STOWAGE_MEDIA_CONCURRENCY",
+            n(
+                "STOWAGE_MEDIA_CONCURRENCY",
+                fl.media_concurrency,
+                d.media_concurrency as u64,
+            )?,
+        )? as usize,
+        ffmpeg_memory_bytes: size(
+            "STOWAGE_FFMPEG_MEMORY_BYTES",
+            &fl.ffmpeg_memory_bytes,
+            d.ffmpeg_memory_bytes,
+        )?,
+        ffmpeg_threads: positive(
+            "STOWAGE_FFMPEG_THREADS",
+            n(
+                "STOWAGE_FFMPEG_THREADS",
+                fl.ffmpeg_threads,
+                d.ffmpeg_threads as u64,
+            )?,
+        )? as u32,
+        readyz_cache: Duration::from_millis(n(
+            "STOWAGE_READYZ_CACHE_MS",
+            fl.readyz_cache_ms,
+            d.readyz_cache.as_millis() as u64,
+        )?),
+    };
+    for (name, t) in [
+        ("STOWAGE_HEADER_TIMEOUT_SECS", l.header_timeout),
+        ("STOWAGE_KEEPALIVE_TIMEOUT_SECS", l.keepalive_timeout),
+        ("STOWAGE_BODY_IDLE_TIMEOUT_SECS", l.body_idle_timeout),
+        ("STOWAGE_JWKS_TIMEOUT_SECS", l.jwks_timeout),
+        ("STOWAGE_CLAMD_TIMEOUT_SECS", l.clamd_timeout),
+        ("STOWAGE_MEDIA_TIMEOUT_SECS", l.media_timeout),
+    ] {
+        if t.is_zero() {
+            return Err(invalid(name, "must be at least 1 second"));
+        }
+    }
+    Ok(l)
 }
 
 impl Config {
@@ -278,6 +637,7 @@ impl Config {
             v.map(|s| s.parse::<u64>().map_err(|e| invalid(name, e.to_string())))
                 .transpose()
         };
+        let limits = limits_from(&fc.limits, &env_any)?;
 
         let cfg = Config {
             bind,
@@ -377,9 +737,13 @@ impl Config {
                 .unwrap_or(6 * 3600),
             ),
             data_dir,
+            limits,
         };
         if cfg.rate_limit_ip_per_sec == 0 || cfg.rate_limit_user_per_sec == 0 {
             return Err(invalid("rate limits", "must be at least 1 per second"));
+        }
+        for origin in &cfg.cors_origins {
+            check_origin(origin)?;
         }
         if cfg.blob_store == BlobBackend::S3 && cfg.s3_bucket.is_none() {
             return Err(invalid(
@@ -413,5 +777,89 @@ impl Config {
     /// Development sign-in is allowed only without real auth and on loopback.
     pub fn dev_login(&self) -> bool {
         !self.has_real_auth() && self.bind.ip().is_loopback()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_parts(FileConfig::default(), &move |name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn limits_default_to_the_spec() {
+        let c = with_env(&[]).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.max_connections_per_ip, 64);
+        assert_eq!(c.limits.multipart_header_bytes, 16 * 1024);
+        assert_eq!(c.limits.json_body_bytes, 64 * 1024);
+        assert_eq!(c.limits.max_unfinished_uploads, 64);
+    }
+
+    #[test]
+    fn limits_read_the_environment_and_refuse_nonsense() {
+        let c = with_env(&[
+            ("STOWAGE_HEADER_TIMEOUT_SECS", "3"),
+            ("STOWAGE_JSON_BODY_BYTES", "1KiB"),
+            ("STOWAGE_TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(3));
+        assert_eq!(c.limits.json_body_bytes, 1024);
+        assert_eq!(c.limits.trusted_proxies.len(), 2);
+        for (k, v) in [
+            ("STOWAGE_MAX_CONNECTIONS", "0"),
+            ("STOWAGE_HEADER_TIMEOUT_SECS", "0"),
+            ("STOWAGE_HEADER_TIMEOUT_SECS", "ten"),
+            ("STOWAGE_TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("STOWAGE_TRUSTED_PROXIES", "proxy.local"),
+        ] {
+            let e = with_env(&[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_cors_origin_is_a_clean_error() {
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "example.com",
+            "https://a.com/path",
+        ] {
+            let e = with_env(&[("STOWAGE_CORS_ORIGINS", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("STOWAGE_CORS_ORIGINS"), "{bad}: {e}");
+        }
+        let ok = with_env(&[(
+            "STOWAGE_CORS_ORIGINS",
+            "https://app.example.com,http://localhost:5173",
+        )])
+        .unwrap();
+        assert_eq!(ok.cors_origins.len(), 2);
+    }
+
+    #[test]
+    fn cidr_blocks_match_what_they_cover() {
+        let net = IpNet::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        let one = IpNet::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
     }
 }
