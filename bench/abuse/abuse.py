@@ -10,6 +10,7 @@ Three roles, one file:
     abuse.py run                       orchestrator (reads its knobs from env)
     abuse.py good CONF OUT             the well-behaved client
     abuse.py attack NAME CONF OUT      one attack
+    abuse.py table RESULTS.json        the markdown table of a recorded run
 
 The orchestrator starts a fresh `stowage serve` per attack (SQLite, a data
 dir of its own, real RS256 authentication, an admin token, the default
@@ -826,13 +827,19 @@ def hostile_sub_attack(conf):
             longest = max(longest, len(d.encode()))
     if longest > 200:
         fails.append(f"a directory or file name of {longest} bytes under the storage root")
-    ok = not fails
-    summary = "; ".join(f"{k}: " + ",".join(f"{v}×{s}" for s, v in sorted(r.items()))
-                        for k, r in results.items())
-    text = ("all as expected (invalid subs 401, 255-byte sub 201); longest name under the "
-            f"storage root {longest} bytes" if ok else "failed: " + "; ".join(fails))
-    return {"ok": ok, "outcome": text, "probes": results, "failed": fails,
-            "longest_name_bytes": longest, "summary": summary}
+    res = {"ok": not fails, "probes": results, "failed": fails, "longest_name_bytes": longest}
+    res["outcome"] = hostile_text(res)
+    return res
+
+
+def hostile_text(res):
+    def st(name):
+        return "/".join(f"{v}× {k}" for k, v in sorted(res["probes"].get(name, {}).items()))
+    if res["ok"]:
+        return ("as expected: invalid subs 401, the 255-byte sub uploads (201); longest name "
+                f"under the storage root {res['longest_name_bytes']} bytes")
+    return "failed: " + "; ".join(f"{f} ({st(f)})" if f in res["probes"] else f
+                                  for f in res["failed"])
 
 
 def jwks_attack(conf):
@@ -1163,7 +1170,7 @@ def load(path, default):
         return default
 
 
-def phase(server, conf, work, tag, attack=None, cap_mib=1024, before_attack=None):
+def phase(server, conf, work, tag, attack=None, cap_mib=1024):
     """One measured phase: the good client for conf['duration'] seconds,
     with `attack` running alongside when given."""
     cpath = os.path.join(work, f"{tag}.conf.json")
@@ -1211,6 +1218,10 @@ def phase(server, conf, work, tag, attack=None, cap_mib=1024, before_attack=None
     }
     if attack:
         res["attack"] = load(aout, {"ok": False, "outcome": "attack process left no result"})
+        if sampler.exceeded:
+            res["attack"]["ok"] = False
+            res["attack"]["outcome"] = (f"stopped when the server's RSS passed {cap_mib:g} MiB; "
+                                        + res["attack"].get("outcome", ""))
     return res
 
 
@@ -1266,6 +1277,21 @@ def table(results, rss_target, p99_factor):
         met = "**yes**" if not misses else "no (" + ", ".join(misses) + ")"
         lines.append(f"| {r['name']} | {rss} | {cpu} | {lat} | {errs} | {outcome} | {met} |")
     return "\n".join(lines)
+
+
+def render(meta, results):
+    t = meta["targets"]
+    for r in results:
+        a = r.get("attack_phase", {}).get("attack")
+        if r["name"] == "hostile-sub" and a and "probes" in a:
+            a["outcome"] = hostile_text(a)
+    head = (f"Abuse benchmark, {meta['date']}, {meta['version']} ({meta['commit']}), "
+            f"{meta['host']}, {meta['cores']} cores; {meta['duration']:g} s per phase; good "
+            f"client: {meta.get('good_rps', 20):g} req/s, 1 MiB multipart uploads and listings "
+            f"alternating, one at a time over keep-alive. Targets: peak RSS ≤ "
+            f"{t['peak_rss_mib']:g} MiB, good p99 ≤ {t['p99_factor']:g}× baseline, 0 good "
+            "errors, attack refused/closed within its limit.\n")
+    return head, table(results, t["peak_rss_mib"], t["p99_factor"])
 
 
 def orchestrate():
@@ -1341,16 +1367,22 @@ def orchestrate():
         "host": " ".join(os.uname()[i] for i in (0, 2, 4)), "cores": os.cpu_count(),
         "binary": binary, "duration": dur, "limits": limits,
         "targets": {"peak_rss_mib": rss_target, "p99_factor": p99_factor, "good_errors": 0},
-        "rss_cap_mib": cap_mib,
+        "rss_cap_mib": cap_mib, "good_rps": conf_base["good_rps"],
     }
+    src = ["src", "crates", "migrations", "Cargo.toml", "Cargo.lock", "build.rs"]
     try:
-        meta["commit"] = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
+        git = ["git", "-C", root]
+        meta["commit"] = subprocess.run(git + ["rev-parse", "--short", "HEAD"],
                                         capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(git + ["status", "--porcelain", "--"] + src,
+                               capture_output=True, text=True).stdout.strip()
+        if dirty:
+            meta["commit"] += " + uncommitted source changes"
     except OSError:
         meta["commit"] = "?"
     meta["version"] = subprocess.run([binary, "--version"], capture_output=True,
                                      text=True).stdout.strip()
-    log(f"stowage {meta['version']} ({meta['commit']}), attacks: {', '.join(names)}, "
+    log(f"{meta['version']} ({meta['commit']}), attacks: {', '.join(names)}, "
         f"{dur:g} s each; work dir {work}")
 
     results = []
@@ -1452,12 +1484,7 @@ def orchestrate():
                 json.dump({"meta": meta, "results": results}, f, indent=1, default=str)
     finally:
         cleanup()
-    md = table(results, rss_target, p99_factor)
-    head = (f"Abuse benchmark, {meta['date']}, stowage {meta['version']} ({meta['commit']}), "
-            f"{meta['host']}, {meta['cores']} cores; {dur:g} s per phase; good client: "
-            f"{conf_base['good_rps']:g} req/s, 1 MiB multipart uploads and listings alternating, "
-            f"one at a time over keep-alive. Targets: peak RSS ≤ {rss_target:g} MiB, good p99 ≤ "
-            f"{p99_factor:g}× baseline, 0 good errors, attack refused/closed within its limit.\n")
+    head, md = render(meta, results)
     with open(out_md, "w") as f:
         f.write(head + "\n" + md + "\n")
     print(head)
@@ -1476,6 +1503,11 @@ def orchestrate():
 def main():
     if len(sys.argv) >= 2 and sys.argv[1] == "run":
         sys.exit(orchestrate())
+    if len(sys.argv) == 3 and sys.argv[1] == "table":
+        d = load(sys.argv[2], None)
+        head, md = render(d["meta"], d["results"])
+        print(head + "\n" + md)
+        return
     if len(sys.argv) == 4 and sys.argv[1] == "good":
         good_main(load(sys.argv[2], None), sys.argv[3])
         return

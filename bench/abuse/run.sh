@@ -78,6 +78,11 @@ Limits are read from the same STOWAGE_* variables the server reads (SPEC
 defaults when unset); STOWAGE_* limits in the environment are passed to the
 server, e.g. STOWAGE_KEEPALIVE_TIMEOUT_SECS=5 for a shorter idle run.
 
+The run takes DURATION (baseline) + DURATION (attack) per attack, plus the
+idle attack's keep-alive timeout and the jwks attack's refresh interval:
+about 7 minutes with the defaults. Results in bench/abuse/results/ are meant
+to be committed when they are the recorded run of docs/benchmarks.md.
+
 Knobs (env): DURATION (10) GOOD_RPS (20) GOOD_SIZE (1048576) REQ_TIMEOUT (10)
   RSS_TARGET_MIB (64) P99_FACTOR (3) RSS_CAP_MIB (1024) GRACE (5)
   OPEN_RATE (500 connections/s) STREAM_CONNS (2) STREAM_RATE_MIB (0 = no cap,
@@ -85,7 +90,10 @@ Knobs (env): DURATION (10) GOOD_RPS (20) GOOD_SIZE (1048576) REQ_TIMEOUT (10)
   TAG_ANSWER_SECS (1) SLOW_CONNS (1100) SLOW_IPS (20) SLOW_DRIP (2)
   IDLE_CONNS (200) IDLE_IPS (4) FLOOD_CONNS (256) FLOOD_REFUSE_SECS (2)
   TUS_PARALLEL (2) READYZ_PARALLEL (8) PROBE_RPS (20) JWKS_PARALLEL (8)
-  JWKS_HANG (2) STRICT (0) SKIP_BUILD (0) BIN (the built binary)
+  JWKS_HANG (2) QUIET_MAX (300: seconds, over the run, to wait for the
+  machine to be less than QUIET_BUSY (30) % busy before each baseline)
+  SERVER_BACKTRACE (0: RUST_BACKTRACE is not passed to the server, as
+  deployed) STRICT (0) SKIP_BUILD (0) BIN (the built binary)
   CARGO_TARGET_DIR (target/) WORK (/var/tmp/stowage-abuse-<pid>, removed
   unless KEEP=1) RESULTS_DIR (bench/abuse/results) RUST_LOG (info)
 EOF
