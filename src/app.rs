@@ -2,7 +2,7 @@
 //! HTTP server on a listener handed in from outside (tests bind port 0),
 //! until a shutdown future resolves.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -165,7 +165,8 @@ pub fn check_auth_safety(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Serves the API, web UI and background workers on `listener` until
-/// `shutdown` resolves; in-flight requests are allowed to finish.
+/// `shutdown` resolves; in-flight requests are allowed to finish. The
+/// connection limits of SPEC §9 are enforced by [`crate::http::server`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -183,15 +184,16 @@ pub async fn serve(
         );
     }
     tracing::info!(%addr, database = state.meta.backend(), blobs = state.blobs.kind(), "stowage listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let sweeper = state
+        .limits
+        .clone()
+        .spawn_sweeper(crate::http::ratelimit::SWEEP_EVERY, stop_rx.clone());
+    crate::http::server::serve(listener, app, &state.config.limits, async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     })
     .await?;
+    let _ = sweeper.await;
     for w in workers {
         let _ = w.await;
     }

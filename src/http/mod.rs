@@ -1,10 +1,13 @@
 //! The HTTP layer: one router per area, one error type, shared middleware.
 //!
-//! Middleware, outermost first: request id, tracing span, panic → 500 JSON,
-//! CORS, metrics, per-IP rate limit, header size limit. Unknown `/api` routes
-//! and wrong methods answer with the SPEC's error JSON too.
+//! Connections are accepted and limited in [`server`], which also sets each
+//! request's [`client_ip::ClientIp`]. Middleware, outermost first: request
+//! id, tracing span, panic → 500 JSON, CORS, metrics, per-client rate
+//! limit, header size limit. Unknown `/api` routes and wrong methods answer
+//! with the SPEC's error JSON too.
 
 pub mod admin;
+pub mod client_ip;
 pub mod dev;
 pub mod download;
 pub mod error;
@@ -14,6 +17,7 @@ pub mod health;
 pub mod openapi;
 pub mod range;
 pub mod ratelimit;
+pub mod server;
 pub mod storage;
 pub mod tus;
 pub mod ui;
@@ -95,7 +99,12 @@ pub fn router(state: AppState) -> Router {
                             .get(&REQUEST_ID)
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or("");
-                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, user_id = tracing::field::Empty)
+                        let client = req
+                            .extensions()
+                            .get::<client_ip::ClientIp>()
+                            .map(|c| c.to_string())
+                            .unwrap_or_default();
+                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client_ip = %client, user_id = tracing::field::Empty)
                     }),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
@@ -161,7 +170,10 @@ fn cors_layer(state: &AppState) -> CorsLayer {
         .max_age(std::time::Duration::from_secs(600))
 }
 
-/// Per-IP rate limit and header size limit, before any handler runs.
+/// Per-client rate limit and header size limit, before any handler runs.
+/// The client is [`client_ip::ClientIp`] (the forwarded client behind a
+/// trusted proxy), or the TCP peer when the request did not come through
+/// [`server`].
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let header_bytes: usize = req
         .headers()
@@ -177,8 +189,17 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     }
     let exempt = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
     if !exempt {
-        if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-            if let Err(e) = state.limits.check_ip(addr.ip()) {
+        let client = req
+            .extensions()
+            .get::<client_ip::ClientIp>()
+            .map(|c| c.0)
+            .or_else(|| {
+                req.extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|ConnectInfo(a)| client_ip::canonical(a.ip()))
+            });
+        if let Some(ip) = client {
+            if let Err(e) = state.limits.check_ip(ip) {
                 return e.into_response();
             }
         }

@@ -8,6 +8,7 @@ mod admin;
 mod audit;
 mod auth;
 mod backup;
+mod connections;
 mod download;
 mod files;
 mod hostile;

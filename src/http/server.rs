@@ -1,0 +1,569 @@
+//! The accept loop: HTTP/1.1 connections served by hyper, with the
+//! connection limits of SPEC §9.
+//!
+//! * **Connection caps.** At most `max_connections` open in all and
+//!   `max_connections_per_ip` per client (IPv6 per /64); trusted proxies
+//!   are exempt from the per-IP cap. A connection over a cap is answered
+//!   at once with a fixed `503 unavailable` (written without waiting for
+//!   the request, best effort) and closed, so it never costs a task or a
+//!   buffer, and the connections already served are untouched.
+//! * **Slow headers.** hyper's `header_read_timeout` ends a connection
+//!   whose request head is not complete `header_timeout` after its first
+//!   byte. hyper starts that clock when it begins to wait for a head (at
+//!   accept, and after each response on a keep-alive connection), which
+//!   would also close an idle keep-alive connection after
+//!   `header_timeout`. [`HeadTimer`], the timer handed to hyper, adds the
+//!   missing part: until the first byte of a head arrives the connection is
+//!   idle and may stay so for `keepalive_timeout`; from that byte on the
+//!   head has `header_timeout` to complete.
+//! * **Stalled bodies.** Every request body is wrapped in tower-http's
+//!   [`TimeoutBody`], which fails a body that delivers no frame for
+//!   `body_idle_timeout` (the clock runs only while the handler waits for
+//!   data). Handlers see an ordinary body error: a multipart upload is
+//!   released by its drop guard, a tus PATCH keeps what it fsynced.
+//! * **Per-connection memory.** hyper's read buffer is capped at
+//!   [`MAX_BUF`], enough for the largest head the API accepts (32 KiB,
+//!   answered 431 above that).
+//!
+//! Graceful shutdown: when `shutdown` resolves the listener is closed,
+//! every connection is told to finish its request in flight and close, and
+//! [`serve`] returns once all of them have ended.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use axum::{body::Body, extract::ConnectInfo, Router};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request};
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tower::ServiceExt;
+use tower_http::timeout::TimeoutBody;
+
+use super::client_ip::{self, ClientIp};
+use crate::config::Limits;
+
+/// hyper's per-connection buffer cap (its default is ~400 KiB).
+pub const MAX_BUF: usize = 64 * 1024;
+
+/// What a connection over a cap gets before it is closed.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+retry-after: 1\r\n\
+connection: close\r\n\
+content-length: 70\r\n\r\n\
+{\"error\":{\"code\":\"unavailable\",\"message\":\"too many open connections\"}}";
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets the
+/// requests in flight finish and returns when every connection is closed.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let gate = Arc::new(Gate::new(limits));
+    let conf = Arc::new(ConnConfig::new(limits));
+    let connections = Connections::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // Out of file descriptors or memory: back off
+                        // instead of spinning; connections already open
+                        // keep being served meanwhile.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::select! {
+                            _ = &mut shutdown => break,
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        let slot = match gate.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse(stream, peer, why);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = connections.watch();
+        let conf = conf.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer, router, conf, conn).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    connections.drain().await;
+    Ok(())
+}
+
+/// Errors of one incoming connection (it was reset before we accepted
+/// it); the listener itself is fine.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// The per-connection settings, built once.
+struct ConnConfig {
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    body_idle_timeout: Duration,
+    trusted: Vec<crate::config::IpNet>,
+}
+
+impl ConnConfig {
+    fn new(l: &Limits) -> ConnConfig {
+        ConnConfig {
+            header_timeout: l.header_timeout,
+            keepalive_timeout: l.keepalive_timeout,
+            body_idle_timeout: l.body_idle_timeout,
+            trusted: l.trusted_proxies.clone(),
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    conf: Arc<ConnConfig>,
+    mut conn: ConnWatch,
+) {
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let service = {
+        let conf = conf.clone();
+        service_fn(move |mut req: Request<Incoming>| {
+            let ip = client_ip::resolve(peer.ip(), req.headers(), &conf.trusted);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(ClientIp(ip));
+            let req = req.map(|b| Body::new(TimeoutBody::new(conf.body_idle_timeout, b)));
+            router.clone().oneshot(req)
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(HeadTimer {
+            activity,
+            idle: conf.keepalive_timeout,
+        })
+        .header_read_timeout(conf.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(MAX_BUF);
+    let served = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = served.as_mut() => r,
+        _ = conn.stopping() => {
+            // Finish the request in flight (an idle connection closes at
+            // once), then close.
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Writes the fixed 503 without waiting and closes. Bytes the client
+/// already sent are read first, so the close is a FIN rather than a reset
+/// that could destroy the answer before the client reads it.
+fn refuse(stream: TcpStream, peer: SocketAddr, why: Refusal) {
+    ::metrics::counter!("stowage_connections_refused_total", "cap" => why.label()).increment(1);
+    tracing::debug!(%peer, cap = why.label(), "connection refused");
+    let mut sink = [0u8; 4096];
+    for _ in 0..4 {
+        match stream.try_read(&mut sink) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+    let _ = stream.try_write(REFUSAL);
+    if let Ok(s) = stream.into_std() {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+// ---------------------------------------------------------------- caps
+
+/// Why a connection was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` are open.
+    Total,
+    /// `max_connections_per_ip` are open from this client.
+    PerIp,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Total => "total",
+            Refusal::PerIp => "per_ip",
+        }
+    }
+}
+
+/// Counts open connections, in all and per client.
+pub struct Gate {
+    max_total: usize,
+    max_per_ip: usize,
+    trusted: Vec<crate::config::IpNet>,
+    total: AtomicUsize,
+    /// Only clients with an open connection have an entry, so the map
+    /// holds at most `max_total` keys.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One open connection; dropping it frees its place.
+pub struct Slot {
+    gate: Arc<Gate>,
+    key: Option<IpAddr>,
+    /// Counted in the open-connections gauge (set once admitted).
+    counted: bool,
+}
+
+impl Gate {
+    pub fn new(l: &Limits) -> Gate {
+        Gate {
+            max_total: l.max_connections,
+            max_per_ip: l.max_connections_per_ip,
+            trusted: l.trusted_proxies.clone(),
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A place for a connection from `peer`, unless a cap is reached.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Slot, Refusal> {
+        let taken = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_total).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(Refusal::Total);
+        }
+        // From here on the slot owns its place in `total`.
+        let mut slot = Slot {
+            gate: self.clone(),
+            key: None,
+            counted: false,
+        };
+        if !client_ip::is_trusted(peer, &self.trusted) {
+            let key = client_ip::limit_key(peer);
+            let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(key).or_insert(0);
+            if *n >= self.max_per_ip {
+                if *n == 0 {
+                    map.remove(&key);
+                }
+                return Err(Refusal::PerIp);
+            }
+            *n += 1;
+            slot.key = Some(key);
+        }
+        ::metrics::gauge!("stowage_connections_open").increment(1.0);
+        slot.counted = true;
+        Ok(slot)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            let mut map = self.gate.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+        if self.counted {
+            ::metrics::gauge!("stowage_connections_open").decrement(1.0);
+        }
+        self.gate.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+// ---------------------------------------------------------- shutdown
+
+/// Tracks the connection tasks for graceful shutdown: [`Connections::drain`]
+/// tells them to stop and waits until the last one has ended.
+struct Connections {
+    stop_tx: watch::Sender<bool>,
+    /// Every task holds a receiver; `closed()` fires when all are gone.
+    alive_tx: watch::Sender<()>,
+}
+
+struct ConnWatch {
+    stop_rx: watch::Receiver<bool>,
+    _alive: watch::Receiver<()>,
+}
+
+impl Connections {
+    fn new() -> Connections {
+        Connections {
+            stop_tx: watch::channel(false).0,
+            alive_tx: watch::channel(()).0,
+        }
+    }
+
+    fn watch(&self) -> ConnWatch {
+        ConnWatch {
+            stop_rx: self.stop_tx.subscribe(),
+            _alive: self.alive_tx.subscribe(),
+        }
+    }
+
+    /// Asks every connection to finish and waits for all of them. A
+    /// deadline, when wanted, goes around this future.
+    async fn drain(self) {
+        let _ = self.stop_tx.send(true);
+        self.alive_tx.closed().await;
+    }
+}
+
+impl ConnWatch {
+    async fn stopping(&mut self) {
+        let _ = self.stop_rx.wait_for(|s| *s).await;
+    }
+}
+
+// ------------------------------------------------------- head timer
+
+/// Reads seen on one connection, shared by its [`Watched`] stream and its
+/// [`HeadTimer`].
+#[derive(Default)]
+struct Activity {
+    reads: AtomicU64,
+    /// When the last read that delivered bytes happened (nanoseconds
+    /// after `origin`).
+    last_read: AtomicU64,
+    origin: OnceInstant,
+}
+
+/// An `Instant` fixed when the connection is created.
+struct OnceInstant(tokio::time::Instant);
+
+impl Default for OnceInstant {
+    fn default() -> Self {
+        OnceInstant(tokio::time::Instant::now())
+    }
+}
+
+impl Activity {
+    fn saw_bytes(&self) {
+        let at = self.origin.0.elapsed().as_nanos() as u64;
+        self.last_read.store(at, Ordering::Release);
+        self.reads.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Acquire)
+    }
+
+    fn last_read(&self) -> tokio::time::Instant {
+        self.origin.0 + Duration::from_nanos(self.last_read.load(Ordering::Acquire))
+    }
+}
+
+/// The TCP stream, noting each read that delivers bytes.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.saw_bytes();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The timer hyper uses for `header_read_timeout` (its only use of a timer
+/// on an HTTP/1 server connection). hyper asks for a sleep of
+/// `header_timeout` whenever it starts waiting for a request head; the
+/// sleep handed back first waits `idle` for the head's first byte and,
+/// once bytes arrive, ends `header_timeout` after the first of them.
+///
+/// A pipelining client whose next head was already buffered with the
+/// previous request is the one case where no new read is seen: its head is
+/// then bounded by `idle` instead.
+#[derive(Clone)]
+struct HeadTimer {
+    activity: Arc<Activity>,
+    idle: Duration,
+}
+
+impl hyper::rt::Timer for HeadTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(HeadSleep {
+            activity: self.activity.clone(),
+            reads_at_start: self.activity.reads(),
+            header: duration,
+            waiting_for_first_byte: true,
+            sleep: Box::pin(tokio::time::sleep(self.idle)),
+        })
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep(deadline.saturating_duration_since(Instant::now()))
+    }
+}
+
+struct HeadSleep {
+    activity: Arc<Activity>,
+    reads_at_start: u64,
+    header: Duration,
+    waiting_for_first_byte: bool,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Future for HeadSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // hyper polls this right after every read that leaves the head
+        // incomplete, so the first byte is noticed when it arrives.
+        if self.waiting_for_first_byte && self.activity.reads() != self.reads_at_start {
+            self.waiting_for_first_byte = false;
+            let deadline = self.activity.last_read() + self.header;
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+impl hyper::rt::Sleep for HeadSleep {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_ip: usize, trusted: &[&str]) -> Limits {
+        Limits {
+            max_connections: total,
+            max_connections_per_ip: per_ip,
+            trusted_proxies: trusted
+                .iter()
+                .map(|s| crate::config::IpNet::parse(s).unwrap())
+                .collect(),
+            ..Limits::default()
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_gate_counts_per_client_and_in_all_and_frees_on_drop() {
+        let gate = Arc::new(Gate::new(&limits(5, 2, &["10.0.0.0/8"])));
+        let a1 = gate.admit(ip("1.1.1.1")).unwrap();
+        let _a2 = gate.admit(ip("1.1.1.1")).unwrap();
+        assert_eq!(gate.admit(ip("1.1.1.1")).err(), Some(Refusal::PerIp));
+        // One IPv6 /64 is one client.
+        let _b1 = gate.admit(ip("2001:db8::1")).unwrap();
+        let _b2 = gate.admit(ip("2001:db8::2")).unwrap();
+        assert_eq!(gate.admit(ip("2001:db8::3")).err(), Some(Refusal::PerIp));
+        // A trusted proxy is not capped per IP, only in all.
+        let _p = gate.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(gate.admit(ip("10.0.0.1")).err(), Some(Refusal::Total));
+        assert_eq!(gate.admit(ip("3.3.3.3")).err(), Some(Refusal::Total));
+        assert_eq!(gate.open(), 5);
+        drop(a1);
+        assert_eq!(gate.open(), 4);
+        let _a3 = gate.admit(ip("1.1.1.1")).unwrap();
+        drop(_b1);
+        drop(_b2);
+        assert!(!gate.per_ip.lock().unwrap().contains_key(&ip("2001:db8::")));
+    }
+
+    #[test]
+    fn the_refusal_is_the_spec_error_json() {
+        let text = std::str::from_utf8(REFUSAL).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "unavailable");
+    }
+}
