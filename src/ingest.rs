@@ -51,7 +51,8 @@ pub struct FileMeta {
 }
 
 /// Reserves room for an upload of `hint` for `user`, answering 413 over the
-/// per-file limit and 507 without room, before any byte is read.
+/// per-file limit, 507 without room and 429 at the user's cap of unfinished
+/// uploads, before any byte is read.
 pub async fn reserve(state: &AppState, user: &str, hint: SizeHint) -> AppResult<(Uuid, u64)> {
     let max = state.config.max_file_size;
     let want = match hint {
@@ -68,7 +69,13 @@ pub async fn reserve(state: &AppState, user: &str, hint: SizeHint) -> AppResult<
     let ttl = state.config.reservation_ttl;
     let id = state
         .meta
-        .reserve(user, state.config.default_quota, want, ttl)
+        .reserve_upload(
+            user,
+            state.config.default_quota,
+            want,
+            ttl,
+            state.config.limits.max_unfinished_uploads,
+        )
         .await
         .map_err(|e| {
             if matches!(e, MetaError::QuotaExceeded { .. }) {
@@ -280,19 +287,34 @@ pub fn check_meta(meta: &mut FileMeta) -> AppResult<()> {
     Ok(())
 }
 
+/// Most tags a file may carry (SPEC §3).
+pub const MAX_TAGS: usize = 32;
+/// Longest tag, in characters (SPEC §3).
+pub const MAX_TAG_CHARS: usize = 64;
+
 /// Trims, drops empty ones, deduplicates (first occurrence wins); more than
-/// 32 tags or one over 64 characters is a 400.
-pub fn normalize_tags(tags: Vec<String>) -> AppResult<Vec<String>> {
+/// [`MAX_TAGS`] tags or one over [`MAX_TAG_CHARS`] characters is a 400.
+///
+/// Linear in the input and stops at the first reason to refuse: the list
+/// kept is never longer than `MAX_TAGS`, so each duplicate check costs at
+/// most that many comparisons, and a tag bomb is refused at its 33rd
+/// distinct tag.
+pub fn normalize_tags<I, S>(tags: I) -> AppResult<Vec<String>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
     let mut out: Vec<String> = Vec::new();
     for t in tags {
-        let t = t.trim();
+        let t = t.as_ref().trim();
         if t.is_empty() {
             continue;
         }
-        if t.chars().count() > 64 {
-            return Err(AppError::BadRequest(
-                "a tag is longer than 64 characters".into(),
-            ));
+        // A UTF-8 character is at most 4 bytes: refuse huge tags unread.
+        if t.len() > 4 * MAX_TAG_CHARS || t.chars().count() > MAX_TAG_CHARS {
+            return Err(AppError::BadRequest(format!(
+                "a tag is longer than {MAX_TAG_CHARS} characters"
+            )));
         }
         if t.chars().any(|c| c.is_control()) {
             return Err(AppError::BadRequest(
@@ -300,11 +322,11 @@ pub fn normalize_tags(tags: Vec<String>) -> AppResult<Vec<String>> {
             ));
         }
         if !out.iter().any(|o| o == t) {
+            if out.len() == MAX_TAGS {
+                return Err(AppError::BadRequest(format!("more than {MAX_TAGS} tags")));
+            }
             out.push(t.to_string());
         }
-    }
-    if out.len() > 32 {
-        return Err(AppError::BadRequest("more than 32 tags".into()));
     }
     Ok(out)
 }
@@ -362,5 +384,39 @@ pub async fn publish_and_commit(
             }
             Err(e.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    #[test]
+    fn tags_are_trimmed_deduplicated_and_bounded() {
+        let got = normalize_tags([" a ", "b", "", "a", "  "]).unwrap();
+        assert_eq!(got, ["a", "b"]);
+        let many: Vec<String> = (0..MAX_TAGS).map(|i| format!("t{i}")).collect();
+        assert_eq!(normalize_tags(&many).unwrap().len(), MAX_TAGS);
+        // Duplicates do not count towards the limit.
+        let twice: Vec<&String> = many.iter().chain(&many).collect();
+        assert_eq!(normalize_tags(twice).unwrap().len(), MAX_TAGS);
+        assert!(normalize_tags(["x".repeat(MAX_TAG_CHARS)]).is_ok());
+        assert!(normalize_tags(["é".repeat(MAX_TAG_CHARS)]).is_ok());
+        assert!(normalize_tags(["x".repeat(MAX_TAG_CHARS + 1)]).is_err());
+        assert!(normalize_tags(["a\u{0}b"]).is_err());
+    }
+
+    #[test]
+    fn a_tag_bomb_is_refused_at_its_33rd_distinct_tag() {
+        let read = Cell::new(0usize);
+        let bomb = (0..1_000_000).map(|i| {
+            read.set(read.get() + 1);
+            format!("t{i}")
+        });
+        let err = normalize_tags(bomb).unwrap_err();
+        assert!(err.to_string().contains("more than 32 tags"), "{err}");
+        assert_eq!(read.get(), MAX_TAGS + 1);
     }
 }

@@ -29,6 +29,9 @@ pub enum AppError {
     UnsupportedVersion(String),
     #[error("{0}")]
     TooLarge(String),
+    /// A JSON or form body over its limit (SPEC §9); `TooLarge` is the file.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMedia(String),
     #[error("range not satisfiable")]
@@ -64,7 +67,7 @@ impl AppError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict(_) => StatusCode::CONFLICT,
             UnsupportedVersion(_) => StatusCode::PRECONDITION_FAILED,
-            TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            TooLarge(_) | PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Malware(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -88,6 +91,7 @@ impl AppError {
             Conflict(_) => "conflict",
             UnsupportedVersion(_) => "unsupported_version",
             TooLarge(_) => "file_too_large",
+            PayloadTooLarge(_) => "payload_too_large",
             UnsupportedMedia(_) => "unsupported_media_type",
             RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Malware(_) => "malware_detected",
@@ -147,6 +151,11 @@ impl IntoResponse for AppError {
     }
 }
 
+/// `Retry-After` for a user at their cap of unfinished uploads: a slot frees
+/// when one of them finishes, is terminated or expires, which the server
+/// cannot predict; a minute keeps well-behaved clients from spinning.
+const UNFINISHED_RETRY_AFTER_SECS: u64 = 60;
+
 impl From<MetaError> for AppError {
     fn from(e: MetaError) -> Self {
         match e {
@@ -155,6 +164,9 @@ impl From<MetaError> for AppError {
                 "storage quota exceeded: {needed} bytes needed, {available} bytes available"
             )),
             MetaError::Conflict(m) => AppError::Conflict(m),
+            MetaError::TooManyUploads { .. } => AppError::RateLimited {
+                retry_after_secs: UNFINISHED_RETRY_AFTER_SECS,
+            },
             MetaError::Unavailable(m) => AppError::Unavailable(m),
             other => AppError::internal(other),
         }

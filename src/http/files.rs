@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     error::{AppError, AppResult},
-    extract::{parse_json, ApiJson, AuthUser, FileId},
+    extract::{ApiJson, AuthUser, FileId, OptionalJson},
+    multipart,
 };
 use crate::{
     app::AppState,
@@ -38,8 +39,6 @@ use crate::{
 /// Multipart framing allowed on top of the per-file limit before a
 /// Content-Length alone proves the file too large.
 const MULTIPART_SLACK: u64 = 64 * 1024;
-/// Longest non-file form field accepted.
-const MAX_FIELD: usize = 8 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -95,17 +94,15 @@ impl From<&FileRecord> for FileView {
     }
 }
 
+fn bad_form(e: multer::Error) -> AppError {
+    AppError::BadRequest(multipart::describe(&e))
+}
+
+/// A non-file field; its length is bounded by the form's `SizeLimit`.
 async fn read_text_field(field: multer::Field<'_>) -> AppResult<String> {
     let mut field = field;
     let mut buf = Vec::new();
-    while let Some(chunk) = field
-        .chunk()
-        .await
-        .map_err(|e| AppError::BadRequest(format!("malformed multipart body: {e}")))?
-    {
-        if buf.len() + chunk.len() > MAX_FIELD {
-            return Err(AppError::BadRequest("form field too long".into()));
-        }
+    while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
         buf.extend_from_slice(&chunk);
     }
     String::from_utf8(buf).map_err(|_| AppError::BadRequest("form field is not UTF-8".into()))
@@ -153,8 +150,23 @@ async fn upload(
         }
         chunk
     });
-    // Sizes are enforced by the ingest (file) and read_text_field (others).
-    let mut form = multer::Multipart::new(stream, boundary);
+    // The framing (preamble, part headers, part count) is bounded by the
+    // guard, non-file fields by multer, the file by the ingest.
+    let limits = &state.config.limits;
+    let stream = multipart::guard(
+        stream,
+        &boundary,
+        multipart::FramingLimits {
+            header_bytes: limits.multipart_header_bytes,
+            max_parts: limits.multipart_max_parts,
+        },
+    );
+    let constraints = multer::Constraints::new().size_limit(
+        multer::SizeLimit::new()
+            .per_field(limits.multipart_field_bytes as u64)
+            .for_field("file", u64::MAX),
+    );
+    let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
     // Reserve before reading a byte of the body: an upload that cannot fit
     // is refused while the client is still sending headers.
     let up = match Ingest::begin(&state, &user.0, hint).await {
@@ -181,7 +193,6 @@ async fn upload(
     }
     let FormFields {
         declared,
-        tags_raw,
         client_name,
         mut meta,
     } = parsed;
@@ -191,9 +202,6 @@ async fn upload(
                 "file_type must be one of video, image, audio, scene, project (got {d:?})"
             ))
         })?);
-    }
-    if let Some(t) = tags_raw {
-        meta.tags = t.split(',').map(str::to_string).collect();
     }
     meta.file_name = sanitize_file_name(&client_name);
     let bytes = up.len();
@@ -224,7 +232,6 @@ async fn drain_then(e: AppError, hint: SizeHint, form: &mut multer::Multipart<'_
 #[derive(Default)]
 struct FormFields {
     declared: Option<String>,
-    tags_raw: Option<String>,
     client_name: String,
     meta: FileMeta,
 }
@@ -236,9 +243,8 @@ async fn read_form(
     form: &mut multer::Multipart<'_>,
     out: &mut FormFields,
 ) -> AppResult<Option<Ingest>> {
-    let bad = |e: multer::Error| AppError::BadRequest(format!("malformed multipart body: {e}"));
     let mut seen_file = false;
-    while let Some(mut field) = form.next_field().await.map_err(bad)? {
+    while let Some(mut field) = form.next_field().await.map_err(bad_form)? {
         match field.name().unwrap_or("") {
             "file" => {
                 if seen_file {
@@ -248,13 +254,15 @@ async fn read_form(
                 }
                 seen_file = true;
                 out.client_name = field.file_name().unwrap_or("").to_string();
-                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
                     up.write(chunk).await?;
                 }
             }
             "file_type" => out.declared = Some(read_text_field(field).await?),
             "package_name" => out.meta.package_name = Some(read_text_field(field).await?),
-            "tags" => out.tags_raw = Some(read_text_field(field).await?),
+            // Checked now, so a bad list is refused before the file is read
+            // when it comes first.
+            "tags" => out.meta.tags = normalize_tags(read_text_field(field).await?.split(','))?,
             // Unknown parts are read (bounded like text) and ignored.
             _ => {
                 read_text_field(field).await?;
@@ -457,13 +465,9 @@ async fn favorite(
     State(state): State<AppState>,
     user: AuthUser,
     FileId(id): FileId,
-    body: axum::body::Bytes,
+    OptionalJson(body): OptionalJson<FavoriteBody>,
 ) -> AppResult<Json<FileView>> {
-    let set = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        None
-    } else {
-        Some(parse_json::<FavoriteBody>(&body)?.is_favorite)
-    };
+    let set = body.map(|b| b.is_favorite);
     let rec = state
         .meta
         .set_favorite(&user.0, id, set)
@@ -485,6 +489,7 @@ async fn tags(
     FileId(id): FileId,
     ApiJson(body): ApiJson<TagsBody>,
 ) -> AppResult<Json<FileView>> {
+    // Before the database is asked whether the file exists (SPEC §9).
     let tags = normalize_tags(body.tags)?;
     let rec = state
         .meta
@@ -511,13 +516,9 @@ async fn signed_link(
     State(state): State<AppState>,
     user: AuthUser,
     FileId(id): FileId,
-    body: axum::body::Bytes,
+    OptionalJson(body): OptionalJson<SignBody>,
 ) -> AppResult<Json<SignedLink>> {
-    let expires_in = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        3600
-    } else {
-        parse_json::<SignBody>(&body)?.expires_in.unwrap_or(3600)
-    };
+    let expires_in = body.and_then(|b| b.expires_in).unwrap_or(3600);
     if !(1..=604_800).contains(&expires_in) {
         return Err(AppError::BadRequest(
             "expires_in must be between 1 and 604800 seconds".into(),

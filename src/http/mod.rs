@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod health;
+pub mod multipart;
 pub mod openapi;
 pub mod range;
 pub mod ratelimit;

@@ -29,6 +29,9 @@ pub enum MetaError {
     NotFound,
     #[error("quota exceeded: {needed} bytes needed, {available} available")]
     QuotaExceeded { needed: u64, available: u64 },
+    /// The user already has `limit` unfinished uploads (SPEC §9).
+    #[error("{limit} unfinished uploads already")]
+    TooManyUploads { limit: u64 },
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("database unavailable: {0}")]
@@ -261,14 +264,30 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>>;
 
     /// Reserves `bytes` of the user's room (creating the user with
-    /// `default_quota` if new), or answers `QuotaExceeded`.
+    /// `default_quota` if new), or answers `QuotaExceeded`; with
+    /// `max_unfinished` live reservations already (one per unfinished
+    /// upload, tus or multipart), answers `TooManyUploads`. Both checks are
+    /// made under the user row's lock in the transaction that inserts the
+    /// reservation, so concurrent reservations never pass either limit.
+    async fn reserve_upload(
+        &self,
+        user_id: &str,
+        default_quota: u64,
+        bytes: u64,
+        ttl: Duration,
+        max_unfinished: u64,
+    ) -> MetaResult<Uuid>;
+    /// [`MetaStore::reserve_upload`] without a cap on unfinished uploads.
     async fn reserve(
         &self,
         user_id: &str,
         default_quota: u64,
         bytes: u64,
         ttl: Duration,
-    ) -> MetaResult<Uuid>;
+    ) -> MetaResult<Uuid> {
+        self.reserve_upload(user_id, default_quota, bytes, ttl, u64::MAX)
+            .await
+    }
     /// Grows a live reservation by `extra` bytes (unknown-size streams).
     async fn grow_reservation(&self, id: Uuid, extra: u64, ttl: Duration) -> MetaResult<()>;
     /// Pushes a live reservation's expiry forward.

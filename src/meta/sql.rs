@@ -343,12 +343,13 @@ macro_rules! impl_store {
                 Ok(Some(out))
             }
 
-            async fn reserve(
+            async fn reserve_upload(
                 &self,
                 user_id: &str,
                 default_quota: u64,
                 bytes: u64,
                 ttl: Duration,
+                max_unfinished: u64,
             ) -> MetaResult<Uuid> {
                 let t = now();
                 let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
@@ -375,6 +376,22 @@ macro_rules! impl_store {
                     let available = Self::room_in(&mut tx, user_id).await?;
                     tx.rollback().await?;
                     return Err(MetaError::QuotaExceeded { needed: bytes, available });
+                }
+                // The UPDATE above holds the user row (PostgreSQL) or the
+                // write lock (SQLite) until commit, so this count sees every
+                // reservation committed before it and none can slip in
+                // between the count and the insert.
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COUNT(*) AS BIGINT) FROM upload_reservations \
+                     WHERE user_id = $1 AND expires_at >= $2",
+                )
+                .bind(user_id)
+                .bind(t)
+                .fetch_one(&mut *tx)
+                .await?;
+                if open as u64 >= max_unfinished {
+                    tx.rollback().await?;
+                    return Err(MetaError::TooManyUploads { limit: max_unfinished });
                 }
                 let id = Uuid::now_v7();
                 sqlx::query(

@@ -216,7 +216,7 @@ pub fn file_meta(
     }
     fm.package_name = text("package_name");
     if let Some(t) = text("tags") {
-        fm.tags = t.split(',').map(str::to_string).collect();
+        fm.tags = ingest::normalize_tags(t.split(','))?;
     }
     ingest::check_meta(&mut fm)?;
     Ok(fm)
