@@ -73,6 +73,7 @@ impl AppState {
                     url.clone(),
                     config.jwt_issuer.clone(),
                     config.authorized_parties.clone(),
+                    &config.limits,
                 )
             })
         };
@@ -180,6 +181,9 @@ pub async fn serve(
     if state.dev_login() {
         tracing::warn!(
             "DEVELOPMENT SIGN-IN is on: anyone who can reach http://{addr} may sign in as any user. \
+             Requests that carry forwarding headers (Forwarded, X-Forwarded-*, X-Real-IP) or a \
+             Host that is not a loopback name are refused, so a reverse proxy cannot publish it, \
+             but any local process can still sign in. \
              Configure STOWAGE_JWT_PUBLIC_KEY or STOWAGE_JWKS_URL for real use."
         );
     }

@@ -31,7 +31,8 @@ pub fn is_dev_token(token: &str) -> bool {
     token.starts_with(PREFIX)
 }
 
-/// Returns the user of a valid development token.
+/// Returns the user of a valid development token; a user id that could not
+/// come from a token ([`super::valid_subject`]) is refused even when signed.
 pub fn verify(secret: &[u8], token: &str) -> Option<String> {
     let rest = token.strip_prefix(PREFIX)?;
     let (u, sig) = rest.split_once('.')?;
@@ -41,7 +42,7 @@ pub fn verify(secret: &[u8], token: &str) -> Option<String> {
     m.update(b"stowage-dev-session\0");
     m.update(user.as_bytes());
     m.verify_slice(&sig).ok()?;
-    Some(user)
+    super::valid_subject(&user).then_some(user)
 }
 
 #[cfg(test)]
@@ -60,5 +61,12 @@ mod tests {
         );
         assert_eq!(verify(b"k1", &forged), None);
         assert_eq!(verify(b"k1", "dev.garbage"), None);
+    }
+
+    #[test]
+    fn hostile_users_are_refused_even_when_signed() {
+        for user in ["", "user\u{0}nul", "a\nb", &"x".repeat(256)] {
+            assert_eq!(verify(b"k1", &mint(b"k1", user)), None, "{user:?}");
+        }
     }
 }

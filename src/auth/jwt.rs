@@ -5,10 +5,24 @@
 //! type, so `alg: none` and "HMAC signed with the public key" tokens fail.
 //! `exp` and `nbf` are checked with 5 s leeway, `iss` when configured, and a
 //! present `azp` must be one of the authorized parties when those are set.
+//! The `sub` must be a usable user id ([`super::valid_subject`]).
+//!
+//! JWKS keys are cached. A token whose `kid` is not cached triggers a
+//! refetch, but at most one per `limits.jwks_refresh`, failed fetches
+//! included, so an outage of the identity provider or a stream of made-up
+//! `kid`s costs it (and us) one request per window. The fetch runs under a
+//! mutex that only unknown-`kid` tokens take; the key map itself is behind a
+//! lock that is held only to clone a key or swap the map, never across an
+//! await, so tokens whose key is cached never wait for a fetch. A successful
+//! fetch replaces the set, but a key that left it keeps verifying for
+//! [`RETIRED_KEY_GRACE`]: the union kept forever would never honour a
+//! revocation, while dropping at once would fail live tokens signed just
+//! before a rotation (or whenever a cache in front of the provider serves
+//! a partial set).
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -16,14 +30,17 @@ use jsonwebtoken::{
     decode, decode_header, errors::ErrorKind, jwk::JwkSet, Algorithm, DecodingKey, Validation,
 };
 use serde::Deserialize;
-use tokio::sync::RwLock;
 
 use super::AuthError;
+use crate::config::Limits;
 
 /// Leeway for `exp`/`nbf`, seconds.
 const LEEWAY: u64 = 5;
-/// A JWKS refetch for an unknown `kid` happens at most this often.
-const JWKS_MIN_REFRESH: Duration = Duration::from_secs(30);
+/// A key that disappeared from the JWKS keeps verifying this long after the
+/// fetch that first missed it (session tokens live about a minute).
+pub const RETIRED_KEY_GRACE: Duration = Duration::from_secs(300);
+/// A JWKS document larger than this is refused (a real one is a few KiB).
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 struct Claims {
@@ -32,25 +49,50 @@ struct Claims {
     azp: Option<String>,
 }
 
-#[derive(Clone)]
 struct Key {
     key: DecodingKey,
     alg: Algorithm,
 }
 
 enum Source {
-    Static(Key),
-    Jwks {
-        url: String,
-        http: reqwest::Client,
-        cache: RwLock<JwksCache>,
-    },
+    Static(Arc<Key>),
+    Jwks(Jwks),
+}
+
+/// The JWKS endpoint and what it last gave.
+struct Jwks {
+    url: String,
+    http: reqwest::Client,
+    /// Whole-fetch deadline, connect to last byte.
+    timeout: Duration,
+    /// Least time between two fetches.
+    min_interval: Duration,
+    /// Read by every token; never held across an await.
+    keys: RwLock<HashMap<String, Cached>>,
+    /// Taken only by tokens whose `kid` is not cached; held through the
+    /// fetch, so there is one at a time.
+    refresh: tokio::sync::Mutex<Refresh>,
+}
+
+struct Cached {
+    key: Arc<Key>,
+    /// When a fetch first found this key gone from the set.
+    retired: Option<Instant>,
+}
+
+impl Cached {
+    fn live(&self, now: Instant) -> bool {
+        self.retired
+            .map_or(true, |t| now.duration_since(t) < RETIRED_KEY_GRACE)
+    }
 }
 
 #[derive(Default)]
-struct JwksCache {
-    keys: HashMap<String, Key>,
-    fetched: Option<Instant>,
+struct Refresh {
+    /// Start of the last fetch, successful or not.
+    attempted: Option<Instant>,
+    /// Whether that fetch succeeded.
+    ok: bool,
 }
 
 /// Verifies session tokens; cheap to clone.
@@ -88,24 +130,34 @@ impl Verifier {
         parties: Vec<String>,
     ) -> Result<Self, String> {
         Ok(Verifier {
-            source: Arc::new(Source::Static(key_from_pem(pem)?)),
+            source: Arc::new(Source::Static(Arc::new(key_from_pem(pem)?))),
             issuer,
             parties,
         })
     }
 
-    /// From a JWKS URL; keys are fetched lazily and cached.
-    pub fn from_jwks(url: String, issuer: Option<String>, parties: Vec<String>) -> Self {
+    /// From a JWKS URL; keys are fetched lazily and cached, with the refetch
+    /// interval and fetch timeout of `limits`.
+    pub fn from_jwks(
+        url: String,
+        issuer: Option<String>,
+        parties: Vec<String>,
+        limits: &Limits,
+    ) -> Self {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(limits.jwks_timeout)
+            .connect_timeout(limits.jwks_timeout)
             .build()
             .expect("http client");
         Verifier {
-            source: Arc::new(Source::Jwks {
+            source: Arc::new(Source::Jwks(Jwks {
                 url,
                 http,
-                cache: RwLock::new(JwksCache::default()),
-            }),
+                timeout: limits.jwks_timeout,
+                min_interval: limits.jwks_refresh,
+                keys: RwLock::new(HashMap::new()),
+                refresh: tokio::sync::Mutex::new(Refresh::default()),
+            })),
             issuer,
             parties,
         }
@@ -116,12 +168,12 @@ impl Verifier {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let key = match &*self.source {
             Source::Static(k) => k.clone(),
-            Source::Jwks { url, http, cache } => {
+            Source::Jwks(jwks) => {
                 let kid = header
                     .kid
-                    .clone()
+                    .as_deref()
                     .ok_or_else(|| AuthError::Invalid("token has no kid".into()))?;
-                jwks_key(url, http, cache, &kid).await?
+                jwks.key(kid).await?
             }
         };
         if header.alg != key.alg {
@@ -154,60 +206,122 @@ impl Verifier {
                 return Err(AuthError::Invalid("unauthorized party".into()));
             }
         }
-        if data.claims.sub.is_empty() || data.claims.sub.len() > 255 {
+        if !super::valid_subject(&data.claims.sub) {
             return Err(AuthError::Invalid("bad subject".into()));
         }
         Ok(data.claims.sub)
     }
 }
 
-async fn jwks_key(
-    url: &str,
-    http: &reqwest::Client,
-    cache: &RwLock<JwksCache>,
-    kid: &str,
-) -> Result<Key, AuthError> {
-    if let Some(k) = cache.read().await.keys.get(kid) {
-        return Ok(k.clone());
+impl Jwks {
+    /// A cached, live key; takes the read lock for a moment only.
+    fn cached(&self, kid: &str) -> Option<Arc<Key>> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        keys.get(kid)
+            .filter(|c| c.live(Instant::now()))
+            .map(|c| c.key.clone())
     }
-    let mut c = cache.write().await;
-    if let Some(k) = c.keys.get(kid) {
-        return Ok(k.clone());
-    }
-    let recently = c.fetched.is_some_and(|t| t.elapsed() < JWKS_MIN_REFRESH);
-    if recently {
-        return Err(AuthError::Invalid("unknown key id".into()));
-    }
-    let set: JwkSet = async {
-        http.get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json::<JwkSet>()
-            .await
-    }
-    .await
-    .map_err(|e| {
-        tracing::warn!(error = %e, url, "JWKS fetch failed");
-        AuthError::KeysUnavailable
-    })?;
-    c.fetched = Some(Instant::now());
-    c.keys.clear();
-    for jwk in &set.keys {
-        let Some(id) = jwk.common.key_id.clone() else {
-            continue;
-        };
-        let alg = match &jwk.algorithm {
-            jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-            jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-            _ => continue,
-        };
-        if let Ok(key) = DecodingKey::from_jwk(jwk) {
-            c.keys.insert(id, Key { key, alg });
+
+    /// The key for `kid`, fetching the set when it is unknown and the last
+    /// fetch is older than `min_interval`.
+    async fn key(&self, kid: &str) -> Result<Arc<Key>, AuthError> {
+        if let Some(k) = self.cached(kid) {
+            return Ok(k);
         }
+        let unknown = || AuthError::Invalid("unknown key id".into());
+        let mut r = self.refresh.lock().await;
+        // The fetch this token waited behind may have brought the key.
+        if let Some(k) = self.cached(kid) {
+            return Ok(k);
+        }
+        if r.attempted.is_some_and(|t| t.elapsed() < self.min_interval) {
+            return Err(if r.ok {
+                unknown()
+            } else {
+                AuthError::KeysUnavailable
+            });
+        }
+        r.attempted = Some(Instant::now());
+        let fetched = match tokio::time::timeout(self.timeout, self.fetch()).await {
+            Ok(res) => res,
+            Err(_) => Err("timed out".to_string()),
+        };
+        match fetched {
+            Ok(fresh) => {
+                r.ok = true;
+                self.install(fresh);
+            }
+            Err(e) => {
+                r.ok = false;
+                tracing::warn!(error = %e, url = %self.url, "JWKS fetch failed");
+                return Err(AuthError::KeysUnavailable);
+            }
+        }
+        drop(r);
+        self.cached(kid).ok_or_else(unknown)
     }
-    c.keys
-        .get(kid)
-        .cloned()
-        .ok_or_else(|| AuthError::Invalid("unknown key id".into()))
+
+    /// One GET of the set, size-capped; keys without a `kid` or of another
+    /// type than RSA or EC are skipped.
+    async fn fetch(&self) -> Result<HashMap<String, Key>, String> {
+        let mut resp = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.to_string())?;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                return Err(format!("JWKS larger than {MAX_JWKS_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let set: JwkSet = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(id) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let alg = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(id, Key { key, alg });
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Swaps in a fetched set; keys it no longer lists stay for the grace.
+    fn install(&self, fresh: HashMap<String, Key>) {
+        let now = Instant::now();
+        let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        let mut next: HashMap<String, Cached> = fresh
+            .into_iter()
+            .map(|(kid, key)| {
+                let cached = Cached {
+                    key: Arc::new(key),
+                    retired: None,
+                };
+                (kid, cached)
+            })
+            .collect();
+        for (kid, old) in keys.drain() {
+            if next.contains_key(&kid) {
+                continue;
+            }
+            let retired = Cached {
+                key: old.key,
+                retired: Some(old.retired.unwrap_or(now)),
+            };
+            if retired.live(now) {
+                next.insert(kid, retired);
+            }
+        }
+        *keys = next;
+    }
 }

@@ -2,6 +2,12 @@
 //! HMAC-SHA256 over the file id, its owner and the expiry. The owner is not
 //! in the URL; it is read from the file row, so a link for a deleted or
 //! re-owned file stops working. Any change to any part answers 403.
+//!
+//! A token is accepted only in exactly the form [`sign`] writes: the id as 32
+//! lowercase hex digits, the expiry as plain decimal, the signature as
+//! unpadded base64url. Lenient parsers would accept the same link under many
+//! spellings (uppercase or braced UUIDs, `+0190…` expiries), which breaks
+//! anything that keys on the URL, such as caches, logs and revocation lists.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
 use hmac::{Hmac, Mac};
@@ -24,16 +30,20 @@ pub fn sign(secret: &[u8], file: Uuid, owner: &str, expires: i64) -> String {
     format!("{}.{}.{}", file.simple(), expires, B64.encode(sig))
 }
 
-/// Splits a token into its parts without checking the signature.
+/// Splits a token into its parts without checking the signature; `None`
+/// unless the token is in the canonical form [`sign`] writes.
 pub fn parse(token: &str) -> Option<(Uuid, i64, Vec<u8>)> {
     let mut it = token.split('.');
-    let id = Uuid::try_parse(it.next()?).ok()?;
-    let exp: i64 = it.next()?.parse().ok()?;
-    let sig = B64.decode(it.next()?).ok()?;
+    let (id, exp, sig) = (it.next()?, it.next()?, it.next()?);
     if it.next().is_some() {
         return None;
     }
-    Some((id, exp, sig))
+    let pid = Uuid::try_parse(id).ok()?;
+    let pexp: i64 = exp.parse().ok()?;
+    let psig = B64.decode(sig).ok()?;
+    let canonical =
+        pid.simple().to_string() == id && pexp.to_string() == exp && B64.encode(&psig) == sig;
+    canonical.then_some((pid, pexp, psig))
 }
 
 /// Constant-time check of the signature for `owner`.
@@ -57,5 +67,46 @@ mod tests {
         assert!(!check(b"other", id, "alice", exp, &sig));
         assert!(parse("nope").is_none());
         assert!(parse(&format!("{t}.x")).is_none());
+    }
+
+    #[test]
+    fn only_the_issued_form_parses() {
+        let id = Uuid::new_v4();
+        let exp = 1_900_000_000_i64;
+        let t = sign(b"k", id, "alice", exp);
+        let (_, _, sig_bytes) = parse(&t).unwrap();
+        let sig = B64.encode(&sig_bytes);
+        let simple = id.simple().to_string();
+        let altered = [
+            format!("{}.{exp}.{sig}", simple.to_uppercase()),
+            format!("{}.{exp}.{sig}", id.hyphenated()),
+            format!("{{{}}}.{exp}.{sig}", id.hyphenated()),
+            format!("{}.{exp}.{sig}", id.urn()),
+            format!("{simple}.+{exp}.{sig}"),
+            format!("{simple}.0{exp}.{sig}"),
+            format!("{simple}. {exp}.{sig}"),
+            format!("{simple}.{exp}.{sig}="),
+            format!(
+                "{simple}.{exp}.{}",
+                base64::engine::general_purpose::URL_SAFE.encode(&sig_bytes)
+            ),
+            format!("{simple}.{exp}.{}", trailing_bits_set(&sig)),
+        ];
+        for a in &altered {
+            assert_ne!(a, &t);
+            assert!(parse(a).is_none(), "{a} was accepted");
+        }
+        assert!(parse(&t).is_some());
+    }
+
+    /// The same signature bytes, spelled with the unused low bits of the last
+    /// character set (43 characters carry 258 bits for 256).
+    fn trailing_bits_set(sig: &str) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let last = *sig.as_bytes().last().unwrap();
+        let idx = ALPHABET.iter().position(|&c| c == last).unwrap();
+        let mut out = sig[..sig.len() - 1].to_string();
+        out.push(ALPHABET[(idx & !3) | 1] as char);
+        out
     }
 }

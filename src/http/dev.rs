@@ -1,4 +1,6 @@
 //! Development sign-in endpoints (only in development mode; 404 otherwise).
+//! Signing in is refused with 403 when the request did not come straight
+//! from this machine or came from another site's page ([`DevSignIn`]).
 
 use axum::{
     extract::State,
@@ -12,9 +14,12 @@ use serde_json::json;
 
 use super::{
     error::{AppError, AppResult},
-    extract::ApiJson,
+    extract::{ApiJson, DevSignIn},
 };
-use crate::{app::AppState, auth::dev};
+use crate::{
+    app::AppState,
+    auth::{dev, valid_subject},
+};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -35,13 +40,11 @@ struct Login {
 
 async fn login(
     State(state): State<AppState>,
+    _local: DevSignIn,
     ApiJson(body): ApiJson<Login>,
 ) -> AppResult<Response> {
-    if !state.dev_login() {
-        return Err(AppError::NotFound);
-    }
     let user = body.user_id.trim();
-    if user.is_empty() || user.len() > 255 || user.chars().any(|c| c.is_control()) {
+    if !valid_subject(user) || user.chars().any(|c| c.is_control()) {
         return Err(AppError::BadRequest(
             "user_id must be 1 to 255 printable characters".into(),
         ));

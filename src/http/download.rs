@@ -7,7 +7,7 @@
 use axum::{
     body::Body,
     extract::{Path, Query, State},
-    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::get,
     Router,
@@ -62,9 +62,23 @@ async fn download(
     serve_file(&state, &rec, &method, &headers, wants_inline(&p)).await
 }
 
-/// Checks a signed-link token; every failure is the same 403.
-async fn check_signed(state: &AppState, token: &str) -> AppResult<FileRecord> {
+/// Checks a signed-link token; every failure is the same 403. `uri` is the
+/// request's: the token must appear in it literally, so a percent-encoded
+/// spelling of a valid link is refused like any other altered form.
+async fn check_signed(
+    state: &AppState,
+    token: &str,
+    uri: &Uri,
+    suffix: &str,
+) -> AppResult<FileRecord> {
     let denied = || AppError::Forbidden("link is invalid or expired".into());
+    let raw = uri
+        .path()
+        .strip_prefix("/s/")
+        .and_then(|p| p.strip_suffix(suffix));
+    if raw != Some(token) {
+        return Err(denied());
+    }
     let (id, exp, sig) = signed_url::parse(token).ok_or_else(denied)?;
     if exp < Utc::now().timestamp() {
         return Err(denied());
@@ -80,11 +94,12 @@ async fn check_signed(state: &AppState, token: &str) -> AppResult<FileRecord> {
 async fn signed_download(
     State(state): State<AppState>,
     Path(token): Path<String>,
+    uri: Uri,
     method: Method,
     headers: HeaderMap,
     Query(p): Query<DownloadParams>,
 ) -> AppResult<Response> {
-    let rec = check_signed(&state, &token).await?;
+    let rec = check_signed(&state, &token, &uri, "").await?;
     serve_file(&state, &rec, &method, &headers, wants_inline(&p)).await
 }
 
@@ -108,10 +123,11 @@ async fn thumbnail(
 async fn signed_thumbnail(
     State(state): State<AppState>,
     Path(token): Path<String>,
+    uri: Uri,
     method: Method,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    let rec = check_signed(&state, &token).await?;
+    let rec = check_signed(&state, &token, &uri, "/thumbnail").await?;
     serve_thumbnail(&state, &rec, &method, &headers).await
 }
 

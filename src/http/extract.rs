@@ -2,13 +2,16 @@
 //! that takes one cannot forget the check:
 //! - [`AuthUser`]: a verified session (JWT or development sign-in);
 //! - [`AdminAuth`]: the admin bearer token;
+//! - [`DevSignIn`]: a development sign-in request from this machine;
 //! - [`ApiJson`], [`OptionalJson`]: a bounded JSON body whose errors answer
 //!   the SPEC's 400 (413 over its limit);
 //! - [`FileId`]: a path id where a malformed one answers 404.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::{
-    extract::{FromRequest, FromRequestParts, Path, Request},
-    http::{header, request::Parts},
+    extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
+    http::{header, request::Parts, HeaderName, Method},
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -26,35 +29,179 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct AuthUser(pub String);
 
+/// Where a session token came from. A browser attaches the cookie to
+/// requests that other sites start; it never adds the header by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Bearer,
+    Cookie,
+}
+
 /// Finds the session token: `Authorization: Bearer …`, else the `__session`
 /// cookie (Clerk's conventions).
 pub fn session_token(parts: &Parts) -> Option<String> {
-    if let Some(v) = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        if let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
-            let t = t.trim();
-            if !t.is_empty() {
-                return Some(t.to_string());
-            }
-        }
+    session_credential(parts).map(|(t, _)| t)
+}
+
+/// [`session_token`] with where it was found.
+pub fn session_credential(parts: &Parts) -> Option<(String, TokenSource)> {
+    if let Some(t) = bearer_token(parts) {
+        return Some((t, TokenSource::Bearer));
     }
     for v in parts.headers.get_all(header::COOKIE) {
         let Ok(s) = v.to_str() else { continue };
         for pair in s.split(';') {
             if let Some((k, val)) = pair.trim().split_once('=') {
                 if k == "__session" && !val.is_empty() {
-                    return Some(val.to_string());
+                    return Some((val.to_string(), TokenSource::Cookie));
                 }
             }
         }
     }
     None
+}
+
+fn bearer_token(parts: &Parts) -> Option<String> {
+    let v = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?
+        .trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// Methods a cross-site page must not be able to make on the user's behalf.
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The peer address the server accepted the connection from.
+fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+}
+
+/// The request's `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+fn request_authority(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+}
+
+/// True when the request's `Origin` is the server's own (its authority is the
+/// request's `Host`, or the `X-Forwarded-Host` a trusted proxy set) or one of
+/// `STOWAGE_CORS_ORIGINS`. A missing, repeated or `null` Origin is not.
+///
+/// This is the cross-site check of SPEC §9 for cookie sessions: browsers
+/// send `Origin` on every POST, PUT, PATCH and DELETE (same-origin ones
+/// included), and a page cannot forge it. `SameSite=Lax` alone would still
+/// let a sibling subdomain through, and multipart and `text/plain` POSTs are
+/// "simple" requests that no CORS preflight stops.
+pub fn same_origin(parts: &Parts, state: &AppState) -> bool {
+    let mut all = parts.headers.get_all(header::ORIGIN).iter();
+    let (Some(origin), None) = (all.next(), all.next()) else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if state
+        .config
+        .cors_origins
+        .iter()
+        .any(|o| o.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let Some(authority) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+        return false;
+    }
+    if request_authority(parts).is_some_and(|h| h.eq_ignore_ascii_case(authority)) {
+        return true;
+    }
+    let trusted_peer = peer_ip(parts).is_some_and(|ip| {
+        state
+            .config
+            .limits
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(ip))
+    });
+    trusted_peer
+        && parts
+            .headers
+            .get("x-forwarded-host")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|h| h.trim().eq_ignore_ascii_case(authority))
+}
+
+fn cross_site() -> AppError {
+    AppError::Forbidden(
+        "cross-site request refused: a cookie session needs an Origin of this server \
+         or of STOWAGE_CORS_ORIGINS"
+            .into(),
+    )
+}
+
+/// Headers a reverse proxy adds. Development sign-in trusts the bind
+/// address alone, which a proxy on the same host defeats, so their presence
+/// means the request did not come straight from this machine.
+const FORWARDING_HEADERS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
+
+/// True for `localhost`, 127.0.0.0/8 and `[::1]`, with or without a port.
+fn is_loopback_host(authority: &str) -> bool {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, port)) if port.is_empty() || port.starts_with(':') => h,
+            _ => return false,
+        }
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses a development sign-in (or a request carrying a development
+/// session) that came through a proxy or names a non-loopback host.
+fn check_local_request(parts: &Parts) -> Result<(), AppError> {
+    let forwarded = FORWARDING_HEADERS
+        .iter()
+        .any(|h| parts.headers.contains_key(HeaderName::from_static(h)));
+    let local_host = request_authority(parts).is_some_and(is_loopback_host);
+    if forwarded || !local_host {
+        return Err(AppError::Forbidden(
+            "development sign-in is only for requests made directly on this machine \
+             (no forwarding headers, a loopback Host)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Verifies a token as a user session.
@@ -88,8 +235,15 @@ impl FromRequestParts<AppState> for AuthUser {
         if let Some(u) = parts.extensions.get::<AuthUser>() {
             return Ok(u.clone());
         }
-        let token = session_token(parts).ok_or_else(|| auth_error(AuthError::Missing))?;
+        let (token, source) =
+            session_credential(parts).ok_or_else(|| auth_error(AuthError::Missing))?;
+        if source == TokenSource::Cookie && is_unsafe(&parts.method) && !same_origin(parts, state) {
+            return Err(cross_site());
+        }
         let user = verify_user(state, &token).await.map_err(auth_error)?;
+        if dev::is_dev_token(&token) {
+            check_local_request(parts)?;
+        }
         state.limits.check_user(&user)?;
         tracing::Span::current().record("user_id", user.as_str());
         let u = AuthUser(user);
@@ -98,7 +252,9 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// The admin API's bearer token, compared in constant time.
+/// The admin API's bearer token, compared in constant time. Only the
+/// `Authorization` header carries it: in the `__session` cookie it is just
+/// an invalid session, as a browser would send that cookie for any site.
 pub struct AdminAuth;
 
 impl FromRequestParts<AppState> for AdminAuth {
@@ -108,18 +264,43 @@ impl FromRequestParts<AppState> for AdminAuth {
         let Some(expected) = &state.config.admin_token else {
             return Err(AppError::NotFound);
         };
-        let token = session_token(parts);
-        if let Some(t) = &token {
-            if bool::from(t.as_bytes().ct_eq(expected.expose().as_bytes())) {
+        if let Some((t, source)) = session_credential(parts) {
+            if source == TokenSource::Bearer
+                && bool::from(t.as_bytes().ct_eq(expected.expose().as_bytes()))
+            {
                 return Ok(AdminAuth);
             }
-            if verify_user(state, t).await.is_ok() {
+            if verify_user(state, &t).await.is_ok() {
                 return Err(AppError::Forbidden(
                     "admin access requires the admin token".into(),
                 ));
             }
         }
         Err(AppError::Unauthorized("admin token required".into()))
+    }
+}
+
+/// A development sign-in: 404 when that mode is off; 403 when the request
+/// came through a proxy, names a non-loopback host, or (being an unsafe
+/// request that sets the session cookie) carries a foreign `Origin`. A
+/// request with no `Origin` and no cookie at all is a script on this
+/// machine (curl, a test), which no browser page can be.
+pub struct DevSignIn;
+
+impl FromRequestParts<AppState> for DevSignIn {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        if !state.dev_login() {
+            return Err(AppError::NotFound);
+        }
+        check_local_request(parts)?;
+        let scripted = !parts.headers.contains_key(header::ORIGIN)
+            && !parts.headers.contains_key(header::COOKIE);
+        if is_unsafe(&parts.method) && !scripted && !same_origin(parts, state) {
+            return Err(cross_site());
+        }
+        Ok(DevSignIn)
     }
 }
 

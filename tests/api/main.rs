@@ -12,6 +12,7 @@ mod connections;
 mod download;
 mod files;
 mod hostile;
+mod identity;
 mod media;
 mod quota;
 mod s3;
