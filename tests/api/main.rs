@@ -13,6 +13,7 @@ mod files;
 mod hostile;
 mod media;
 mod quota;
+mod restore_tamper;
 mod s3;
 mod scan;
 mod tus;
