@@ -8,6 +8,7 @@ mod admin;
 mod audit;
 mod auth;
 mod backup;
+mod dependencies;
 mod download;
 mod files;
 mod hostile;
