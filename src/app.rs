@@ -32,6 +32,10 @@ pub struct AppState {
     pub scanner: Option<Scanner>,
     /// Wakes the background job workers after a commit enqueues work.
     pub jobs_notify: Arc<tokio::sync::Notify>,
+    /// The last `/readyz` check, shared by concurrent callers.
+    pub ready: Arc<crate::http::health::ReadyCache>,
+    /// Media tools and the node's media concurrency limit.
+    pub media: crate::jobs::media::MediaRuntime,
 }
 
 impl AppState {
@@ -86,7 +90,11 @@ impl AppState {
             .clone()
             .unwrap_or_else(|| DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect());
         let limits = RateLimits::new(config.rate_limit_user_per_sec, config.rate_limit_ip_per_sec);
-        let scanner = config.clamd.as_deref().map(Scanner::new);
+        let scanner = config
+            .clamd
+            .as_deref()
+            .map(|c| Scanner::new(c).with_timeout(config.limits.clamd_timeout));
+        let media = crate::jobs::media::MediaRuntime::new(&config.limits);
         Ok(AppState {
             config: Arc::new(config),
             meta,
@@ -97,6 +105,8 @@ impl AppState {
             limits: Arc::new(limits),
             scanner,
             jobs_notify: Arc::new(tokio::sync::Notify::new()),
+            ready: Arc::default(),
+            media,
         })
     }
 

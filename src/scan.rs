@@ -2,6 +2,14 @@
 //! `tcp://host:port` or a unix socket path). Every upload is streamed to
 //! clamd after it is staged and before it is published; infected content is
 //! refused with 422 and an unreachable clamd fails closed with 503.
+//!
+//! A clamd that stops answering must not hold an upload (and its quota
+//! reservation) forever: connecting, each write and waiting for the verdict
+//! are each bounded by `limits.clamd_timeout` (connecting by at most
+//! [`CONNECT_TIMEOUT`]); running out of time fails the upload closed, as an
+//! unreachable clamd does.
+
+use std::{future::Future, time::Duration};
 
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -14,10 +22,16 @@ use crate::{
 
 /// clamd's default StreamMaxLength is 25 MiB; chunks stay well under it.
 const CHUNK: usize = 64 * 1024;
+/// Longest wait for clamd to accept a connection (a local daemon answers at
+/// once; a full backlog or a dead host should not use the whole exchange's
+/// budget).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct Scanner {
     target: Target,
+    /// Bound of each step of the exchange: one write, the verdict.
+    timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -39,7 +53,16 @@ impl Scanner {
             Some(addr) => Target::Tcp(addr.to_string()),
             None => Target::Unix(spec.strip_prefix("unix://").unwrap_or(spec).into()),
         };
-        Scanner { target }
+        Scanner {
+            target,
+            timeout: crate::config::Limits::default().clamd_timeout,
+        }
+    }
+
+    /// Bounds each step of the exchange (connect: at most [`CONNECT_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Scanner {
+        self.timeout = timeout;
+        self
     }
 
     /// Scans staging blob `id` of `len` bytes; maps the verdict to the API.
@@ -60,35 +83,66 @@ impl Scanner {
 
     /// Streams bytes to clamd and reads its verdict.
     pub async fn scan_stream(&self, stream: crate::blob::ByteStream) -> std::io::Result<Verdict> {
+        let t = self.timeout;
+        let connect = t.min(CONNECT_TIMEOUT);
         match &self.target {
             Target::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr).await?;
-                instream(s, stream).await
+                let s = bounded(connect, "connect", tokio::net::TcpStream::connect(addr)).await?;
+                instream(s, stream, t).await
             }
             Target::Unix(path) => {
-                let s = tokio::net::UnixStream::connect(path).await?;
-                instream(s, stream).await
+                let s = bounded(connect, "connect", tokio::net::UnixStream::connect(path)).await?;
+                instream(s, stream, t).await
             }
         }
     }
 }
 
+/// `step` within `limit`, else a `TimedOut` error naming it.
+async fn bounded<T>(
+    limit: Duration,
+    step: &str,
+    step_fut: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, step_fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("clamd did not complete {step} within {limit:?}"),
+            ))
+        })
+}
+
 async fn instream<S: AsyncRead + AsyncWrite + Unpin>(
     mut sock: S,
     mut data: crate::blob::ByteStream,
+    t: Duration,
 ) -> std::io::Result<Verdict> {
-    sock.write_all(b"zINSTREAM\0").await?;
+    bounded(t, "the command", sock.write_all(b"zINSTREAM\0")).await?;
     while let Some(chunk) = data.next().await {
         let chunk = chunk?;
         for part in chunk.chunks(CHUNK) {
-            sock.write_all(&(part.len() as u32).to_be_bytes()).await?;
-            sock.write_all(part).await?;
+            let len = (part.len() as u32).to_be_bytes();
+            bounded(t, "a write", async {
+                sock.write_all(&len).await?;
+                sock.write_all(part).await
+            })
+            .await?;
         }
     }
-    sock.write_all(&0u32.to_be_bytes()).await?;
-    sock.flush().await?;
+    bounded(t, "the last write", async {
+        sock.write_all(&0u32.to_be_bytes()).await?;
+        sock.flush().await
+    })
+    .await?;
     let mut reply = Vec::new();
-    sock.take(4096).read_to_end(&mut reply).await?;
+    bounded(
+        t,
+        "the verdict",
+        (&mut sock).take(4096).read_to_end(&mut reply),
+    )
+    .await?;
     parse_reply(&reply)
 }
 

@@ -2,13 +2,27 @@
 //! file, produced after upload, off the request path.
 //!
 //! Images are decoded in-process (`stowage-media`, on the blocking pool);
-//! video and audio go through ffprobe/ffmpeg subprocesses with a timeout, a
-//! concurrency limit and no shell. Without ffmpeg the service still works:
-//! video jobs fail with the reason, which `/readyz` also reports.
+//! video and audio go through ffprobe/ffmpeg subprocesses with a timeout, an
+//! address-space limit, a thread limit and no shell. Without ffmpeg the
+//! service still works: video jobs fail with the reason, and `/readyz` says
+//! video thumbnails are off.
 //! Broken or hostile media never fails the upload: the file stays stored and
 //! downloadable, and the job ends failed with its reason (admin API, logs).
+//!
+//! Bounds (SPEC §9): at most `limits.media_concurrency` media tasks (decodes
+//! and tool runs together) at once per node. A decode cannot be cancelled, so
+//! its permit moves into the blocking task: one that outlives
+//! `limits.media_timeout` fails its job but keeps its slot until it really
+//! ends, and new decodes wait instead of piling up on the blocking pool.
 
-use std::{path::PathBuf, sync::OnceLock, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, OnceLock,
+    },
+    time::Duration,
+};
 
 use stowage_media::{image_thumbnail, MediaError, MediaTools, ThumbFormat, ThumbnailSpec};
 use uuid::Uuid;
@@ -16,24 +30,21 @@ use uuid::Uuid;
 use super::JobError;
 use crate::{
     app::AppState,
+    config::Limits,
     domain::{filetype::FileType, names::user_dir_name},
     meta::{FileRecord, MediaUpdate},
 };
 
-/// Longest an in-process image decode may take before the job gives up.
-const IMAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest image (pixels announced by its header) that is decoded.
 const MAX_PIXELS: u64 = 64_000_000;
 
 static TOOLS: OnceLock<MediaTools> = OnceLock::new();
 
-/// The ffmpeg/ffprobe wrapper, found on `PATH` once.
-pub fn tools() -> &'static MediaTools {
+/// ffmpeg/ffprobe as found on `PATH`, looked up (and logged) once per
+/// process; each node applies its own limits on a copy.
+fn detected() -> &'static MediaTools {
     TOOLS.get_or_init(|| {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        let t = MediaTools::detect().with_concurrency(cores);
+        let t = MediaTools::detect();
         match t.disabled_reason() {
             None => tracing::info!("video thumbnails on (ffmpeg and ffprobe found)"),
             Some(why) => {
@@ -44,11 +55,100 @@ pub fn tools() -> &'static MediaTools {
     })
 }
 
-/// Whether video thumbnails are available, for `/readyz`.
-pub fn status() -> String {
-    match tools().disabled_reason() {
-        None => "on".into(),
-        Some(why) => format!("off: {why}"),
+/// Whether video thumbnails are available, for `/readyz` (the reason when
+/// they are not is logged at start-up).
+pub fn status() -> &'static str {
+    match detected().disabled_reason() {
+        None => "on",
+        Some(_) => "off",
+    }
+}
+
+/// One node's media tools, with the configured limits, and the count of
+/// in-process decodes running. Cheap to clone; clones share the limit.
+#[derive(Clone, Debug)]
+pub struct MediaRuntime {
+    tools: MediaTools,
+    timeout: Duration,
+    decodes: Arc<DecodeCount>,
+}
+
+/// In-process decodes running now, and the most seen at once.
+#[derive(Debug, Default)]
+struct DecodeCount {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// Counts one decode for as long as it lives.
+struct Decoding(Arc<DecodeCount>);
+
+impl Decoding {
+    fn start(c: &Arc<DecodeCount>) -> Decoding {
+        let n = c.now.fetch_add(1, Ordering::SeqCst) + 1;
+        c.peak.fetch_max(n, Ordering::SeqCst);
+        Decoding(c.clone())
+    }
+}
+
+impl Drop for Decoding {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl MediaRuntime {
+    pub fn new(limits: &Limits) -> MediaRuntime {
+        let tools = detected()
+            .clone()
+            .with_timeout(limits.media_timeout)
+            .with_concurrency(limits.media_concurrency)
+            .with_memory_limit(Some(limits.ffmpeg_memory_bytes))
+            .with_threads(Some(limits.ffmpeg_threads));
+        MediaRuntime {
+            tools,
+            timeout: limits.media_timeout,
+            decodes: Arc::default(),
+        }
+    }
+
+    /// The ffmpeg/ffprobe wrapper with this node's limits.
+    pub fn tools(&self) -> &MediaTools {
+        &self.tools
+    }
+
+    /// In-process decodes running now (timed-out ones included).
+    pub fn decodes_running(&self) -> usize {
+        self.decodes.now.load(Ordering::SeqCst)
+    }
+
+    /// The most in-process decodes that ever ran at once on this node.
+    pub fn decodes_peak(&self) -> usize {
+        self.decodes.peak.load(Ordering::SeqCst)
+    }
+
+    /// Runs `work` on the blocking pool once a slot of the media limit is
+    /// free, holding the slot until `work` returns, and waits at most the
+    /// media timeout for it.
+    async fn decode<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, JobError> {
+        let permit = self
+            .tools
+            .permit()
+            .await
+            .map_err(|e| JobError::Transient(e.to_string()))?;
+        let count = self.decodes.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let _counted = Decoding::start(&count);
+            work()
+        });
+        tokio::time::timeout(self.timeout, job)
+            .await
+            .map_err(|_| JobError::Permanent("image decoding timed out".into()))?
+            .map_err(|e| JobError::Permanent(format!("image decoder crashed: {e}")))
     }
 }
 
@@ -153,17 +253,30 @@ pub async fn process(state: &AppState, file_id: Uuid) -> Result<(), JobError> {
     match rec.file_type {
         FileType::Image => {
             let (s, d, sp) = (src.clone(), thumb_tmp.clone(), spec.clone());
-            let job = tokio::task::spawn_blocking(move || image_thumbnail(&s, &d, &sp));
-            let info = tokio::time::timeout(IMAGE_TIMEOUT, job)
-                .await
-                .map_err(|_| JobError::Permanent("image decoding timed out".into()))?
-                .map_err(|e| JobError::Permanent(format!("image decoder crashed: {e}")))?
-                .map_err(classify)?;
+            // A decode that outlives the timeout removes its own output when
+            // it ends; the job has given up on it by then.
+            let abandoned = Arc::new(AtomicBool::new(false));
+            let gone = abandoned.clone();
+            let decoded = state
+                .media
+                .decode(move || {
+                    let r = image_thumbnail(&s, &d, &sp);
+                    if gone.load(Ordering::SeqCst) {
+                        let _ = std::fs::remove_file(&d);
+                    }
+                    r
+                })
+                .await;
+            if decoded.is_err() {
+                abandoned.store(true, Ordering::SeqCst);
+                let _ = std::fs::remove_file(&thumb_tmp);
+            }
+            let info = decoded?.map_err(classify)?;
             update.resolution = Some(format!("{}x{}", info.width, info.height));
             thumb_written = true;
         }
         FileType::Video => {
-            let t = tools();
+            let t = state.media.tools();
             if let Some(why) = t.disabled_reason() {
                 return Err(JobError::Permanent(format!(
                     "video processing is off: {why}"
@@ -182,7 +295,7 @@ pub async fn process(state: &AppState, file_id: Uuid) -> Result<(), JobError> {
             }
         }
         FileType::Audio => {
-            let t = tools();
+            let t = state.media.tools();
             if let Some(why) = t.disabled_reason() {
                 return Err(JobError::Permanent(format!("audio probing is off: {why}")));
             }

@@ -1137,17 +1137,25 @@ pub fn read_contents(path: &Path) -> anyhow::Result<Contents> {
 /// What the blocking half of `restore` unpacked.
 struct Unpacked {
     header: BackupHeader,
-    /// Blob keys written to the volume.
+    /// Blob keys published in the store.
     restored: HashSet<String>,
     thumbnails: u64,
 }
 
 /// Rebuilds the configured database and blob store from `archive`. The
-/// database must hold no file rows. Blobs are checked against the manifest
-/// and their rows while written (staged, made durable, then published under
-/// their key only when the sums match); rows go in only
-/// when every blob checked out, in one transaction; the triggers rebuild the
-/// counters, which are then checked against the rows.
+/// database must hold no file rows.
+///
+/// The archive is not trusted: before anything is published, the whole of
+/// it is checked against its own database snapshot. Every blob must be the
+/// file or the thumbnail of exactly one row, under that row's user's
+/// directory in the folder of its type (`{user}/{type dir}/{id}.{ext}`,
+/// `{user}/.thumbs/{id}.{ext}`), with the row's size and sha256 (files) and
+/// the manifest's (every blob); every row's blobs must be archived or
+/// recorded as deleted after the snapshot; nothing else is accepted. Blobs
+/// are staged while they are read and published only once all of that
+/// holds; on any violation restore fails with the reason, and the target
+/// keeps no blob and no row. Rows then go in in one transaction; the
+/// triggers rebuild the counters, which are then checked against the rows.
 pub async fn restore(
     state: &AppState,
     archive: &Path,
@@ -1173,7 +1181,16 @@ pub async fn restore(
         "blobs in place; inserting rows ({} files)",
         unpacked.header.files
     ));
-    let mut rep = insert_rows(state, &users_path, &files_path, &unpacked.restored).await?;
+    let mut rep = match insert_rows(state, &users_path, &files_path, &unpacked.restored).await {
+        Ok(rep) => rep,
+        Err(e) => {
+            // The transaction rolled back; take the blobs back out too.
+            for key in &unpacked.restored {
+                let _ = state.blobs.remove(key).await;
+            }
+            return Err(e.context("inserting the rows"));
+        }
+    };
     rep.thumbnails = unpacked.thumbnails;
     state.meta.repair_counters().await?;
     // The counters must equal the rows now.
@@ -1215,6 +1232,141 @@ async fn has_file_rows(state: &AppState) -> anyhow::Result<bool> {
     }
 }
 
+/// Which blob of its row a key is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BlobKind {
+    File,
+    Thumbnail,
+}
+
+impl BlobKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            BlobKind::File => "file",
+            BlobKind::Thumbnail => "thumbnail",
+        }
+    }
+}
+
+/// What the snapshot says one blob key must be.
+struct Owner {
+    row: Uuid,
+    kind: BlobKind,
+    /// Size and sha256 from the row (files only).
+    sum: Option<(i64, String)>,
+}
+
+/// `key` is `{dir}/{id}.{ext}` with a plain extension.
+fn is_blob_key_in(key: &str, dir: &str, id: Uuid) -> bool {
+    key.strip_prefix(dir)
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.strip_prefix(id.to_string().as_str()))
+        .and_then(|r| r.strip_prefix('.'))
+        .is_some_and(|ext| {
+            (1..=8).contains(&ext.len()) && ext.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
+}
+
+/// Checks one snapshot row's blob keys against the layout of SPEC §5 and
+/// records them in `owners`; a key claimed twice is refused.
+fn claim_keys(
+    f: &DumpFile,
+    users: &HashSet<String>,
+    owners: &mut HashMap<String, Owner>,
+) -> anyhow::Result<()> {
+    use crate::domain::{filetype::FileType, names::user_dir_name};
+    if !users.contains(&f.user_id) {
+        bail!(
+            "row {}: its user {:?} is not in the snapshot",
+            f.id,
+            f.user_id
+        );
+    }
+    let ft = FileType::parse(&f.file_type)
+        .filter(|t| t.as_str() == f.file_type)
+        .with_context(|| format!("row {}: unknown file type {:?}", f.id, f.file_type))?;
+    let user_dir = user_dir_name(&f.user_id);
+    let mut claim = |key: &str, kind: BlobKind, dir: String| -> anyhow::Result<()> {
+        crate::blob::check_key(key).map_err(|e| anyhow::anyhow!("row {}: {e}", f.id))?;
+        if !is_blob_key_in(key, &dir, f.id) {
+            bail!(
+                "row {}: its {} {key:?} is not {dir}/{}.<ext>, where its user's {} belong",
+                f.id,
+                kind.as_str(),
+                f.id,
+                kind.as_str()
+            );
+        }
+        let sum = (kind == BlobKind::File).then(|| (f.file_size, f.sha256.clone()));
+        if let Some(o) = owners.insert(
+            key.to_string(),
+            Owner {
+                row: f.id,
+                kind,
+                sum,
+            },
+        ) {
+            bail!("{key}: claimed by rows {} and {}", o.row, f.id);
+        }
+        Ok(())
+    };
+    claim(
+        &f.file_path,
+        BlobKind::File,
+        format!("{user_dir}/{}", ft.dir()),
+    )?;
+    if let Some(th) = &f.thumbnail_path {
+        claim(th, BlobKind::Thumbnail, format!("{user_dir}/.thumbs"))?;
+    }
+    Ok(())
+}
+
+/// Staged blobs of a restore, keyed by blob key; discarded on drop unless
+/// published.
+struct Staged<'a> {
+    blobs: &'a dyn BlobStore,
+    rt: &'a tokio::runtime::Handle,
+    ids: HashMap<String, Uuid>,
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        for id in self.ids.values() {
+            let _ = self.rt.block_on(self.blobs.discard(*id));
+        }
+    }
+}
+
+impl Staged<'_> {
+    /// Publishes every staged blob whose key is in `keep` and discards the
+    /// rest; on a failure, removes what was published already.
+    fn publish(mut self, keep: &HashSet<&str>) -> anyhow::Result<HashSet<String>> {
+        let mut done: HashSet<String> = HashSet::new();
+        let ids = std::mem::take(&mut self.ids);
+        let mut pending = ids.iter();
+        for (key, id) in pending.by_ref() {
+            if !keep.contains(key.as_str()) {
+                let _ = self.rt.block_on(self.blobs.discard(*id));
+                continue;
+            }
+            if let Err(e) = self.rt.block_on(self.blobs.publish(*id, key)) {
+                for k in &done {
+                    let _ = self.rt.block_on(self.blobs.remove(k));
+                }
+                let _ = self.rt.block_on(self.blobs.discard(*id));
+                for (_, rest) in pending {
+                    let _ = self.rt.block_on(self.blobs.discard(*rest));
+                }
+                return Err(anyhow::Error::new(e).context(format!("publishing {key}")));
+            }
+            done.insert(key.clone());
+        }
+        Ok(done)
+    }
+}
+
+/// Reads the archive, checking it whole and staging its blobs; publishes
+/// them only when everything checked out (see [`restore`]).
 fn unpack(
     archive: &Path,
     blobs: &dyn BlobStore,
@@ -1224,17 +1376,28 @@ fn unpack(
 ) -> anyhow::Result<(Unpacked, Progress)> {
     let mut ar = open_archive(archive)?;
     let mut header: Option<BackupHeader> = None;
-    // blob key -> (size, sha256) of the rows
-    let mut rows: HashMap<String, (i64, String)> = HashMap::new();
-    // archive path -> (size, sha256) as written
+    let mut users: Option<HashSet<String>> = None;
+    let mut rows: Option<Vec<DumpFile>> = None;
+    // blob key -> what its row says it is
+    let mut owners: HashMap<String, Owner> = HashMap::new();
+    // archive path -> (size, sha256) as read
     let mut got: HashMap<String, (u64, String)> = HashMap::new();
-    let mut manifest_seen = false;
-    let mut restored = HashSet::new();
-    let mut thumbnails = 0u64;
+    let mut manifest: Option<(HashSet<String>, HashSet<String>)> = None;
+    let mut staged = Staged {
+        blobs,
+        rt,
+        ids: HashMap::new(),
+    };
     let mut n = 0u64;
     for entry in ar.entries()? {
         let entry = entry?;
         let name = entry_path(&entry)?;
+        if got.contains_key(&name) {
+            bail!("archive entry {name:?} appears twice");
+        }
+        if manifest.is_some() {
+            bail!("archive entry {name:?} after the manifest");
+        }
         let mut r = Hashing::new(entry);
         match name.as_str() {
             HEADER_ENTRY => {
@@ -1251,75 +1414,136 @@ fn unpack(
                 let mut w = BufWriter::new(File::create(&out)?);
                 let mut lines = BufReader::new(&mut r);
                 let mut l = String::new();
+                let (mut seen_users, mut seen_rows) = (HashSet::new(), Vec::new());
                 while {
                     l.clear();
                     lines.read_line(&mut l)? > 0
                 } {
-                    if name == FILES_ENTRY && !l.trim().is_empty() {
-                        let f: DumpFile = serde_json::from_str(l.trim_end())?;
-                        rows.insert(f.file_path, (f.file_size, f.sha256));
+                    if !l.trim().is_empty() {
+                        if name == FILES_ENTRY {
+                            let f: DumpFile = serde_json::from_str(l.trim_end())?;
+                            seen_rows.push(f);
+                        } else {
+                            let u: DumpUser = serde_json::from_str(l.trim_end())?;
+                            if !seen_users.insert(u.user_id.clone()) {
+                                bail!("user {:?} appears twice in the snapshot", u.user_id);
+                            }
+                        }
                     }
                     w.write_all(l.as_bytes())?;
                 }
                 w.flush()?;
+                if name == FILES_ENTRY {
+                    let known = users
+                        .as_ref()
+                        .context("the file rows come before the users in the archive")?;
+                    let mut ids = HashSet::new();
+                    for f in &seen_rows {
+                        if !ids.insert(f.id) {
+                            bail!("row {} appears twice in the snapshot", f.id);
+                        }
+                        claim_keys(f, known, &mut owners)?;
+                    }
+                    rows = Some(seen_rows);
+                } else {
+                    users = Some(seen_users);
+                }
             }
             MANIFEST_ENTRY => {
                 let mut s = String::new();
                 r.read_to_string(&mut s)?;
+                let (mut listed, mut skipped) = (HashSet::new(), HashSet::new());
                 for l in s.lines().filter(|l| !l.trim().is_empty()) {
-                    if let ManifestLine::Entry {
-                        path, size, sha256, ..
-                    } = serde_json::from_str::<ManifestLine>(l)?
-                    {
-                        match got.get(&path) {
-                            Some((s, h)) if *s == size && *h == sha256 => {}
-                            _ => bail!("{path}: archive content does not match the manifest"),
+                    match serde_json::from_str::<ManifestLine>(l)? {
+                        ManifestLine::Entry {
+                            path, size, sha256, ..
+                        } => {
+                            match got.get(&path) {
+                                Some((s, h)) if *s == size && *h == sha256 => {}
+                                _ => bail!("{path}: archive content does not match the manifest"),
+                            }
+                            listed.insert(path);
                         }
+                        ManifestLine::Skipped { key, .. } => {
+                            skipped.insert(key);
+                        }
+                        ManifestLine::Summary { .. } => {}
                     }
                 }
-                manifest_seen = true;
+                manifest = Some((listed, skipped));
             }
             blob if blob.starts_with(BLOB_PREFIX) => {
                 let key = blob[BLOB_PREFIX.len()..].to_string();
+                if rows.is_none() {
+                    bail!("archive entry {blob:?} comes before the file rows");
+                }
+                let owner = owners
+                    .get(&key)
+                    .with_context(|| format!("{key}: archived blob that no row references"))?;
                 crate::blob::check_key(&key)
                     .map_err(|e| anyhow::anyhow!("archive entry {blob:?}: {e}"))?;
                 let (id, size, sha) =
                     stage_blob(blobs, rt, &mut r).with_context(|| format!("writing {key}"))?;
-                let checked = if let Some((rs, rh)) = rows.get(&key) {
+                staged.ids.insert(key.clone(), id);
+                if let Some((rs, rh)) = &owner.sum {
                     if *rs != size as i64 || *rh != sha {
-                        Err(anyhow::anyhow!("{key}: {size} bytes sha256 {sha}, but its row says {rs} bytes sha256 {rh}"))
-                    } else {
-                        Ok(())
+                        bail!(
+                            "{key}: {size} bytes sha256 {sha}, but row {} says its {} has {rs} bytes sha256 {rh}",
+                            owner.row,
+                            owner.kind.as_str()
+                        );
                     }
-                } else if key.split('/').nth(1) == Some(".thumbs") {
-                    thumbnails += 1;
-                    Ok(())
-                } else {
-                    Err(anyhow::anyhow!(
-                        "{key}: archived blob that no row references"
-                    ))
-                };
-                if let Err(e) = checked {
-                    let _ = rt.block_on(blobs.discard(id));
-                    return Err(e);
                 }
-                rt.block_on(blobs.publish(id, &key))
-                    .with_context(|| format!("publishing {key}"))?;
-                restored.insert(key);
                 n += 1;
-                progress.tick(|| format!("{n} blobs restored"));
+                progress.tick(|| format!("{n} blobs checked"));
             }
             other => bail!("unexpected archive entry {other:?}"),
         }
         let (size, sha) = r.finish();
         got.insert(name, (size, sha));
     }
-    if !manifest_seen {
+    let header = header.context("archive has no header")?;
+    let rows = rows.context("archive has no file rows")?;
+    let Some((listed, skipped)) = manifest else {
         bail!("archive has no manifest (truncated?)");
+    };
+    // Every entry's sum is in the manifest (a thumbnail's only check).
+    for name in got.keys() {
+        if name != HEADER_ENTRY && name != MANIFEST_ENTRY && !listed.contains(name) {
+            bail!("{name}: in the archive but not in the manifest");
+        }
     }
+    // Every row's blobs are here, or were deleted after the snapshot; a row
+    // whose file is gone is left out, and so is its thumbnail.
+    let mut keep: HashSet<&str> = HashSet::new();
+    let mut thumbnails = 0u64;
+    for f in &rows {
+        for (key, kind) in std::iter::once((&f.file_path, BlobKind::File))
+            .chain(f.thumbnail_path.iter().map(|t| (t, BlobKind::Thumbnail)))
+        {
+            if !staged.ids.contains_key(key) && !skipped.contains(key) {
+                bail!(
+                    "{key}: the {} of row {} is neither archived nor recorded as deleted",
+                    kind.as_str(),
+                    f.id
+                );
+            }
+        }
+        if staged.ids.contains_key(&f.file_path) {
+            keep.insert(&f.file_path);
+            if let Some(th) = f.thumbnail_path.as_deref() {
+                if staged.ids.contains_key(th) {
+                    keep.insert(th);
+                    thumbnails += 1;
+                }
+            }
+        }
+    }
+    progress.say(format!("{n} blobs checked; publishing"));
+    let restored = staged.publish(&keep)?;
     Ok((
         Unpacked {
-            header: header.context("archive has no header")?,
+            header,
             restored,
             thumbnails,
         },

@@ -5,6 +5,9 @@
 //! - `tokio::process::Command` with an argument vector: no shell, no interpolation.
 //! - stdin is `/dev/null`; the child is killed if its future is dropped
 //!   (`kill_on_drop`) and, on timeout, killed and reaped before returning.
+//! - an address-space limit (`RLIMIT_AS`), set in the child between fork and exec,
+//!   so a hostile file cannot make a decoder map more than the caller allows: the
+//!   allocation fails inside the child, which exits with an error.
 //! - stdout is captured up to a caller-given limit (more is drained and reported as an
 //!   error); stderr keeps only its last [`STDERR_TAIL`] bytes for error messages.
 //!
@@ -33,29 +36,56 @@ pub struct Output {
     pub stderr_tail: String,
 }
 
-/// Runs `program args…` with a wall-clock `timeout`, capturing at most `max_stdout`
-/// bytes of standard output.
+/// What one run may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Wall clock, start to exit.
+    pub timeout: Duration,
+    /// Standard output kept; more is an error.
+    pub max_stdout: usize,
+    /// Address space the child may map (`RLIMIT_AS`), bytes; `None`: inherited.
+    pub address_space: Option<u64>,
+}
+
+/// Runs `program args…` within `limits`.
 ///
 /// Returns [`MediaError::Timeout`] (child killed and reaped),
 /// [`MediaError::Process`] for a non-zero exit, [`MediaError::Decode`] when stdout
 /// exceeded `max_stdout`, [`MediaError::Io`] when the program could not be started.
-pub async fn run<I, S>(
-    program: &Path,
-    args: I,
-    timeout: Duration,
-    max_stdout: usize,
-) -> Result<Output, MediaError>
+pub async fn run<I, S>(program: &Path, args: I, limits: RunLimits) -> Result<Output, MediaError>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let mut child = Command::new(program)
-        .args(args)
+    let RunLimits {
+        timeout,
+        max_stdout,
+        address_space,
+    } = limits;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+        .kill_on_drop(true);
+    if let Some(bytes) = address_space {
+        let lim = libc::rlimit {
+            rlim_cur: bytes as libc::rlim_t,
+            rlim_max: bytes as libc::rlim_t,
+        };
+        // SAFETY: runs in the forked child before exec; setrlimit is
+        // async-signal-safe and touches only the child's own limits.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_AS, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = cmd.spawn()?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
 
@@ -172,13 +202,20 @@ mod tests {
         assert!(!over);
     }
 
+    fn limits(timeout: Duration, address_space: Option<u64>) -> RunLimits {
+        RunLimits {
+            timeout,
+            max_stdout: 1024,
+            address_space,
+        }
+    }
+
     #[tokio::test]
     async fn nonzero_exit_carries_stderr() {
         let err = run(
             Path::new("/bin/sh"),
             ["-c", "echo boom >&2; exit 3"],
-            Duration::from_secs(10),
-            1024,
+            limits(Duration::from_secs(10), None),
         )
         .await
         .unwrap_err();
@@ -200,12 +237,50 @@ mod tests {
         let err = run(
             Path::new("/bin/sleep"),
             ["30"],
-            Duration::from_millis(200),
-            1024,
+            limits(Duration::from_millis(200), None),
         )
         .await
         .unwrap_err();
         assert!(matches!(err, MediaError::Timeout), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn the_child_runs_under_the_address_space_limit() {
+        // `ulimit -v` reports RLIMIT_AS in KiB, as the child sees it.
+        let out = run(
+            Path::new("/bin/sh"),
+            ["-c", "ulimit -v"],
+            limits(Duration::from_secs(10), Some(300 << 20)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "307200");
+        // Without a limit the child inherits ours (unlimited in test runs, or
+        // whatever the environment set, but not the one above).
+        let out = run(
+            Path::new("/bin/sh"),
+            ["-c", "ulimit -v"],
+            limits(Duration::from_secs(10), None),
+        )
+        .await
+        .unwrap();
+        assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "307200");
+    }
+
+    #[tokio::test]
+    async fn an_allocation_over_the_limit_fails_in_the_child() {
+        // A shell asked to hold a 64 MiB string under a 32 MiB limit.
+        let err = run(
+            Path::new("/bin/sh"),
+            [
+                "-c",
+                "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}",
+            ],
+            limits(Duration::from_secs(30), Some(32 << 20)),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, MediaError::Process { .. }), "{err:?}");
     }
 }

@@ -11,8 +11,9 @@
 //! never be read as another protocol or an option), `-protocol_whitelist file` stops
 //! playlists from reaching the network or other protocols, `-format_whitelist` restricts
 //! demuxers to the media types stowage accepts, `-probesize`/`-analyzeduration` bound
-//! probing, `-t` bounds how much input ffmpeg reads, and the process wrapper applies
-//! the timeout and output limits (see [`crate::process`]).
+//! probing, `-t` bounds how much input ffmpeg reads, `-threads` bounds the threads of
+//! decoders and encoders, and the process wrapper applies the timeout, output and
+//! address-space limits (see [`crate::process`]).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -83,6 +84,10 @@ pub struct MediaTools {
     probesize: u64,
     analyze_duration_us: u64,
     format_whitelist: Option<String>,
+    /// `RLIMIT_AS` of every tool process, bytes.
+    memory_limit: Option<u64>,
+    /// `-threads` of every tool run.
+    threads: Option<u32>,
 }
 
 impl MediaTools {
@@ -106,6 +111,8 @@ impl MediaTools {
             probesize: DEFAULT_PROBESIZE,
             analyze_duration_us: DEFAULT_ANALYZE_DURATION_US,
             format_whitelist: Some(DEFAULT_FORMAT_WHITELIST.to_string()),
+            memory_limit: None,
+            threads: None,
         }
     }
 
@@ -120,6 +127,20 @@ impl MediaTools {
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self.limiter = Arc::new(Semaphore::new(self.concurrency));
+        self
+    }
+
+    /// Sets the address space each tool process may map (`RLIMIT_AS`, bytes), or
+    /// `None` to leave the inherited limit.
+    pub fn with_memory_limit(mut self, bytes: Option<u64>) -> Self {
+        self.memory_limit = bytes;
+        self
+    }
+
+    /// Sets how many threads ffmpeg/ffprobe may use per run (`-threads`, at least 1),
+    /// or `None` for ffmpeg's default (one per CPU and more).
+    pub fn with_threads(mut self, n: Option<u32>) -> Self {
+        self.threads = n.map(|n| n.max(1));
         self
     }
 
@@ -170,6 +191,17 @@ impl MediaTools {
     /// The maximum number of concurrent tool processes.
     pub fn concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    /// Waits for a slot of the concurrency limit. Tool runs take one each;
+    /// callers doing other media work (in-process decodes) take one too, so a
+    /// single limit bounds both. The slot is free again when the permit drops.
+    pub async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, MediaError> {
+        self.limiter
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| MediaError::Decode("tool limiter closed".into()))
     }
 
     /// Probes a video or audio file: display resolution of the first video stream and
@@ -282,23 +314,36 @@ impl MediaTools {
             "rgb24".into(),
             "-c:v".into(),
             "png".into(),
-            "-f".into(),
-            "image2pipe".into(),
-            "pipe:1".into(),
         ]);
+        if let Some(n) = self.threads {
+            args.extend([
+                "-threads".into(),
+                n.to_string().into(),
+                "-filter_threads".into(),
+                n.to_string().into(),
+            ]);
+        }
+        args.extend(["-f".into(), "image2pipe".into(), "pipe:1".into()]);
         Ok(self.run(ffmpeg, &args, MAX_POSTER_OUTPUT).await?.stdout)
     }
 
     /// Input options shared by ffprobe and ffmpeg.
     fn input_limits(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(n) = self.threads {
+            // Before the input: the decoder's threads (an output option would only
+            // reach the encoder).
+            args.push("-threads".into());
+            args.push(n.to_string().into());
+        }
+        args.extend::<[OsString; 6]>([
             "-probesize".into(),
             self.probesize.to_string().into(),
             "-analyzeduration".into(),
             self.analyze_duration_us.to_string().into(),
             "-protocol_whitelist".into(),
             "file".into(),
-        ];
+        ]);
         if let Some(list) = &self.format_whitelist {
             args.push("-format_whitelist".into());
             args.push(list.into());
@@ -312,12 +357,13 @@ impl MediaTools {
         args: &[OsString],
         max_stdout: usize,
     ) -> Result<process::Output, MediaError> {
-        let _permit = self
-            .limiter
-            .acquire()
-            .await
-            .map_err(|_| MediaError::Decode("tool limiter closed".into()))?;
-        process::run(program, args, self.timeout, max_stdout).await
+        let _permit = self.permit().await?;
+        let limits = process::RunLimits {
+            timeout: self.timeout,
+            max_stdout,
+            address_space: self.memory_limit,
+        };
+        process::run(program, args, limits).await
     }
 }
 

@@ -374,3 +374,77 @@ async fn rotated_video_reports_display_size() {
         .unwrap();
     assert_eq!((poster.width, poster.height), (180, 320));
 }
+
+/// A stand-in for ffprobe that records its arguments and the address-space limit
+/// it runs under (`ulimit -v`, KiB), then answers like ffprobe for a 2 s clip.
+fn recording_probe(dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let log = dir.join("seen");
+    let script = dir.join("ffprobe");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {log}\nulimit -v >> {log}\n\
+             echo '{{\"format\":{{\"duration\":\"2.0\"}},\"streams\":[{{\"codec_type\":\"audio\"}}]}}'\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+#[tokio::test]
+async fn every_tool_run_gets_the_memory_and_thread_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (probe, log) = recording_probe(dir.path());
+    let tools = MediaTools::with_paths(None, Some(probe))
+        .with_memory_limit(Some(256 << 20))
+        .with_threads(Some(1));
+    let info = tools.probe(&dir.path().join("in.mp3")).await.unwrap();
+    assert_eq!(info.duration_secs, Some(2.0));
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let mut lines = seen.lines();
+    let args: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    let i = args
+        .iter()
+        .position(|a| *a == "-threads")
+        .expect("-threads passed");
+    assert_eq!(args[i + 1], "1");
+    assert!(
+        i < args.iter().position(|a| a.starts_with("file:")).unwrap(),
+        "-threads comes before the input: {args:?}"
+    );
+    assert_eq!(lines.next().unwrap().trim(), (256 << 10).to_string());
+}
+
+#[tokio::test]
+async fn ffmpeg_under_a_tiny_memory_limit_fails_cleanly() {
+    let Some(tools) = tools("ffmpeg_under_a_tiny_memory_limit_fails_cleanly") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = clip(&tools, dir.path(), "clip.mp4", "2", "320x240");
+    let tools = tools.with_memory_limit(Some(16 << 20));
+    let started = Instant::now();
+    let err = tools.probe(&src).await.unwrap_err();
+    assert!(matches!(err, MediaError::Process { .. }), "{err:?}");
+    let spec = ThumbnailSpec {
+        max_side: 64,
+        format: ThumbFormat::Jpeg,
+        ..Default::default()
+    };
+    let err = tools
+        .video_poster(&src, &dir.path().join("p.jpg"), Some(2.0), &spec)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MediaError::Process { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // The same clip with room to work: the limit was the only difference.
+    let tools = tools.with_memory_limit(Some(1 << 30)).with_threads(Some(1));
+    assert!(tools.probe(&src).await.is_ok());
+    tools
+        .video_poster(&src, &dir.path().join("p.jpg"), Some(2.0), &spec)
+        .await
+        .unwrap();
+}
