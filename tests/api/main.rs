@@ -11,6 +11,7 @@ mod backup;
 mod download;
 mod files;
 mod hostile;
+mod limits;
 mod media;
 mod quota;
 mod s3;
