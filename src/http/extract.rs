@@ -10,6 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::{
+    body::Body,
     extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Request},
     http::{header, request::Parts, HeaderName, Method},
 };
@@ -333,6 +334,11 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJson<T> {
     }
 }
 
+/// Refused JSON bodies up to this size are read to their end (and
+/// discarded) before the 413 is sent: most HTTP clients cannot take an
+/// answer while they are still sending and would see a reset connection.
+const DRAIN_LIMIT: u64 = 4 * 1024 * 1024;
+
 /// Reads a JSON body of at most `limit` bytes. A `Content-Length` over it
 /// is refused before reading; a chunked body as soon as it passes it, so no
 /// more than `limit` bytes are ever held.
@@ -344,13 +350,33 @@ pub async fn json_body(req: Request, limit: usize) -> Result<Bytes, AppError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let mut body = req.into_body();
+    if let Some(n) = declared.filter(|&n| n > limit as u64) {
+        if n <= DRAIN_LIMIT {
+            discard(&mut body, DRAIN_LIMIT).await;
+        }
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+    match Limited::new(&mut body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => {
+            discard(&mut body, DRAIN_LIMIT).await;
+            Err(too_large())
+        }
         Err(e) => Err(AppError::BadRequest(format!("could not read body: {e}"))),
+    }
+}
+
+/// Reads and drops what is left of `body`, up to `max` bytes.
+async fn discard(body: &mut Body, max: u64) {
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            seen += data.len() as u64;
+            if seen > max {
+                return;
+            }
+        }
     }
 }
 

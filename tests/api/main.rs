@@ -14,6 +14,7 @@ mod download;
 mod files;
 mod hostile;
 mod identity;
+mod limits;
 mod media;
 mod quota;
 mod restore_tamper;
