@@ -12,6 +12,7 @@ mod download;
 mod files;
 mod hostile;
 mod media;
+mod openapi;
 mod quota;
 mod s3;
 mod scan;
