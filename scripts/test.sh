@@ -85,8 +85,11 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if [ -f web/package.json ]; then
-  log "web: typecheck, unit tests, build (dist must match the sources)"
-  (cd web && npm run --silent typecheck && npm test --silent && npm run --silent build)
+  log "web: generated API types, typecheck, unit tests, build (dist must match the sources)"
+  # src/lib/openapi.ts must be what openapi-typescript makes of the committed
+  # src/lib/openapi.json; that copy is compared with the server's live
+  # /openapi.json by `cargo test` (tests/api/openapi.rs).
+  (cd web && npm run --silent check:api && npm run --silent typecheck && npm test --silent && npm run --silent build)
   if [ -n "$(git status --porcelain -- web/dist)" ]; then
     echo "web/dist is out of date with web/src: run 'cd web && npm run build' and commit web/dist" >&2
     git status --porcelain -- web/dist >&2
@@ -101,5 +104,7 @@ grep -q "test result: FAILED" /tmp/stowage-cargo-test.log && exit 1
 if [ -f web/e2e/run.mjs ] && [ -z "${SKIP_E2E:-}" ]; then
   log "web: end-to-end tests in Chromium"
   (cd web && STOWAGE_BIN="$ROOT/target/debug/stowage" node e2e/run.mjs)
+  log "web: the npm package installed into a Vite + React host app, in Chromium"
+  (cd web && STOWAGE_BIN="$ROOT/target/debug/stowage" node e2e/package.mjs)
 fi
 log "all checks passed"

@@ -1,7 +1,17 @@
-//! `GET /openapi.json`: the OpenAPI 3 description of the API, built from the
+//! `GET /openapi.json`: the OpenAPI 3.1 description of the API, built from the
 //! route table below, which is kept next to the routers it describes; a test
 //! checks that every documented route answers something other than 404 for
 //! an unknown route.
+//!
+//! The document is precise enough to generate clients from, and the web
+//! package does exactly that (`web/src/lib/openapi.json` is a committed copy,
+//! `web/src/lib/openapi.ts` the types generated from it; tests fail when
+//! either drifts from what the server serves). So every schema names its
+//! required fields, request bodies and query parameters are typed, each
+//! operation has an `operationId`, and every answer that hands out a file id
+//! carries OpenAPI `links` to the operations on that file (details, download,
+//! thumbnail, signed link, tags, favourite, delete): generated clients and
+//! stateful fuzzers chain an upload into the calls that follow it.
 
 use axum::{routing::get, Json, Router};
 use serde_json::{json, Map, Value};
@@ -12,11 +22,14 @@ use crate::app::AppState;
 pub struct Op {
     pub method: &'static str,
     pub path: &'static str,
+    /// The `operationId`: unique, lower camel case; links refer to it.
+    pub id: &'static str,
     pub summary: &'static str,
     pub auth: Auth,
-    /// `(status, description)`; every error also has the shared Error schema.
-    pub responses: &'static [(&'static str, &'static str)],
-    pub body: Option<&'static str>,
+    /// `(status, answer)`; every error also has the shared Error schema.
+    pub responses: &'static [(&'static str, Out)],
+    pub query: &'static [Query],
+    pub body: Option<Body>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -26,242 +39,442 @@ pub enum Auth {
     Admin,
 }
 
-const FILE: &str = "File";
+/// What a response carries.
+#[derive(Clone, Copy)]
+pub enum Out {
+    /// Nothing described (bytes, headers, an empty body; errors get Error).
+    Plain(&'static str),
+    /// A JSON body of the named schema.
+    Json(&'static str, &'static str),
+    /// A File as JSON: links from its `id` to the operations on it.
+    File(&'static str),
+    /// Headers only; a completed upload names its file in `Stowage-File-Id`,
+    /// linked like a File's `id`.
+    FileIdHeader(&'static str),
+}
+
+/// A request body: media type and, for JSON and forms, the schema.
+#[derive(Clone, Copy)]
+pub struct Body {
+    pub content_type: &'static str,
+    pub schema: Option<&'static str>,
+    pub required: bool,
+}
+
+/// A query parameter (all optional).
+#[derive(Clone, Copy)]
+pub struct Query {
+    pub name: &'static str,
+    pub ty: Ty,
+    pub description: &'static str,
+}
+
+#[derive(Clone, Copy)]
+pub enum Ty {
+    Str,
+    Bool,
+    Int,
+    OneOf(&'static [&'static str]),
+    Ref(&'static str),
+}
+
+const FILE: Out = Out::File("the file");
+const NOT_FOUND: (&str, Out) = ("404", Out::Plain("not found"));
+
+const fn json_body(schema: &'static str, required: bool) -> Option<Body> {
+    Some(Body {
+        content_type: "application/json",
+        schema: Some(schema),
+        required,
+    })
+}
+
+const TUS_BODY: Option<Body> = Some(Body {
+    content_type: "application/offset+octet-stream",
+    schema: None,
+    required: false,
+});
+
+/// The operations a file id leads to, as `(link name, operationId)`.
+pub const FILE_LINKS: &[(&str, &str)] = &[
+    ("GetFile", "getFile"),
+    ("DownloadFile", "downloadFile"),
+    ("GetThumbnail", "getThumbnail"),
+    ("CreateSignedUrl", "createSignedUrl"),
+    ("SetFileTags", "setFileTags"),
+    ("SetFileFavorite", "setFileFavorite"),
+    ("DeleteFile", "deleteFile"),
+];
 
 /// Every route of SPEC §3.
 pub const OPS: &[Op] = &[
     Op {
         method: "post",
         path: "/api/files/upload",
+        id: "uploadFile",
         summary: "Upload a file (multipart: file, file_type, package_name, tags)",
         auth: Auth::User,
         responses: &[
             ("201", FILE),
-            ("400", "bad form"),
-            ("413", "over the per-file limit"),
-            ("415", "content type refused"),
-            ("422", "malware"),
-            ("507", "quota exceeded"),
+            ("400", Out::Plain("bad form")),
+            ("413", Out::Plain("over the per-file limit")),
+            ("415", Out::Plain("content type refused")),
+            ("422", Out::Plain("malware")),
+            ("507", Out::Plain("quota exceeded")),
         ],
-        body: Some("multipart/form-data"),
+        query: &[],
+        body: Some(Body {
+            content_type: "multipart/form-data",
+            schema: Some("UploadForm"),
+            required: true,
+        }),
     },
     Op {
         method: "get",
         path: "/api/files",
+        id: "listFiles",
         summary: "List files (type, favorite, tag, q, sort, order, limit, cursor)",
         auth: Auth::User,
-        responses: &[("200", "FileList"), ("400", "bad parameter")],
+        responses: &[
+            ("200", Out::Json("a page of files", "FileList")),
+            ("400", Out::Plain("bad parameter")),
+        ],
+        query: &[
+            Query {
+                name: "type",
+                ty: Ty::Ref("FileType"),
+                description: "only files of this type",
+            },
+            Query {
+                name: "favorite",
+                ty: Ty::Bool,
+                description: "only favourites",
+            },
+            Query {
+                name: "tag",
+                ty: Ty::Str,
+                description: "only files with this tag",
+            },
+            Query {
+                name: "q",
+                ty: Ty::Str,
+                description: "file name contains this, case-insensitively",
+            },
+            Query {
+                name: "sort",
+                ty: Ty::OneOf(&["upload_date", "file_name", "file_size"]),
+                description: "sort field (default upload_date)",
+            },
+            Query {
+                name: "order",
+                ty: Ty::OneOf(&["asc", "desc"]),
+                description: "sort order (default desc)",
+            },
+            Query {
+                name: "limit",
+                ty: Ty::Int,
+                description: "page size: default 50, above 200 counts as 200",
+            },
+            Query {
+                name: "cursor",
+                ty: Ty::Str,
+                description: "next_cursor of the previous page",
+            },
+        ],
         body: None,
     },
     Op {
         method: "get",
         path: "/api/files/{id}",
+        id: "getFile",
         summary: "File details",
         auth: Auth::User,
-        responses: &[("200", FILE), ("404", "not found")],
+        responses: &[("200", FILE), NOT_FOUND],
+        query: &[],
         body: None,
     },
     Op {
         method: "delete",
         path: "/api/files/{id}",
+        id: "deleteFile",
         summary: "Delete a file; usage drops in the same transaction",
         auth: Auth::User,
-        responses: &[("204", "deleted"), ("404", "not found")],
+        responses: &[("204", Out::Plain("deleted")), NOT_FOUND],
+        query: &[],
         body: None,
     },
     Op {
         method: "get",
         path: "/api/files/{id}/download",
+        id: "downloadFile",
         summary: "Download bytes (Range, ETag, ?inline=1 for media)",
         auth: Auth::User,
         responses: &[
-            ("200", "bytes"),
-            ("206", "partial"),
-            ("304", "not modified"),
-            ("404", "not found"),
-            ("416", "range not satisfiable"),
+            ("200", Out::Plain("bytes")),
+            ("206", Out::Plain("partial")),
+            ("304", Out::Plain("not modified")),
+            NOT_FOUND,
+            ("416", Out::Plain("range not satisfiable")),
         ],
+        query: &[Query {
+            name: "inline",
+            ty: Ty::OneOf(&["1"]),
+            description: "Content-Disposition inline (raster images, video, audio only)",
+        }],
         body: None,
     },
     Op {
         method: "head",
         path: "/api/files/{id}/download",
+        id: "headDownload",
         summary: "Download headers",
         auth: Auth::User,
-        responses: &[("200", "headers")],
+        responses: &[("200", Out::Plain("headers"))],
+        query: &[],
         body: None,
     },
     Op {
         method: "get",
         path: "/api/files/{id}/thumbnail",
+        id: "getThumbnail",
         summary: "Thumbnail (JPEG or WebP); 404 until generated",
         auth: Auth::User,
-        responses: &[("200", "image"), ("404", "not yet")],
+        responses: &[("200", Out::Plain("image")), ("404", Out::Plain("not yet"))],
+        query: &[],
         body: None,
     },
     Op {
         method: "post",
         path: "/api/files/{id}/signed-url",
+        id: "createSignedUrl",
         summary: "Create a signed download link ({\"expires_in\": seconds})",
         auth: Auth::User,
         responses: &[
-            ("200", "SignedUrl"),
-            ("400", "bad expiry"),
-            ("404", "not found"),
+            ("200", Out::Json("the link", "SignedUrl")),
+            ("400", Out::Plain("bad expiry")),
+            NOT_FOUND,
         ],
-        body: Some("application/json"),
+        query: &[],
+        body: json_body("SignedUrlRequest", false),
     },
     Op {
         method: "get",
         path: "/s/{token}",
+        id: "signedDownload",
         summary: "Download through a signed link (Range honoured)",
         auth: Auth::None,
         responses: &[
-            ("200", "bytes"),
-            ("206", "partial"),
-            ("403", "invalid or expired"),
+            ("200", Out::Plain("bytes")),
+            ("206", Out::Plain("partial")),
+            ("403", Out::Plain("invalid or expired")),
         ],
+        query: &[],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/s/{token}/thumbnail",
+        id: "signedThumbnail",
+        summary: "Thumbnail through a signed link",
+        auth: Auth::None,
+        responses: &[
+            ("200", Out::Plain("image")),
+            ("403", Out::Plain("invalid or expired")),
+            ("404", Out::Plain("not yet")),
+        ],
+        query: &[],
         body: None,
     },
     Op {
         method: "post",
         path: "/api/files/{id}/favorite",
+        id: "setFileFavorite",
         summary: "Toggle, or set with {\"is_favorite\": bool}",
         auth: Auth::User,
-        responses: &[("200", FILE), ("404", "not found")],
-        body: Some("application/json"),
+        responses: &[("200", FILE), NOT_FOUND],
+        query: &[],
+        body: json_body("FavoriteRequest", false),
     },
     Op {
         method: "put",
         path: "/api/files/{id}/tags",
+        id: "setFileTags",
         summary: "Replace tags ({\"tags\": [...]})",
         auth: Auth::User,
         responses: &[
             ("200", FILE),
-            ("400", "too many or too long"),
-            ("404", "not found"),
+            ("400", Out::Plain("too many or too long")),
+            NOT_FOUND,
         ],
-        body: Some("application/json"),
+        query: &[],
+        body: json_body("TagsRequest", true),
     },
     Op {
         method: "get",
         path: "/api/storage/usage",
+        id: "getUsage",
         summary: "Quota and usage by type",
         auth: Auth::User,
-        responses: &[("200", "Usage")],
+        responses: &[("200", Out::Json("usage", "Usage"))],
+        query: &[],
         body: None,
     },
     Op {
         method: "options",
         path: "/api/uploads",
+        id: "tusDiscover",
         summary: "tus discovery",
         auth: Auth::None,
-        responses: &[("204", "capabilities")],
+        responses: &[("204", Out::Plain("capabilities"))],
+        query: &[],
         body: None,
     },
     Op {
         method: "post",
         path: "/api/uploads",
+        id: "tusCreate",
         summary: "tus creation (and creation-with-upload)",
         auth: Auth::User,
         responses: &[
-            ("201", "created; Location"),
-            ("413", "too large"),
-            ("507", "quota exceeded"),
+            (
+                "201",
+                Out::FileIdHeader("created; Location, and Stowage-File-Id when already complete"),
+            ),
+            ("413", Out::Plain("too large")),
+            ("507", Out::Plain("quota exceeded")),
         ],
-        body: Some("application/offset+octet-stream"),
+        query: &[],
+        body: TUS_BODY,
     },
     Op {
         method: "head",
         path: "/api/uploads/{id}",
+        id: "tusOffset",
         summary: "tus offset",
         auth: Auth::User,
-        responses: &[("200", "Upload-Offset"), ("404", "not found")],
+        responses: &[("200", Out::Plain("Upload-Offset")), NOT_FOUND],
+        query: &[],
         body: None,
     },
     Op {
         method: "patch",
         path: "/api/uploads/{id}",
+        id: "tusAppend",
         summary: "tus append; the last PATCH answers Stowage-File-Id",
         auth: Auth::User,
         responses: &[
-            ("204", "appended"),
-            ("409", "offset mismatch"),
-            ("423", "locked"),
-            ("460", "checksum mismatch"),
+            ("204", Out::FileIdHeader("appended")),
+            ("409", Out::Plain("offset mismatch")),
+            ("423", Out::Plain("locked")),
+            ("460", Out::Plain("checksum mismatch")),
         ],
-        body: Some("application/offset+octet-stream"),
+        query: &[],
+        body: TUS_BODY,
     },
     Op {
         method: "delete",
         path: "/api/uploads/{id}",
+        id: "tusTerminate",
         summary: "tus termination",
         auth: Auth::User,
-        responses: &[("204", "terminated"), ("404", "not found")],
+        responses: &[("204", Out::Plain("terminated")), NOT_FOUND],
+        query: &[],
         body: None,
     },
     Op {
         method: "get",
         path: "/api/admin/users",
+        id: "adminListUsers",
         summary: "List users",
         auth: Auth::Admin,
-        responses: &[("200", "users")],
+        responses: &[("200", Out::Json("users", "UserList"))],
+        query: &[],
         body: None,
     },
     Op {
         method: "get",
         path: "/api/admin/users/{id}",
+        id: "adminGetUser",
         summary: "User details and usage",
         auth: Auth::Admin,
-        responses: &[("200", "Usage"), ("404", "not found")],
+        responses: &[("200", Out::Json("the user", "UserDetails")), NOT_FOUND],
+        query: &[],
         body: None,
     },
     Op {
         method: "put",
         path: "/api/admin/users/{id}/quota",
+        id: "adminSetQuota",
         summary: "Set max_bytes (creates the user if new)",
         auth: Auth::Admin,
-        responses: &[("200", "Usage")],
-        body: Some("application/json"),
+        responses: &[
+            ("200", Out::Json("the user", "UserDetails")),
+            ("400", Out::Plain("bad quota")),
+        ],
+        query: &[],
+        body: json_body("QuotaRequest", true),
     },
     Op {
         method: "delete",
         path: "/api/admin/users/{id}",
+        id: "adminDeleteUser",
         summary: "Delete a user with every file, upload and thumbnail",
         auth: Auth::Admin,
-        responses: &[("204", "deleted"), ("404", "not found")],
+        responses: &[("204", Out::Plain("deleted")), NOT_FOUND],
+        query: &[],
+        body: None,
+    },
+    Op {
+        method: "get",
+        path: "/api/admin/jobs/failed",
+        id: "adminFailedJobs",
+        summary: "Background jobs that gave up (at most 100)",
+        auth: Auth::Admin,
+        responses: &[("200", Out::Json("jobs", "FailedJobs"))],
+        query: &[],
         body: None,
     },
     Op {
         method: "get",
         path: "/healthz",
+        id: "healthz",
         summary: "Liveness",
         auth: Auth::None,
-        responses: &[("200", "ok")],
+        responses: &[("200", Out::Plain("ok"))],
+        query: &[],
         body: None,
     },
     Op {
         method: "get",
         path: "/readyz",
+        id: "readyz",
         summary: "Readiness: database and volume writable",
         auth: Auth::None,
-        responses: &[("200", "ready"), ("503", "not ready")],
+        responses: &[
+            ("200", Out::Plain("ready")),
+            ("503", Out::Plain("not ready")),
+        ],
+        query: &[],
         body: None,
     },
     Op {
         method: "get",
         path: "/metrics",
+        id: "metrics",
         summary: "Prometheus metrics",
         auth: Auth::None,
-        responses: &[("200", "text")],
+        responses: &[("200", Out::Plain("text"))],
+        query: &[],
         body: None,
     },
     Op {
         method: "get",
         path: "/openapi.json",
+        id: "openapi",
         summary: "This document",
         auth: Auth::None,
-        responses: &[("200", "OpenAPI 3")],
+        responses: &[("200", Out::Plain("OpenAPI 3"))],
+        query: &[],
         body: None,
     },
 ];
@@ -270,47 +483,172 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/openapi.json", get(|| async { Json(document()) }))
 }
 
+const FILE_TYPES: [&str; 5] = ["video", "image", "audio", "scene", "project"];
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
 fn schemas() -> Value {
+    let string = json!({"type": "string"});
+    let int = json!({"type": "integer"});
+    let nullable = json!({"type": ["string", "null"]});
+    let by_type: Map<String, Value> = FILE_TYPES
+        .iter()
+        .map(|t| (t.to_string(), schema_ref("TypeUsage")))
+        .collect();
+    let usage_props = json!({
+        "user_id": string, "total_bytes": int, "max_bytes": int, "file_count": int,
+        "percent_used": {"type": "number", "description": "rounded to 2 decimals; a zero quota reads 100"},
+        "by_type": {"type": "object", "required": FILE_TYPES, "properties": by_type, "additionalProperties": false}
+    });
+    let usage_required = [
+        "user_id",
+        "total_bytes",
+        "max_bytes",
+        "file_count",
+        "percent_used",
+        "by_type",
+    ];
+    let mut details = usage_props.clone();
+    details["reserved_bytes"] = int.clone();
+    details["created_at"] = json!({"type": "string", "format": "date-time"});
+    let mut details_required = usage_required.to_vec();
+    details_required.extend(["reserved_bytes", "created_at"]);
     json!({
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-        "File": {"type": "object", "properties": {
-            "id": {"type": "string", "format": "uuid"}, "file_name": {"type": "string"},
-            "file_type": {"type": "string", "enum": ["video", "image", "audio", "scene", "project"]},
-            "mime_type": {"type": "string"}, "file_size": {"type": "integer"}, "sha256": {"type": "string"},
-            "resolution": {"type": ["string", "null"]}, "duration": {"type": ["string", "null"]},
-            "package_name": {"type": ["string", "null"]}, "tags": {"type": "array", "items": {"type": "string"}},
-            "is_favorite": {"type": "boolean"}, "upload_date": {"type": "string", "format": "date-time"},
-            "thumbnail_url": {"type": ["string", "null"]}}},
-        "FileList": {"type": "object", "properties": {"files": {"type": "array", "items": {"$ref": "#/components/schemas/File"}}, "next_cursor": {"type": ["string", "null"]}}},
-        "SignedUrl": {"type": "object", "properties": {"url": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}}},
-        "Usage": {"type": "object", "properties": {"user_id": {"type": "string"}, "total_bytes": {"type": "integer"}, "max_bytes": {"type": "integer"}, "file_count": {"type": "integer"}, "percent_used": {"type": "number"}, "by_type": {"type": "object"}}}
+        "Error": object(&["error"], json!({"error": object(&["code", "message"], json!({"code": string, "message": string}))})),
+        "FileType": {"type": "string", "enum": FILE_TYPES},
+        "File": object(
+            &["id", "file_name", "file_type", "mime_type", "file_size", "sha256", "resolution", "duration",
+              "package_name", "tags", "is_favorite", "upload_date", "thumbnail_url"],
+            json!({
+                "id": {"type": "string", "format": "uuid"}, "file_name": string,
+                "file_type": schema_ref("FileType"),
+                "mime_type": string, "file_size": int, "sha256": string,
+                "resolution": {"type": ["string", "null"], "description": "WIDTHxHEIGHT; null until known"},
+                "duration": {"type": ["string", "null"], "description": "HH:MM:SS; null until known"},
+                "package_name": nullable, "tags": {"type": "array", "items": string},
+                "is_favorite": {"type": "boolean"}, "upload_date": {"type": "string", "format": "date-time"},
+                "thumbnail_url": {"type": ["string", "null"], "description": "null until generated"}
+            }),
+        ),
+        "FileList": object(&["files", "next_cursor"], json!({
+            "files": {"type": "array", "items": schema_ref("File")},
+            "next_cursor": {"type": ["string", "null"], "description": "null on the last page"}
+        })),
+        "UploadForm": object(&["file"], json!({
+            "file": {"type": "string", "contentMediaType": "application/octet-stream"},
+            "file_type": schema_ref("FileType"),
+            "package_name": string,
+            "tags": {"type": "string", "description": "comma-separated"}
+        })),
+        "SignedUrlRequest": {"type": "object", "additionalProperties": false, "properties": {
+            "expires_in": {"type": "integer", "minimum": 1, "maximum": 604_800, "description": "seconds; 3600 when absent"}
+        }},
+        "SignedUrl": object(&["url", "expires_at"], json!({
+            "url": {"type": "string", "description": "/s/…, needs no session"},
+            "expires_at": {"type": "string", "format": "date-time"}
+        })),
+        "FavoriteRequest": {"type": "object", "additionalProperties": false, "required": ["is_favorite"],
+            "properties": {"is_favorite": {"type": "boolean"}}},
+        "TagsRequest": {"type": "object", "additionalProperties": false, "required": ["tags"], "properties": {
+            "tags": {"type": "array", "maxItems": 32, "items": {"type": "string", "maxLength": 64}}
+        }},
+        "TypeUsage": object(&["bytes", "count"], json!({"bytes": int, "count": int})),
+        "Usage": object(&usage_required, usage_props),
+        "UserDetails": object(&details_required, details),
+        "QuotaRequest": {"type": "object", "additionalProperties": false, "required": ["max_bytes"],
+            "properties": {"max_bytes": {"type": "integer", "minimum": 0}}},
+        "UserStorage": object(
+            &["user_id", "total_bytes", "reserved_bytes", "max_bytes", "file_count", "created_at", "updated_at"],
+            json!({
+                "user_id": string, "total_bytes": int, "reserved_bytes": int, "max_bytes": int, "file_count": int,
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"}
+            }),
+        ),
+        "UserList": object(&["users"], json!({"users": {"type": "array", "items": schema_ref("UserStorage")}})),
+        "Job": object(&["id", "kind", "payload", "status", "attempts", "last_error"], json!({
+            "id": {"type": "string", "format": "uuid"}, "kind": string, "payload": string, "status": string,
+            "attempts": int, "last_error": nullable
+        })),
+        "FailedJobs": object(&["jobs"], json!({"jobs": {"type": "array", "items": schema_ref("Job")}}))
     })
+}
+
+/// `links` from a file id (a runtime expression) to [`FILE_LINKS`].
+fn file_links(id: &str) -> Value {
+    FILE_LINKS
+        .iter()
+        .map(|(name, op)| {
+            (
+                name.to_string(),
+                json!({"operationId": op, "parameters": {"id": id}}),
+            )
+        })
+        .collect::<Map<_, _>>()
+        .into()
+}
+
+fn response(code: &str, out: Out) -> Value {
+    let error = code.starts_with('4') || code.starts_with('5');
+    match out {
+        Out::Json(desc, schema) => {
+            json!({"description": desc, "content": {"application/json": {"schema": schema_ref(schema)}}})
+        }
+        Out::File(desc) => json!({
+            "description": desc,
+            "content": {"application/json": {"schema": schema_ref("File")}},
+            "links": file_links("$response.body#/id"),
+        }),
+        Out::FileIdHeader(desc) => json!({
+            "description": desc,
+            "headers": {"Stowage-File-Id": {
+                "description": "id of the file the upload became, once complete",
+                "schema": {"type": "string", "format": "uuid"}
+            }},
+            "links": file_links("$response.header.Stowage-File-Id"),
+        }),
+        Out::Plain(desc) if error => {
+            json!({"description": desc, "content": {"application/json": {"schema": schema_ref("Error")}}})
+        }
+        Out::Plain(desc) => json!({"description": desc}),
+    }
+}
+
+fn query_schema(ty: Ty) -> Value {
+    match ty {
+        Ty::Str => json!({"type": "string"}),
+        Ty::Bool => json!({"type": "boolean"}),
+        Ty::Int => json!({"type": "integer", "minimum": 1}),
+        Ty::OneOf(values) => json!({"type": "string", "enum": values}),
+        Ty::Ref(name) => schema_ref(name),
+    }
 }
 
 /// Builds the document from [`OPS`].
 pub fn document() -> Value {
     let mut paths = Map::new();
     for op in OPS {
-        let mut responses = Map::new();
-        for (code, desc) in op.responses {
-            let schema_name = ["File", "FileList", "SignedUrl", "Usage"]
-                .contains(desc)
-                .then_some(*desc);
-            let mut r = json!({"description": desc});
-            if let Some(s) = schema_name {
-                r["content"] = json!({"application/json": {"schema": {"$ref": format!("#/components/schemas/{s}")}}});
-            } else if code.starts_with('4') || code.starts_with('5') {
-                r["content"] =
-                    json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
-            }
-            responses.insert(code.to_string(), r);
-        }
-        let mut o = json!({"summary": op.summary, "responses": responses});
+        let responses: Map<String, Value> = op
+            .responses
+            .iter()
+            .map(|(code, out)| (code.to_string(), response(code, *out)))
+            .collect();
+        let mut o = json!({"operationId": op.id, "summary": op.summary, "responses": responses});
         let params: Vec<Value> = op
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .chain(op.query.iter().map(|q| {
+                json!({"name": q.name, "in": "query", "required": false,
+                       "description": q.description, "schema": query_schema(q.ty)})
+            }))
             .collect();
         if !params.is_empty() {
             o["parameters"] = Value::Array(params);
@@ -320,8 +658,13 @@ pub fn document() -> Value {
             Auth::User => o["security"] = json!([{"bearer": []}, {"session": []}]),
             Auth::Admin => o["security"] = json!([{"admin": []}]),
         }
-        if let Some(ct) = op.body {
-            o["requestBody"] = json!({"content": {ct: {}}});
+        if let Some(body) = op.body {
+            let media = match body.schema {
+                Some(s) => json!({"schema": schema_ref(s)}),
+                None => json!({}),
+            };
+            o["requestBody"] =
+                json!({"required": body.required, "content": {body.content_type: media}});
         }
         paths
             .entry(op.path.to_string())
@@ -343,4 +686,134 @@ pub fn document() -> Value {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    /// `operationId` → (method, path, declared parameter names).
+    fn operations(doc: &Value) -> BTreeMap<String, (String, String, BTreeSet<String>)> {
+        let mut ops = BTreeMap::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let id = op["operationId"]
+                    .as_str()
+                    .expect("every operation has an id");
+                let params = op["parameters"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter(|p| p["in"] == "path")
+                            .map(|p| p["name"].as_str().unwrap().to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let old = ops.insert(id.to_string(), (method.clone(), path.clone(), params));
+                assert!(old.is_none(), "operationId {id} is used twice");
+            }
+        }
+        ops
+    }
+
+    #[test]
+    fn an_upload_links_to_every_operation_on_the_file() {
+        let doc = document();
+        let ops = operations(&doc);
+        for (path, method, status, expr) in [
+            ("/api/files/upload", "post", "201", "$response.body#/id"),
+            (
+                "/api/uploads",
+                "post",
+                "201",
+                "$response.header.Stowage-File-Id",
+            ),
+            (
+                "/api/uploads/{id}",
+                "patch",
+                "204",
+                "$response.header.Stowage-File-Id",
+            ),
+        ] {
+            let links = &doc["paths"][path][method]["responses"][status]["links"];
+            let targets: BTreeSet<&str> = links
+                .as_object()
+                .unwrap_or_else(|| panic!("{method} {path} {status} has links"))
+                .values()
+                .map(|l| {
+                    assert_eq!(l["parameters"]["id"], expr, "{method} {path}");
+                    l["operationId"].as_str().unwrap()
+                })
+                .collect();
+            for want in [
+                "getFile",
+                "downloadFile",
+                "deleteFile",
+                "setFileTags",
+                "setFileFavorite",
+            ] {
+                assert!(targets.contains(want), "{method} {path} links to {want}");
+                assert!(ops.contains_key(want), "{want} is an operation");
+            }
+        }
+    }
+
+    #[test]
+    fn links_name_existing_operations_and_exactly_their_path_parameters() {
+        let doc = document();
+        let ops = operations(&doc);
+        let mut seen = 0;
+        for item in doc["paths"].as_object().unwrap().values() {
+            for op in item.as_object().unwrap().values() {
+                for resp in op["responses"].as_object().unwrap().values() {
+                    for link in resp["links"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|l| l.values())
+                    {
+                        let target = link["operationId"].as_str().unwrap();
+                        let (_, _, params) = ops
+                            .get(target)
+                            .unwrap_or_else(|| panic!("link to unknown operation {target}"));
+                        let given: BTreeSet<String> = link["parameters"]
+                            .as_object()
+                            .unwrap()
+                            .keys()
+                            .cloned()
+                            .collect();
+                        assert_eq!(&given, params, "link to {target}");
+                        seen += 1;
+                    }
+                }
+            }
+        }
+        assert!(seen > 0);
+    }
+
+    #[test]
+    fn every_schema_reference_resolves() {
+        let doc = document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        fn walk(v: &Value, found: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        found.push(r.clone());
+                    }
+                    m.values().for_each(|x| walk(x, found));
+                }
+                Value::Array(a) => a.iter().for_each(|x| walk(x, found)),
+                _ => {}
+            }
+        }
+        let mut refs = Vec::new();
+        walk(&doc, &mut refs);
+        assert!(!refs.is_empty());
+        for r in refs {
+            let name = r.strip_prefix("#/components/schemas/").expect(&r);
+            assert!(schemas.contains_key(name), "{r} resolves");
+        }
+    }
 }

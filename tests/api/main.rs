@@ -16,6 +16,7 @@ mod hostile;
 mod identity;
 mod limits;
 mod media;
+mod openapi;
 mod quota;
 mod restore_tamper;
 mod s3;

@@ -1,60 +1,30 @@
 // Typed client for the stowage HTTP API (see the product contract, section 3).
 
-export type FileType = 'video' | 'image' | 'audio' | 'scene' | 'project';
+// The wire types are generated from the server's OpenAPI description
+// (openapi.json, a committed copy of `GET /openapi.json`; regenerate
+// openapi.ts with `npm run gen:api`), so they cannot drift from the server.
+import type { components, operations } from './openapi';
+
+export type { components, operations, paths } from './openapi';
+
+type Schemas = components['schemas'];
+
+export type FileType = Schemas['FileType'];
 export const FILE_TYPES: readonly FileType[] = ['video', 'image', 'audio', 'scene', 'project'];
 
-export interface StowageFile {
-  id: string;
-  file_name: string;
-  file_type: FileType;
-  mime_type: string;
-  file_size: number;
-  sha256: string;
-  resolution: string | null;
-  duration: string | null;
-  package_name: string | null;
-  tags: string[];
-  is_favorite: boolean;
-  upload_date: string;
-  thumbnail_url: string | null;
-}
+export type StowageFile = Schemas['File'];
+export type TypeUsage = Schemas['TypeUsage'];
+export type StorageUsage = Schemas['Usage'];
+export type FileList = Schemas['FileList'];
+export type SignedUrl = Schemas['SignedUrl'];
 
-export interface TypeUsage {
-  bytes: number;
-  count: number;
-}
+type ListQuery = NonNullable<operations['listFiles']['parameters']['query']>;
+export type SortField = NonNullable<ListQuery['sort']>;
+export type SortOrder = NonNullable<ListQuery['order']>;
 
-export interface StorageUsage {
-  user_id: string;
-  total_bytes: number;
-  max_bytes: number;
-  file_count: number;
-  percent_used: number;
-  by_type: Record<FileType, TypeUsage>;
-}
-
-export type SortField = 'upload_date' | 'file_name' | 'file_size';
-export type SortOrder = 'asc' | 'desc';
-
-export interface ListParams {
-  type?: FileType;
-  favorite?: boolean;
-  tag?: string;
-  q?: string;
-  sort?: SortField;
-  order?: SortOrder;
-  limit?: number;
+/** Query of `GET /api/files`; `cursor` may be the `null` of a last page. */
+export interface ListParams extends Omit<ListQuery, 'cursor'> {
   cursor?: string | null;
-}
-
-export interface FileList {
-  files: StowageFile[];
-  next_cursor: string | null;
-}
-
-export interface SignedUrl {
-  url: string;
-  expires_at: string;
 }
 
 export type GetToken = () => Promise<string | null>;
@@ -269,21 +239,21 @@ export class StowageClient {
   setFavorite(id: string, isFavorite: boolean): Promise<StowageFile> {
     return this.json<StowageFile>(
       `/api/files/${encodeURIComponent(id)}/favorite`,
-      this.jsonBody('POST', { is_favorite: isFavorite }),
+      this.jsonBody('POST', { is_favorite: isFavorite } satisfies Schemas['FavoriteRequest']),
     );
   }
 
   setTags(id: string, tags: string[]): Promise<StowageFile> {
     return this.json<StowageFile>(
       `/api/files/${encodeURIComponent(id)}/tags`,
-      this.jsonBody('PUT', { tags }),
+      this.jsonBody('PUT', { tags } satisfies Schemas['TagsRequest']),
     );
   }
 
   signedUrl(id: string, expiresIn = 3600): Promise<SignedUrl> {
     return this.json<SignedUrl>(
       `/api/files/${encodeURIComponent(id)}/signed-url`,
-      this.jsonBody('POST', { expires_in: expiresIn }),
+      this.jsonBody('POST', { expires_in: expiresIn } satisfies Schemas['SignedUrlRequest']),
     );
   }
 
