@@ -5,14 +5,14 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context;
 
 use crate::blob::BlobStore as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::{
     app::{self, AppState},
     config::Config,
     domain::size::{format_size, parse_size},
     jobs::cleanup,
-    ops::{audit, backup, progress::Progress},
+    ops::{audit, backup, doctor, progress::Progress},
     telemetry,
 };
 
@@ -95,6 +95,28 @@ pub enum Command {
         #[arg(long)]
         progress: bool,
     },
+    /// Check what `serve` depends on: configuration, database and
+    /// migrations, volume permissions and free space, object store, clamd,
+    /// ffmpeg/ffprobe, token keys and clock skew. One line per check (ok,
+    /// warn, fail); exits 1 when any check fails. Changes nothing.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script for bash, zsh, fish, elvish or
+    /// powershell (e.g. `stowage completions bash > /etc/bash_completion.d/stowage`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout, or write one page per
+    /// command into DIR (`stowage man | man -l -`).
+    Man {
+        /// Write stowage.1, stowage-serve.1, … into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn parse_grace(s: &str) -> Result<Duration, String> {
@@ -175,9 +197,28 @@ pub enum UserCmd {
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the command definition; no configuration needed.
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "stowage",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => return man(dir.as_deref()),
+        _ => {}
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
+            if let Command::Doctor { json } = cli.command {
+                // A configuration that does not load is the first thing
+                // the doctor reports, in the form asked for.
+                return print_doctor(&doctor::Report::config_failed(&e.to_string()), json);
+            }
             eprintln!("stowage: {e}");
             return ExitCode::from(2);
         }
@@ -187,12 +228,58 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(cli.command, config)) {
+    let source = config_source(cli.config.as_deref());
+    match rt.block_on(run(cli.command, config, source)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("stowage: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints the man page, or writes one per command into `dir`.
+fn man(dir: Option<&std::path::Path>) -> ExitCode {
+    let res = match dir {
+        Some(dir) => clap_mangen::generate_to(Cli::command(), dir),
+        None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stowage: writing the manual page: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_doctor(report: &doctor::Report, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("stowage: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Where the configuration came from, in words, for `doctor`.
+fn config_source(path: Option<&std::path::Path>) -> String {
+    match path {
+        Some(p) => format!("loaded from {} and the environment", p.display()),
+        None if std::path::Path::new("stowage.toml").exists() => {
+            "loaded from ./stowage.toml and the environment".into()
+        }
+        None => "loaded from the environment (no configuration file)".into(),
     }
 }
 
@@ -202,7 +289,8 @@ async fn state(config: Config) -> anyhow::Result<AppState> {
     Ok(state)
 }
 
-async fn run(cmd: Command, config: Config) -> anyhow::Result<ExitCode> {
+/// Runs `cmd`; `source` says where `config` came from.
+async fn run(cmd: Command, config: Config, source: String) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Serve => {
             app::check_auth_safety(&config)?;
@@ -298,6 +386,12 @@ async fn run(cmd: Command, config: Config) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Backup(b) => return backup_cmd(b, config).await,
+        Command::Doctor { json } => {
+            return Ok(print_doctor(&doctor::run(&config, &source).await, json))
+        }
+        Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("answered in `main` before the configuration is loaded")
+        }
         Command::MigrateBlobs { json, progress } => {
             if config.s3_bucket.is_none() {
                 anyhow::bail!("migrate-blobs needs the object store: set STOWAGE_S3_BUCKET (and STOWAGE_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)");

@@ -1,27 +1,58 @@
 //! Logging and metrics.
 //!
 //! Logs go through `tracing` (human-readable, or JSON lines with
-//! `STOWAGE_LOG_JSON=1`), filtered by `RUST_LOG` (default `info`). Metrics are
-//! recorded with the `metrics` facade and rendered for Prometheus at
-//! `/metrics`.
+//! `STOWAGE_LOG_JSON=1`), filtered by `RUST_LOG` (default `info`), and always
+//! to stderr: stdout belongs to the command's own output, which scripts parse
+//! (`stowage audit --json | jq`). Metrics are recorded with the `metrics`
+//! facade and rendered for Prometheus at `/metrics`.
 
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
+/// Where sqlx reports PostgreSQL's `NOTICE` messages, at info level.
+const PG_NOTICE_TARGET: &str = "sqlx::postgres::notice";
+
 /// Installs the global subscriber; safe to call more than once (tests).
 pub fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(filter(std::env::var("RUST_LOG").ok()));
     let res = if json {
         registry
-            .with(fmt::layer().json().with_current_span(true))
+            .with(
+                fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     } else {
-        registry.with(fmt::layer().with_target(false)).try_init()
+        registry
+            .with(fmt::layer().with_target(false).with_writer(std::io::stderr))
+            .try_init()
     };
     let _ = res;
+}
+
+/// `RUST_LOG` (default `info`), with PostgreSQL's `NOTICE`s (which sqlx logs
+/// at info) left out unless `RUST_LOG` names their target: the server sends
+/// one for every `CREATE … IF NOT EXISTS` that finds the object there
+/// ("relation _sqlx_migrations already exists, skipping"), on every start.
+/// The server's warnings and errors still show.
+fn filter(rust_log: Option<String>) -> EnvFilter {
+    let spec = rust_log
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info".into());
+    let f = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    if spec.contains(PG_NOTICE_TARGET) {
+        f
+    } else {
+        f.add_directive(
+            format!("{PG_NOTICE_TARGET}=warn")
+                .parse()
+                .expect("static directive"),
+        )
+    }
 }
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
