@@ -10,7 +10,8 @@
 //! - [`meta`]: the metadata store trait and its PostgreSQL and SQLite backends.
 //! - [`blob`]: the blob store trait and the local volume.
 //! - [`jobs`]: the durable job queue, media processing and cleanup.
-//! - [`ops`]: operator actions shared by the CLI and the admin API.
+//! - [`ops`]: operator actions shared by the CLI and the admin API (audit,
+//!   backup, `doctor`, the scheduler).
 //! - [`scan`]: clamd virus scanning.
 //! - [`domain`]: sizes, file types from content, safe names.
 //! - [`cli`]: the `stowage` command line.
