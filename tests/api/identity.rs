@@ -734,15 +734,18 @@ async fn jwks_outage_costs_one_fetch_per_window_and_never_blocks_cached_keys() {
     for t in tasks {
         t.await.unwrap();
     }
+    // The no-attack figure again, now that the hammer stopped (the window
+    // has time left before the next step).
+    let after = p95_of_cached(&app, &good, Duration::from_millis(1000)).await;
     // A request queued behind the fetch would wait for its 1 s timeout. The
     // 95th percentile is held to 50 ms, or to three times the no-attack
     // figure on a machine so loaded that even that is slower.
-    let bound = Duration::from_millis(50).max(baseline.0 * 3);
+    let quiet = baseline.0.max(after.0);
+    let bound = Duration::from_millis(50).max(quiet * 3);
     assert!(
         p95 < bound && slowest < Duration::from_millis(500),
         "cached-key requests while the JWKS endpoint hung: p95 {p95:?} (bound {bound:?}, \
-         no attack {:?}), slowest {slowest:?}",
-        baseline.0
+         no attack {quiet:?}), slowest {slowest:?}"
     );
     assert_eq!(jwks.fetches(), 3, "one fetch for the whole hang");
 
