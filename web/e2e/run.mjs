@@ -88,7 +88,10 @@ function makeVideo(dir) {
 
 // ---------------------------------------------------------------- server
 
-/** Serves web/dist and forwards the API to the server (used only when the server's UI is missing or stale). */
+/**
+ * Serves web/dist and forwards the API to the server (used only when the server's UI is missing or stale).
+ * The browser's Host is kept, so the server sees the page's own origin in Origin and Host alike.
+ */
 function startUiProxy(apiBase, port) {
   const target = new URL(apiBase);
   const types = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.css': 'text/css', '.svg': 'image/svg+xml' };
@@ -96,7 +99,7 @@ function startUiProxy(apiBase, port) {
     const p = new URL(req.url, 'http://x').pathname;
     if (p.startsWith('/api/') || p.startsWith('/s/') || p === '/healthz') {
       const up = http.request(
-        { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: { ...req.headers, host: target.host } },
+        { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: { ...req.headers } },
         (r) => {
           res.writeHead(r.statusCode ?? 502, r.headers);
           r.pipe(res);
@@ -242,7 +245,13 @@ async function main() {
       const u = new URL(r.url());
       if (u.pathname.startsWith('/api/uploads') || u.pathname === '/api/files/upload') uploadRequests.push(`${r.method()} ${u.pathname}`);
     });
-    const api = (p, opts) => page.request.fetch(`${uiBase}${p}`, opts);
+    // Requests made outside the page carry the page's Origin on unsafe methods, as the
+    // browser does: the server refuses cookie-authenticated cross-site writes.
+    const api = (p, opts = {}) => {
+      const unsafe = !['GET', 'HEAD', 'OPTIONS'].includes((opts.method ?? 'GET').toUpperCase());
+      const headers = unsafe ? { Origin: uiBase, ...(opts.headers ?? {}) } : opts.headers;
+      return page.request.fetch(`${uiBase}${p}`, { ...opts, headers });
+    };
     const shot = (name, opts = {}) => page.screenshot({ path: path.join(shotsDir, `${name}.png`), fullPage: true, ...opts });
 
     await step(
