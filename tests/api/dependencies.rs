@@ -284,8 +284,22 @@ local!(
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["error"]["code"], "unavailable", "{what}");
             assert!(took < Duration::from_secs(5), "{what}: took {took:?}");
-            // Nothing stored, nothing reserved.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Nothing stored, nothing reserved (the release runs right after
+            // the answer, off the request).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while app
+                .state
+                .meta
+                .get_user(user)
+                .await
+                .unwrap()
+                .unwrap()
+                .reserved_bytes
+                != 0
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             assert!(app.blobs_on_disk().await.is_empty(), "{what}");
             assert!(app.temp_files().await.is_empty(), "{what}");
             assert_eq!(app.usage(user).await["total_bytes"], 0, "{what}");
