@@ -442,7 +442,19 @@ engines!(doctor_passes_on_a_healthy_setup, |e| async move {
     assert_eq!(status("migrations"), "ok");
     assert_eq!(status("clamd"), "ok");
     assert_eq!(status("auth"), "ok");
-    assert_eq!(status("volume"), "ok", "stowage made it 0700: {v}");
+    // The volume is 0700 (stowage made it); only the host's own disk may
+    // still make it warn, when little space is left.
+    let volume = v["checks"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "volume"))
+        .cloned()
+        .unwrap_or_default();
+    let detail = volume["detail"].as_str().unwrap_or("");
+    assert!(
+        status("volume") == "ok"
+            || (status("volume") == "warn" && detail.contains("free") && !detail.contains("mode")),
+        "stowage made it 0700: {v}"
+    );
 
     // The text form: one line per check, exit 0.
     let out = env.ok(&["doctor"]).await;
