@@ -103,8 +103,8 @@ grep -q "test result: FAILED" /tmp/stowage-cargo-test.log && exit 1
 
 if [ -f web/e2e/run.mjs ] && [ -z "${SKIP_E2E:-}" ]; then
   log "web: end-to-end tests in Chromium"
-  (cd web && STOWAGE_BIN="$ROOT/target/debug/stowage" node e2e/run.mjs)
+  (cd web && STOWAGE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/stowage" node e2e/run.mjs)
   log "web: the npm package installed into a Vite + React host app, in Chromium"
-  (cd web && STOWAGE_BIN="$ROOT/target/debug/stowage" node e2e/package.mjs)
+  (cd web && STOWAGE_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/stowage" node e2e/package.mjs)
 fi
 log "all checks passed"
