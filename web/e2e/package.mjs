@@ -131,8 +131,11 @@ async function main() {
     await step(
       'npm pack builds the library and packs ESM, declarations and CSS',
       async () => {
-        const out = run('npm', ['pack', '--json', '--silent', '--pack-destination', tmp], webDir);
-        const [info] = JSON.parse(out.slice(out.indexOf('[')));
+        // Build first, then pack without scripts: the build's own output (which
+        // varies with CI settings) must not mix with npm's JSON on stdout.
+        run('npm', ['run', '--silent', 'build:lib'], webDir);
+        const out = run('npm', ['pack', '--json', '--silent', '--ignore-scripts', '--pack-destination', tmp], webDir);
+        const [info] = JSON.parse(out);
         tarball = path.join(tmp, info.filename);
         integrity = info.integrity;
         const files = info.files.map((f) => f.path);
