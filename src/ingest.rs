@@ -22,7 +22,7 @@ use crate::{
         names::user_dir_name,
     },
     http::error::{AppError, AppResult},
-    meta::{FileRecord, MetaError, NewFile},
+    meta::{FileRecord, MediaUpdate, MetaError, NewFile},
 };
 
 /// Unknown-size uploads grow their reservation in steps of this size.
@@ -54,6 +54,16 @@ pub struct FileMeta {
 /// per-file limit, 507 without room and 429 at the user's cap of unfinished
 /// uploads, before any byte is read.
 pub async fn reserve(state: &AppState, user: &str, hint: SizeHint) -> AppResult<(Uuid, u64)> {
+    reserve_for(state, user, hint, state.config.reservation_ttl).await
+}
+
+/// [`reserve`] with a reservation that expires after `ttl` unless used.
+pub async fn reserve_for(
+    state: &AppState,
+    user: &str,
+    hint: SizeHint,
+    ttl: Duration,
+) -> AppResult<(Uuid, u64)> {
     let max = state.config.max_file_size;
     let want = match hint {
         SizeHint::Exact(n) if n > max => {
@@ -66,7 +76,6 @@ pub async fn reserve(state: &AppState, user: &str, hint: SizeHint) -> AppResult<
         // Grown while streaming, so a small file fits a nearly full quota.
         SizeHint::Unknown => 0,
     };
-    let ttl = state.config.reservation_ttl;
     let id = state
         .meta
         .reserve_upload(
@@ -94,6 +103,9 @@ pub struct Ingest {
     id: Uuid,
     reserved: u64,
     growable: bool,
+    /// The reservation is a hard limit the client agreed to (a signed
+    /// upload URL's `max_bytes`): passing it is 413, not a malformed body.
+    capped: bool,
     writer: Option<Box<dyn BlobWriter>>,
     hasher: Sha256,
     head: Vec<u8>,
@@ -112,6 +124,29 @@ impl Ingest {
             id,
             reserved,
             growable: hint == SizeHint::Unknown,
+            capped: false,
+            writer: None,
+            hasher: Sha256::new(),
+            head: Vec::with_capacity(SNIFF_LEN),
+            len: 0,
+            last_touch: Instant::now(),
+            done: false,
+        };
+        ingest.writer = Some(state.blobs.stage(id, 0).await?);
+        Ok(ingest)
+    }
+
+    /// Streams into reservation `id` that was taken earlier (a signed
+    /// upload URL's), which holds `reserved` bytes and may not grow. The
+    /// drop guard releases it like any other.
+    pub async fn adopt(state: &AppState, user: &str, id: Uuid, reserved: u64) -> AppResult<Ingest> {
+        let mut ingest = Ingest {
+            state: state.clone(),
+            user: user.to_string(),
+            id,
+            reserved,
+            growable: false,
+            capped: true,
             writer: None,
             hasher: Sha256::new(),
             head: Vec::with_capacity(SNIFF_LEN),
@@ -142,6 +177,12 @@ impl Ingest {
             )));
         }
         if new_len > self.reserved {
+            if self.capped {
+                return Err(AppError::TooLarge(format!(
+                    "the upload is larger than the {} bytes this URL allows",
+                    self.reserved
+                )));
+            }
             if !self.growable {
                 return Err(AppError::BadRequest(
                     "body is longer than the size it declared".into(),
@@ -385,6 +426,96 @@ pub async fn publish_and_commit(
             Err(e.into())
         }
     }
+}
+
+/// Copies the user's file `src` as a new file named `file_name`: its size
+/// reserved like an upload's (507 when it does not fit, atomic under
+/// concurrency), the blob copied inside the store ([`BlobStore::copy`]:
+/// a hard link, a server-side copy), then the row committed in the
+/// transaction that releases the reservation. Resolution and duration are
+/// carried over; the thumbnail is made again for the copy by the media job,
+/// so each file owns its own and deleting one never touches the other's.
+///
+/// [`BlobStore::copy`]: crate::blob::BlobStore::copy
+pub async fn copy_file(
+    state: &AppState,
+    src: &FileRecord,
+    file_name: String,
+) -> AppResult<FileRecord> {
+    let size = src.file_size.max(0) as u64;
+    let (id, _) = reserve(state, &src.user_id, SizeHint::Exact(size)).await?;
+    let ext = src
+        .file_path
+        .rsplit_once('/')
+        .map_or(src.file_path.as_str(), |(_, f)| f)
+        .split_once('.')
+        .map(|(_, e)| e.to_string());
+    let key = match ext {
+        Some(e) => format!(
+            "{}/{}/{id}.{e}",
+            user_dir_name(&src.user_id),
+            src.file_type.dir()
+        ),
+        None => format!(
+            "{}/{}/{id}",
+            user_dir_name(&src.user_id),
+            src.file_type.dir()
+        ),
+    };
+    if let Err(e) = state.blobs.copy(&src.file_path, &key).await {
+        abandon(state, id).await;
+        if let Err(re) = state.blobs.remove(&key).await {
+            tracing::warn!(error = %re, key, "could not remove a partial copy");
+        }
+        return Err(match e {
+            crate::blob::BlobError::NotFound => {
+                tracing::error!(key = %src.file_path, "the blob of a listed file is missing");
+                AppError::internal(anyhow::anyhow!("blob missing"))
+            }
+            other => other.into(),
+        });
+    }
+    let new = NewFile {
+        id,
+        user_id: src.user_id.clone(),
+        file_name,
+        file_type: src.file_type,
+        mime_type: src.mime_type.clone(),
+        file_size: src.file_size,
+        file_path: key.clone(),
+        package_name: src.package_name.clone(),
+        tags: src.tags.clone(),
+        sha256: src.sha256.clone(),
+    };
+    // event: file.created (in commit_file's transaction, as for uploads)
+    let mut rec = match state.meta.commit_file(id, new).await {
+        Ok(rec) => rec,
+        Err(e) => {
+            if let Err(re) = state.blobs.remove(&key).await {
+                tracing::error!(error = %re, key, "could not remove the blob of a failed copy; audit will report it");
+            }
+            abandon(state, id).await;
+            return Err(e.into());
+        }
+    };
+    if src.resolution.is_some() || src.duration.is_some() {
+        let media = MediaUpdate {
+            resolution: src.resolution.clone(),
+            duration: src.duration.clone(),
+            thumbnail_path: None,
+        };
+        match state.meta.set_media(rec.id, &media).await {
+            Ok(()) => {
+                rec.resolution = media.resolution;
+                rec.duration = media.duration;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, file_id = %rec.id, "could not carry media facts over; the media job will find them")
+            }
+        }
+    }
+    state.after_commit(&rec).await;
+    Ok(rec)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //!   backup, `doctor`, the scheduler).
 //! - [`scan`]: clamd virus scanning.
 //! - [`domain`]: sizes, file types from content, safe names.
+//! - [`zip`]: the streaming ZIP writer behind package archives.
 //! - [`cli`]: the `stowage` command line.
 
 pub mod app;
@@ -29,3 +30,4 @@ pub mod meta;
 pub mod ops;
 pub mod scan;
 pub mod telemetry;
+pub mod zip;

@@ -1,4 +1,4 @@
-//! Signed download links: `/s/{file_id}.{expires}.{sig}` where `sig` is an
+//! Signed links. Download links: `/s/{file_id}.{expires}.{sig}` where `sig` is an
 //! HMAC-SHA256 over the file id, its owner and the expiry. The owner is not
 //! in the URL; it is read from the file row, so a link for a deleted or
 //! re-owned file stops working. Any change to any part answers 403.
@@ -8,6 +8,10 @@
 //! unpadded base64url. Lenient parsers would accept the same link under many
 //! spellings (uppercase or braced UUIDs, `+0190…` expiries), which breaks
 //! anything that keys on the URL, such as caches, logs and revocation lists.
+//!
+//! Signed upload URLs and archive links carry a payload instead of a file id
+//! ([`sign_payload`]), in the same canonical form, with the [`Purpose`] in
+//! the MAC.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
 use hmac::{Hmac, Mac};
@@ -51,8 +55,97 @@ pub fn check(secret: &[u8], file: Uuid, owner: &str, expires: i64, sig: &[u8]) -
     mac(secret, file, owner, expires).verify_slice(sig).is_ok()
 }
 
+/// What a payload token grants. Part of the MAC, so a token issued for one
+/// purpose never works for another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A single-use upload (`/u/…`); the payload is the upload's id.
+    Upload,
+    /// A package archive (`/s/archive/…`); the payload names the owner and
+    /// the files.
+    Archive,
+}
+
+impl Purpose {
+    fn domain(self) -> &'static [u8] {
+        match self {
+            Purpose::Upload => b"stowage-signed-upload\0",
+            Purpose::Archive => b"stowage-signed-archive\0",
+        }
+    }
+}
+
+fn payload_mac(secret: &[u8], purpose: Purpose, payload: &[u8], expires: i64) -> Hmac<Sha256> {
+    let mut m = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+    m.update(purpose.domain());
+    m.update(&(payload.len() as u64).to_be_bytes());
+    m.update(payload);
+    m.update(&expires.to_be_bytes());
+    m
+}
+
+/// A token `{payload}.{expires}.{sig}` carrying `payload` (unpadded
+/// base64url) signed for `purpose`.
+pub fn sign_payload(secret: &[u8], purpose: Purpose, payload: &[u8], expires: i64) -> String {
+    let sig = payload_mac(secret, purpose, payload, expires)
+        .finalize()
+        .into_bytes();
+    format!("{}.{}.{}", B64.encode(payload), expires, B64.encode(sig))
+}
+
+/// The payload and expiry of a token [`sign_payload`] wrote for `purpose`,
+/// when it is in exactly that form and its signature holds; the caller
+/// checks the expiry.
+pub fn open_payload(secret: &[u8], purpose: Purpose, token: &str) -> Option<(Vec<u8>, i64)> {
+    let mut it = token.split('.');
+    let (p, exp, sig) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    let payload = B64.decode(p).ok()?;
+    let pexp: i64 = exp.parse().ok()?;
+    let psig = B64.decode(sig).ok()?;
+    let canonical =
+        B64.encode(&payload) == p && pexp.to_string() == exp && B64.encode(&psig) == sig;
+    if !canonical {
+        return None;
+    }
+    payload_mac(secret, purpose, &payload, pexp)
+        .verify_slice(&psig)
+        .ok()?;
+    Some((payload, pexp))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn payload_tokens_hold_only_as_issued_and_for_their_purpose() {
+        let t = sign_payload(b"k", Purpose::Upload, b"abc", 1_900_000_000);
+        assert_eq!(
+            open_payload(b"k", Purpose::Upload, &t),
+            Some((b"abc".to_vec(), 1_900_000_000))
+        );
+        assert_eq!(open_payload(b"k", Purpose::Archive, &t), None);
+        assert_eq!(open_payload(b"other", Purpose::Upload, &t), None);
+        let (p, rest) = t.split_once('.').unwrap();
+        let (exp, sig) = rest.split_once('.').unwrap();
+        for altered in [
+            format!("{p}.{}.{sig}", 1_900_000_001),
+            format!("{p}.0{exp}.{sig}"),
+            format!("{p}=.{exp}.{sig}"),
+            format!("{}.{exp}.{sig}", B64.encode(b"abd")),
+            format!("{p}.{exp}.{sig}="),
+            format!("{t}.x"),
+            format!("{}.{exp}.{sig}", p.to_uppercase()),
+        ] {
+            assert_eq!(
+                open_payload(b"k", Purpose::Upload, &altered),
+                None,
+                "{altered}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

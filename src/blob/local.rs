@@ -245,6 +245,22 @@ impl BlobStore for LocalStore {
         }
     }
 
+    async fn copy(&self, from: &str, to: &str) -> BlobResult<()> {
+        let src = self.key_path(from)?;
+        let dest = self.key_path(to)?;
+        let parent = dest.parent().expect("keys have a parent").to_path_buf();
+        let p2 = parent.clone();
+        tokio::task::spawn_blocking(move || {
+            mkdirs(&p2)?;
+            std::fs::hard_link(&src, &dest)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        // The new name is durable once its directory is.
+        fsync_dir(&parent).await?;
+        Ok(())
+    }
+
     async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()> {
         let id = Uuid::new_v4();
         let mut w = self.stage(id, 0).await?;

@@ -112,6 +112,13 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn len(&self, key: &str) -> BlobResult<u64>;
     /// Removes the blob; absent is fine.
     async fn remove(&self, key: &str) -> BlobResult<()>;
+    /// Makes `to` a durable copy of the blob at `from` without moving its
+    /// bytes through this process: a hard link on the local volume, a
+    /// server-side copy on an object store. Blobs are immutable once
+    /// published, so the two never diverge, and removing one leaves the
+    /// other intact. A missing `from` is `NotFound`; an existing `to` is an
+    /// error.
+    async fn copy(&self, from: &str, to: &str) -> BlobResult<()>;
     /// Writes a small object whole (thumbnails), durably.
     async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()>;
     /// A local path for `key` when the backend is a filesystem (media tools

@@ -405,6 +405,21 @@ impl BlobStore for S3Store {
         }
     }
 
+    async fn copy(&self, from: &str, to: &str) -> BlobResult<()> {
+        check_key(from)?;
+        check_key(to)?;
+        // One CopyObject: the store copies the bytes itself. Objects over
+        // its single-request limit are refused rather than streamed
+        // through this node.
+        let len = self.len(from).await?;
+        if len > COPY_LIMIT {
+            return Err(BlobError::Io(std::io::Error::other(format!(
+                "a server-side copy is limited to {COPY_LIMIT} bytes; {from} has {len}"
+            ))));
+        }
+        self.op.copy(from, to).await.map_err(to_blob)
+    }
+
     async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()> {
         check_key(key)?;
         self.op.write(key, data).await.map_err(to_blob)?;

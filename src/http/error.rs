@@ -25,6 +25,9 @@ pub enum AppError {
     MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
+    /// A single-use link that was already used (a signed upload URL).
+    #[error("{0}")]
+    Gone(String),
     #[error("{0}")]
     UnsupportedVersion(String),
     #[error("{0}")]
@@ -66,6 +69,7 @@ impl AppError {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Conflict(_) => StatusCode::CONFLICT,
+            Gone(_) => StatusCode::GONE,
             UnsupportedVersion(_) => StatusCode::PRECONDITION_FAILED,
             TooLarge(_) | PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -89,6 +93,7 @@ impl AppError {
             Forbidden(_) => "forbidden",
             NotFound => "not_found",
             Conflict(_) => "conflict",
+            Gone(_) => "gone",
             UnsupportedVersion(_) => "unsupported_version",
             TooLarge(_) => "file_too_large",
             PayloadTooLarge(_) => "payload_too_large",

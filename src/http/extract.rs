@@ -1,6 +1,7 @@
 //! Extractors that carry authentication and input validation, so a handler
 //! that takes one cannot forget the check:
 //! - [`AuthUser`]: a verified session (JWT or development sign-in);
+//!   An admin-token request with `Stowage-On-Behalf-Of` is that user too;
 //! - [`AdminAuth`]: the admin bearer token;
 //! - [`DevSignIn`]: a development sign-in request from this machine;
 //! - [`ApiJson`], [`OptionalJson`]: a bounded JSON body whose errors answer
@@ -236,6 +237,11 @@ impl FromRequestParts<AppState> for AuthUser {
         if let Some(u) = parts.extensions.get::<AuthUser>() {
             return Ok(u.clone());
         }
+        if parts.headers.contains_key(ON_BEHALF_OF) {
+            let u = on_behalf_of(parts, state).await?;
+            parts.extensions.insert(u.clone());
+            return Ok(u);
+        }
         let (token, source) =
             session_credential(parts).ok_or_else(|| auth_error(AuthError::Missing))?;
         if source == TokenSource::Cookie && is_unsafe(&parts.method) && !same_origin(parts, state) {
@@ -251,6 +257,84 @@ impl FromRequestParts<AppState> for AuthUser {
         parts.extensions.insert(u.clone());
         Ok(u)
     }
+}
+
+/// The header naming the user an admin-token request acts for (SPEC §11).
+pub const ON_BEHALF_OF: &str = "stowage-on-behalf-of";
+
+/// Path prefixes whose routes act as a user, and so accept
+/// [`ON_BEHALF_OF`]; the header is refused (403) anywhere else a user is
+/// asked for.
+const ON_BEHALF_ROUTES: [&str; 3] = ["/api/files", "/api/storage", "/api/uploads"];
+
+/// True when `token` is the configured admin token (constant time).
+fn is_admin_token(state: &AppState, token: &str) -> bool {
+    state
+        .config
+        .admin_token
+        .as_ref()
+        .is_some_and(|t| bool::from(token.as_bytes().ct_eq(t.expose().as_bytes())))
+}
+
+/// A request made by the SaaS backend for one of its users: the admin token
+/// in `Authorization: Bearer` plus `Stowage-On-Behalf-Of: <user id>`. The
+/// user is provisioned if new and then acted for exactly as their own
+/// session would be (rate limit included). A user session carrying the
+/// header is 403 (a user may not act for another); anything else that is
+/// not the admin token is 401. The header's value is checked like a token's
+/// `sub`, so it can neither name an impossible user nor forge log lines.
+async fn on_behalf_of(parts: &Parts, state: &AppState) -> Result<AuthUser, AppError> {
+    let mut values = parts.headers.get_all(ON_BEHALF_OF).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(AppError::BadRequest(
+            "Stowage-On-Behalf-Of must be given once".into(),
+        ));
+    };
+    let credential = session_credential(parts);
+    let admin = matches!(&credential, Some((t, TokenSource::Bearer)) if is_admin_token(state, t));
+    if !admin {
+        if let Some((t, _)) = &credential {
+            if verify_user(state, t).await.is_ok() {
+                return Err(AppError::Forbidden(
+                    "Stowage-On-Behalf-Of needs the admin token, not a user session".into(),
+                ));
+            }
+        }
+        return Err(AppError::Unauthorized(
+            "Stowage-On-Behalf-Of needs the admin token".into(),
+        ));
+    }
+    let path = parts.uri.path();
+    if !ON_BEHALF_ROUTES
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|r| r.starts_with('/')))
+    {
+        return Err(AppError::Forbidden(
+            "Stowage-On-Behalf-Of applies to /api/files, /api/storage and /api/uploads only".into(),
+        ));
+    }
+    // UTF-8, as a token's `sub` may be.
+    let user = std::str::from_utf8(value.as_bytes())
+        .ok()
+        .filter(|u| crate::auth::valid_subject(u))
+        .ok_or_else(|| {
+            AppError::BadRequest(
+                "Stowage-On-Behalf-Of must be a user id of 1 to 255 bytes without control \
+                 characters"
+                    .into(),
+            )
+        })?
+        .to_string();
+    state
+        .meta
+        .ensure_user(&user, state.config.default_quota)
+        .await?;
+    state.limits.check_user(&user)?;
+    let span = tracing::Span::current();
+    span.record("user_id", user.as_str());
+    span.record("actor", "admin");
+    tracing::info!(user_id = %user, actor = "admin", "acting on behalf of a user");
+    Ok(AuthUser(user))
 }
 
 /// The admin API's bearer token, compared in constant time. Only the

@@ -1,5 +1,5 @@
 //! `/api/files`: multipart upload, listing with filters and keyset paging,
-//! details, delete, favourite, tags and signed links.
+//! details, rename, copy, delete, favourite, tags and signed links.
 
 use std::{
     sync::{
@@ -32,8 +32,8 @@ use crate::{
     app::AppState,
     auth::signed_url,
     domain::{filetype::FileType, names::sanitize_file_name},
-    ingest::{normalize_tags, FileMeta, Ingest, SizeHint},
-    meta::{Cursor, FileRecord, ListQuery, SortKey, SortOrder},
+    ingest::{check_meta, normalize_tags, FileMeta, Ingest, SizeHint},
+    meta::{Cursor, FileRecord, ListQuery, Rename, SignedUpload, SortKey, SortOrder},
 };
 
 /// Multipart framing allowed on top of the per-file limit before a
@@ -47,7 +47,8 @@ pub fn router() -> Router<AppState> {
             "/api/files/upload",
             post(upload).layer(axum::extract::DefaultBodyLimit::disable()),
         )
-        .route("/api/files/{id}", get(details).delete(remove))
+        .route("/api/files/{id}", get(details).delete(remove).patch(rename))
+        .route("/api/files/{id}/copy", post(copy))
         .route("/api/files/{id}/favorite", post(favorite))
         .route("/api/files/{id}/tags", put(tags))
         .route("/api/files/{id}/signed-url", post(signed_link))
@@ -116,7 +117,31 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
+    multipart_upload(&state, Target::Session(&user.0), &headers, body).await
+}
+
+/// Who a multipart upload is for, and under which reservation.
+pub enum Target<'a> {
+    /// A signed-in user: the room is reserved now from the request's size.
+    Session(&'a str),
+    /// A signed upload URL: the room was reserved at issue and caps the
+    /// file; its `file_type` and `file_name`, when given, win over the
+    /// form's.
+    Signed(&'a SignedUpload),
+}
+
+/// The multipart upload behind `POST /api/files/upload` and `POST /u/…`.
+pub async fn multipart_upload(
+    state: &AppState,
+    target: Target<'_>,
+    headers: &HeaderMap,
+    body: Body,
+) -> AppResult<Response> {
     let started = Instant::now();
+    let user = match &target {
+        Target::Session(u) => u.to_string(),
+        Target::Signed(s) => s.user_id.clone(),
+    };
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -169,7 +194,22 @@ async fn upload(
     let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
     // Reserve before reading a byte of the body: an upload that cannot fit
     // is refused while the client is still sending headers.
-    let up = match Ingest::begin(&state, &user.0, hint).await {
+    // A signed URL's cap, when the Content-Length alone already passes it;
+    // refused after draining a small body, as any early refusal.
+    if let (Target::Signed(s), SizeHint::AtMost(n)) = (&target, hint) {
+        if n > s.max_bytes.max(0) as u64 + MULTIPART_SLACK {
+            let e = AppError::TooLarge(format!(
+                "request is {n} bytes; this URL takes at most {} bytes",
+                s.max_bytes
+            ));
+            return Err(drain_then(e, hint, &mut form).await);
+        }
+    }
+    let begun = match &target {
+        Target::Session(_) => Ingest::begin(state, &user, hint).await,
+        Target::Signed(s) => Ingest::adopt(state, &user, s.id, s.max_bytes.max(0) as u64).await,
+    };
+    let up = match begun {
         Ok(up) => up,
         Err(e) => return Err(drain_then(e, hint, &mut form).await),
     };
@@ -192,10 +232,18 @@ async fn upload(
         }
     }
     let FormFields {
-        declared,
-        client_name,
+        mut declared,
+        mut client_name,
         mut meta,
     } = parsed;
+    if let Target::Signed(s) = &target {
+        if let Some(t) = s.file_type {
+            declared = Some(t.as_str().to_string());
+        }
+        if let Some(n) = &s.file_name {
+            client_name = n.clone();
+        }
+    }
     if let Some(d) = declared.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
         meta.declared_type = Some(FileType::parse(d).ok_or_else(|| {
             AppError::BadRequest(format!(
@@ -205,6 +253,7 @@ async fn upload(
     }
     meta.file_name = sanitize_file_name(&client_name);
     let bytes = up.len();
+    // event: file.created (in commit_file's transaction)
     let rec = up.commit(meta).await?;
     tracing::Span::current().record("file_id", rec.id.to_string());
     crate::telemetry::metrics::upload_duration(started.elapsed().as_secs_f64());
@@ -452,6 +501,88 @@ async fn remove(
     }
     tracing::info!(bytes = rec.file_size, "file deleted");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deserializes a field that may be absent (`None`), `null` (`Some(None)`)
+/// or a value.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameBody {
+    file_name: Option<String>,
+    /// `null` or `""` takes the file out of its package.
+    #[serde(default, deserialize_with = "present")]
+    package_name: Option<Option<String>>,
+}
+
+/// `PATCH /api/files/{id}`: a new name and/or package, checked exactly as
+/// on upload.
+#[tracing::instrument(skip_all, fields(user_id = %user.0, file_id = %id))]
+async fn rename(
+    State(state): State<AppState>,
+    user: AuthUser,
+    FileId(id): FileId,
+    OptionalJson(body): OptionalJson<RenameBody>,
+) -> AppResult<Json<FileView>> {
+    // No body changes nothing and answers the file as it is.
+    let body = body.unwrap_or(RenameBody {
+        file_name: None,
+        package_name: None,
+    });
+    let package_name = match body.package_name {
+        Some(p) => {
+            let mut meta = FileMeta {
+                package_name: p,
+                ..FileMeta::default()
+            };
+            check_meta(&mut meta)?;
+            Some(meta.package_name)
+        }
+        None => None,
+    };
+    let change = Rename {
+        file_name: body.file_name.as_deref().map(sanitize_file_name),
+        package_name,
+    };
+    let rec = state
+        .meta
+        .rename_file(&user.0, id, &change)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    Ok(Json(FileView::from(&rec)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyBody {
+    file_name: Option<String>,
+}
+
+/// `POST /api/files/{id}/copy`: a new file with the same bytes, counted
+/// against the quota like an upload; see [`crate::ingest::copy_file`].
+#[tracing::instrument(skip_all, fields(user_id = %user.0, file_id = %id))]
+async fn copy(
+    State(state): State<AppState>,
+    user: AuthUser,
+    FileId(id): FileId,
+    OptionalJson(body): OptionalJson<CopyBody>,
+) -> AppResult<(StatusCode, Json<FileView>)> {
+    let name = body.and_then(|b| b.file_name);
+    let src = state
+        .meta
+        .get_file(&user.0, id)
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let name = name
+        .as_deref()
+        .map(sanitize_file_name)
+        .unwrap_or_else(|| src.file_name.clone());
+    let rec = crate::ingest::copy_file(&state, &src, name).await?;
+    tracing::info!(copy_id = %rec.id, bytes = rec.file_size, "file copied");
+    Ok((StatusCode::CREATED, Json(FileView::from(&rec))))
 }
 
 #[derive(Deserialize)]

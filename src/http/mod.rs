@@ -7,6 +7,7 @@
 //! with the SPEC's error JSON too.
 
 pub mod admin;
+pub mod archive;
 pub mod client_ip;
 pub mod dev;
 pub mod download;
@@ -19,6 +20,7 @@ pub mod openapi;
 pub mod range;
 pub mod ratelimit;
 pub mod server;
+pub mod signed_upload;
 pub mod storage;
 pub mod tus;
 pub mod ui;
@@ -71,7 +73,9 @@ pub const EXPOSED_HEADERS: &[&str] = &[
 /// Builds the whole application router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
+        .merge(archive::router())
         .merge(files::router())
+        .merge(signed_upload::router())
         .merge(download::router())
         .merge(storage::router())
         .merge(admin::router())
@@ -105,7 +109,7 @@ pub fn router(state: AppState) -> Router {
                             .get::<client_ip::ClientIp>()
                             .map(|c| c.to_string())
                             .unwrap_or_default();
-                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client_ip = %client, user_id = tracing::field::Empty)
+                        tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id, client_ip = %client, user_id = tracing::field::Empty, actor = tracing::field::Empty)
                     }),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))

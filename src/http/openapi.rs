@@ -103,6 +103,8 @@ pub const FILE_LINKS: &[(&str, &str)] = &[
     ("CreateSignedUrl", "createSignedUrl"),
     ("SetFileTags", "setFileTags"),
     ("SetFileFavorite", "setFileFavorite"),
+    ("RenameFile", "renameFile"),
+    ("CopyFile", "copyFile"),
     ("DeleteFile", "deleteFile"),
 ];
 
@@ -284,6 +286,122 @@ pub const OPS: &[Op] = &[
         ],
         query: &[],
         body: None,
+    },
+    Op {
+        method: "patch",
+        path: "/api/files/{id}",
+        id: "renameFile",
+        summary: "Rename and/or move to another package ({\"file_name\"?, \"package_name\"?}); names sanitized as on upload",
+        auth: Auth::User,
+        responses: &[("200", FILE), ("400", Out::Plain("bad body")), NOT_FOUND],
+        query: &[],
+        body: json_body("RenameRequest", false),
+    },
+    Op {
+        method: "post",
+        path: "/api/files/{id}/copy",
+        id: "copyFile",
+        summary: "Copy a file ({\"file_name\"?}); counted against the quota like an upload, copied inside the store",
+        auth: Auth::User,
+        responses: &[
+            ("201", Out::File("the copy")),
+            NOT_FOUND,
+            ("413", Out::Plain("over the per-file limit")),
+            ("507", Out::Plain("quota exceeded")),
+        ],
+        query: &[],
+        body: json_body("CopyRequest", false),
+    },
+    Op {
+        method: "get",
+        path: "/api/files/archive",
+        id: "downloadArchive",
+        summary: "A ZIP (stored entries, ZIP64 when needed) of a package or of up to 200 ids, streamed",
+        auth: Auth::User,
+        responses: &[
+            ("200", Out::Plain("application/zip")),
+            ("400", Out::Plain("neither or both of package_name and ids")),
+            ("404", Out::Plain("an id is not the user's, or the package is empty")),
+        ],
+        query: &[
+            Query {
+                name: "package_name",
+                ty: Ty::Str,
+                description: "every file of this package",
+            },
+            Query {
+                name: "ids",
+                ty: Ty::Str,
+                description: "comma-separated file ids (at most 200)",
+            },
+        ],
+        body: None,
+    },
+    Op {
+        method: "post",
+        path: "/api/files/archive/signed-url",
+        id: "createArchiveSignedUrl",
+        summary: "A signed link (/s/archive/…) to the archive of a package or of up to 200 ids",
+        auth: Auth::User,
+        responses: &[
+            ("200", Out::Json("the link", "SignedUrl")),
+            ("400", Out::Plain("bad selection or expiry")),
+            NOT_FOUND,
+        ],
+        query: &[],
+        body: json_body("ArchiveLinkRequest", true),
+    },
+    Op {
+        method: "get",
+        path: "/s/archive/{token}",
+        id: "signedArchive",
+        summary: "Download an archive through a signed link",
+        auth: Auth::None,
+        responses: &[
+            ("200", Out::Plain("application/zip")),
+            ("403", Out::Plain("invalid or expired")),
+            ("404", Out::Plain("the files are gone")),
+        ],
+        query: &[],
+        body: None,
+    },
+    Op {
+        method: "post",
+        path: "/api/uploads/signed",
+        id: "createSignedUpload",
+        summary: "A single-use upload URL (/u/…) with max_bytes reserved at once",
+        auth: Auth::User,
+        responses: &[
+            ("200", Out::Json("the URL", "SignedUrl")),
+            ("400", Out::Plain("bad body")),
+            ("413", Out::Plain("max_bytes over the per-file limit")),
+            ("429", Out::Plain("too many unfinished uploads")),
+            ("507", Out::Plain("quota exceeded")),
+        ],
+        query: &[],
+        body: json_body("SignedUploadRequest", true),
+    },
+    Op {
+        method: "post",
+        path: "/u/{token}",
+        id: "signedUpload",
+        summary: "Upload one file through a signed upload URL (multipart as /api/files/upload; no session)",
+        auth: Auth::None,
+        responses: &[
+            ("201", FILE),
+            ("400", Out::Plain("bad form")),
+            ("403", Out::Plain("invalid or expired")),
+            ("410", Out::Plain("already used")),
+            ("413", Out::Plain("over the URL's max_bytes")),
+            ("415", Out::Plain("content type refused")),
+            ("422", Out::Plain("malware")),
+        ],
+        query: &[],
+        body: Some(Body {
+            content_type: "multipart/form-data",
+            schema: Some("UploadForm"),
+            required: true,
+        }),
     },
     Op {
         method: "post",
@@ -553,6 +671,24 @@ fn schemas() -> Value {
             "url": {"type": "string", "description": "/s/…, needs no session"},
             "expires_at": {"type": "string", "format": "date-time"}
         })),
+        "RenameRequest": {"type": "object", "additionalProperties": false, "properties": {
+            "file_name": string,
+            "package_name": {"type": ["string", "null"], "description": "null or empty takes the file out of its package"}
+        }},
+        "CopyRequest": {"type": "object", "additionalProperties": false, "properties": {
+            "file_name": {"type": "string", "description": "the copy's name; the original's when absent"}
+        }},
+        "ArchiveLinkRequest": {"type": "object", "additionalProperties": false, "properties": {
+            "package_name": string,
+            "ids": {"type": "array", "maxItems": 200, "items": {"type": "string", "format": "uuid"}},
+            "expires_in": {"type": "integer", "minimum": 1, "maximum": 604_800, "description": "seconds; 3600 when absent"}
+        }},
+        "SignedUploadRequest": {"type": "object", "additionalProperties": false, "required": ["max_bytes"], "properties": {
+            "max_bytes": {"type": "integer", "minimum": 1, "description": "reserved at once; the upload may not be larger"},
+            "expires_in": {"type": "integer", "minimum": 1, "maximum": 604_800, "description": "seconds; 3600 when absent"},
+            "file_type": schema_ref("FileType"),
+            "file_name": string
+        }},
         "FavoriteRequest": {"type": "object", "additionalProperties": false, "required": ["is_favorite"],
             "properties": {"is_favorite": {"type": "boolean"}}},
         "TagsRequest": {"type": "object", "additionalProperties": false, "required": ["tags"], "properties": {
@@ -655,7 +791,10 @@ pub fn document() -> Value {
         }
         match op.auth {
             Auth::None => o["security"] = json!([]),
-            Auth::User => o["security"] = json!([{"bearer": []}, {"session": []}]),
+            Auth::User => {
+                o["security"] =
+                    json!([{"bearer": []}, {"session": []}, {"admin": [], "onBehalfOf": []}])
+            }
             Auth::Admin => o["security"] = json!([{"admin": []}]),
         }
         if let Some(body) = op.body {
@@ -682,7 +821,9 @@ pub fn document() -> Value {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
                 "session": {"type": "apiKey", "in": "cookie", "name": "__session"},
-                "admin": {"type": "http", "scheme": "bearer", "description": "STOWAGE_ADMIN_TOKEN"}
+                "admin": {"type": "http", "scheme": "bearer", "description": "STOWAGE_ADMIN_TOKEN"},
+                "onBehalfOf": {"type": "apiKey", "in": "header", "name": "Stowage-On-Behalf-Of",
+                    "description": "with the admin token: the user id a request acts for, on /api/files, /api/storage and /api/uploads"}
             }
         }
     })

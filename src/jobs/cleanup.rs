@@ -87,6 +87,8 @@ pub struct CleanupReport {
     /// tus uploads past their `Upload-Expires`, deleted with their data.
     pub expired_uploads: u64,
     pub expired_reservations: u64,
+    /// Signed upload URLs past their expiry, used or not.
+    pub expired_signed_uploads: u64,
     pub stale_temp_files: u64,
     pub stale_temp_bytes: u64,
     /// Blobs published by a process that died before committing their row.
@@ -119,6 +121,8 @@ pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<Clean
         };
     }
     report.expired_reservations += state.meta.expire_reservations(now).await?;
+    // Signed upload URLs past their expiry: their reservations went above.
+    report.expired_signed_uploads = state.meta.expire_signed_uploads(now).await?;
     // Staging entries no reservation owns: a temp file or multipart
     // upload whose process died, an expired tus upload whose row was
     // already gone, or anything else left in the staging area.

@@ -241,6 +241,38 @@ pub enum TusLock {
     Missing,
 }
 
+/// An issued signed upload URL (table `signed_uploads`). Its id is also its
+/// quota reservation's and the id of the file it becomes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignedUpload {
+    pub id: Uuid,
+    pub user_id: String,
+    /// Bytes reserved at issue; the upload may not be larger.
+    pub max_bytes: i64,
+    pub file_type: Option<FileType>,
+    pub file_name: Option<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Outcome of [`MetaStore::claim_signed_upload`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum SignedClaim {
+    /// This call took the URL's single use.
+    Claimed(SignedUpload),
+    /// The URL was used before.
+    Used,
+    /// No such URL, or it expired.
+    Missing,
+}
+
+/// A change of names for [`MetaStore::rename_file`]; `None` keeps a field.
+#[derive(Clone, Debug, Default)]
+pub struct Rename {
+    pub file_name: Option<String>,
+    /// `Some(None)` clears the package.
+    pub package_name: Option<Option<String>>,
+}
+
 /// The metadata store. Every method is one transaction.
 #[async_trait]
 pub trait MetaStore: Send + Sync + 'static {
@@ -325,6 +357,25 @@ pub trait MetaStore: Send + Sync + 'static {
         tags: &[String],
     ) -> MetaResult<Option<FileRecord>>;
     async fn set_media(&self, id: Uuid, media: &MediaUpdate) -> MetaResult<()>;
+    /// Renames the user's file and/or moves it to another package.
+    async fn rename_file(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        change: &Rename,
+    ) -> MetaResult<Option<FileRecord>>;
+    /// The user's files in package `package`, oldest first (archives).
+    async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>>;
+
+    /// Records an issued signed upload URL (its reservation `up.id` taken).
+    async fn create_signed_upload(&self, up: &SignedUpload) -> MetaResult<()>;
+    /// Takes the single use of signed upload `id` if it is unused and
+    /// unexpired at `now` (one conditional `UPDATE`, so of two concurrent
+    /// uses exactly one wins).
+    async fn claim_signed_upload(&self, id: Uuid, now: DateTime<Utc>) -> MetaResult<SignedClaim>;
+    /// Deletes signed upload rows expired at `now` (their reservations
+    /// expire with them); returns how many.
+    async fn expire_signed_uploads(&self, now: DateTime<Utc>) -> MetaResult<u64>;
     /// Bytes and count per file type, summed from rows.
     async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>>;
     /// Sum of rows per user (audit): `(user_id, bytes, count)`.
@@ -417,4 +468,9 @@ pub trait MetaStore: Send + Sync + 'static {
 
 /// Tables besides `user_files` whose rows belong to one user; emptied by
 /// [`MetaStore::delete_user`]. Later features add theirs here.
-pub(crate) const USER_SCOPED_TABLES: &[&str] = &["upload_reservations", "jobs", "tus_uploads"];
+pub(crate) const USER_SCOPED_TABLES: &[&str] = &[
+    "signed_uploads",
+    "upload_reservations",
+    "jobs",
+    "tus_uploads",
+];

@@ -718,6 +718,99 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn rename_file(&self, user_id: &str, id: Uuid, c: &Rename) -> MetaResult<Option<FileRecord>> {
+                let sql = format!(
+                    "UPDATE user_files SET file_name = COALESCE($3, file_name), \
+                     package_name = CASE WHEN $4 THEN $5 ELSE package_name END \
+                     WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(user_id)
+                    .bind(&c.file_name)
+                    .bind(c.package_name.is_some())
+                    .bind(c.package_name.clone().flatten())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+            }
+
+            async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>> {
+                let sql = format!(
+                    "SELECT {FILE_COLS} FROM user_files WHERE user_id = $1 AND package_name = $2 \
+                     ORDER BY upload_date, id"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(user_id)
+                    .bind(package)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(rows.iter().map(Self::file_from_row).collect::<Result<_, _>>()?)
+            }
+
+            async fn create_signed_upload(&self, up: &SignedUpload) -> MetaResult<()> {
+                sqlx::query(
+                    "INSERT INTO signed_uploads (id, user_id, max_bytes, file_type, file_name, expires_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(up.id)
+                .bind(&up.user_id)
+                .bind(up.max_bytes)
+                .bind(up.file_type.map(|t| t.as_str()))
+                .bind(&up.file_name)
+                .bind(up.expires_at)
+                .bind(now())
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn claim_signed_upload(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<SignedClaim> {
+                let row = sqlx::query(
+                    "UPDATE signed_uploads SET used_at = $2 \
+                     WHERE id = $1 AND used_at IS NULL AND expires_at >= $2 \
+                     RETURNING id, user_id, max_bytes, file_type, file_name, expires_at",
+                )
+                .bind(id)
+                .bind(at)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                if let Some(r) = row {
+                    let ft: Option<String> = r.try_get("file_type")?;
+                    return Ok(SignedClaim::Claimed(SignedUpload {
+                        id: r.try_get("id")?,
+                        user_id: r.try_get("user_id")?,
+                        max_bytes: r.try_get("max_bytes")?,
+                        file_type: ft.as_deref().and_then(FileType::parse),
+                        file_name: r.try_get("file_name")?,
+                        expires_at: r.try_get("expires_at")?,
+                    }));
+                }
+                let used = sqlx::query(
+                    "SELECT 1 AS one FROM signed_uploads WHERE id = $1 AND used_at IS NOT NULL AND expires_at >= $2",
+                )
+                .bind(id)
+                .bind(at)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                Ok(if used.is_some() { SignedClaim::Used } else { SignedClaim::Missing })
+            }
+
+            async fn expire_signed_uploads(&self, at: DateTime<Utc>) -> MetaResult<u64> {
+                let n = sqlx::query("DELETE FROM signed_uploads WHERE expires_at < $1")
+                    .bind(at)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?
+                    .rows_affected();
+                Ok(n)
+            }
+
             async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
                 let rows = sqlx::query(
                     "SELECT file_type, CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS bytes, \

@@ -381,6 +381,9 @@ impl BlobStore for FullDisk {
     async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()> {
         self.inner.put_small(key, data).await
     }
+    async fn copy(&self, from: &str, to: &str) -> BlobResult<()> {
+        self.inner.copy(from, to).await
+    }
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.inner.local_path(key)
     }

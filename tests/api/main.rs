@@ -14,6 +14,7 @@ mod download;
 mod files;
 mod hostile;
 mod identity;
+mod integration;
 mod limits;
 mod media;
 mod openapi;
