@@ -184,6 +184,33 @@ describe('FileManager', () => {
     expect(screen.getByText(/Tag:/)).toBeTruthy();
   });
 
+  it('renames, copies and offers the package download', async () => {
+    const f = fileOf({ file_name: 'old.png', package_name: 'trip' });
+    const plain = fileOf({ file_name: 'loose.png' });
+    const copy = fileOf({ file_name: 'copy.png', package_name: 'trip' });
+    const { client, calls } = setup([f, plain], {
+      [`PATCH /api/files/${f.id}`]: (c: Call) => ({ ...f, file_name: (c.body as { file_name: string }).file_name }),
+      [`POST /api/files/${f.id}/copy`]: () => new Response(JSON.stringify(copy), { status: 201, headers: { 'Content-Type': 'application/json' } }),
+    });
+    render(<FileManager client={client} />);
+    await screen.findByText('old.png');
+    // Only files in a package offer the package download.
+    expect(item('old.png').getByRole('button', { name: 'Download package trip' })).toBeTruthy();
+    expect(item('loose.png').queryByRole('button', { name: /Download package/ })).toBeNull();
+
+    await userEvent.click(item('old.png').getByRole('button', { name: 'Rename old.png' }));
+    const input = screen.getByLabelText('New name');
+    await userEvent.clear(input);
+    await userEvent.type(input, 'new.png{Enter}');
+    await screen.findByText('new.png');
+    expect(calls.find((c) => c.method === 'PATCH')?.body).toEqual({ file_name: 'new.png' });
+    expect(screen.getByText('Renamed “old.png” to “new.png”.')).toBeTruthy();
+
+    await userEvent.click(item('new.png').getByRole('button', { name: 'Copy new.png' }));
+    await screen.findByText('copy.png');
+    expect(calls.some((c) => c.method === 'POST' && c.url.pathname === `/api/files/${f.id}/copy`)).toBe(true);
+  });
+
   it('refuses too many tags without calling the server', async () => {
     const f = fileOf({ file_name: 'many.png' });
     const { client, calls } = setup([f]);

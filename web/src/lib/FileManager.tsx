@@ -166,6 +166,9 @@ function FileManagerInner({
   const [preview, setPreview] = useState<{ file: StowageFile; src: string | null; error?: string } | null>(null);
   const [shareFallback, setShareFallback] = useState<{ file: StowageFile; url: string; expires: string } | null>(null);
   const [editingTags, setEditingTags] = useState<string | null>(null);
+  const [renaming, setRenaming] = useState<StowageFile | null>(null);
+  const [renameText, setRenameText] = useState('');
+  const [busy, setBusy] = useState(false);
   const [reloadTick, setReloadTick] = useState(0);
   const searchId = useId();
   const sortId = useId();
@@ -331,6 +334,71 @@ function FileManagerInner({
       setActionError(`Could not delete “${f.file_name}”: ${describeError(e)}`);
     } finally {
       setDeleting(false);
+    }
+  };
+
+  const startRename = (f: StowageFile) => {
+    setActionError(null);
+    setRenameText(f.file_name);
+    setRenaming(f);
+  };
+
+  const doRename = async () => {
+    if (!renaming) return;
+    const f = renaming;
+    const name = renameText.trim();
+    if (!name) {
+      setActionError('A file name cannot be empty.');
+      return;
+    }
+    setBusy(true);
+    setActionError(null);
+    try {
+      const updated = await client.renameFile(f.id, { file_name: name });
+      replace(updated);
+      setRenaming(null);
+      setStatus(`Renamed “${f.file_name}” to “${updated.file_name}”.`);
+    } catch (e) {
+      setActionError(`Could not rename “${f.file_name}”: ${describeError(e)}`);
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const doCopy = async (f: StowageFile) => {
+    setActionError(null);
+    setBusy(true);
+    try {
+      const copy = await client.copyFile(f.id);
+      setFiles((prev) => {
+        const at = prev.findIndex((p) => p.id === f.id);
+        const next = prev.slice();
+        next.splice(at < 0 ? 0 : at + 1, 0, copy);
+        return next;
+      });
+      setStatus(`Copied “${f.file_name}”.`);
+      void refreshUsage();
+    } catch (e) {
+      setActionError(`Could not copy “${f.file_name}”: ${describeError(e)}`);
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const downloadPackage = async (pkg: string) => {
+    setActionError(null);
+    try {
+      const href = client.usesCookie ? client.archiveUrl(pkg) : client.url((await client.archiveSignedUrl(pkg, 300)).url);
+      const a = document.createElement('a');
+      a.href = href;
+      a.download = `${pkg}.zip`;
+      a.rel = 'noopener';
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setStatus(`Downloading package “${pkg}”.`);
+    } catch (e) {
+      setActionError(`Could not download package “${pkg}”: ${describeError(e)}`);
     }
   };
 
@@ -578,6 +646,29 @@ function FileManagerInner({
                   >
                     Tags
                   </button>
+                  <button type="button" className="stw-btn stw-btn-small" onClick={() => startRename(f)} aria-label={`Rename ${f.file_name}`}>
+                    Rename
+                  </button>
+                  <button
+                    type="button"
+                    className="stw-btn stw-btn-small"
+                    onClick={() => void doCopy(f)}
+                    aria-label={`Copy ${f.file_name}`}
+                    disabled={busy}
+                  >
+                    Copy
+                  </button>
+                  {f.package_name && (
+                    <button
+                      type="button"
+                      className="stw-btn stw-btn-small"
+                      onClick={() => void downloadPackage(f.package_name as string)}
+                      aria-label={`Download package ${f.package_name}`}
+                      title={`Download every file of “${f.package_name}” as one ZIP`}
+                    >
+                      Package
+                    </button>
+                  )}
                   <button
                     type="button"
                     className="stw-btn stw-btn-small stw-btn-danger"
@@ -620,6 +711,42 @@ function FileManagerInner({
             The file will be removed for good and {formatBytes(confirmDelete.file_size)} of storage will be freed. Share links
             to it will stop working.
           </p>
+        </Dialog>
+      )}
+
+      {renaming && (
+        <Dialog
+          title={`Rename “${renaming.file_name}”`}
+          onClose={() => !busy && setRenaming(null)}
+          footer={
+            <>
+              <button type="button" className="stw-btn" onClick={() => setRenaming(null)} disabled={busy}>
+                Cancel
+              </button>
+              <button type="submit" form="stw-rename-form" className="stw-btn stw-btn-primary" disabled={busy}>
+                {busy ? 'Saving…' : 'Rename'}
+              </button>
+            </>
+          }
+        >
+          <form
+            id="stw-rename-form"
+            onSubmit={(e) => {
+              e.preventDefault();
+              void doRename();
+            }}
+          >
+            <label className="stw-field">
+              <span>New name</span>
+              <input
+                type="text"
+                value={renameText}
+                maxLength={255}
+                data-autofocus
+                onChange={(e) => setRenameText(e.target.value)}
+              />
+            </label>
+          </form>
         </Dialog>
       )}
 

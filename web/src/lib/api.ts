@@ -250,6 +250,33 @@ export class StowageClient {
     );
   }
 
+  /** Renames a file and/or moves it to another package (`null` takes it out of its package). */
+  renameFile(id: string, change: { file_name?: string; package_name?: string | null }): Promise<StowageFile> {
+    return this.json<StowageFile>(
+      `/api/files/${encodeURIComponent(id)}`,
+      this.jsonBody('PATCH', change satisfies Schemas['RenameRequest']),
+    );
+  }
+
+  /** Copies a file (counted against the quota like an upload); resolves to the copy. */
+  copyFile(id: string, fileName?: string): Promise<StowageFile> {
+    const body: Schemas['CopyRequest'] = fileName === undefined ? {} : { file_name: fileName };
+    return this.json<StowageFile>(`/api/files/${encodeURIComponent(id)}/copy`, this.jsonBody('POST', body));
+  }
+
+  /** Path of a package's ZIP archive; works directly (e.g. as `<a href>`) with cookie auth. */
+  archiveUrl(packageName: string): string {
+    return this.url(`/api/files/archive?${new URLSearchParams({ package_name: packageName }).toString()}`);
+  }
+
+  /** A signed link to a package's ZIP archive that needs no session. */
+  archiveSignedUrl(packageName: string, expiresIn = 300): Promise<SignedUrl> {
+    return this.json<SignedUrl>(
+      '/api/files/archive/signed-url',
+      this.jsonBody('POST', { package_name: packageName, expires_in: expiresIn } satisfies Schemas['ArchiveLinkRequest']),
+    );
+  }
+
   signedUrl(id: string, expiresIn = 3600): Promise<SignedUrl> {
     return this.json<SignedUrl>(
       `/api/files/${encodeURIComponent(id)}/signed-url`,
