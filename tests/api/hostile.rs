@@ -138,8 +138,9 @@ both!(malformed_requests_get_the_error_shape, |b| async move {
         "invalid_request",
     )
     .await;
+    // PATCH renames now; PUT is still no method of a file.
     check(
-        c.patch(app.url(&format!("/api/files/{id}")))
+        c.put(app.url(&format!("/api/files/{id}")))
             .bearer_auth(&t)
             .send()
             .await
