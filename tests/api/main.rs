@@ -16,6 +16,7 @@ mod hostile;
 mod identity;
 mod limits;
 mod media;
+mod nodes;
 mod openapi;
 mod quota;
 mod restore_tamper;
