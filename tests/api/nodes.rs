@@ -171,11 +171,22 @@ both!(a_multipart_upload_is_held_by_its_process, |b| async move {
     // a tus upload's names none.
     let app = spawn_app(b).await;
     let st = &app.state;
-    let nodes = st.meta.list_nodes().await.unwrap();
-    assert!(
-        nodes.iter().any(|n| n.holder == st.holder),
-        "the server registered itself: {nodes:?}"
-    );
+    // The server registers itself as it starts (in a task of its own).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !st
+        .meta
+        .list_nodes()
+        .await
+        .unwrap()
+        .iter()
+        .any(|n| n.holder == st.holder)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server registered itself"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
     tx.unbounded_send(Ok(png_bytes(64 * 1024))).unwrap();
     let part = reqwest::multipart::Part::stream(reqwest::Body::wrap_stream(rx)).file_name("a.png");
