@@ -640,6 +640,7 @@ async fn sigterm_ends_uploads_and_exits_in_time(setup: Setup) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let took = signalled.elapsed();
+    eprintln!("exited {took:?} after SIGTERM");
     assert!(
         took < Duration::from_secs(15),
         "exited {took:?} after SIGTERM; the limit is 15 s"
