@@ -13,9 +13,10 @@ use crate::{
     config::{BlobBackend, Config},
     domain::filetype::DEFAULT_ALLOWED,
     http::ratelimit::RateLimits,
-    meta::{self, FileRecord, MetaStore},
+    meta::{self, FileRecord, Holder, MetaStore},
     scan::Scanner,
 };
+use tokio_util::sync::CancellationToken;
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -36,6 +37,48 @@ pub struct AppState {
     pub ready: Arc<crate::http::health::ReadyCache>,
     /// Media tools and the node's media concurrency limit.
     pub media: crate::jobs::media::MediaRuntime,
+    /// This process (its node and this start of it): the holder recorded on
+    /// the reservations its requests take (see [`crate::node`]).
+    pub holder: Holder,
+    /// Cancelled when a stopping server stops waiting for requests in
+    /// flight (SPEC §10): uploads still streaming end (a multipart upload is
+    /// released, a tus PATCH keeps what it fsynced).
+    pub shutdown: CancellationToken,
+    /// Short clean-up tasks (releasing an abandoned upload) that a stopping
+    /// server waits for before it exits.
+    pub tasks: Background,
+}
+
+/// Tracks short tasks spawned in the background so that shutdown can wait
+/// for them: each holds a receiver of a watch channel, and the sender's
+/// `closed()` fires when the last one has ended.
+#[derive(Clone)]
+pub struct Background {
+    alive: Arc<tokio::sync::watch::Sender<()>>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Background {
+            alive: Arc::new(tokio::sync::watch::channel(()).0),
+        }
+    }
+}
+
+impl Background {
+    /// Spawns `task` on the current runtime, tracked.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let guard = self.alive.subscribe();
+        tokio::spawn(async move {
+            task.await;
+            drop(guard);
+        });
+    }
+
+    /// Resolves when no tracked task is running.
+    pub async fn idle(&self) {
+        self.alive.closed().await
+    }
 }
 
 impl AppState {
@@ -95,6 +138,11 @@ impl AppState {
             .as_deref()
             .map(|c| Scanner::new(c).with_timeout(config.limits.clamd_timeout));
         let media = crate::jobs::media::MediaRuntime::new(&config.limits);
+        let holder = Holder {
+            // Written to the data dir by the first `serve` (see `node`).
+            node: crate::node::read_id(&config.data_dir)?.unwrap_or_else(uuid::Uuid::now_v7),
+            incarnation: uuid::Uuid::now_v7(),
+        };
         Ok(AppState {
             config: Arc::new(config),
             meta,
@@ -107,6 +155,9 @@ impl AppState {
             jobs_notify: Arc::new(tokio::sync::Notify::new()),
             ready: Arc::default(),
             media,
+            holder,
+            shutdown: CancellationToken::new(),
+            tasks: Background::default(),
         })
     }
 
@@ -176,13 +227,21 @@ pub fn check_auth_safety(config: &Config) -> anyhow::Result<()> {
 }
 
 /// Serves the API, web UI and background workers on `listener` until
-/// `shutdown` resolves; in-flight requests are allowed to finish. The
-/// connection limits of SPEC §9 are enforced by [`crate::http::server`].
+/// `shutdown` resolves. The connection limits of SPEC §9 are enforced by
+/// [`crate::http::server`].
+///
+/// Stopping (SPEC §10): new connections are refused at once; requests in
+/// flight have `limits.shutdown_grace` to finish; then
+/// [`AppState::shutdown`] is cancelled, which ends the uploads still
+/// streaming; whatever still runs `limits.shutdown_timeout` after the
+/// signal is left behind (its reservations are released before returning),
+/// so this returns within that time.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let registration = crate::node::Registration::start(&state).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = crate::jobs::spawn_workers(state.clone(), stop_rx.clone());
     let _scheduler = crate::ops::scheduler::spawn(state.clone(), stop_rx.clone());
@@ -202,14 +261,53 @@ pub async fn serve(
         .limits
         .clone()
         .spawn_sweeper(crate::http::ratelimit::SWEEP_EVERY, stop_rx.clone());
-    crate::http::server::serve(listener, app, &state.config.limits, async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    })
+    let signalled = Arc::new(std::sync::OnceLock::new());
+    let mark = signalled.clone();
+    let limits = &state.config.limits;
+    let stopping = crate::http::server::Stopping {
+        grace: limits.shutdown_grace,
+        // The last second is for what follows below.
+        deadline: limits
+            .shutdown_timeout
+            .saturating_sub(std::time::Duration::from_secs(1)),
+        cancel: state.shutdown.clone(),
+    };
+    crate::http::server::serve(
+        listener,
+        app,
+        limits,
+        async move {
+            shutdown.await;
+            let _ = mark.set(tokio::time::Instant::now());
+            let _ = stop_tx.send(true);
+        },
+        stopping,
+    )
     .await?;
-    let _ = sweeper.await;
-    for w in workers {
-        let _ = w.await;
+    let signalled = signalled
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now);
+    // Close down within the exit deadline, whatever is stuck.
+    let finish_by = signalled
+        + limits
+            .shutdown_timeout
+            .saturating_sub(std::time::Duration::from_millis(250));
+    let rest = async {
+        state.tasks.idle().await;
+        let _ = sweeper.await;
+        for w in workers {
+            let _ = w.await;
+        }
+    };
+    if tokio::time::timeout_at(finish_by, rest).await.is_err() {
+        tracing::warn!("background work still running at the shutdown deadline; leaving it");
+    }
+    if tokio::time::timeout_at(finish_by, registration.stop(&state))
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not leave the nodes table before the shutdown deadline");
     }
     Ok(())
 }

@@ -39,7 +39,8 @@ pub enum Command {
     /// Inspect and manage users.
     #[command(subcommand)]
     User(UserCmd),
-    /// Release expired reservations and remove stale temporary files.
+    /// Release what stopped processes held and expired reservations, and
+    /// remove stale temporary files. Safe while serve processes run.
     Cleanup {
         /// Leave temp files younger than this many seconds alone.
         #[arg(long, default_value_t = 60)]
@@ -229,7 +230,11 @@ pub fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     let source = config_source(cli.config.as_deref());
-    match rt.block_on(run(cli.command, config, source)) {
+    let res = rt.block_on(run(cli.command, config, source));
+    // A stopped server leaves nothing it waits for: tasks still running
+    // (a request cut at the deadline, a blocking read) are abandoned.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    match res {
         Ok(code) => code,
         Err(e) => {
             eprintln!("stowage: {e:#}");
@@ -299,7 +304,12 @@ async fn run(cmd: Command, config: Config, source: String) -> anyhow::Result<Exi
             let listener = tokio::net::TcpListener::bind(bind)
                 .await
                 .with_context(|| format!("binding {bind}"))?;
-            app::serve(listener, state, shutdown_signal()).await?;
+            let exit_within = state.config.limits.shutdown_timeout;
+            app::serve(listener, state, async move {
+                shutdown_signal().await;
+                exit_deadline(exit_within);
+            })
+            .await?;
             tracing::info!("stopped");
         }
         Command::Migrate => {
@@ -318,9 +328,10 @@ async fn run(cmd: Command, config: Config, source: String) -> anyhow::Result<Exi
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!(
-                    "removed {} expired upload(s) and {} unpublished blob(s); released {} expired reservation(s); removed {} stale temp file(s), {}",
+                    "removed {} expired upload(s) and {} unpublished blob(s); released {} reservation(s) of stopped processes and {} expired reservation(s); removed {} stale temp file(s), {}",
                     report.expired_uploads,
                     report.unpublished_blobs,
+                    report.reclaimed_reservations,
                     report.expired_reservations,
                     report.stale_temp_files,
                     format_size(report.stale_temp_bytes)
@@ -643,6 +654,17 @@ async fn user(cmd: UserCmd, state: AppState) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The last resort behind the deadlines `serve` keeps itself: a thread of
+/// its own (independent of the runtime) that ends the process `after` the
+/// signal if it is still there.
+fn exit_deadline(after: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        eprintln!("stowage: still running {after:?} after the shutdown signal; exiting");
+        std::process::exit(1);
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -141,6 +141,16 @@ pub struct Limits {
     pub ffmpeg_threads: u32,
     /// `/readyz` answers from a cached check this long.
     pub readyz_cache: Duration,
+    /// After SIGTERM, requests in flight may finish for this long; then the
+    /// uploads still streaming are ended (SPEC §10).
+    pub shutdown_grace: Duration,
+    /// The process exits this long after SIGTERM, whatever the clients do.
+    pub shutdown_timeout: Duration,
+    /// How often a `serve` process records that it is alive.
+    pub heartbeat_interval: Duration,
+    /// A process whose heartbeat is this old is dead: any other releases
+    /// the reservations its requests held.
+    pub node_dead_after: Duration,
 }
 
 impl Default for Limits {
@@ -165,6 +175,10 @@ impl Default for Limits {
             ffmpeg_memory_bytes: 1024 * 1024 * 1024,
             ffmpeg_threads: 2,
             readyz_cache: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(5),
+            node_dead_after: Duration::from_secs(30),
         }
     }
 }
@@ -281,6 +295,10 @@ struct FileLimits {
     ffmpeg_memory_bytes: Option<toml::Value>,
     ffmpeg_threads: Option<u64>,
     readyz_cache_ms: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+    shutdown_timeout_secs: Option<u64>,
+    heartbeat_interval_secs: Option<u64>,
+    node_dead_after_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -511,6 +529,26 @@ fn limits_from(
             fl.readyz_cache_ms,
             d.readyz_cache.as_millis() as u64,
         )?),
+        shutdown_grace: secs(
+            "STOWAGE_SHUTDOWN_GRACE_SECS",
+            fl.shutdown_grace_secs,
+            d.shutdown_grace,
+        )?,
+        shutdown_timeout: secs(
+            "STOWAGE_SHUTDOWN_TIMEOUT_SECS",
+            fl.shutdown_timeout_secs,
+            d.shutdown_timeout,
+        )?,
+        heartbeat_interval: secs(
+            "STOWAGE_HEARTBEAT_INTERVAL_SECS",
+            fl.heartbeat_interval_secs,
+            d.heartbeat_interval,
+        )?,
+        node_dead_after: secs(
+            "STOWAGE_NODE_DEAD_AFTER_SECS",
+            fl.node_dead_after_secs,
+            d.node_dead_after,
+        )?,
     };
     for (name, t) in [
         ("STOWAGE_HEADER_TIMEOUT_SECS", l.header_timeout),
@@ -519,10 +557,26 @@ fn limits_from(
         ("STOWAGE_JWKS_TIMEOUT_SECS", l.jwks_timeout),
         ("STOWAGE_CLAMD_TIMEOUT_SECS", l.clamd_timeout),
         ("STOWAGE_MEDIA_TIMEOUT_SECS", l.media_timeout),
+        ("STOWAGE_HEARTBEAT_INTERVAL_SECS", l.heartbeat_interval),
     ] {
         if t.is_zero() {
             return Err(invalid(name, "must be at least 1 second"));
         }
+    }
+    // The last seconds before the exit deadline are for closing down
+    // (releasing what is left, leaving the node table).
+    if l.shutdown_timeout < l.shutdown_grace + Duration::from_secs(2) {
+        return Err(invalid(
+            "STOWAGE_SHUTDOWN_TIMEOUT_SECS",
+            "must be at least 2 seconds more than STOWAGE_SHUTDOWN_GRACE_SECS",
+        ));
+    }
+    // One late heartbeat must not make a live process look dead.
+    if l.node_dead_after < 2 * l.heartbeat_interval {
+        return Err(invalid(
+            "STOWAGE_NODE_DEAD_AFTER_SECS",
+            "must be at least twice STOWAGE_HEARTBEAT_INTERVAL_SECS",
+        ));
     }
     Ok(l)
 }
@@ -803,6 +857,31 @@ mod tests {
         assert_eq!(c.limits.multipart_header_bytes, 16 * 1024);
         assert_eq!(c.limits.json_body_bytes, 64 * 1024);
         assert_eq!(c.limits.max_unfinished_uploads, 64);
+        assert_eq!(c.limits.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.limits.shutdown_timeout, Duration::from_secs(15));
+        assert_eq!(c.limits.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.limits.node_dead_after, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn restart_deadlines_must_leave_room() {
+        for (k, v) in [
+            ("STOWAGE_SHUTDOWN_TIMEOUT_SECS", "11"),
+            ("STOWAGE_HEARTBEAT_INTERVAL_SECS", "0"),
+            ("STOWAGE_NODE_DEAD_AFTER_SECS", "9"),
+        ] {
+            let e = with_env(&[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
+        let c = with_env(&[
+            ("STOWAGE_SHUTDOWN_GRACE_SECS", "0"),
+            ("STOWAGE_SHUTDOWN_TIMEOUT_SECS", "2"),
+            ("STOWAGE_HEARTBEAT_INTERVAL_SECS", "1"),
+            ("STOWAGE_NODE_DEAD_AFTER_SECS", "2"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.shutdown_grace, Duration::ZERO);
+        assert_eq!(c.limits.node_dead_after, Duration::from_secs(2));
     }
 
     #[test]

@@ -52,9 +52,10 @@ pub struct FileMeta {
 
 /// Reserves room for an upload of `hint` for `user`, answering 413 over the
 /// per-file limit, 507 without room and 429 at the user's cap of unfinished
-/// uploads, before any byte is read.
+/// uploads, before any byte is read. The reservation has no holder: it lives
+/// until it is released or expires (a tus upload's).
 pub async fn reserve(state: &AppState, user: &str, hint: SizeHint) -> AppResult<(Uuid, u64)> {
-    reserve_for(state, user, hint, state.config.reservation_ttl).await
+    reserve_with(state, user, hint, state.config.reservation_ttl, None).await
 }
 
 /// [`reserve`] with a reservation that expires after `ttl` unless used.
@@ -63,6 +64,27 @@ pub async fn reserve_for(
     user: &str,
     hint: SizeHint,
     ttl: Duration,
+) -> AppResult<(Uuid, u64)> {
+    reserve_with(state, user, hint, ttl, None).await
+}
+
+/// [`reserve`] held by `holder`: released as soon as that process is gone
+/// (see [`crate::node`]), for uploads that live within one request.
+pub async fn reserve_as(
+    state: &AppState,
+    user: &str,
+    hint: SizeHint,
+    holder: Option<crate::meta::Holder>,
+) -> AppResult<(Uuid, u64)> {
+    reserve_with(state, user, hint, state.config.reservation_ttl, holder).await
+}
+
+async fn reserve_with(
+    state: &AppState,
+    user: &str,
+    hint: SizeHint,
+    ttl: Duration,
+    holder: Option<crate::meta::Holder>,
 ) -> AppResult<(Uuid, u64)> {
     let max = state.config.max_file_size;
     let want = match hint {
@@ -84,6 +106,7 @@ pub async fn reserve_for(
             want,
             ttl,
             state.config.limits.max_unfinished_uploads,
+            holder,
         )
         .await
         .map_err(|e| {
@@ -117,7 +140,7 @@ pub struct Ingest {
 impl Ingest {
     /// Reserves room and opens the staging blob.
     pub async fn begin(state: &AppState, user: &str, hint: SizeHint) -> AppResult<Ingest> {
-        let (id, reserved) = reserve(state, user, hint).await?;
+        let (id, reserved) = reserve_as(state, user, hint, Some(state.holder)).await?;
         let mut ingest = Ingest {
             state: state.clone(),
             user: user.to_string(),
@@ -289,8 +312,10 @@ impl Drop for Ingest {
         let id = self.id;
         // Close the file before removing it.
         drop(self.writer.take());
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { abandon(&state, id).await });
+        // Tracked, so a stopping server waits for the release before it exits.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let tasks = state.tasks.clone();
+            tasks.spawn(async move { abandon(&state, id).await });
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`jobs`]: the durable job queue, media processing and cleanup.
 //! - [`ops`]: operator actions shared by the CLI and the admin API (audit,
 //!   backup, `doctor`, the scheduler).
+//! - [`node`]: this process's identity and heartbeats; releasing at once
+//!   what a stopped process's requests held.
 //! - [`scan`]: clamd virus scanning.
 //! - [`domain`]: sizes, file types from content, safe names.
 //! - [`zip`]: the streaming ZIP writer behind package archives.
@@ -27,6 +29,7 @@ pub mod http;
 pub mod ingest;
 pub mod jobs;
 pub mod meta;
+pub mod node;
 pub mod ops;
 pub mod scan;
 pub mod telemetry;

@@ -22,6 +22,7 @@ use axum::{
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     error::{AppError, AppResult},
@@ -194,6 +195,7 @@ pub async fn multipart_upload(
     let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
     // Reserve before reading a byte of the body: an upload that cannot fit
     // is refused while the client is still sending headers.
+    let stop = &state.shutdown;
     // A signed URL's cap, when the Content-Length alone already passes it;
     // refused after draining a small body, as any early refusal.
     if let (Target::Signed(s), SizeHint::AtMost(n)) = (&target, hint) {
@@ -202,7 +204,7 @@ pub async fn multipart_upload(
                 "request is {n} bytes; this URL takes at most {} bytes",
                 s.max_bytes
             ));
-            return Err(drain_then(e, hint, &mut form).await);
+            return Err(drain_then(e, hint, &mut form, stop).await);
         }
     }
     let begun = match &target {
@@ -211,17 +213,17 @@ pub async fn multipart_upload(
     };
     let up = match begun {
         Ok(up) => up,
-        Err(e) => return Err(drain_then(e, hint, &mut form).await),
+        Err(e) => return Err(drain_then(e, hint, &mut form, stop).await),
     };
     let mut parsed = FormFields::default();
-    let up = match read_form(up, &mut form, &mut parsed).await {
+    let up = match read_form(up, &mut form, &mut parsed, stop).await {
         Ok(Some(up)) => up,
         Ok(None) => {
             return Err(AppError::BadRequest(
                 "multipart part \"file\" is required".into(),
             ))
         }
-        Err(e) => return Err(drain_then(e, hint, &mut form).await),
+        Err(e) => return Err(drain_then(e, hint, &mut form, stop).await),
     };
     if let SizeHint::AtMost(n) = hint {
         if received.load(Ordering::Relaxed) < n {
@@ -267,11 +269,22 @@ pub async fn multipart_upload(
 /// still see the error instead of a connection reset.
 const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 
-async fn drain_then(e: AppError, hint: SizeHint, form: &mut multer::Multipart<'_>) -> AppError {
+async fn drain_then(
+    e: AppError,
+    hint: SizeHint,
+    form: &mut multer::Multipart<'_>,
+    stop: &CancellationToken,
+) -> AppError {
     if let SizeHint::AtMost(n) = hint {
-        if n <= DRAIN_LIMIT {
-            while let Ok(Some(mut f)) = form.next_field().await {
-                while let Ok(Some(_)) = f.chunk().await {}
+        if n <= DRAIN_LIMIT && !stop.is_cancelled() {
+            let drain = async {
+                while let Ok(Some(mut f)) = form.next_field().await {
+                    while let Ok(Some(_)) = f.chunk().await {}
+                }
+            };
+            tokio::select! {
+                _ = drain => {}
+                _ = stop.cancelled() => {}
             }
         }
     }
@@ -287,10 +300,13 @@ struct FormFields {
 
 /// Reads the form: streams part `file` into `up`, collects the small fields.
 /// Returns `None` when there was no file part.
+/// A stopping server (`stop` cancelled) ends the upload with 503: the
+/// ingest's drop guard releases it.
 async fn read_form(
     mut up: Ingest,
     form: &mut multer::Multipart<'_>,
     out: &mut FormFields,
+    stop: &CancellationToken,
 ) -> AppResult<Option<Ingest>> {
     let mut seen_file = false;
     while let Some(mut field) = form.next_field().await.map_err(bad_form)? {
@@ -303,7 +319,14 @@ async fn read_form(
                 }
                 seen_file = true;
                 out.client_name = field.file_name().unwrap_or("").to_string();
-                while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
+                loop {
+                    let chunk = tokio::select! {
+                        c = field.chunk() => c.map_err(bad_form)?,
+                        _ = stop.cancelled() => return Err(AppError::Unavailable(
+                            "the server is restarting; send the upload again".into(),
+                        )),
+                    };
+                    let Some(chunk) = chunk else { break };
                     up.write(chunk).await?;
                 }
             }

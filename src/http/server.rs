@@ -25,9 +25,12 @@
 //!   [`MAX_BUF`], enough for the largest head the API accepts (32 KiB,
 //!   answered 431 above that).
 //!
-//! Graceful shutdown: when `shutdown` resolves the listener is closed,
-//! every connection is told to finish its request in flight and close, and
-//! [`serve`] returns once all of them have ended.
+//! Graceful shutdown (SPEC §10): when `shutdown` resolves the listener is
+//! closed and every connection is told to finish its request in flight and
+//! close. Requests get [`Stopping::grace`]; then [`Stopping::cancel`] is
+//! cancelled, which ends the uploads still streaming, and [`serve`] returns
+//! once every connection has ended or at [`Stopping::deadline`], whichever
+//! comes first.
 
 use std::{
     collections::HashMap,
@@ -68,13 +71,27 @@ connection: close\r\n\
 content-length: 70\r\n\r\n\
 {\"error\":{\"code\":\"unavailable\",\"message\":\"too many open connections\"}}";
 
+/// How a stopping server spends its time; both durations count from the
+/// moment `shutdown` resolves.
+#[derive(Clone, Debug)]
+pub struct Stopping {
+    /// Requests in flight may finish for this long.
+    pub grace: Duration,
+    /// Cancelled once the grace is over with requests still running.
+    pub cancel: tokio_util::sync::CancellationToken,
+    /// [`serve`] returns by then, even with connections still open.
+    pub deadline: Duration,
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets the
-/// requests in flight finish and returns when every connection is closed.
+/// requests in flight finish as `stopping` says and returns when every
+/// connection is closed or the deadline has come.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: &Limits,
     shutdown: impl Future<Output = ()> + Send,
+    stopping: Stopping,
 ) -> io::Result<()> {
     let gate = Arc::new(Gate::new(limits));
     let conf = Arc::new(ConnConfig::new(limits));
@@ -117,8 +134,29 @@ pub async fn serve(
             drop(slot);
         });
     }
+    let since = tokio::time::Instant::now();
     drop(listener);
-    connections.drain().await;
+    let drained = connections.drain();
+    tokio::pin!(drained);
+    if tokio::time::timeout(stopping.grace, &mut drained)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = gate.open(),
+            "requests still running after the shutdown grace; ending the uploads still streaming"
+        );
+        stopping.cancel.cancel();
+        if tokio::time::timeout_at(since + stopping.deadline, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = gate.open(),
+                "connections still open at the shutdown deadline; leaving them"
+            );
+        }
+    }
     Ok(())
 }
 

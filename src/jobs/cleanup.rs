@@ -1,4 +1,5 @@
-//! `stowage cleanup`: deletes expired tus uploads (row, staging blob and
+//! `stowage cleanup`: releases what stopped processes held (see
+//! [`crate::node`]), deletes expired tus uploads (row, staging blob and
 //! reservation), releases expired reservations and removes staging files that
 //! no live reservation owns. Each reservation is released exactly once
 //! (`DELETE … RETURNING` decides who releases it).
@@ -81,6 +82,21 @@ async fn sweep_unpublished_objects(
     Ok(removed)
 }
 
+/// [`sweep_unpublished`] or [`sweep_unpublished_objects`], whichever fits
+/// the blob store.
+pub(crate) async fn sweep_unpublished_any(
+    state: &AppState,
+    id: Uuid,
+    user: &str,
+    grace: Duration,
+) -> anyhow::Result<u64> {
+    if state.blobs.kind() == "local" {
+        sweep_unpublished(state, id, user, grace).await
+    } else {
+        sweep_unpublished_objects(state, id, user, grace).await
+    }
+}
+
 /// What one cleanup pass did.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct CleanupReport {
@@ -93,14 +109,27 @@ pub struct CleanupReport {
     pub stale_temp_bytes: u64,
     /// Blobs published by a process that died before committing their row.
     pub unpublished_blobs: u64,
+    /// Reservations of requests whose process is gone (a stopped node, or
+    /// one whose heartbeat stopped), released without waiting for expiry.
+    pub reclaimed_reservations: u64,
 }
 
 /// Temp files younger than this are left alone even without a reservation
 /// (a file whose reservation is being created right now).
 pub const TEMP_GRACE: Duration = Duration::from_secs(60);
 
-/// Runs one pass.
+/// Runs one pass (`stowage cleanup`, which also reclaims what this data
+/// dir's node held when no process of it runs).
 pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<CleanupReport> {
+    let reclaimed = crate::node::reclaim_for_cleanup(state, Utc::now()).await?;
+    let mut report = pass(state, temp_grace).await?;
+    report.reclaimed_reservations = reclaimed.reservations;
+    report.unpublished_blobs += reclaimed.unpublished_blobs;
+    Ok(report)
+}
+
+/// Expiry and the sweep of the staging area.
+async fn pass(state: &AppState, temp_grace: Duration) -> anyhow::Result<CleanupReport> {
     // Expired tus uploads first: their reservations expire with them, and
     // are released here (once: `release` answers true only to one caller).
     let mut report = CleanupReport::default();
@@ -114,11 +143,7 @@ pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<Clean
     }
     let now = Utc::now();
     for (id, user) in state.meta.expired_reservations(now).await? {
-        report.unpublished_blobs += if state.blobs.kind() == "local" {
-            sweep_unpublished(state, id, &user, temp_grace).await?
-        } else {
-            sweep_unpublished_objects(state, id, &user, temp_grace).await?
-        };
+        report.unpublished_blobs += sweep_unpublished_any(state, id, &user, temp_grace).await?;
     }
     report.expired_reservations += state.meta.expire_reservations(now).await?;
     // Signed upload URLs past their expiry: their reservations went above.

@@ -229,6 +229,36 @@ pub struct TusUpload {
     pub created_at: DateTime<Utc>,
 }
 
+/// Who holds a reservation taken by a request in flight: one start (the
+/// incarnation) of one `serve` process (the node, whose id is kept in its data
+/// dir). See [`crate::node`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Holder {
+    pub node: Uuid,
+    pub incarnation: Uuid,
+}
+
+/// A `serve` process as it registers in `nodes`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeRow {
+    pub holder: Holder,
+    pub host: String,
+    pub pid: i64,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+}
+
+/// Holders that are gone, whose reservations may be reclaimed at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// Every incarnation of `node` but `except` (a restart reclaims what its
+    /// earlier starts held; `None` when no process of that node runs).
+    Node { node: Uuid, except: Option<Uuid> },
+    /// Every incarnation whose last heartbeat is older than this (or whose
+    /// row is gone).
+    SilentSince(DateTime<Utc>),
+}
+
 /// Outcome of [`MetaStore::lock_tus_upload`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum TusLock {
@@ -301,6 +331,9 @@ pub trait MetaStore: Send + Sync + 'static {
     /// upload, tus or multipart), answers `TooManyUploads`. Both checks are
     /// made under the user row's lock in the transaction that inserts the
     /// reservation, so concurrent reservations never pass either limit.
+    /// `holder` is the process whose request in flight owns the reservation
+    /// (released at once when that process is gone); `None` for a
+    /// reservation that outlives requests (a tus upload's).
     async fn reserve_upload(
         &self,
         user_id: &str,
@@ -308,6 +341,7 @@ pub trait MetaStore: Send + Sync + 'static {
         bytes: u64,
         ttl: Duration,
         max_unfinished: u64,
+        holder: Option<Holder>,
     ) -> MetaResult<Uuid>;
     /// [`MetaStore::reserve_upload`] without a cap on unfinished uploads.
     async fn reserve(
@@ -317,7 +351,7 @@ pub trait MetaStore: Send + Sync + 'static {
         bytes: u64,
         ttl: Duration,
     ) -> MetaResult<Uuid> {
-        self.reserve_upload(user_id, default_quota, bytes, ttl, u64::MAX)
+        self.reserve_upload(user_id, default_quota, bytes, ttl, u64::MAX, None)
             .await
     }
     /// Grows a live reservation by `extra` bytes (unknown-size streams).
@@ -332,6 +366,19 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn expired_reservations(&self, now: DateTime<Utc>) -> MetaResult<Vec<(Uuid, String)>>;
     /// Releases every reservation expired at `now`; returns how many.
     async fn expire_reservations(&self, now: DateTime<Utc>) -> MetaResult<u64>;
+
+    /// Registers a `serve` process, or records its heartbeat at
+    /// `node.heartbeat_at` (re-registering a row that was removed).
+    async fn heartbeat_node(&self, node: &NodeRow) -> MetaResult<()>;
+    /// Removes an incarnation's row (a clean exit).
+    async fn remove_node(&self, incarnation: Uuid) -> MetaResult<()>;
+    /// Every registered incarnation, oldest first.
+    async fn list_nodes(&self) -> MetaResult<Vec<NodeRow>>;
+    /// Reservations held by `gone` holders, as `(id, user_id)`, without
+    /// releasing them (their staging data goes first).
+    async fn gone_reservations(&self, gone: &Gone) -> MetaResult<Vec<(Uuid, String)>>;
+    /// Removes the rows of `gone` incarnations; returns how many.
+    async fn forget_nodes(&self, gone: &Gone) -> MetaResult<u64>;
 
     /// Inserts the file row and releases `reservation` in one transaction.
     /// If the reservation is gone (expired), the row is inserted only when the

@@ -350,6 +350,7 @@ macro_rules! impl_store {
                 bytes: u64,
                 ttl: Duration,
                 max_unfinished: u64,
+                holder: Option<Holder>,
             ) -> MetaResult<Uuid> {
                 let t = now();
                 let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
@@ -395,14 +396,16 @@ macro_rules! impl_store {
                 }
                 let id = Uuid::now_v7();
                 sqlx::query(
-                    "INSERT INTO upload_reservations (id, user_id, bytes, expires_at, created_at) \
-                     VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO upload_reservations (id, user_id, bytes, expires_at, created_at, \
+                     holder_node, holder_incarnation) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(id)
                 .bind(user_id)
                 .bind(to_i64(bytes))
                 .bind(ttl_from_now(ttl))
                 .bind(t)
+                .bind(holder.map(|h| h.node))
+                .bind(holder.map(|h| h.incarnation))
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -496,6 +499,105 @@ macro_rules! impl_store {
                 }
                 tx.commit().await?;
                 Ok(rows.len() as u64)
+            }
+
+            async fn heartbeat_node(&self, n: &NodeRow) -> MetaResult<()> {
+                sqlx::query(
+                    "INSERT INTO nodes (incarnation_id, node_id, host, pid, started_at, heartbeat_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (incarnation_id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at",
+                )
+                .bind(n.holder.incarnation)
+                .bind(n.holder.node)
+                .bind(&n.host)
+                .bind(n.pid)
+                .bind(n.started_at)
+                .bind(n.heartbeat_at)
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn remove_node(&self, incarnation: Uuid) -> MetaResult<()> {
+                sqlx::query("DELETE FROM nodes WHERE incarnation_id = $1")
+                    .bind(incarnation)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                Ok(())
+            }
+
+            async fn list_nodes(&self) -> MetaResult<Vec<NodeRow>> {
+                let rows = sqlx::query(
+                    "SELECT incarnation_id, node_id, host, CAST(pid AS BIGINT) AS pid, started_at, heartbeat_at \
+                     FROM nodes ORDER BY started_at, incarnation_id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(NodeRow {
+                            holder: Holder {
+                                node: r.try_get("node_id")?,
+                                incarnation: r.try_get("incarnation_id")?,
+                            },
+                            host: r.try_get("host")?,
+                            pid: r.try_get("pid")?,
+                            started_at: r.try_get("started_at")?,
+                            heartbeat_at: r.try_get("heartbeat_at")?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(MetaError::from)
+            }
+
+            async fn gone_reservations(&self, gone: &Gone) -> MetaResult<Vec<(Uuid, String)>> {
+                let rows = match *gone {
+                    // No incarnation has the nil id, so `except: None` spares none.
+                    Gone::Node { node, except } => sqlx::query(
+                        "SELECT id, user_id FROM upload_reservations \
+                         WHERE holder_node = $1 AND holder_incarnation IS NOT NULL AND holder_incarnation <> $2",
+                    )
+                    .bind(node)
+                    .bind(except.unwrap_or(Uuid::nil()))
+                    .fetch_all(&self.pool)
+                    .await,
+                    Gone::SilentSince(t) => sqlx::query(
+                        "SELECT id, user_id FROM upload_reservations r \
+                         WHERE r.holder_incarnation IS NOT NULL AND NOT EXISTS ( \
+                           SELECT 1 FROM nodes n \
+                           WHERE n.incarnation_id = r.holder_incarnation AND n.heartbeat_at >= $1)",
+                    )
+                    .bind(t)
+                    .fetch_all(&self.pool)
+                    .await,
+                }
+                .map_err(MetaError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("id")?, r.try_get("user_id")?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(MetaError::from)
+            }
+
+            async fn forget_nodes(&self, gone: &Gone) -> MetaResult<u64> {
+                let n = match *gone {
+                    Gone::Node { node, except } => sqlx::query(
+                        "DELETE FROM nodes WHERE node_id = $1 AND incarnation_id <> $2",
+                    )
+                    .bind(node)
+                    .bind(except.unwrap_or(Uuid::nil()))
+                    .execute(&self.pool)
+                    .await,
+                    Gone::SilentSince(t) => sqlx::query("DELETE FROM nodes WHERE heartbeat_at < $1")
+                        .bind(t)
+                        .execute(&self.pool)
+                        .await,
+                }
+                .map_err(MetaError::from_sqlx)?
+                .rows_affected();
+                Ok(n)
             }
 
             async fn commit_file(&self, reservation: Uuid, f: NewFile) -> MetaResult<FileRecord> {

@@ -17,6 +17,7 @@ mod identity;
 mod integration;
 mod limits;
 mod media;
+mod nodes;
 mod openapi;
 mod quota;
 mod restore_tamper;

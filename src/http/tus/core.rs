@@ -422,7 +422,17 @@ async fn append_inner(
     let mut disconnected = false;
     let mut stream = body.into_data_stream();
     loop {
-        let chunk = match tokio::time::timeout(BODY_IDLE, stream.next()).await {
+        // A stopping server ends the PATCH like a disconnect: what arrived
+        // is kept, its offset recorded and the lease released.
+        let next = tokio::select! {
+            n = tokio::time::timeout(BODY_IDLE, stream.next()) => n,
+            _ = state.shutdown.cancelled() => {
+                tracing::info!(upload = %id, written, "server stopping; keeping what arrived");
+                disconnected = true;
+                break;
+            }
+        };
+        let chunk = match next {
             Ok(Some(Ok(c))) => c,
             Ok(None) => break,
             Ok(Some(Err(e))) => {
@@ -495,6 +505,11 @@ async fn append_inner(
             hash_put(id, new_offset, h);
         }
         lease.release().await;
+        if disconnected && state.shutdown.is_cancelled() {
+            return Err(AppError::Unavailable(format!(
+                "the server is restarting; resume at Upload-Offset {new_offset}"
+            )));
+        }
         if disconnected {
             return Err(AppError::BadRequest("the body ended early".into()));
         }
