@@ -1,7 +1,8 @@
 //! `stowage cleanup`: deletes expired tus uploads (row, staging blob and
 //! reservation), releases expired reservations and removes staging files that
 //! no live reservation owns. Each reservation is released exactly once
-//! (`DELETE … RETURNING` decides who releases it).
+//! (`DELETE … RETURNING` decides who releases it). It also prunes the
+//! event outbox ([`crate::jobs::webhooks::prune`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -91,6 +92,8 @@ pub struct CleanupReport {
     pub stale_temp_bytes: u64,
     /// Blobs published by a process that died before committing their row.
     pub unpublished_blobs: u64,
+    /// Events past their retention (`STOWAGE_EVENTS_RETENTION_SECS`).
+    pub pruned_events: u64,
 }
 
 /// Temp files younger than this are left alone even without a reservation
@@ -137,5 +140,6 @@ pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<Clean
         report.stale_temp_bytes += e.len;
         tracing::info!(key = %e.key, bytes = e.len, "removed stale staging data");
     }
+    report.pruned_events = crate::jobs::webhooks::prune(state).await?;
     Ok(report)
 }
