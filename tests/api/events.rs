@@ -250,6 +250,12 @@ local!(
         assert_eq!(r.status(), 415);
         // …and over the quota while streaming (no Content-Length to reserve).
         assert_eq!(chunked_upload(app, user, png_bytes(1_200_000)).await, 507);
+        // The refused upload's reservation is released in the background.
+        until(10, "the reservation released", || async move {
+            let u = app.state.meta.get_user(user).await.unwrap().unwrap();
+            (u.reserved_bytes == 0).then_some(())
+        })
+        .await;
         // quota.threshold: past 80 % of the quota (a project: no media job).
         let big = app.upload_ok(user, "big.json", json_bytes(800_000)).await;
         // file.deleted by the user, then the rest by the admin's user deletion.
@@ -391,8 +397,8 @@ local!(
                 tokio::spawn(async move {
                     let form = reqwest::multipart::Form::new().part(
                         "file",
-                        reqwest::multipart::Part::bytes(png_bytes(1000))
-                            .file_name(format!("f{i}.png")),
+                        reqwest::multipart::Part::bytes(json_bytes(1000))
+                            .file_name(format!("f{i}.json")),
                     );
                     client
                         .post(app_url)
@@ -446,7 +452,7 @@ local!(
         let again = all_events(app, "&type=quota.threshold").await;
         assert_eq!(again.len(), events.len(), "dropping below records nothing");
         for i in 0..3 {
-            app.upload_ok(user, &format!("again{i}.png"), png_bytes(1000))
+            app.upload_ok(user, &format!("again{i}.json"), json_bytes(1000))
                 .await;
         }
         let again = all_events(app, "&type=quota.threshold").await;
@@ -460,7 +466,7 @@ local!(
 local!(a_lower_quota_can_cross_a_threshold, |b| async move {
     let app = &spawn_app(b).await;
     app.admin_set_quota("plan", 10_000).await;
-    app.upload_ok("plan", "a.png", png_bytes(5000)).await;
+    app.upload_ok("plan", "a.json", json_bytes(5000)).await;
     assert!(percents(&all_events(app, "").await, "plan").is_empty());
     // A downgrade to a plan the files nearly fill.
     app.admin_set_quota("plan", 5200).await;
@@ -474,7 +480,7 @@ local!(
         let seen = &*seen;
         seen.fail_first.store(3, Ordering::SeqCst);
         let app = &spawn_app_with(b, |c| webhook_to(c, &url)).await;
-        let f = app.upload_ok("retry", "a.png", png_bytes(100)).await;
+        let f = app.upload_ok("retry", "a.json", json_bytes(100)).await;
         until(30, "the delivery", || async move {
             (!seen.accepted.lock().unwrap().is_empty()).then_some(())
         })
@@ -508,7 +514,7 @@ local!(
         let (url, seen) = receiver("not-the-secret").await;
         let seen = &*seen;
         let app = &spawn_app_with(b, |c| webhook_to(c, &url)).await;
-        app.upload_ok("wrong", "a.png", png_bytes(100)).await;
+        app.upload_ok("wrong", "a.json", json_bytes(100)).await;
         let ev = until(30, "three refused attempts", || async move {
             all_events(app, "")
                 .await
@@ -541,7 +547,7 @@ local!(
             c.webhook.retry_for = Duration::from_millis(300);
         })
         .await;
-        app.upload_ok("giveup", "a.png", png_bytes(100)).await;
+        app.upload_ok("giveup", "a.json", json_bytes(100)).await;
         let ev = until(30, "failed", || async move {
             all_events(app, "&status=failed").await.into_iter().next()
         })
@@ -575,10 +581,10 @@ local!(
 local!(admin_events_filter_and_page, |b| async move {
     let app = &spawn_app(b).await;
     for i in 0..7 {
-        app.upload_ok("pager", &format!("{i}.png"), png_bytes(100 + i))
+        app.upload_ok("pager", &format!("{i}.json"), json_bytes(100 + i))
             .await;
     }
-    let f = app.upload_ok("other", "x.png", png_bytes(100)).await;
+    let f = app.upload_ok("other", "x.json", json_bytes(100)).await;
     let r = app
         .client
         .put(app.url(&format!("/api/files/{}/tags", f["id"].as_str().unwrap())))
@@ -669,7 +675,7 @@ local!(
     without_a_webhook_events_are_kept_for_the_retention_only,
     |b| async move {
         let app = &spawn_app_with(b, |c| c.webhook.retention = Duration::ZERO).await;
-        app.upload_ok("keeper", "a.png", png_bytes(100)).await;
+        app.upload_ok("keeper", "a.json", json_bytes(100)).await;
         assert_eq!(all_events(app, "").await.len(), 1);
         let report = stowage::jobs::cleanup::run(&app.state, Duration::from_secs(60))
             .await
@@ -685,12 +691,12 @@ local!(
         use base64::{engine::general_purpose::STANDARD as B64, Engine};
         use sha2::Digest;
         let app = &spawn_app(b).await;
-        let data = png_bytes(20_000);
+        let data = json_bytes(20_000);
         let loc = crate::tus::create_ok(
             app,
             "tusser",
             data.len() as u64,
-            &format!("filename {}", B64.encode("t.png")),
+            &format!("filename {}", B64.encode("t.json")),
         )
         .await;
         let wrong = B64.encode(sha2::Sha256::digest(b"something else"));
@@ -719,7 +725,7 @@ local!(
         assert_eq!(events[0]["data"]["reason"], "checksum_mismatch");
         assert_eq!(events[0]["data"]["upload_id"], upload_id);
         assert_eq!(events[1]["data"]["file"]["id"], file_id.as_str());
-        assert_eq!(events[1]["data"]["file"]["file_name"], "t.png");
+        assert_eq!(events[1]["data"]["file"]["file_name"], "t.json");
         assert_eq!(events[1]["data"]["file"]["file_size"], 20_000);
     }
 );
