@@ -245,6 +245,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = crate::jobs::spawn_workers(state.clone(), stop_rx.clone());
     let _scheduler = crate::ops::scheduler::spawn(state.clone(), stop_rx.clone());
+    let webhooks = crate::jobs::webhooks::spawn(state.clone(), stop_rx.clone());
     let app = crate::http::router(state.clone());
     let addr = listener.local_addr()?;
     if state.dev_login() {
@@ -308,6 +309,9 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("could not leave the nodes table before the shutdown deadline");
+    }
+    if let Some(w) = webhooks {
+        let _ = w.await;
     }
     Ok(())
 }

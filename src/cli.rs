@@ -83,6 +83,9 @@ pub enum Command {
     /// Create, list, verify and restore backups.
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// The event outbox: what was recorded and whether the webhook got it.
+    #[command(subcommand)]
+    Events(EventsCmd),
     /// Copy the local volume (STOWAGE_STORAGE_ROOT) into the object store
     /// (STOWAGE_S3_*), verifying every file by sha256, while the service runs.
     /// Resumable: files already in the store are skipped. Run it once more
@@ -169,6 +172,29 @@ pub enum BackupCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsCmd {
+    /// List events, newest first.
+    List {
+        /// Only this type (file.created, file.updated, file.deleted,
+        /// upload.failed, media.ready, media.failed, quota.threshold).
+        #[arg(long = "type", value_name = "TYPE")]
+        event_type: Option<String>,
+        /// Only pending, delivered or failed events.
+        #[arg(long)]
+        status: Option<String>,
+        /// How many to show.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print the events as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue one event for delivery again (due now, with a fresh 24 h of
+    /// retries), whatever its state.
+    Replay { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -397,6 +423,7 @@ async fn run(cmd: Command, config: Config, source: String) -> anyhow::Result<Exi
             }
         }
         Command::Backup(b) => return backup_cmd(b, config).await,
+        Command::Events(e) => return events_cmd(e, state(config).await?).await,
         Command::Doctor { json } => {
             return Ok(print_doctor(&doctor::run(&config, &source).await, json))
         }
@@ -559,6 +586,82 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
                     r.thumbnails,
                     r.rows_skipped
                 );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn events_cmd(cmd: EventsCmd, state: AppState) -> anyhow::Result<ExitCode> {
+    use crate::meta::{EventQuery, EventStatus, EventType};
+    match cmd {
+        EventsCmd::List {
+            event_type,
+            status,
+            limit,
+            json,
+        } => {
+            let q = EventQuery {
+                event_type: event_type
+                    .as_deref()
+                    .map(|t| {
+                        EventType::parse(t)
+                            .ok_or_else(|| anyhow::anyhow!("unknown event type {t:?}"))
+                    })
+                    .transpose()?,
+                status: status
+                    .as_deref()
+                    .map(|s| {
+                        EventStatus::parse(s).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "status must be pending, delivered or failed, not {s:?}"
+                            )
+                        })
+                    })
+                    .transpose()?,
+                before_seq: None,
+                limit: limit.clamp(1, 10_000),
+            };
+            let events = state.meta.list_events(&q).await?;
+            if json {
+                let v: Vec<_> = events.iter().map(|e| e.to_json()).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if events.is_empty() {
+                println!("no events");
+            } else {
+                println!(
+                    "{:<36} {:<16} {:<24} {:<10} {:>8} USER",
+                    "ID", "TYPE", "CREATED (UTC)", "STATUS", "ATTEMPTS"
+                );
+                for e in events {
+                    println!(
+                        "{:<36} {:<16} {:<24} {:<10} {:>8} {}",
+                        e.id,
+                        e.event_type,
+                        e.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                        e.status.as_str(),
+                        e.attempts,
+                        e.user_id
+                    );
+                    if let Some(err) = &e.last_error {
+                        println!("    last error: {err}");
+                    }
+                }
+            }
+        }
+        EventsCmd::Replay { id } => {
+            let Ok(uuid) = uuid::Uuid::parse_str(&id) else {
+                eprintln!("stowage: {id:?} is not an event id");
+                return Ok(ExitCode::from(1));
+            };
+            if !state.meta.replay_event(uuid, chrono::Utc::now()).await? {
+                eprintln!("stowage: no event {id}");
+                return Ok(ExitCode::from(1));
+            }
+            if state.config.webhook.url.is_some() {
+                println!("event {id} queued for delivery");
+            } else {
+                println!("event {id} queued; set STOWAGE_WEBHOOK_URL for `serve` to deliver it");
             }
         }
     }

@@ -96,6 +96,53 @@ pub struct Config {
     pub audit_interval: Duration,
     /// What one client may cost the service (SPEC §9).
     pub limits: Limits,
+    /// Event delivery to the SaaS backend (SPEC §11).
+    pub webhook: WebhookConfig,
+}
+
+/// Where and how events are POSTed (see docs/integration.md). Without a
+/// URL events are still recorded (and listed) but not sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookConfig {
+    /// `STOWAGE_WEBHOOK_URL`: http(s) endpoint receiving every event.
+    pub url: Option<String>,
+    /// `STOWAGE_WEBHOOK_SECRET`: HMAC-SHA256 key of `Stowage-Signature`;
+    /// required with a URL.
+    pub secret: Option<Secret>,
+    /// An event not delivered this long after it was queued is `failed`.
+    pub retry_for: Duration,
+    /// First retry delay; each further one doubles it, up to `backoff_max`
+    /// (and each is jittered between half and all of it).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Connecting to the receiver.
+    pub connect_timeout: Duration,
+    /// One delivery, connect to the end of the answer's headers.
+    pub timeout: Duration,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// How often the delivery worker looks for due events.
+    pub poll: Duration,
+    /// Delivered events (and, without a URL, all events) are pruned this
+    /// long after their creation.
+    pub retention: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: None,
+            secret: None,
+            retry_for: Duration::from_secs(24 * 3600),
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            concurrency: 8,
+            poll: Duration::from_secs(1),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// The hostile-client limits of SPEC §9. Every one is configurable; the
@@ -270,6 +317,102 @@ struct FileConfig {
     audit_interval_secs: Option<u64>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    webhook: FileWebhook,
+}
+
+/// `[webhook]` in the TOML file; every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    url: Option<String>,
+    secret: Option<Secret>,
+    retry_secs: Option<u64>,
+    backoff_base_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    concurrency: Option<u64>,
+    poll_ms: Option<u64>,
+    events_retention_secs: Option<u64>,
+}
+
+/// Reads `[webhook]` and the `STOWAGE_WEBHOOK_*` variables.
+fn webhook_from(
+    fw: &FileWebhook,
+    env_any: &dyn Fn(&[&str]) -> Option<String>,
+) -> Result<WebhookConfig, ConfigError> {
+    let d = WebhookConfig::default();
+    let n = |name: &'static str, file: Option<u64>, default: u64| -> Result<u64, ConfigError> {
+        match env_any(&[name]) {
+            Some(s) => s
+                .trim()
+                .parse::<u64>()
+                .map_err(|e| invalid(name, format!("{s}: {e}"))),
+            None => Ok(file.unwrap_or(default)),
+        }
+    };
+    let ms = |name: &'static str, file: Option<u64>, default: Duration| {
+        let v = n(name, file, default.as_millis() as u64)?;
+        if v == 0 {
+            return Err(invalid(name, "must be at least 1"));
+        }
+        Ok(Duration::from_millis(v))
+    };
+    let w = WebhookConfig {
+        url: env_any(&["STOWAGE_WEBHOOK_URL"]).or(fw.url.clone()),
+        secret: env_any(&["STOWAGE_WEBHOOK_SECRET"])
+            .map(Secret)
+            .or(fw.secret.clone()),
+        retry_for: Duration::from_secs(n(
+            "STOWAGE_WEBHOOK_RETRY_SECS",
+            fw.retry_secs,
+            d.retry_for.as_secs(),
+        )?),
+        backoff_base: ms(
+            "STOWAGE_WEBHOOK_BACKOFF_BASE_MS",
+            fw.backoff_base_ms,
+            d.backoff_base,
+        )?,
+        backoff_max: ms(
+            "STOWAGE_WEBHOOK_BACKOFF_MAX_MS",
+            fw.backoff_max_ms,
+            d.backoff_max,
+        )?,
+        connect_timeout: ms(
+            "STOWAGE_WEBHOOK_CONNECT_TIMEOUT_MS",
+            fw.connect_timeout_ms,
+            d.connect_timeout,
+        )?,
+        timeout: ms("STOWAGE_WEBHOOK_TIMEOUT_MS", fw.timeout_ms, d.timeout)?,
+        concurrency: n(
+            "STOWAGE_WEBHOOK_CONCURRENCY",
+            fw.concurrency,
+            d.concurrency as u64,
+        )?
+        .clamp(1, 256) as usize,
+        poll: ms("STOWAGE_WEBHOOK_POLL_MS", fw.poll_ms, d.poll)?,
+        retention: Duration::from_secs(n(
+            "STOWAGE_EVENTS_RETENTION_SECS",
+            fw.events_retention_secs,
+            d.retention.as_secs(),
+        )?),
+    };
+    if let Some(url) = &w.url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "STOWAGE_WEBHOOK_URL",
+                format!("{url:?}: expected an http:// or https:// URL"),
+            ));
+        }
+        if w.secret.as_ref().map_or(true, |s| s.expose().is_empty()) {
+            return Err(invalid(
+                "STOWAGE_WEBHOOK_SECRET",
+                "required when STOWAGE_WEBHOOK_URL is set: receivers check every event's signature with it",
+            ));
+        }
+    }
+    Ok(w)
 }
 
 /// `[limits]` in the TOML file; every field optional.
@@ -692,6 +835,7 @@ impl Config {
                 .transpose()
         };
         let limits = limits_from(&fc.limits, &env_any)?;
+        let webhook = webhook_from(&fc.webhook, &env_any)?;
 
         let cfg = Config {
             bind,
@@ -792,6 +936,7 @@ impl Config {
             ),
             data_dir,
             limits,
+            webhook,
         };
         if cfg.rate_limit_ip_per_sec == 0 || cfg.rate_limit_user_per_sec == 0 {
             return Err(invalid("rate limits", "must be at least 1 per second"));
@@ -926,6 +1071,31 @@ mod tests {
         )])
         .unwrap();
         assert_eq!(ok.cors_origins.len(), 2);
+    }
+
+    #[test]
+    fn a_webhook_url_needs_a_secret() {
+        let e = with_env(&[("STOWAGE_WEBHOOK_URL", "https://backend.example/hooks")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("STOWAGE_WEBHOOK_SECRET"), "{e}");
+        let e = with_env(&[
+            ("STOWAGE_WEBHOOK_URL", "ftp://backend.example/hooks"),
+            ("STOWAGE_WEBHOOK_SECRET", "s"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("STOWAGE_WEBHOOK_URL"), "{e}");
+        let ok = with_env(&[
+            ("STOWAGE_WEBHOOK_URL", "https://backend.example/hooks"),
+            ("STOWAGE_WEBHOOK_SECRET", "whsec"),
+            ("STOWAGE_WEBHOOK_BACKOFF_BASE_MS", "20"),
+        ])
+        .unwrap();
+        assert_eq!(ok.webhook.backoff_base, Duration::from_millis(20));
+        assert_eq!(ok.webhook.retry_for, Duration::from_secs(86400));
+        assert_eq!(ok.webhook.concurrency, 8);
+        assert!(!format!("{:?}", ok.webhook).contains("whsec"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::{
         names::user_dir_name,
     },
     http::error::{AppError, AppResult},
-    meta::{FileRecord, MediaUpdate, MetaError, NewFile},
+    meta::{FileRecord, MediaUpdate, MetaError, NewEvent, NewFile},
 };
 
 /// Unknown-size uploads grow their reservation in steps of this size.
@@ -190,8 +190,17 @@ impl Ingest {
         self.len == 0
     }
 
-    /// Appends a chunk, enforcing the per-file limit and the reservation.
+    /// Appends a chunk, enforcing the per-file limit and the reservation;
+    /// a refusal is recorded as `upload.failed`.
     pub async fn write(&mut self, chunk: bytes::Bytes) -> AppResult<()> {
+        let res = self.write_chunk(chunk).await;
+        if let Err(e) = &res {
+            record_refusal(&self.state, &self.user, self.id, None, e).await;
+        }
+        res
+    }
+
+    async fn write_chunk(&mut self, chunk: bytes::Bytes) -> AppResult<()> {
         let new_len = self.len + chunk.len() as u64;
         let max = self.state.config.max_file_size;
         if new_len > max {
@@ -397,11 +406,61 @@ where
     Ok(out)
 }
 
+/// Error codes that end an upload after it started, and are reported to
+/// the SaaS backend as `upload.failed` (SPEC §11). A refusal before any
+/// byte is read (no room to reserve, a Content-Length over the limit) is
+/// only the client's answer.
+pub const REFUSALS: &[&str] = &[
+    "quota_exceeded",
+    "malware_detected",
+    "checksum_mismatch",
+    "unsupported_media_type",
+    "file_too_large",
+];
+
+/// Records `upload.failed` for upload `upload_id` of `user` when `err` is
+/// one of [`REFUSALS`]. Nothing was changed, so it is an insert of its own;
+/// a failure to record is logged, and the client's answer stays `err`.
+pub async fn record_refusal(
+    state: &AppState,
+    user: &str,
+    upload_id: Uuid,
+    file_name: Option<&str>,
+    err: &AppError,
+) {
+    let code = err.code();
+    if !REFUSALS.contains(&code) {
+        return;
+    }
+    let ev = NewEvent::upload_failed(user, upload_id, code, file_name, &err.to_string());
+    if let Err(e) = state.meta.record_event(&ev).await {
+        tracing::warn!(error = %e, upload = %upload_id, "could not record upload.failed");
+    }
+}
+
 /// Shared tail of every upload: type decision from `head`, publish of staging
 /// blob `id` under its final key, and the row commit. On a failed commit the
 /// published blob is removed again. The caller owns reservation cleanup on
-/// error (the drop guard, or tus termination).
+/// error (the drop guard, or tus termination). A refusal is recorded as
+/// `upload.failed`.
 pub async fn publish_and_commit(
+    state: &AppState,
+    user: &str,
+    id: Uuid,
+    len: u64,
+    head: &[u8],
+    sha256: String,
+    meta: FileMeta,
+) -> AppResult<FileRecord> {
+    let name = meta.file_name.clone();
+    let res = publish_and_commit_inner(state, user, id, len, head, sha256, meta).await;
+    if let Err(e) = &res {
+        record_refusal(state, user, id, Some(&name), e).await;
+    }
+    res
+}
+
+async fn publish_and_commit_inner(
     state: &AppState,
     user: &str,
     id: Uuid,
@@ -512,7 +571,7 @@ pub async fn copy_file(
         tags: src.tags.clone(),
         sha256: src.sha256.clone(),
     };
-    // event: file.created (in commit_file's transaction, as for uploads)
+    // `file.created` is recorded in commit_file's transaction, as for uploads.
     let mut rec = match state.meta.commit_file(id, new).await {
         Ok(rec) => rec,
         Err(e) => {
@@ -530,10 +589,11 @@ pub async fn copy_file(
             thumbnail_path: None,
         };
         match state.meta.set_media(rec.id, &media).await {
-            Ok(()) => {
+            Ok(true) => {
                 rec.resolution = media.resolution;
                 rec.duration = media.duration;
             }
+            Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, file_id = %rec.id, "could not carry media facts over; the media job will find them")
             }

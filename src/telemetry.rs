@@ -101,6 +101,16 @@ pub mod metrics {
     pub fn blob_error() {
         ::metrics::counter!("stowage_blob_errors_total").increment(1);
     }
+    /// Events in the outbox by delivery state (`stowage_events{status}`).
+    pub fn events(pending: u64, delivered: u64, failed: u64) {
+        for (status, n) in [
+            ("pending", pending),
+            ("delivered", delivered),
+            ("failed", failed),
+        ] {
+            ::metrics::gauge!("stowage_events", "status" => status).set(n as f64);
+        }
+    }
     pub fn job_queue_depth(n: u64) {
         ::metrics::gauge!("stowage_job_queue_depth").set(n as f64);
     }

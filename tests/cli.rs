@@ -225,6 +225,102 @@ engines!(tasks_json_is_stdout_alone, |e| async move {
     assert_eq!(v, Value::Array(vec![]), "no scheduled run yet: {v}");
 });
 
+/// Runs `stowage serve` on `env` long enough to upload one file as
+/// `user` (development sign-in), so there is an event to look at.
+async fn upload_one(env: &Env, user: &str) -> Value {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.vars.iter().map(|(k, v)| (k, v)))
+        .env("STOWAGE_BIND", format!("127.0.0.1:{port}"))
+        .current_dir(env.dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while c.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let login: Value = c
+        .post(format!("{base}/api/dev/login"))
+        .json(&serde_json::json!({"user_id": user}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let json = br#"{"scene":1}"#.to_vec();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(json).file_name("scene.json"),
+    );
+    let r = c
+        .post(format!("{base}/api/files/upload"))
+        .bearer_auth(login["token"].as_str().unwrap())
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let file: Value = r.json().await.unwrap();
+    child.kill().await.unwrap();
+    file
+}
+
+engines!(events_list_and_replay_from_the_shell, |e| async move {
+    let env = Env::seeded(e).await;
+    let v = env.json(&["events", "list", "--json"]).await;
+    assert_eq!(v, Value::Array(vec![]), "{v}");
+    let file = upload_one(&env, "alice").await;
+    let v = env
+        .json(&["events", "list", "--type", "file.created", "--json"])
+        .await;
+    let events = v.as_array().expect("an array of events");
+    assert_eq!(events.len(), 1, "{v}");
+    let ev = &events[0];
+    assert_eq!(ev["type"], "file.created");
+    assert_eq!(ev["user_id"], "alice");
+    assert_eq!(ev["data"]["file"]["id"], file["id"]);
+    // No webhook configured: recorded, not sent.
+    assert_eq!(ev["status"], "pending");
+    assert_eq!(ev["attempts"], 0);
+    let none = env
+        .json(&["events", "list", "--status", "delivered", "--json"])
+        .await;
+    assert_eq!(none, Value::Array(vec![]));
+    let id = ev["id"].as_str().unwrap();
+    let out = env.ok(&["events", "replay", id]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains(id));
+    let again = env.json(&["events", "list", "--json"]).await;
+    assert_eq!(again[0]["id"], ev["id"], "the same event, queued again");
+    assert_eq!(again[0]["status"], "pending");
+    // Unknown ids and filters are errors, not silence.
+    assert!(!env
+        .run(&["events", "replay", "0190d5a0-0000-7000-8000-000000000000"])
+        .await
+        .status
+        .success());
+    assert!(!env
+        .run(&["events", "list", "--type", "file.exploded"])
+        .await
+        .status
+        .success());
+    let text = env.ok(&["events", "list"]).await;
+    assert!(String::from_utf8_lossy(&text.stdout).contains("file.created"));
+});
+
 engines!(user_list_json_is_stdout_alone, |e| async move {
     let env = Env::seeded(e).await;
     let v = env.json(&["user", "list", "--json"]).await;

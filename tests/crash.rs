@@ -251,3 +251,212 @@ async fn sigkill_during_uploads_postgres() {
         .await
         .unwrap();
 }
+
+// ---- webhook delivery across a SIGKILL ----
+
+const HOOK_SECRET: &str = "crash-hook-secret";
+const ADMIN: &str = "crash-admin-token";
+
+/// The receiver's own signature check (HMAC-SHA256 of `"<t>.<body>"`).
+fn signed(header: &str, body: &[u8]) -> bool {
+    use hmac::{Hmac, Mac};
+    let mut parts = header.split(',').filter_map(|p| p.split_once('='));
+    let (Some(("t", t)), Some(("v1", v1))) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(v1) else {
+        return false;
+    };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+#[derive(Default)]
+struct Hook {
+    /// While true, requests are held (never answered): the kill lands
+    /// during a delivery.
+    hold: std::sync::atomic::AtomicBool,
+    /// Ids of correctly signed requests, in arrival order.
+    received: std::sync::Mutex<Vec<String>>,
+    /// Ids answered 2xx.
+    accepted: std::sync::Mutex<Vec<String>>,
+}
+
+async fn hook(
+    axum::extract::State(h): axum::extract::State<std::sync::Arc<Hook>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::http::StatusCode {
+    let sig = headers
+        .get("stowage-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !signed(sig, &body) {
+        return axum::http::StatusCode::UNAUTHORIZED;
+    }
+    let ev: Value = serde_json::from_slice(&body).unwrap();
+    let id = ev["id"].as_str().unwrap().to_string();
+    h.received.lock().unwrap().push(id.clone());
+    if h.hold.load(std::sync::atomic::Ordering::SeqCst) {
+        while h.hold.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Its sender is gone; this answer reaches no one.
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    }
+    h.accepted.lock().unwrap().push(id);
+    axum::http::StatusCode::OK
+}
+
+async fn start_with(dir: &Path, db: &str, extra: &[(String, String)]) -> Server {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .envs(envs(dir, port, db))
+        .envs(extra.iter().cloned())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Server { child, base }
+}
+
+async fn poll_until(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn webhook_crash_and_recover(db: &str, dir: &Path) {
+    let h = std::sync::Arc::new(Hook::default());
+    h.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(h.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let extra: Vec<(String, String)> = [
+        ("STOWAGE_WEBHOOK_URL", url.as_str()),
+        ("STOWAGE_WEBHOOK_SECRET", HOOK_SECRET),
+        ("STOWAGE_WEBHOOK_POLL_MS", "50"),
+        ("STOWAGE_WEBHOOK_BACKOFF_BASE_MS", "20"),
+        ("STOWAGE_WEBHOOK_BACKOFF_MAX_MS", "100"),
+        ("STOWAGE_WEBHOOK_TIMEOUT_MS", "600000"),
+        ("STOWAGE_ADMIN_TOKEN", ADMIN),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+
+    let mut server = start_with(dir, db, &extra).await;
+    let token = login(&server.base, "hooked").await;
+    for i in 0..4u8 {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(png_like(2048, i)).file_name(format!("h{i}.png")),
+        );
+        let r = reqwest::Client::new()
+            .post(format!("{}/api/files/upload", server.base))
+            .bearer_auth(&token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // A delivery is in flight (held by the receiver): kill the server.
+    let h2 = h.clone();
+    poll_until(30, "a delivery in flight", move || {
+        !h2.received.lock().unwrap().is_empty()
+    })
+    .await;
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    let before_kill = h.received.lock().unwrap().clone();
+    assert!(h.accepted.lock().unwrap().is_empty());
+
+    // The receiver answers again; a new process takes the delivery over.
+    h.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut server = start_with(dir, db, &extra).await;
+    let c = reqwest::Client::new();
+    let events = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v: Value = c
+                .get(format!("{}/api/admin/events?limit=200", server.base))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let evs = v["events"].as_array().unwrap().clone();
+            // 4 × file.created, and the media job's verdict on the fake
+            // PNGs (one whose job the kill interrupted waits for its job
+            // lease, minutes: not counted on).
+            let created = evs.iter().filter(|e| e["type"] == "file.created").count();
+            if created == 4 && evs.iter().all(|e| e["status"] == "delivered") {
+                break evs;
+            }
+            assert!(Instant::now() < deadline, "not all delivered: {v:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let accepted = h.accepted.lock().unwrap().clone();
+    for e in &events {
+        let id = e["id"].as_str().unwrap();
+        assert!(accepted.iter().any(|a| a == id), "{id} was delivered");
+    }
+    // What was in flight at the kill came again, with the same id.
+    for id in &before_kill {
+        assert!(accepted.contains(id), "{id} delivered after the restart");
+        assert!(events.iter().any(|e| e["id"] == id.as_str()));
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_webhook_delivery_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/data/stowage.db", dir.path().display());
+    webhook_crash_and_recover(&db, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_webhook_delivery_postgres() {
+    use sqlx::Connection;
+    let admin = std::env::var("STOWAGE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("stowage_crash_hook_{}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("PostgreSQL for the test suite");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let db = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let dir = tempfile::tempdir().unwrap();
+    webhook_crash_and_recover(&db, dir.path()).await;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}

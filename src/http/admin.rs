@@ -1,12 +1,13 @@
-//! `/api/admin/*`: user list, details, quota and account deletion, behind
-//! the admin bearer token ([`AdminAuth`]).
+//! `/api/admin/*`: user list, details, quota and account deletion, the
+//! event outbox, behind the admin bearer token ([`AdminAuth`]).
 
 use axum::{
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::StatusCode,
-    routing::{get, put},
+    routing::{get, post, put},
     Json, Router,
 };
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -16,7 +17,7 @@ use super::{
 };
 use crate::{
     app::AppState,
-    meta::{JobInfo, UserStorage},
+    meta::{EventQuery, EventStatus, EventType, JobInfo, UserStorage},
 };
 
 pub fn router() -> Router<AppState> {
@@ -25,6 +26,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/users/{id}", get(show_user).delete(delete_user))
         .route("/api/admin/users/{id}/quota", put(set_quota))
         .route("/api/admin/jobs/failed", get(failed_jobs))
+        .route("/api/admin/events", get(list_events))
+        .route("/api/admin/events/{id}/replay", post(replay_event))
 }
 
 #[derive(Serialize)]
@@ -109,4 +112,108 @@ async fn failed_jobs(State(state): State<AppState>, _: AdminAuth) -> AppResult<J
     Ok(Json(FailedJobs {
         jobs: state.meta.failed_jobs(100).await?,
     }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct EventParams {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EventsPage {
+    events: Vec<serde_json::Value>,
+    next_cursor: Option<String>,
+}
+
+/// Cursors are opaque: base64url of the last event's position.
+fn event_cursor(seq: i64) -> String {
+    B64.encode(format!("e{seq}"))
+}
+
+fn parse_event_cursor(c: &str) -> AppResult<i64> {
+    B64.decode(c)
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|s| s.strip_prefix('e').and_then(|n| n.parse().ok()))
+        .ok_or_else(|| AppError::BadRequest("invalid cursor".into()))
+}
+
+/// Reads the filters and page of `GET /api/admin/events`.
+fn parse_events(p: EventParams) -> AppResult<EventQuery> {
+    let bad = |m: String| AppError::BadRequest(m);
+    let event_type = match p.event_type.as_deref().filter(|s| !s.is_empty()) {
+        Some(t) => {
+            Some(EventType::parse(t).ok_or_else(|| bad(format!("unknown event type {t:?}")))?)
+        }
+        None => None,
+    };
+    let status = match p.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(s) => Some(EventStatus::parse(s).ok_or_else(|| {
+            bad(format!(
+                "status must be pending, delivered or failed, not {s:?}"
+            ))
+        })?),
+        None => None,
+    };
+    let limit = match p.limit.as_deref() {
+        None | Some("") => 50,
+        Some(l) => l
+            .parse::<u64>()
+            .map_err(|_| bad(format!("limit must be a positive integer, not {l:?}")))?
+            .clamp(1, 200) as u32,
+    };
+    let before_seq = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(parse_event_cursor(c)?),
+        None => None,
+    };
+    Ok(EventQuery {
+        event_type,
+        status,
+        before_seq,
+        limit,
+    })
+}
+
+/// `GET /api/admin/events?type=&status=&limit=&cursor=`: newest first.
+async fn list_events(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    Query(p): Query<EventParams>,
+) -> AppResult<Json<EventsPage>> {
+    let mut q = parse_events(p)?;
+    let limit = q.limit as usize;
+    // One more than asked says whether another page follows.
+    q.limit += 1;
+    let mut rows = state.meta.list_events(&q).await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next_cursor = if more {
+        rows.last().map(|e| event_cursor(e.seq))
+    } else {
+        None
+    };
+    Ok(Json(EventsPage {
+        events: rows.iter().map(|e| e.to_json()).collect(),
+        next_cursor,
+    }))
+}
+
+/// `POST /api/admin/events/{id}/replay`: queues one event again (due now,
+/// a fresh retry window), whatever its state; answers the event.
+async fn replay_event(
+    State(state): State<AppState>,
+    _: AdminAuth,
+    Path(id): Path<String>,
+) -> AppResult<Json<serde_json::Value>> {
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| AppError::NotFound)?;
+    if !state.meta.replay_event(id, chrono::Utc::now()).await? {
+        return Err(AppError::NotFound);
+    }
+    let ev = state.meta.get_event(id).await?.ok_or(AppError::NotFound)?;
+    tracing::info!(event_id = %id, "event queued again");
+    Ok(Json(ev.to_json()))
 }

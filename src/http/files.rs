@@ -37,6 +37,8 @@ use crate::{
     meta::{Cursor, FileRecord, ListQuery, Rename, SignedUpload, SortKey, SortOrder},
 };
 
+pub use crate::meta::FileView;
+
 /// Multipart framing allowed on top of the per-file limit before a
 /// Content-Length alone proves the file too large.
 const MULTIPART_SLACK: u64 = 64 * 1024;
@@ -53,47 +55,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/files/{id}/favorite", post(favorite))
         .route("/api/files/{id}/tags", put(tags))
         .route("/api/files/{id}/signed-url", post(signed_link))
-}
-
-/// The File object of SPEC §3.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-pub struct FileView {
-    pub id: String,
-    pub file_name: String,
-    pub file_type: FileType,
-    pub mime_type: String,
-    pub file_size: i64,
-    pub sha256: String,
-    pub resolution: Option<String>,
-    pub duration: Option<String>,
-    pub package_name: Option<String>,
-    pub tags: Vec<String>,
-    pub is_favorite: bool,
-    pub upload_date: String,
-    pub thumbnail_url: Option<String>,
-}
-
-impl From<&FileRecord> for FileView {
-    fn from(r: &FileRecord) -> Self {
-        FileView {
-            id: r.id.to_string(),
-            file_name: r.file_name.clone(),
-            file_type: r.file_type,
-            mime_type: r.mime_type.clone(),
-            file_size: r.file_size,
-            sha256: r.sha256.clone(),
-            resolution: r.resolution.clone(),
-            duration: r.duration.clone(),
-            package_name: r.package_name.clone(),
-            tags: r.tags.clone(),
-            is_favorite: r.is_favorite,
-            upload_date: r.upload_date.to_rfc3339_opts(SecondsFormat::Secs, true),
-            thumbnail_url: r
-                .thumbnail_path
-                .as_ref()
-                .map(|_| format!("/api/files/{}/thumbnail", r.id)),
-        }
-    }
 }
 
 fn bad_form(e: multer::Error) -> AppError {
@@ -255,7 +216,7 @@ pub async fn multipart_upload(
     }
     meta.file_name = sanitize_file_name(&client_name);
     let bytes = up.len();
-    // event: file.created (in commit_file's transaction)
+    // `file.created` is recorded in commit_file's transaction.
     let rec = up.commit(meta).await?;
     tracing::Span::current().record("file_id", rec.id.to_string());
     crate::telemetry::metrics::upload_duration(started.elapsed().as_secs_f64());

@@ -112,6 +112,9 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     if let Ok(n) = state.meta.queue_depth().await {
         crate::telemetry::metrics::job_queue_depth(n);
     }
+    if let Ok(c) = state.meta.event_counts().await {
+        crate::telemetry::metrics::events(c.pending, c.delivered, c.failed);
+    }
     state.limits.shrink();
     (
         [(

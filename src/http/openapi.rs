@@ -554,6 +554,51 @@ pub const OPS: &[Op] = &[
     },
     Op {
         method: "get",
+        path: "/api/admin/events",
+        id: "adminListEvents",
+        summary:
+            "Recorded events and their webhook delivery, newest first (type, status, limit, cursor)",
+        auth: Auth::Admin,
+        responses: &[
+            ("200", Out::Json("a page of events", "EventList")),
+            ("400", Out::Plain("bad parameter")),
+        ],
+        query: &[
+            Query {
+                name: "type",
+                ty: Ty::Ref("EventType"),
+                description: "only events of this type",
+            },
+            Query {
+                name: "status",
+                ty: Ty::OneOf(&["pending", "delivered", "failed"]),
+                description: "only events in this delivery state",
+            },
+            Query {
+                name: "limit",
+                ty: Ty::Int,
+                description: "page size, 1 to 200 (default 50)",
+            },
+            Query {
+                name: "cursor",
+                ty: Ty::Str,
+                description: "next_cursor of the previous page",
+            },
+        ],
+        body: None,
+    },
+    Op {
+        method: "post",
+        path: "/api/admin/events/{id}/replay",
+        id: "adminReplayEvent",
+        summary: "Queue one event for delivery again (due now, a fresh retry window)",
+        auth: Auth::Admin,
+        responses: &[("200", Out::Json("the event", "Event")), NOT_FOUND],
+        query: &[],
+        body: None,
+    },
+    Op {
+        method: "get",
         path: "/healthz",
         id: "healthz",
         summary: "Liveness",
@@ -712,7 +757,28 @@ fn schemas() -> Value {
             "id": {"type": "string", "format": "uuid"}, "kind": string, "payload": string, "status": string,
             "attempts": int, "last_error": nullable
         })),
-        "FailedJobs": object(&["jobs"], json!({"jobs": {"type": "array", "items": schema_ref("Job")}}))
+        "FailedJobs": object(&["jobs"], json!({"jobs": {"type": "array", "items": schema_ref("Job")}})),
+        "EventType": {"type": "string", "enum": crate::meta::EventType::ALL.map(|t| t.as_str())},
+        "Event": object(
+            &["id", "type", "created_at", "user_id", "data", "status", "attempts", "last_error",
+              "next_attempt_at", "delivered_at"],
+            json!({
+                "id": {"type": "string", "format": "uuid", "description": "stable across retries"},
+                "type": schema_ref("EventType"),
+                "created_at": {"type": "string", "format": "date-time"},
+                "user_id": string,
+                "data": {"type": "object", "description": "per type; see docs/integration.md"},
+                "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                "attempts": int,
+                "last_error": nullable,
+                "next_attempt_at": {"type": ["string", "null"], "format": "date-time", "description": "when a pending event is tried next"},
+                "delivered_at": {"type": ["string", "null"], "format": "date-time"}
+            }),
+        ),
+        "EventList": object(&["events", "next_cursor"], json!({
+            "events": {"type": "array", "items": schema_ref("Event")},
+            "next_cursor": {"type": ["string", "null"], "description": "null on the last page"}
+        }))
     })
 }
 

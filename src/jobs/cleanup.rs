@@ -2,7 +2,8 @@
 //! [`crate::node`]), deletes expired tus uploads (row, staging blob and
 //! reservation), releases expired reservations and removes staging files that
 //! no live reservation owns. Each reservation is released exactly once
-//! (`DELETE … RETURNING` decides who releases it).
+//! (`DELETE … RETURNING` decides who releases it). It also prunes the
+//! event outbox ([`crate::jobs::webhooks::prune`]).
 
 use std::time::{Duration, SystemTime};
 
@@ -112,6 +113,8 @@ pub struct CleanupReport {
     /// Reservations of requests whose process is gone (a stopped node, or
     /// one whose heartbeat stopped), released without waiting for expiry.
     pub reclaimed_reservations: u64,
+    /// Events past their retention (`STOWAGE_EVENTS_RETENTION_SECS`).
+    pub pruned_events: u64,
 }
 
 /// Temp files younger than this are left alone even without a reservation
@@ -166,5 +169,6 @@ async fn pass(state: &AppState, temp_grace: Duration) -> anyhow::Result<CleanupR
         report.stale_temp_bytes += e.len;
         tracing::info!(key = %e.key, bytes = e.len, "removed stale staging data");
     }
+    report.pruned_events = crate::jobs::webhooks::prune(state).await?;
     Ok(report)
 }

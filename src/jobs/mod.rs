@@ -9,6 +9,7 @@
 
 pub mod cleanup;
 pub mod media;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -118,7 +119,7 @@ async fn run_one(state: &AppState, job: crate::meta::Job) {
         Err(e) => {
             let _ = state
                 .meta
-                .fail_job(job.id, &format!("unreadable payload: {e}"), None)
+                .fail_job(job.id, &format!("unreadable payload: {e}"), None, None)
                 .await;
             return;
         }
@@ -145,7 +146,21 @@ async fn run_one(state: &AppState, job: crate::meta::Job) {
             } else {
                 tracing::error!(job_id = %job.id, kind = %job.kind, attempt = job.attempts, error = %msg, "job failed for good");
             }
-            if let Err(e) = state.meta.fail_job(job.id, &msg, retry_at).await {
+            // Given up for good: the file's owner hears of it.
+            let event = match (&payload, retry) {
+                (JobPayload::Media { file_id }, false) => {
+                    match state.meta.get_file_any(*file_id).await {
+                        Ok(Some(rec)) => Some(crate::meta::NewEvent::media_failed(&rec, &msg)),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            if let Err(e) = state
+                .meta
+                .fail_job(job.id, &msg, retry_at, event.as_ref())
+                .await
+            {
                 tracing::warn!(job_id = %job.id, error = %e, "could not record job failure");
             }
         }

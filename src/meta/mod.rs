@@ -8,7 +8,9 @@
 //! reservation, so `total_bytes + reserved_bytes <= max_bytes` always holds.
 //! `total_bytes`/`file_count` themselves are kept by database triggers.
 
+pub mod events;
 mod sql;
+mod view;
 
 use std::time::Duration;
 
@@ -19,7 +21,9 @@ use uuid::Uuid;
 
 use crate::domain::filetype::FileType;
 
+pub use events::{Event, EventCounts, EventQuery, EventStatus, EventStore, EventType, NewEvent};
 pub use sql::{connect, PgStore, SqliteStore};
+pub use view::FileView;
 
 /// Errors of the metadata layer; `NotFound` and `QuotaExceeded` are expected
 /// outcomes the HTTP layer maps to 404 and 507.
@@ -303,9 +307,10 @@ pub struct Rename {
     pub package_name: Option<Option<String>>,
 }
 
-/// The metadata store. Every method is one transaction.
+/// The metadata store. Every method is one transaction; each that changes
+/// a user's files or usage records its event ([`events`]) in it.
 #[async_trait]
-pub trait MetaStore: Send + Sync + 'static {
+pub trait MetaStore: EventStore + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> MetaResult<()>;
     /// Cheap round trip for `/readyz`.
@@ -403,8 +408,11 @@ pub trait MetaStore: Send + Sync + 'static {
         id: Uuid,
         tags: &[String],
     ) -> MetaResult<Option<FileRecord>>;
-    async fn set_media(&self, id: Uuid, media: &MediaUpdate) -> MetaResult<()>;
-    /// Renames the user's file and/or moves it to another package.
+    /// Stores media facts and records `media.ready`; false when the file is
+    /// gone.
+    async fn set_media(&self, id: Uuid, media: &MediaUpdate) -> MetaResult<bool>;
+    /// Renames the user's file and/or moves it to another package (records
+    /// `file.updated`).
     async fn rename_file(
         &self,
         user_id: &str,
@@ -443,12 +451,14 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn claim_job(&self, lease: Duration) -> MetaResult<Option<Job>>;
     async fn complete_job(&self, id: Uuid) -> MetaResult<()>;
     /// Records a failure: requeued at `retry_at`, or failed for good when
-    /// `retry_at` is `None`.
+    /// `retry_at` is `None`; `event` (a `media.failed`) is recorded in the
+    /// same transaction.
     async fn fail_job(
         &self,
         id: Uuid,
         error: &str,
         retry_at: Option<DateTime<Utc>>,
+        event: Option<&NewEvent>,
     ) -> MetaResult<()>;
     /// Jobs queued or running.
     async fn queue_depth(&self) -> MetaResult<u64>;
@@ -514,7 +524,9 @@ pub trait MetaStore: Send + Sync + 'static {
 }
 
 /// Tables besides `user_files` whose rows belong to one user; emptied by
-/// [`MetaStore::delete_user`]. Later features add theirs here.
+/// [`MetaStore::delete_user`]. Later features add theirs here. `events` is
+/// not one: the deletion's own `file.deleted` events must outlive it (they
+/// go with the retention, see [`crate::jobs::webhooks::prune`]).
 pub(crate) const USER_SCOPED_TABLES: &[&str] = &[
     "signed_uploads",
     "upload_reservations",

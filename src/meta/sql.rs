@@ -3,6 +3,11 @@
 //! it (`$N` parameters, `RETURNING`, `ON CONFLICT`, row-value comparisons);
 //! the few differences (tag arrays vs JSON, id and time encodings) are passed
 //! in as small functions and SQL fragments.
+//!
+//! Every operation that changes a user's files or usage records its event
+//! in its own transaction with `Self::record_event_in` (see
+//! [`super::events`]), and re-checks the quota thresholds with
+//! `Self::check_threshold_in` once it holds the user row.
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -294,13 +299,16 @@ macro_rules! impl_store {
                      ON CONFLICT (user_id) DO UPDATE SET max_bytes = EXCLUDED.max_bytes, updated_at = EXCLUDED.updated_at \
                      RETURNING {USER_COLS}"
                 );
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(&sql)
                     .bind(user_id)
                     .bind(to_i64(max_bytes))
                     .bind(now())
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
+                    .fetch_one(&mut *tx)
+                    .await?;
+                // A lower quota can carry usage past a threshold.
+                Self::check_threshold_in(&mut tx, user_id).await?;
+                tx.commit().await?;
                 Ok(Self::user_from_row(&row)?)
             }
 
@@ -316,20 +324,20 @@ macro_rules! impl_store {
                 if touched == 0 {
                     return Ok(None);
                 }
-                let rows = sqlx::query(
-                    "DELETE FROM user_files WHERE user_id = $1 RETURNING file_path, thumbnail_path, file_size",
-                )
-                .bind(user_id)
-                .fetch_all(&mut *tx)
-                .await?;
+                let sql = format!("DELETE FROM user_files WHERE user_id = $1 RETURNING {FILE_COLS}");
+                let rows = sqlx::query(&sql)
+                    .bind(user_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 let mut out = DeletedUser::default();
                 for r in &rows {
+                    let rec = Self::file_from_row(r)?;
+                    // One `file.deleted` per file, like a delete of each.
+                    Self::record_event_in(&mut tx, &NewEvent::file_deleted(&rec, "user_deleted")).await?;
                     out.files += 1;
-                    out.bytes += r.try_get::<i64, _>("file_size")?.max(0) as u64;
-                    out.blob_keys.push(r.try_get("file_path")?);
-                    if let Some(t) = r.try_get::<Option<String>, _>("thumbnail_path")? {
-                        out.blob_keys.push(t);
-                    }
+                    out.bytes += rec.file_size.max(0) as u64;
+                    out.blob_keys.push(rec.file_path);
+                    out.blob_keys.extend(rec.thumbnail_path);
                 }
                 for table in super::USER_SCOPED_TABLES {
                     let sql = format!("DELETE FROM {table} WHERE user_id = $1");
@@ -646,8 +654,7 @@ macro_rules! impl_store {
                 .bind(t)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                Ok(FileRecord {
+                let rec = FileRecord {
                     id: f.id,
                     user_id: f.user_id,
                     file_name: f.file_name,
@@ -663,7 +670,13 @@ macro_rules! impl_store {
                     is_favorite: false,
                     sha256: f.sha256,
                     upload_date: t,
-                })
+                };
+                Self::record_event_in(&mut tx, &NewEvent::file_created(&rec)).await?;
+                // The `fits` UPDATE above holds the user row (or the write
+                // lock) until commit, so concurrent commits take turns here.
+                Self::check_threshold_in(&mut tx, &rec.user_id).await?;
+                tx.commit().await?;
+                Ok(rec)
             }
 
             async fn get_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
@@ -768,56 +781,84 @@ macro_rules! impl_store {
 
             async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
                 let sql = format!("DELETE FROM user_files WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(&sql)
                     .bind(id)
                     .bind(user_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let rec = Self::file_from_row(&row)?;
+                Self::record_event_in(&mut tx, &NewEvent::file_deleted(&rec, "deleted")).await?;
+                // The delete trigger wrote the user row: its lock is ours, and
+                // usage back below a threshold re-arms it.
+                Self::check_threshold_in(&mut tx, user_id).await?;
+                tx.commit().await?;
+                Ok(Some(rec))
             }
 
             async fn set_favorite(&self, user_id: &str, id: Uuid, fav: Option<bool>) -> MetaResult<Option<FileRecord>> {
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
                 let row = match fav {
                     Some(v) => {
                         let sql = format!("UPDATE user_files SET is_favorite = $3 WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
-                        sqlx::query(&sql).bind(id).bind(user_id).bind(v).fetch_optional(&self.pool).await
+                        sqlx::query(&sql).bind(id).bind(user_id).bind(v).fetch_optional(&mut *tx).await?
                     }
                     None => {
                         let sql = format!("UPDATE user_files SET is_favorite = NOT is_favorite WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
-                        sqlx::query(&sql).bind(id).bind(user_id).fetch_optional(&self.pool).await
+                        sqlx::query(&sql).bind(id).bind(user_id).fetch_optional(&mut *tx).await?
                     }
-                }
-                .map_err(MetaError::from_sqlx)?;
-                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+                };
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let rec = Self::file_from_row(&row)?;
+                Self::record_event_in(&mut tx, &NewEvent::file_updated(&rec, &["is_favorite"])).await?;
+                tx.commit().await?;
+                Ok(Some(rec))
             }
 
             async fn set_tags(&self, user_id: &str, id: Uuid, tags: &[String]) -> MetaResult<Option<FileRecord>> {
                 let sql = format!("UPDATE user_files SET tags = $3 WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(&sql)
                     .bind(id)
                     .bind(user_id)
                     .bind($tags_in(tags))
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let rec = Self::file_from_row(&row)?;
+                Self::record_event_in(&mut tx, &NewEvent::file_updated(&rec, &["tags"])).await?;
+                tx.commit().await?;
+                Ok(Some(rec))
             }
 
-            async fn set_media(&self, id: Uuid, m: &MediaUpdate) -> MetaResult<()> {
-                sqlx::query(
+            async fn set_media(&self, id: Uuid, m: &MediaUpdate) -> MetaResult<bool> {
+                let sql = format!(
                     "UPDATE user_files SET resolution = COALESCE($2, resolution), \
                      duration = COALESCE($3, duration), thumbnail_path = COALESCE($4, thumbnail_path) \
-                     WHERE id = $1",
-                )
-                .bind(id)
-                .bind(&m.resolution)
-                .bind(&m.duration)
-                .bind(&m.thumbnail_path)
-                .execute(&self.pool)
-                .await
-                .map_err(MetaError::from_sqlx)?;
-                Ok(())
+                     WHERE id = $1 RETURNING {FILE_COLS}"
+                );
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(&m.resolution)
+                    .bind(&m.duration)
+                    .bind(&m.thumbnail_path)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Ok(false);
+                };
+                let rec = Self::file_from_row(&row)?;
+                Self::record_event_in(&mut tx, &NewEvent::media_ready(&rec)).await?;
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn rename_file(&self, user_id: &str, id: Uuid, c: &Rename) -> MetaResult<Option<FileRecord>> {
@@ -826,16 +867,32 @@ macro_rules! impl_store {
                      package_name = CASE WHEN $4 THEN $5 ELSE package_name END \
                      WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}"
                 );
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(&sql)
                     .bind(id)
                     .bind(user_id)
                     .bind(&c.file_name)
                     .bind(c.package_name.is_some())
                     .bind(c.package_name.clone().flatten())
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *tx)
                     .await
                     .map_err(MetaError::from_sqlx)?;
-                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let rec = Self::file_from_row(&row)?;
+                let mut changed = Vec::new();
+                if c.file_name.is_some() {
+                    changed.push("file_name");
+                }
+                if c.package_name.is_some() {
+                    changed.push("package_name");
+                }
+                if !changed.is_empty() {
+                    Self::record_event_in(&mut tx, &NewEvent::file_updated(&rec, &changed)).await?;
+                }
+                tx.commit().await?;
+                Ok(Some(rec))
             }
 
             async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>> {
@@ -1021,20 +1078,24 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn fail_job(&self, id: Uuid, error: &str, retry_at: Option<DateTime<Utc>>) -> MetaResult<()> {
+            async fn fail_job(&self, id: Uuid, error: &str, retry_at: Option<DateTime<Utc>>, event: Option<&NewEvent>) -> MetaResult<()> {
                 let (status, run_at) = match retry_at {
                     Some(t) => ("queued", t),
                     None => ("failed", now()),
                 };
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
                 sqlx::query("UPDATE jobs SET status = $2, run_at = $3, locked_until = NULL, last_error = $4, updated_at = $5 WHERE id = $1")
                     .bind(id)
                     .bind(status)
                     .bind(run_at)
                     .bind(error)
                     .bind(now())
-                    .execute(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
+                    .execute(&mut *tx)
+                    .await?;
+                if let Some(ev) = event {
+                    Self::record_event_in(&mut tx, ev).await?;
+                }
+                tx.commit().await?;
                 Ok(())
             }
 

@@ -11,6 +11,7 @@ mod backup;
 mod connections;
 mod dependencies;
 mod download;
+mod events;
 mod files;
 mod hostile;
 mod identity;

@@ -380,6 +380,11 @@ pub async fn append(
 ) -> AppResult<Appended> {
     let res = append_inner(state, user, &mut lease, up, content_length, checksum, body).await;
     lease.release().await;
+    // Refusals of the body itself; those of the finished upload (type,
+    // malware, quota) were recorded by the commit.
+    if let Err(e @ (AppError::ChecksumMismatch(_) | AppError::TooLarge(_))) = &res {
+        ingest::record_refusal(state, user, up.id, None, e).await;
+    }
     res
 }
 

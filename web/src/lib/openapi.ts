@@ -4,6 +4,40 @@
  */
 
 export interface paths {
+    "/api/admin/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Recorded events and their webhook delivery, newest first (type, status, limit, cursor) */
+        get: operations["adminListEvents"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/events/{id}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Queue one event for delivery again (due now, a fresh retry window) */
+        post: operations["adminReplayEvent"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/admin/jobs/failed": {
         parameters: {
             query?: never;
@@ -490,6 +524,37 @@ export interface components {
                 message: string;
             };
         };
+        Event: {
+            attempts: number;
+            /** Format: date-time */
+            created_at: string;
+            /** @description per type; see docs/integration.md */
+            data: Record<string, never>;
+            /** Format: date-time */
+            delivered_at: string | null;
+            /**
+             * Format: uuid
+             * @description stable across retries
+             */
+            id: string;
+            last_error: string | null;
+            /**
+             * Format: date-time
+             * @description when a pending event is tried next
+             */
+            next_attempt_at: string | null;
+            /** @enum {string} */
+            status: "pending" | "delivered" | "failed";
+            type: components["schemas"]["EventType"];
+            user_id: string;
+        };
+        EventList: {
+            events: components["schemas"]["Event"][];
+            /** @description null on the last page */
+            next_cursor: string | null;
+        };
+        /** @enum {string} */
+        EventType: "file.created" | "file.updated" | "file.deleted" | "upload.failed" | "media.ready" | "media.failed" | "quota.threshold";
         FailedJobs: {
             jobs: components["schemas"]["Job"][];
         };
@@ -628,6 +693,75 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    adminListEvents: {
+        parameters: {
+            query?: {
+                /** @description only events of this type */
+                type?: components["schemas"]["EventType"];
+                /** @description only events in this delivery state */
+                status?: "pending" | "delivered" | "failed";
+                /** @description page size, 1 to 200 (default 50) */
+                limit?: number;
+                /** @description next_cursor of the previous page */
+                cursor?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description a page of events */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventList"];
+                };
+            };
+            /** @description bad parameter */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    adminReplayEvent: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the event */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Event"];
+                };
+            };
+            /** @description not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     adminFailedJobs: {
         parameters: {
             query?: never;
