@@ -11,8 +11,8 @@
 //! - A sink on a directory is a `.{name}.partial` file, fsynced and renamed
 //!   into place on commit, removed when dropped uncommitted.
 //! - A sink on S3 is one multipart upload: bytes are handed on in chunks of
-//!   [`CHUNK`], and the upload holds at most `PART_CONCURRENCY + 1` parts
-//!   (see [`part_size`]). The object appears only when the upload completes,
+//!   [`CHUNK`], and the upload holds one part at a time (see [`part_size`]
+//!   and [`PART_CONCURRENCY`]). The object appears only when the upload completes,
 //!   so a failed or interrupted backup leaves no archive; dropped
 //!   uncommitted, the upload is aborted.
 //! - A reader on S3 is one streaming GET.
@@ -40,14 +40,18 @@ use crate::config::{BlobBackend, Config};
 const CHUNK: usize = 1024 * 1024;
 /// Smallest multipart part (S3's minimum is 5 MiB).
 const MIN_PART: u64 = 8 * 1024 * 1024;
-/// Parts of one archive upload in flight at once.
-const PART_CONCURRENCY: usize = 2;
+/// Parts of one archive upload in flight at once. One: with more, the
+/// client (OpenDAL 0.53) keeps every completed part's bytes until the upload
+/// ends whenever parts finish faster than they are produced (measured: the
+/// whole archive in memory against a local Garage), which would make memory
+/// grow with the archive.
+const PART_CONCURRENCY: usize = 1;
 /// S3 allows 10,000 parts per object; aim below that with room to spare.
 const TARGET_PARTS: u64 = 9_000;
 
 /// The part size for an archive expected to be about `expected` bytes:
 /// [`MIN_PART`] up to about 56 GiB, then large enough to stay under S3's
-/// part count limit. Memory of an upload is about `part × (2 + 1)`.
+/// part count limit. Memory of an upload is about one part.
 pub fn part_size(expected: u64) -> usize {
     let need = expected.saturating_add(expected / 4) / TARGET_PARTS;
     let mib = 1024 * 1024;
