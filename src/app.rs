@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use crate::{
     auth::jwt::Verifier,
     blob::{local::LocalStore, s3::S3Store, BlobStore},
-    config::{BlobBackend, Config},
+    config::{BlobBackend, Config, TokenKeys},
     domain::filetype::DEFAULT_ALLOWED,
     http::ratelimit::RateLimits,
     meta::{self, FileRecord, Holder, MetaStore},
@@ -105,24 +105,27 @@ impl AppState {
                 })?)
             }
         };
-        let verifier = if let Some(pem) = &config.jwt_public_key {
-            Some(
-                Verifier::from_pem(
-                    pem.expose(),
-                    config.jwt_issuer.clone(),
-                    config.authorized_parties.clone(),
-                )
-                .map_err(anyhow::Error::msg)?,
-            )
-        } else {
-            config.jwks_url.as_ref().map(|url| {
-                Verifier::from_jwks(
-                    url.clone(),
-                    config.jwt_issuer.clone(),
+        let issuer = config.token_issuer()?;
+        let verifier = match config.token_keys()? {
+            TokenKeys::None => None,
+            TokenKeys::Pem(pem) => Some(
+                Verifier::from_pem(pem.expose(), issuer, config.authorized_parties.clone())
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            TokenKeys::Jwks {
+                url,
+                bearer,
+                source,
+            } => {
+                tracing::debug!(%url, source, issuer = ?issuer, "session-token keys from a JWKS");
+                Some(Verifier::from_jwks(
+                    url,
+                    bearer,
+                    issuer,
                     config.authorized_parties.clone(),
                     &config.limits,
-                )
-            })
+                ))
+            }
         };
         let signing_key = match &config.signing_secret {
             Some(s) => s.expose().as_bytes().to_vec(),
@@ -218,8 +221,9 @@ pub fn redact_url(url: &str) -> String {
 pub fn check_auth_safety(config: &Config) -> anyhow::Result<()> {
     if !config.has_real_auth() && !config.bind.ip().is_loopback() {
         anyhow::bail!(
-            "refusing to listen on {} without authentication: set STOWAGE_JWT_PUBLIC_KEY \
-             (or CLERK_JWT_KEY) or STOWAGE_JWKS_URL, or bind to 127.0.0.1 for development sign-in",
+            "refusing to listen on {} without authentication: set CLERK_SECRET_KEY or \
+             CLERK_PUBLISHABLE_KEY, STOWAGE_JWT_PUBLIC_KEY (or CLERK_JWT_KEY) or \
+             STOWAGE_JWKS_URL, or bind to 127.0.0.1 for development sign-in",
             config.bind
         );
     }
@@ -254,7 +258,8 @@ pub async fn serve(
              Requests that carry forwarding headers (Forwarded, X-Forwarded-*, X-Real-IP) or a \
              Host that is not a loopback name are refused, so a reverse proxy cannot publish it, \
              but any local process can still sign in. \
-             Configure STOWAGE_JWT_PUBLIC_KEY or STOWAGE_JWKS_URL for real use."
+             Configure CLERK_SECRET_KEY, CLERK_PUBLISHABLE_KEY, STOWAGE_JWT_PUBLIC_KEY or \
+             STOWAGE_JWKS_URL for real use."
         );
     }
     tracing::info!(%addr, database = state.meta.backend(), blobs = state.blobs.kind(), "stowage listening");

@@ -12,7 +12,7 @@ use crate::{
     config::Config,
     domain::size::{format_size, parse_size},
     jobs::cleanup,
-    ops::{audit, backup, doctor, progress::Progress},
+    ops::{audit, backup, backup_dest, doctor, progress::Progress},
     telemetry,
 };
 
@@ -129,15 +129,18 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
 
 #[derive(Subcommand, Debug)]
 pub enum BackupCmd {
-    /// Write one archive (database snapshot, referenced blobs, manifest) into DIR.
+    /// Write one archive (database snapshot, referenced blobs, manifest) into
+    /// DEST: a directory, or s3://bucket/prefix in any S3-compatible store
+    /// (STOWAGE_S3_ENDPOINT, STOWAGE_S3_REGION, AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY, as for blobs), streamed as one multipart upload.
     Create {
-        /// Destination directory.
-        #[arg(long, value_name = "DIR")]
-        dest: PathBuf,
-        /// Keep only the newest N stowage archives in DIR.
+        /// Destination: a directory or s3://bucket/prefix.
+        #[arg(long, value_name = "DEST")]
+        dest: String,
+        /// Keep only the newest N stowage archives in DEST.
         #[arg(long, value_name = "N", conflicts_with = "keep_days")]
         keep: Option<usize>,
-        /// Delete stowage archives in DIR older than D days.
+        /// Delete stowage archives in DEST older than D days.
         #[arg(long, value_name = "D")]
         keep_days: Option<u64>,
         /// Compress the archive with gzip (media rarely shrinks; costs CPU).
@@ -149,24 +152,27 @@ pub enum BackupCmd {
         #[arg(long)]
         json: bool,
     },
-    /// List the archives in DIR with date, size and file count.
+    /// List the archives in DEST (a directory or s3://bucket/prefix) with
+    /// date, size and file count.
     List {
-        #[arg(long, value_name = "DIR")]
-        dest: PathBuf,
+        #[arg(long, value_name = "DEST")]
+        dest: String,
         #[arg(long)]
         json: bool,
     },
-    /// Re-read an archive end to end and check every sum; exits non-zero on any problem.
+    /// Re-read an archive (a file or s3://bucket/prefix/<archive name>) end
+    /// to end and check every sum; exits non-zero on any problem.
     Verify {
-        archive: PathBuf,
+        archive: String,
         #[arg(long)]
         progress: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Rebuild the configured (empty) database and volume from an archive.
+    /// Rebuild the configured (empty) database and volume from an archive
+    /// (a file or s3://bucket/prefix/<archive name>).
     Restore {
-        archive: PathBuf,
+        archive: String,
         #[arg(long)]
         progress: bool,
         #[arg(long)]
@@ -484,6 +490,7 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
             progress,
             json,
         } => {
+            let dest = backup_dest::Dest::parse(&dest, &config)?;
             let state = state(config).await?;
             let opts = backup::CreateOptions {
                 dest,
@@ -514,7 +521,8 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
             }
         }
         BackupCmd::List { dest, json } => {
-            let list = backup::list(&dest)?;
+            let dest = backup_dest::Dest::parse(&dest, &config)?;
+            let list = backup::list_at(&dest).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -548,8 +556,8 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
             progress,
             json,
         } => {
-            let p = Progress::new("verify", progress);
-            let r = tokio::task::spawn_blocking(move || backup::verify(&archive, p)).await??;
+            let archive = backup_dest::Location::parse(&archive, &config)?;
+            let r = backup::verify_at(&archive, Progress::new("verify", progress)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -573,8 +581,10 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
             progress,
             json,
         } => {
+            let archive = backup_dest::Location::parse(&archive, &config)?;
             let state = AppState::build(config).await?;
-            let r = backup::restore(&state, &archive, Progress::new("restore", progress)).await?;
+            let r =
+                backup::restore_from(&state, &archive, Progress::new("restore", progress)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

@@ -52,6 +52,18 @@ pub struct Config {
     pub max_file_size: u64,
     pub jwt_public_key: Option<Secret>,
     pub jwks_url: Option<String>,
+    /// Clerk's secret key: the JWKS comes from the Backend API with it as
+    /// the bearer. Never logged.
+    pub clerk_secret_key: Option<Secret>,
+    /// Clerk's publishable key: names the Frontend API, whose JWKS it may
+    /// use and whose URL is then the required `iss`.
+    pub clerk_publishable_key: Option<String>,
+    /// The Backend API base (`STOWAGE_CLERK_API_URL`); `None` for Clerk's.
+    pub clerk_api_url: Option<String>,
+    /// The Frontend API base instead of the one the publishable key names
+    /// (`STOWAGE_CLERK_FRONTEND_API_URL`).
+    pub clerk_frontend_api_url: Option<String>,
+    /// Required `iss`; see [`Config::token_issuer`] for the default.
     pub jwt_issuer: Option<String>,
     pub authorized_parties: Vec<String>,
     pub admin_token: Option<Secret>,
@@ -281,6 +293,37 @@ impl IpNet {
     }
 }
 
+/// Where the keys that verify session tokens come from
+/// ([`Config::token_keys`]).
+#[derive(Clone, Debug)]
+pub enum TokenKeys {
+    /// No real auth: development sign-in on loopback only.
+    None,
+    /// A PEM public key, networkless.
+    Pem(Secret),
+    /// A JWKS endpoint, fetched with `bearer` when set.
+    Jwks {
+        url: String,
+        bearer: Option<Secret>,
+        /// The setting that named it, for logs and `doctor`.
+        source: &'static str,
+    },
+}
+
+/// A base URL setting must be `http(s)://…`.
+fn check_base_url(name: &'static str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(r) if !r.is_empty() && !r.bytes().any(|b| b.is_ascii_whitespace()) => Ok(()),
+        _ => Err(invalid(
+            name,
+            format!("{url:?}: expected http(s)://host[:port]"),
+        )),
+    }
+}
+
 /// The on-disk TOML shape; every field optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -293,6 +336,10 @@ struct FileConfig {
     max_file_size: Option<toml::Value>,
     jwt_public_key: Option<Secret>,
     jwks_url: Option<String>,
+    clerk_secret_key: Option<Secret>,
+    clerk_publishable_key: Option<String>,
+    clerk_api_url: Option<String>,
+    clerk_frontend_api_url: Option<String>,
     jwt_issuer: Option<String>,
     authorized_parties: Option<Vec<String>>,
     admin_token: Option<Secret>,
@@ -847,6 +894,17 @@ impl Config {
                 .map(Secret)
                 .or(fc.jwt_public_key),
             jwks_url: env_any(&["STOWAGE_JWKS_URL"]).or(fc.jwks_url),
+            clerk_secret_key: env_any(&["STOWAGE_CLERK_SECRET_KEY", "CLERK_SECRET_KEY"])
+                .map(|s| Secret(s.trim().to_string()))
+                .or(fc.clerk_secret_key),
+            clerk_publishable_key: env_any(&[
+                "STOWAGE_CLERK_PUBLISHABLE_KEY",
+                "CLERK_PUBLISHABLE_KEY",
+            ])
+            .or(fc.clerk_publishable_key),
+            clerk_api_url: env_any(&["STOWAGE_CLERK_API_URL"]).or(fc.clerk_api_url),
+            clerk_frontend_api_url: env_any(&["STOWAGE_CLERK_FRONTEND_API_URL"])
+                .or(fc.clerk_frontend_api_url),
             jwt_issuer: env_any(&["STOWAGE_JWT_ISSUER"]).or(fc.jwt_issuer),
             authorized_parties: env_any(&["STOWAGE_AUTHORIZED_PARTIES"])
                 .map(|s| comma_list(&s))
@@ -944,6 +1002,8 @@ impl Config {
         for origin in &cfg.cors_origins {
             check_origin(origin)?;
         }
+        // Malformed Clerk keys or URLs stop start-up here, with the name.
+        cfg.token_keys()?;
         if cfg.blob_store == BlobBackend::S3 && cfg.s3_bucket.is_none() {
             return Err(invalid(
                 "STOWAGE_S3_BUCKET",
@@ -968,9 +1028,93 @@ impl Config {
         }
     }
 
-    /// True when real token verification is configured.
+    /// True when real token verification is configured (a PEM, a JWKS URL
+    /// or a Clerk key).
     pub fn has_real_auth(&self) -> bool {
-        self.jwt_public_key.is_some() || self.jwks_url.is_some()
+        self.jwt_public_key.is_some()
+            || self.jwks_url.is_some()
+            || self.clerk_secret_key.is_some()
+            || self.clerk_publishable_key.is_some()
+    }
+
+    /// The Clerk Frontend API base URL in effect: the override, else
+    /// `https://<host>` of the publishable key. A malformed publishable key
+    /// is an error even when overridden.
+    pub fn clerk_frontend_api(&self) -> Result<Option<String>, ConfigError> {
+        let derived = match &self.clerk_publishable_key {
+            Some(pk) => Some(format!(
+                "https://{}",
+                crate::auth::clerk::frontend_api_host(pk)
+                    .map_err(|e| invalid("CLERK_PUBLISHABLE_KEY", e))?
+            )),
+            None => None,
+        };
+        match &self.clerk_frontend_api_url {
+            Some(url) => {
+                check_base_url("STOWAGE_CLERK_FRONTEND_API_URL", url)?;
+                Ok(Some(url.trim_end_matches('/').to_string()))
+            }
+            None => Ok(derived),
+        }
+    }
+
+    /// Where session-token keys come from. The first configured of: the PEM
+    /// (`STOWAGE_JWT_PUBLIC_KEY`/`CLERK_JWT_KEY`, networkless), the JWKS URL
+    /// (`STOWAGE_JWKS_URL`), Clerk's Backend API with the secret key, the
+    /// Frontend API the publishable key names. Explicit settings win over
+    /// derived ones, and the authenticated Backend API over the public
+    /// Frontend API; see docs/configuration.md.
+    pub fn token_keys(&self) -> Result<TokenKeys, ConfigError> {
+        if let Some(sk) = &self.clerk_secret_key {
+            crate::auth::clerk::check_secret_key(sk.expose())
+                .map_err(|e| invalid("CLERK_SECRET_KEY", e))?;
+        }
+        if let Some(url) = &self.clerk_api_url {
+            check_base_url("STOWAGE_CLERK_API_URL", url)?;
+        }
+        if let Some(url) = &self.jwks_url {
+            check_base_url("STOWAGE_JWKS_URL", url)?;
+        }
+        let frontend = self.clerk_frontend_api()?;
+        if let Some(pem) = &self.jwt_public_key {
+            return Ok(TokenKeys::Pem(pem.clone()));
+        }
+        if let Some(url) = &self.jwks_url {
+            return Ok(TokenKeys::Jwks {
+                url: url.clone(),
+                bearer: None,
+                source: "STOWAGE_JWKS_URL",
+            });
+        }
+        if let Some(sk) = &self.clerk_secret_key {
+            let api = self
+                .clerk_api_url
+                .as_deref()
+                .unwrap_or(crate::auth::clerk::DEFAULT_API_URL);
+            return Ok(TokenKeys::Jwks {
+                url: crate::auth::clerk::backend_jwks_url(api),
+                bearer: Some(sk.clone()),
+                source: "CLERK_SECRET_KEY (Clerk Backend API)",
+            });
+        }
+        if let Some(frontend) = frontend {
+            return Ok(TokenKeys::Jwks {
+                url: crate::auth::clerk::frontend_jwks_url(&frontend),
+                bearer: None,
+                source: "CLERK_PUBLISHABLE_KEY (Clerk Frontend API)",
+            });
+        }
+        Ok(TokenKeys::None)
+    }
+
+    /// The `iss` every token must carry: `STOWAGE_JWT_ISSUER` when set, else
+    /// the Clerk Frontend API URL when a publishable key (or its override)
+    /// names one, whichever source supplies the keys; else none.
+    pub fn token_issuer(&self) -> Result<Option<String>, ConfigError> {
+        match &self.jwt_issuer {
+            Some(iss) => Ok(Some(iss.clone())),
+            None => self.clerk_frontend_api(),
+        }
     }
 
     /// Development sign-in is allowed only without real auth and on loopback.
@@ -1071,6 +1215,118 @@ mod tests {
         )])
         .unwrap();
         assert_eq!(ok.cors_origins.len(), 2);
+    }
+
+    /// `pk_test_` + base64 of `host$`, as Clerk writes them.
+    fn publishable(host: &str) -> String {
+        use base64::Engine;
+        format!(
+            "pk_test_{}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{host}$"))
+        )
+    }
+
+    #[test]
+    fn clerk_keys_name_their_endpoints_in_order() {
+        let pk = publishable("happy-cat-12.clerk.accounts.dev");
+        let sk = "sk_test_0123456789abcdefABCDEF";
+        let jwks = |c: &Config| match c.token_keys().unwrap() {
+            TokenKeys::Jwks { url, bearer, .. } => (url, bearer.map(|b| b.0)),
+            other => panic!("{other:?}"),
+        };
+
+        // The publishable key alone: the Frontend API's JWKS, and its URL as `iss`.
+        let c = with_env(&[("CLERK_PUBLISHABLE_KEY", &pk)]).unwrap();
+        assert!(c.has_real_auth() && !c.dev_login());
+        assert_eq!(
+            jwks(&c),
+            (
+                "https://happy-cat-12.clerk.accounts.dev/.well-known/jwks.json".into(),
+                None
+            )
+        );
+        assert_eq!(
+            c.token_issuer().unwrap().as_deref(),
+            Some("https://happy-cat-12.clerk.accounts.dev")
+        );
+
+        // The secret key: the Backend API with it as the bearer; with the
+        // publishable key too, `iss` is still the Frontend API.
+        let c = with_env(&[("CLERK_SECRET_KEY", sk), ("CLERK_PUBLISHABLE_KEY", &pk)]).unwrap();
+        assert_eq!(
+            jwks(&c),
+            ("https://api.clerk.com/v1/jwks".into(), Some(sk.to_string()))
+        );
+        assert_eq!(
+            c.token_issuer().unwrap().as_deref(),
+            Some("https://happy-cat-12.clerk.accounts.dev")
+        );
+        let c = with_env(&[("STOWAGE_CLERK_SECRET_KEY", sk)]).unwrap();
+        assert!(c.has_real_auth());
+        assert_eq!(c.token_issuer().unwrap(), None);
+
+        // Overridden bases, and an explicit issuer.
+        let c = with_env(&[
+            ("CLERK_SECRET_KEY", sk),
+            ("STOWAGE_CLERK_API_URL", "http://127.0.0.1:9/"),
+        ])
+        .unwrap();
+        assert_eq!(jwks(&c).0, "http://127.0.0.1:9/v1/jwks");
+        let c = with_env(&[
+            ("STOWAGE_CLERK_PUBLISHABLE_KEY", &pk),
+            ("STOWAGE_CLERK_FRONTEND_API_URL", "http://127.0.0.1:8"),
+            ("STOWAGE_JWT_ISSUER", "https://issuer.example.com"),
+        ])
+        .unwrap();
+        assert_eq!(jwks(&c).0, "http://127.0.0.1:8/.well-known/jwks.json");
+        assert_eq!(
+            c.token_issuer().unwrap().as_deref(),
+            Some("https://issuer.example.com")
+        );
+
+        // Explicit settings win: STOWAGE_JWKS_URL over the Clerk keys, the
+        // PEM over everything.
+        let c = with_env(&[
+            ("CLERK_SECRET_KEY", sk),
+            ("STOWAGE_JWKS_URL", "https://idp.example.com/jwks"),
+        ])
+        .unwrap();
+        assert_eq!(jwks(&c), ("https://idp.example.com/jwks".into(), None));
+        let c = with_env(&[("CLERK_SECRET_KEY", sk), ("CLERK_JWT_KEY", "PEM")]).unwrap();
+        assert!(matches!(c.token_keys().unwrap(), TokenKeys::Pem(_)));
+
+        // Nothing configured: development sign-in.
+        let c = with_env(&[]).unwrap();
+        assert!(matches!(c.token_keys().unwrap(), TokenKeys::None));
+        assert!(!c.has_real_auth());
+    }
+
+    #[test]
+    fn malformed_clerk_keys_stop_start_up_without_printing_them() {
+        let secret_tail = "s3cr3tPart";
+        for (k, v) in [
+            ("CLERK_SECRET_KEY", format!("pk_test_{secret_tail}")),
+            ("CLERK_SECRET_KEY", format!("sk_test_{secret_tail} x")),
+            ("STOWAGE_CLERK_SECRET_KEY", secret_tail.to_string()),
+            ("CLERK_PUBLISHABLE_KEY", format!("pk_test_{secret_tail}")),
+            ("STOWAGE_CLERK_PUBLISHABLE_KEY", "pk_live_".to_string()),
+            ("CLERK_PUBLISHABLE_KEY", publishable("bad/host")),
+            ("STOWAGE_CLERK_API_URL", "api.clerk.com".to_string()),
+            ("STOWAGE_CLERK_FRONTEND_API_URL", "ftp://x".to_string()),
+        ] {
+            let with = [(k, v.as_str()), ("CLERK_SECRET_KEY", "sk_test_ok")];
+            let vars = if k.contains("SECRET") {
+                &with[..1]
+            } else {
+                &with[..]
+            };
+            let e = with_env(vars).unwrap_err().to_string();
+            assert!(e.contains(k.trim_start_matches("STOWAGE_")), "{k}={v}: {e}");
+            assert!(!e.contains(secret_tail), "{k}: the key is echoed: {e}");
+        }
+        // And the secret key never shows in the configuration's Debug.
+        let c = with_env(&[("CLERK_SECRET_KEY", "sk_live_topsecret")]).unwrap();
+        assert!(!format!("{c:?}").contains("topsecret"));
     }
 
     #[test]

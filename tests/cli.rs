@@ -674,6 +674,90 @@ async fn doctor_checks_the_jwks_keys_and_the_clock_against_the_key_server() {
     assert!(detail.contains("none usable"), "{detail}");
 }
 
+/// Clerk's Backend API as far as `GET /v1/jwks` goes: the JWKS to a
+/// request with `Authorization: Bearer {secret}`, 401 to any other.
+async fn fake_clerk_api(secret: &'static str) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).to_string();
+                let authorized = head.starts_with("GET /v1/jwks ")
+                    && head.lines().any(|l| {
+                        l.split_once(':').is_some_and(|(k, v)| {
+                            k.eq_ignore_ascii_case("authorization")
+                                && v.trim() == format!("Bearer {secret}")
+                        })
+                    });
+                let (status, body) = if authorized {
+                    ("200 OK", jwks_body())
+                } else {
+                    ("401 Unauthorized", r#"{"errors":[]}"#.to_string())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_the_clerk_backend_api_with_the_secret_key() {
+    const SECRET: &str = "sk_test_doctorCheck0123456789";
+    let mut env = healthy(Engine::Sqlite).await;
+    env.vars.retain(|(k, _)| k != "STOWAGE_JWT_PUBLIC_KEY");
+    env.set("STOWAGE_CLERK_API_URL", &fake_clerk_api(SECRET).await);
+    env.set("CLERK_SECRET_KEY", SECRET);
+    let v = env.json(&["doctor", "--json"]).await;
+    let all = checks(&v);
+    let auth = all.iter().find(|c| c.0 == "auth").unwrap();
+    assert_eq!(auth.1, "ok", "{v}");
+    assert!(
+        auth.2.contains("CLERK_SECRET_KEY") && auth.2.contains("1 usable key"),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains("doctorCheck"),
+        "the key is shown: {v}"
+    );
+
+    // Another instance's secret key: the Backend API answers 401.
+    env.set("CLERK_SECRET_KEY", "sk_test_someOtherInstance");
+    let detail = doctor_fails(&env, "auth").await;
+    assert!(detail.contains("401"), "{detail}");
+    assert!(!detail.contains("someOtherInstance"), "{detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_clerk_keys_stop_serve_and_doctor_with_their_name() {
+    let mut env = healthy(Engine::Sqlite).await;
+    env.set("CLERK_SECRET_KEY", "pk_test_pastedTheWrongKey");
+    let detail = doctor_fails(&env, "config").await;
+    assert!(detail.contains("CLERK_SECRET_KEY"), "{detail}");
+    assert!(!detail.contains("pastedTheWrongKey"), "{detail}");
+
+    let mut env = healthy(Engine::Sqlite).await;
+    env.set("CLERK_PUBLISHABLE_KEY", "pk_live_bm90IGEgaG9zdA");
+    let out = env.run(&["serve"]).await;
+    assert!(!out.status.success(), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CLERK_PUBLISHABLE_KEY"), "{}", show(&out));
+    assert!(!err.contains("panicked"), "{}", show(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_reports_a_configuration_that_does_not_load() {
     let mut env = healthy(Engine::Sqlite).await;

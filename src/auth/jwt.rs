@@ -1,5 +1,6 @@
 //! Session JWT verification, networkless (a PEM public key, as Clerk's
-//! `CLERK_JWT_KEY`) or through a JWKS endpoint.
+//! `CLERK_JWT_KEY`) or through a JWKS endpoint (any, or Clerk's Backend API
+//! with the secret key as the bearer; see [`super::clerk`]).
 //!
 //! Only RS256 and ES256 are accepted, and the algorithm must fit the key
 //! type, so `alg: none` and "HMAC signed with the public key" tokens fail.
@@ -32,7 +33,7 @@ use jsonwebtoken::{
 use serde::Deserialize;
 
 use super::AuthError;
-use crate::config::Limits;
+use crate::config::{Limits, Secret};
 
 /// Leeway for `exp`/`nbf`, seconds.
 const LEEWAY: u64 = 5;
@@ -56,12 +57,14 @@ struct Key {
 
 enum Source {
     Static(Arc<Key>),
-    Jwks(Jwks),
+    Jwks(Box<Jwks>),
 }
 
 /// The JWKS endpoint and what it last gave.
 struct Jwks {
     url: String,
+    /// Sent as `Authorization: Bearer` (Clerk's secret key); never logged.
+    bearer: Option<Secret>,
     http: reqwest::Client,
     /// Whole-fetch deadline, connect to last byte.
     timeout: Duration,
@@ -136,10 +139,12 @@ impl Verifier {
         })
     }
 
-    /// From a JWKS URL; keys are fetched lazily and cached, with the refetch
-    /// interval and fetch timeout of `limits`.
+    /// From a JWKS URL, fetched with `bearer` as the bearer token when set;
+    /// keys are fetched lazily and cached, with the refetch interval and
+    /// fetch timeout of `limits`.
     pub fn from_jwks(
         url: String,
+        bearer: Option<Secret>,
         issuer: Option<String>,
         parties: Vec<String>,
         limits: &Limits,
@@ -150,14 +155,15 @@ impl Verifier {
             .build()
             .expect("http client");
         Verifier {
-            source: Arc::new(Source::Jwks(Jwks {
+            source: Arc::new(Source::Jwks(Box::new(Jwks {
                 url,
+                bearer,
                 http,
                 timeout: limits.jwks_timeout,
                 min_interval: limits.jwks_refresh,
                 keys: RwLock::new(HashMap::new()),
                 refresh: tokio::sync::Mutex::new(Refresh::default()),
-            })),
+            }))),
             issuer,
             parties,
         }
@@ -264,9 +270,12 @@ impl Jwks {
     /// One GET of the set, size-capped; keys without a `kid` or of another
     /// type than RSA or EC are skipped.
     async fn fetch(&self) -> Result<HashMap<String, Key>, String> {
-        let mut resp = self
-            .http
-            .get(&self.url)
+        let mut req = self.http.get(&self.url);
+        if let Some(b) = &self.bearer {
+            // reqwest marks the header sensitive.
+            req = req.bearer_auth(b.expose());
+        }
+        let mut resp = req
             .send()
             .await
             .and_then(|r| r.error_for_status())

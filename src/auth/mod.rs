@@ -1,11 +1,14 @@
 //! Identity: who is calling.
 //!
 //! - [`jwt`]: session tokens (Clerk or any OIDC IdP), RS256/ES256 only.
+//! - [`clerk`]: where a Clerk instance's token keys are, from its secret or
+//!   publishable key.
 //! - [`dev`]: development sign-in for a loopback server without real auth.
 //! - [`signed_url`]: HMAC-signed, expiring download links that need no session.
 //!
 //! The HTTP extractors that apply these live in `http::extract`.
 
+pub mod clerk;
 pub mod dev;
 pub mod jwt;
 pub mod signed_url;

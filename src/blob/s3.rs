@@ -57,38 +57,44 @@ pub struct S3Store {
     op: Operator,
 }
 
+/// A client for the bucket and prefix of `o`, with the timeouts and retries
+/// the blob store uses; backups to an S3 destination go through it too
+/// (`ops::backup_dest`), so both reach a store the same way.
+pub fn operator(o: &S3Options) -> BlobResult<Operator> {
+    let mut b = opendal::services::S3::default()
+        .bucket(&o.bucket)
+        .region(&o.region)
+        .root(&format!("/{}", o.prefix.trim_matches('/')))
+        // Credentials come from the options (read from AWS_* by the
+        // config), never from instance metadata or ~/.aws.
+        .disable_config_load()
+        .disable_ec2_metadata();
+    if let Some(e) = &o.endpoint {
+        b = b.endpoint(e);
+    }
+    if let (Some(k), Some(s)) = (&o.access_key_id, &o.secret_access_key) {
+        b = b.access_key_id(k).secret_access_key(s);
+    }
+    Ok(Operator::new(b)
+        .map_err(to_blob)?
+        .layer(
+            TimeoutLayer::new()
+                .with_timeout(Duration::from_secs(60))
+                .with_io_timeout(Duration::from_secs(30)),
+        )
+        .layer(
+            RetryLayer::new()
+                .with_max_times(4)
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .with_jitter(),
+        )
+        .finish())
+}
+
 impl S3Store {
     pub fn open(o: &S3Options) -> BlobResult<S3Store> {
-        let mut b = opendal::services::S3::default()
-            .bucket(&o.bucket)
-            .region(&o.region)
-            .root(&format!("/{}", o.prefix.trim_matches('/')))
-            // Credentials come from the options (read from AWS_* by the
-            // config), never from instance metadata or ~/.aws.
-            .disable_config_load()
-            .disable_ec2_metadata();
-        if let Some(e) = &o.endpoint {
-            b = b.endpoint(e);
-        }
-        if let (Some(k), Some(s)) = (&o.access_key_id, &o.secret_access_key) {
-            b = b.access_key_id(k).secret_access_key(s);
-        }
-        let op = Operator::new(b)
-            .map_err(to_blob)?
-            .layer(
-                TimeoutLayer::new()
-                    .with_timeout(Duration::from_secs(60))
-                    .with_io_timeout(Duration::from_secs(30)),
-            )
-            .layer(
-                RetryLayer::new()
-                    .with_max_times(4)
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(2))
-                    .with_jitter(),
-            )
-            .finish();
-        Ok(S3Store { op })
+        Ok(S3Store { op: operator(o)? })
     }
 
     fn segment_key(id: Uuid, start: u64) -> String {

@@ -22,12 +22,18 @@
 //! while hashed (bounded memory). A file deleted after the snapshot is
 //! skipped and recorded in the manifest; `restore` leaves its row out.
 //! Upload reservations, tus uploads and jobs are not part of a backup.
+//!
+//! Archives are written to and read from a [`Dest`]: a directory, or a
+//! prefix in an S3-compatible bucket ([`super::backup_dest`]). Either way an
+//! archive is one stream, written once front to back and read once front to
+//! back, so memory stays bounded whatever its size and a remote archive is
+//! never copied to local disk; only the database rows are staged locally.
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
     io::{BufRead, BufReader, BufWriter, Read, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -41,7 +47,10 @@ use sqlx::Row;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
-use super::progress::Progress;
+use super::{
+    backup_dest::{ArchiveSink, Dest, Location},
+    progress::Progress,
+};
 use crate::{
     app::AppState,
     blob::{BlobError, BlobStore},
@@ -145,7 +154,8 @@ pub enum ManifestLine {
 /// How `create` runs.
 #[derive(Debug)]
 pub struct CreateOptions {
-    pub dest: PathBuf,
+    /// A directory or an `s3://bucket/prefix`.
+    pub dest: Dest,
     /// Keep the newest N archives in `dest` (N ≥ 1).
     pub keep: Option<usize>,
     /// Delete archives older than this many days.
@@ -157,6 +167,7 @@ pub struct CreateOptions {
 /// What `create` wrote.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CreateReport {
+    /// The archive: a file path, or `s3://bucket/prefix/name`.
     pub path: PathBuf,
     pub header: BackupHeader,
     pub archive_bytes: u64,
@@ -164,13 +175,14 @@ pub struct CreateReport {
     pub blobs: u64,
     pub blob_bytes: u64,
     pub skipped: Vec<ManifestLine>,
-    /// Archives deleted by retention.
+    /// Archives deleted by retention (paths or `s3://` URLs).
     pub removed: Vec<PathBuf>,
 }
 
-/// One archive in a destination directory.
+/// One archive in a destination.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ArchiveInfo {
+    /// A file path, or `s3://bucket/prefix/name`.
     pub path: PathBuf,
     /// From the file name.
     pub created_at: DateTime<Utc>,
@@ -264,10 +276,10 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// The archive file, plain or gzip.
+/// The archive stream, plain or gzip.
 enum ArchiveWriter {
-    Plain(BufWriter<File>),
-    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
+    Plain(Box<dyn ArchiveSink>),
+    Gzip(flate2::write::GzEncoder<Box<dyn ArchiveSink>>),
 }
 
 impl Write for ArchiveWriter {
@@ -286,41 +298,53 @@ impl Write for ArchiveWriter {
 }
 
 impl ArchiveWriter {
-    fn finish(self) -> std::io::Result<File> {
-        let buf = match self {
-            ArchiveWriter::Plain(w) => w,
-            ArchiveWriter::Gzip(w) => w.finish()?,
-        };
-        buf.into_inner().map_err(|e| e.into_error())
+    fn finish(self) -> std::io::Result<Box<dyn ArchiveSink>> {
+        match self {
+            ArchiveWriter::Plain(w) => Ok(w),
+            ArchiveWriter::Gzip(w) => w.finish(),
+        }
     }
 }
 
 /// Opens an archive for reading, decompressing when it is gzip.
 fn open_archive(path: &Path) -> anyhow::Result<tar::Archive<Box<dyn Read>>> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    archive_from(Box::new(f))
+}
+
+/// An archive over any byte stream (a file, a streaming GET), read once
+/// from the front; gzip is recognised by its first two bytes.
+fn archive_from(mut r: Box<dyn Read + Send>) -> anyhow::Result<tar::Archive<Box<dyn Read>>> {
     let mut magic = [0u8; 2];
-    let n = f.read(&mut magic)?;
-    let f = File::open(path)?;
+    let mut n = 0;
+    while n < magic.len() {
+        match r.read(&mut magic[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    let r = std::io::Cursor::new(magic[..n].to_vec()).chain(r);
     let r: Box<dyn Read> = if n == 2 && magic == [0x1f, 0x8b] {
         Box::new(flate2::read::GzDecoder::new(BufReader::with_capacity(
             256 * 1024,
-            f,
+            r,
         )))
     } else {
-        Box::new(BufReader::with_capacity(256 * 1024, f))
+        Box::new(BufReader::with_capacity(256 * 1024, r))
     };
     Ok(tar::Archive::new(r))
 }
 
-fn mkdirs(p: &Path) -> std::io::Result<()> {
+/// Opens `loc` on a blocking thread.
+fn open_location(loc: &Location) -> anyhow::Result<tar::Archive<Box<dyn Read>>> {
+    archive_from(loc.open(None, &tokio::runtime::Handle::current())?)
+}
+
+pub(crate) fn mkdirs(p: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(p)
-}
-
-fn fsync_dir(p: &Path) -> std::io::Result<()> {
-    File::open(p)?.sync_all()
 }
 
 fn entry_path(e: &tar::Entry<'_, impl Read>) -> anyhow::Result<String> {
@@ -536,7 +560,10 @@ async fn snapshot(
 
 /// Everything the blocking archive writer needs.
 struct Pack {
-    partial: PathBuf,
+    dest: Dest,
+    name: String,
+    /// About how large the archive will be (sizes the upload's parts).
+    expected: u64,
     gzip: bool,
     blobs: Arc<dyn BlobStore>,
     rt: tokio::runtime::Handle,
@@ -551,6 +578,7 @@ struct Packed {
     blobs: u64,
     blob_bytes: u64,
     skipped: Vec<ManifestLine>,
+    archive_bytes: u64,
 }
 
 /// Creates one archive in `opts.dest`, then applies retention.
@@ -558,11 +586,15 @@ pub async fn create(state: &AppState, mut opts: CreateOptions) -> anyhow::Result
     if opts.keep == Some(0) {
         bail!("--keep must be at least 1");
     }
-    mkdirs(&opts.dest).with_context(|| format!("creating {}", opts.dest.display()))?;
+    opts.dest.check().await?;
     let stamp = Utc::now();
     let name = archive_name(stamp, opts.gzip);
-    let final_path = opts.dest.join(&name);
-    let work = opts.dest.join(format!(".{name}.work"));
+    // The rows are staged beside a directory archive, as they always were;
+    // for a remote one, in the volume's scratch directory.
+    let work = match &opts.dest {
+        Dest::Dir(d) => d.join(format!(".{name}.work")),
+        Dest::S3(_) => scratch_root(state).join(format!("backup-{}", Uuid::new_v4())),
+    };
     mkdirs(&work)?;
     let _cleanup = RemoveOnDrop(work.clone());
     let users = work.join("user_storage.jsonl");
@@ -586,9 +618,12 @@ pub async fn create(state: &AppState, mut opts: CreateOptions) -> anyhow::Result
         "snapshot: {} user(s), {} file(s), {} bytes; copying blobs",
         counts.users, counts.files, counts.bytes
     ));
-    let partial = opts.dest.join(format!(".{name}.partial"));
+    let dump_bytes = std::fs::metadata(&users)?.len() + std::fs::metadata(&files)?.len();
     let pack = Pack {
-        partial: partial.clone(),
+        dest: opts.dest.clone(),
+        name: name.clone(),
+        // Blobs, rows, a manifest line and two tar headers per file.
+        expected: counts.bytes + 2 * dump_bytes + counts.files * 1536 + 64 * 1024,
         gzip: opts.gzip,
         blobs: state.blobs.clone(),
         rt: tokio::runtime::Handle::current(),
@@ -598,25 +633,17 @@ pub async fn create(state: &AppState, mut opts: CreateOptions) -> anyhow::Result
         manifest: work.join("manifest.jsonl"),
         progress: std::mem::replace(&mut opts.progress, Progress::off()),
     };
-    let packed = tokio::task::spawn_blocking(move || write_archive(pack)).await?;
-    let packed = match packed {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
-        }
-    };
-    std::fs::rename(&partial, &final_path)?;
-    fsync_dir(&opts.dest)?;
+    // The sink leaves nothing behind when this fails.
+    let packed = tokio::task::spawn_blocking(move || write_archive(pack)).await??;
     for s in &packed.skipped {
         if let ManifestLine::Skipped { key, reason, .. } = s {
             tracing::warn!(key, reason, "blob not in backup");
         }
     }
-    let removed = apply_retention(&opts.dest, opts.keep, opts.keep_days, &name)?;
+    let removed = retention(&opts.dest, opts.keep, opts.keep_days, &name).await?;
     Ok(CreateReport {
-        archive_bytes: std::fs::metadata(&final_path)?.len(),
-        path: final_path,
+        archive_bytes: packed.archive_bytes,
+        path: PathBuf::from(opts.dest.location(&name).display()),
         header,
         blobs: packed.blobs,
         blob_bytes: packed.blob_bytes,
@@ -635,20 +662,14 @@ fn tar_header(size: u64, mtime: u64) -> tar::Header {
 }
 
 fn write_archive(mut p: Pack) -> anyhow::Result<Packed> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&p.partial)
-        .with_context(|| format!("creating {}", p.partial.display()))?;
-    let buf = BufWriter::with_capacity(1024 * 1024, file);
+    let sink = p.dest.create_sink(&p.name, p.expected, &p.rt)?;
     let writer = if p.gzip {
         ArchiveWriter::Gzip(flate2::write::GzEncoder::new(
-            buf,
+            sink,
             flate2::Compression::fast(),
         ))
     } else {
-        ArchiveWriter::Plain(buf)
+        ArchiveWriter::Plain(sink)
     };
     let mut tar = tar::Builder::new(writer);
     let mtime = p.header.created_at.timestamp().max(0) as u64;
@@ -693,6 +714,7 @@ fn write_archive(mut p: Pack) -> anyhow::Result<Packed> {
         blobs: 0,
         blob_bytes: 0,
         skipped: Vec::new(),
+        archive_bytes: 0,
     };
     let (mut files, mut thumbs) = (0u64, 0u64);
     let rows = BufReader::new(File::open(&p.files)?);
@@ -773,8 +795,7 @@ fn write_archive(mut p: Pack) -> anyhow::Result<Packed> {
     let mut mf = File::open(&p.manifest)?;
     let size = mf.metadata()?.len();
     tar.append_data(&mut tar_header(size, mtime), MANIFEST_ENTRY, &mut mf)?;
-    let file = tar.into_inner()?.finish()?;
-    file.sync_all()?;
+    packed.archive_bytes = tar.into_inner()?.finish()?.commit()?;
     p.progress.say(format!(
         "archived {} blob(s), {} bytes",
         packed.blobs, packed.blob_bytes
@@ -786,7 +807,10 @@ fn write_archive(mut p: Pack) -> anyhow::Result<Packed> {
 
 /// Reads the header entry of an archive.
 pub fn read_header(path: &Path) -> anyhow::Result<BackupHeader> {
-    let mut ar = open_archive(path)?;
+    header_of(open_archive(path)?)
+}
+
+fn header_of(mut ar: tar::Archive<Box<dyn Read>>) -> anyhow::Result<BackupHeader> {
     let mut entries = ar.entries()?;
     let mut first = entries.next().context("empty archive")??;
     if entry_path(&first)? != HEADER_ENTRY {
@@ -801,37 +825,104 @@ pub fn read_header(path: &Path) -> anyhow::Result<BackupHeader> {
     Ok(h)
 }
 
-/// Archives in `dest` (by name), oldest first.
+/// The header comes first and is small: a remote archive is read this far
+/// only.
+const HEADER_READ_BYTES: u64 = 64 * 1024;
+
+/// Archives in directory `dest` (by name), oldest first.
 pub fn list(dest: &Path) -> anyhow::Result<Vec<ArchiveInfo>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dest).with_context(|| format!("reading {}", dest.display()))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for (name, size) in super::backup_dest::dir_archives(dest)? {
         let Some(created_at) = parse_archive_name(&name) else {
             continue;
         };
-        let meta = entry.metadata()?;
-        if !meta.is_file() {
-            continue;
-        }
-        let (header, error) = match read_header(&entry.path()) {
+        let path = dest.join(&name);
+        let (header, error) = match read_header(&path) {
             Ok(h) => (Some(h), None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
         out.push(ArchiveInfo {
-            path: entry.path(),
+            path,
             created_at,
-            size: meta.len(),
+            size,
             header,
             error,
         });
     }
-    out.sort_by(|a, b| {
+    sort_listing(&mut out);
+    Ok(out)
+}
+
+fn sort_listing(list: &mut [ArchiveInfo]) {
+    list.sort_by(|a, b| {
         a.created_at
             .cmp(&b.created_at)
             .then_with(|| a.path.cmp(&b.path))
     });
+}
+
+/// Archives in `dest` (by name), oldest first, each with its header (or
+/// why it could not be read).
+pub async fn list_at(dest: &Dest) -> anyhow::Result<Vec<ArchiveInfo>> {
+    let mut out = Vec::new();
+    for (name, size) in dest.archives().await? {
+        let Some(created_at) = parse_archive_name(&name) else {
+            continue;
+        };
+        let loc = dest.location(&name);
+        let l = loc.clone();
+        let header = tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Handle::current();
+            let r = l.open(Some(0..size.min(HEADER_READ_BYTES)), &rt)?;
+            header_of(archive_from(r)?)
+        })
+        .await?;
+        let (header, error) = match header {
+            Ok(h) => (Some(h), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
+        out.push(ArchiveInfo {
+            path: PathBuf::from(loc.display()),
+            created_at,
+            size,
+            header,
+            error,
+        });
+    }
+    sort_listing(&mut out);
     Ok(out)
+}
+
+/// Which of `archives` (name, time) retention deletes: those beyond the
+/// newest `keep`, or older than `keep_days` before `now`; never `current`.
+fn retention_victims(
+    mut archives: Vec<(DateTime<Utc>, String)>,
+    keep: Option<usize>,
+    keep_days: Option<u64>,
+    current: &str,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    // A listing may lag behind the write just made; count it anyway.
+    if let Some(t) = parse_archive_name(current) {
+        if !archives.iter().any(|(_, n)| n == current) {
+            archives.push((t, current.to_string()));
+        }
+    }
+    // Newest first.
+    archives.sort_by(|a, b| b.cmp(a));
+    let cutoff = keep_days.map(|d| now - chrono::Duration::days(d.min(365_000) as i64));
+    let mut out = Vec::new();
+    for (i, (t, name)) in archives.into_iter().enumerate() {
+        if name == current {
+            continue;
+        }
+        let too_many = keep.is_some_and(|k| i >= k);
+        let too_old = cutoff.is_some_and(|c| t < c);
+        if too_many || too_old {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// Deletes archives beyond the newest `keep`, or older than `keep_days`;
@@ -846,32 +937,43 @@ pub fn apply_retention(
     if keep.is_none() && keep_days.is_none() {
         return Ok(Vec::new());
     }
-    let mut archives: Vec<(DateTime<Utc>, String)> = Vec::new();
-    for entry in std::fs::read_dir(dest)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(t) = parse_archive_name(&name) {
-            if entry.file_type()?.is_file() {
-                archives.push((t, name));
-            }
-        }
-    }
-    // Newest first.
-    archives.sort_by(|a, b| b.cmp(a));
-    let cutoff = keep_days.map(|d| Utc::now() - chrono::Duration::days(d.min(365_000) as i64));
+    let archives = super::backup_dest::dir_archives(dest)?
+        .into_iter()
+        .filter_map(|(name, _)| parse_archive_name(&name).map(|t| (t, name)))
+        .collect();
     let mut removed = Vec::new();
-    for (i, (t, name)) in archives.iter().enumerate() {
-        if name == current {
-            continue;
-        }
-        let too_many = keep.is_some_and(|k| i >= k);
-        let too_old = cutoff.is_some_and(|c| *t < c);
-        if too_many || too_old {
-            let p = dest.join(name);
-            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-            tracing::info!(archive = %p.display(), "removed old backup");
-            removed.push(p);
-        }
+    for name in retention_victims(archives, keep, keep_days, current, Utc::now()) {
+        let p = dest.join(&name);
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        tracing::info!(archive = %p.display(), "removed old backup");
+        removed.push(p);
+    }
+    Ok(removed)
+}
+
+/// [`apply_retention`] on any destination: the listing is the
+/// destination's own (a directory, or the objects under the prefix).
+pub async fn retention(
+    dest: &Dest,
+    keep: Option<usize>,
+    keep_days: Option<u64>,
+    current: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
+    if keep.is_none() && keep_days.is_none() {
+        return Ok(Vec::new());
+    }
+    let archives = dest
+        .archives()
+        .await?
+        .into_iter()
+        .filter_map(|(name, _)| parse_archive_name(&name).map(|t| (t, name)))
+        .collect();
+    let mut removed = Vec::new();
+    for name in retention_victims(archives, keep, keep_days, current, Utc::now()) {
+        dest.delete(&name).await?;
+        let at = dest.location(&name).display();
+        tracing::info!(archive = %at, "removed old backup");
+        removed.push(PathBuf::from(at));
     }
     Ok(removed)
 }
@@ -883,9 +985,22 @@ pub fn apply_retention(
 /// with the row's size and sha256, or recorded as skipped), and the counts
 /// against the header. Memory grows with the number of files (a small
 /// record each), never with their size.
-pub fn verify(path: &Path, mut progress: Progress) -> anyhow::Result<VerifyReport> {
+pub fn verify(path: &Path, progress: Progress) -> anyhow::Result<VerifyReport> {
+    verify_archive(open_archive(path)?, progress)
+}
+
+/// [`verify`] on any location: a remote archive is read as one streaming
+/// GET, never copied to disk.
+pub async fn verify_at(loc: &Location, progress: Progress) -> anyhow::Result<VerifyReport> {
+    let loc = loc.clone();
+    tokio::task::spawn_blocking(move || verify_archive(open_location(&loc)?, progress)).await?
+}
+
+fn verify_archive(
+    mut ar: tar::Archive<Box<dyn Read>>,
+    mut progress: Progress,
+) -> anyhow::Result<VerifyReport> {
     let mut rep = VerifyReport::default();
-    let mut ar = open_archive(path)?;
     // path -> (size, sha256) as found in the archive
     let mut found: HashMap<String, (u64, String)> = HashMap::new();
     // blob key -> (kind, size and sha256) expected from the rows (thumbnails: unknown)
@@ -1159,6 +1274,16 @@ struct Unpacked {
 pub async fn restore(
     state: &AppState,
     archive: &Path,
+    progress: Progress,
+) -> anyhow::Result<RestoreReport> {
+    restore_from(state, &Location::File(archive.to_path_buf()), progress).await
+}
+
+/// [`restore`] from any location: a remote archive is read as one
+/// streaming GET, its blobs staged in the store as they arrive.
+pub async fn restore_from(
+    state: &AppState,
+    archive: &Location,
     mut progress: Progress,
 ) -> anyhow::Result<RestoreReport> {
     state.meta.migrate().await.context("applying migrations")?;
@@ -1171,7 +1296,7 @@ pub async fn restore(
     let users_path = work.join("user_storage.jsonl");
     let files_path = work.join("user_files.jsonl");
     progress.say(format!("unpacking {}", archive.display()));
-    let (archive_c, work_c) = (archive.to_path_buf(), work.clone());
+    let (archive_c, work_c) = (archive.clone(), work.clone());
     let (blobs, rt) = (state.blobs.clone(), tokio::runtime::Handle::current());
     let p = std::mem::replace(&mut progress, Progress::off());
     let (unpacked, mut progress) =
@@ -1368,13 +1493,13 @@ impl Staged<'_> {
 /// Reads the archive, checking it whole and staging its blobs; publishes
 /// them only when everything checked out (see [`restore`]).
 fn unpack(
-    archive: &Path,
+    archive: &Location,
     blobs: &dyn BlobStore,
     rt: &tokio::runtime::Handle,
     work: &Path,
     mut progress: Progress,
 ) -> anyhow::Result<(Unpacked, Progress)> {
-    let mut ar = open_archive(archive)?;
+    let mut ar = archive_from(archive.open(None, rt)?)?;
     let mut header: Option<BackupHeader> = None;
     let mut users: Option<HashSet<String>> = None;
     let mut rows: Option<Vec<DumpFile>> = None;

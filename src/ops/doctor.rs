@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
     blob::BlobStore as _,
-    config::{BlobBackend, Config},
+    config::{BlobBackend, Config, TokenKeys},
     domain::size::format_size,
 };
 
@@ -833,41 +833,59 @@ async fn ffmpeg() -> Result<Check, String> {
     Ok(check("ffmpeg", Status::Ok, versions.join("; ")))
 }
 
-/// The token keys: a PEM that parses, or a JWKS endpoint that answers with
-/// at least one usable key. Also returns the JWKS server's clock minus ours
-/// (from its `Date` header), for the clock check.
+/// The token keys, from the source `serve` would use
+/// ([`Config::token_keys`]): a PEM that parses, or a JWKS endpoint (any, or
+/// Clerk's Backend API with the secret key, or the Frontend API its
+/// publishable key names) that answers with at least one usable key. Also
+/// returns the JWKS server's clock minus ours (from its `Date` header), for
+/// the clock check.
 async fn auth(config: &Config) -> Result<(Check, Option<(f64, f64)>), String> {
-    if let Some(pem) = &config.jwt_public_key {
-        crate::auth::jwt::Verifier::from_pem(pem.expose(), None, Vec::new())?;
-        return Ok((
-            check(
-                "auth",
-                Status::Ok,
-                "STOWAGE_JWT_PUBLIC_KEY: a public key that parses",
-            ),
-            None,
-        ));
-    }
-    let Some(url) = &config.jwks_url else {
-        return Ok((
-            check(
-                "auth",
-                Status::Warn,
-                "no STOWAGE_JWT_PUBLIC_KEY or STOWAGE_JWKS_URL: development sign-in only (loopback)",
-            ),
-            None,
-        ));
+    let issuer = config.token_issuer().map_err(|e| e.to_string())?;
+    let iss = issuer
+        .map(|i| format!("; tokens must have iss {i}"))
+        .unwrap_or_default();
+    let (url, bearer, source) = match config.token_keys().map_err(|e| e.to_string())? {
+        TokenKeys::Pem(pem) => {
+            crate::auth::jwt::Verifier::from_pem(pem.expose(), None, Vec::new())?;
+            return Ok((
+                check(
+                    "auth",
+                    Status::Ok,
+                    format!("STOWAGE_JWT_PUBLIC_KEY: a public key that parses{iss}"),
+                ),
+                None,
+            ));
+        }
+        TokenKeys::None => {
+            return Ok((
+                check(
+                    "auth",
+                    Status::Warn,
+                    "no CLERK_SECRET_KEY, CLERK_PUBLISHABLE_KEY, STOWAGE_JWT_PUBLIC_KEY or STOWAGE_JWKS_URL: development sign-in only (loopback)",
+                ),
+                None,
+            ));
+        }
+        TokenKeys::Jwks {
+            url,
+            bearer,
+            source,
+        } => (url, bearer, source),
     };
+    let url = &url;
     let http = reqwest::Client::builder()
         .timeout(config.limits.jwks_timeout)
         .build()
         .map_err(|e| format!("http client: {e}"))?;
     let before = Utc::now();
-    let resp = http
-        .get(url)
+    let mut req = http.get(url);
+    if let Some(b) = &bearer {
+        req = req.bearer_auth(b.expose());
+    }
+    let resp = req
         .send()
         .await
-        .map_err(|e| format!("JWKS {url}: {e}"))?;
+        .map_err(|e| format!("{source}: JWKS {url}: {e}"))?;
     let after = Utc::now();
     let skew = resp
         .headers()
@@ -886,7 +904,12 @@ async fn auth(config: &Config) -> Result<(Check, Option<(f64, f64)>), String> {
         });
     let status = resp.status();
     if !status.is_success() {
-        return Err(format!("JWKS {url} answered {status}"));
+        let hint = if bearer.is_some() && matches!(status.as_u16(), 401 | 403) {
+            " (is CLERK_SECRET_KEY the secret key of this instance?)"
+        } else {
+            ""
+        };
+        return Err(format!("{source}: JWKS {url} answered {status}{hint}"));
     }
     let set: jsonwebtoken::jwk::JwkSet = resp
         .json()
@@ -915,7 +938,7 @@ async fn auth(config: &Config) -> Result<(Check, Option<(f64, f64)>), String> {
         check(
             "auth",
             Status::Ok,
-            format!("JWKS {url}: {usable} usable key(s)"),
+            format!("{source}: JWKS {url}: {usable} usable key(s){iss}"),
         ),
         skew,
     ))

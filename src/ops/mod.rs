@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod backup_dest;
 pub mod doctor;
 pub mod lease;
 pub mod migrate;

@@ -11,6 +11,7 @@ use std::{
 use serde_json::Value;
 use stowage::ops::{
     backup::{self, CreateOptions, DumpFile, ManifestLine},
+    backup_dest::{Dest, Location},
     progress::Progress,
 };
 
@@ -19,7 +20,7 @@ use crate::{both, local};
 
 fn opts(dest: &Path) -> CreateOptions {
     CreateOptions {
-        dest: dest.to_path_buf(),
+        dest: Dest::Dir(dest.to_path_buf()),
         keep: None,
         keep_days: None,
         gzip: false,
@@ -27,7 +28,7 @@ fn opts(dest: &Path) -> CreateOptions {
     }
 }
 
-fn skipped_keys(manifest: &[ManifestLine]) -> HashSet<String> {
+pub(crate) fn skipped_keys(manifest: &[ManifestLine]) -> HashSet<String> {
     manifest
         .iter()
         .filter_map(|m| match m {
@@ -45,15 +46,27 @@ async fn download(app: &TestApp, user: &str, id: &str) -> Vec<u8> {
 
 /// Restores `archive` into a fresh server and checks it against the dump:
 /// same files per user, exact bytes, usage equal to the restored rows.
-async fn restore_and_check(
+pub(crate) async fn restore_and_check(
     target: Backend,
     archive: &Path,
     dumped: &[DumpFile],
     skipped: &HashSet<String>,
     quotas: &HashMap<String, i64>,
 ) -> TestApp {
+    let loc = Location::File(archive.to_path_buf());
+    restore_from_and_check(target, &loc, dumped, skipped, quotas).await
+}
+
+/// [`restore_and_check`] from any location.
+pub(crate) async fn restore_from_and_check(
+    target: Backend,
+    archive: &Location,
+    dumped: &[DumpFile],
+    skipped: &HashSet<String>,
+    quotas: &HashMap<String, i64>,
+) -> TestApp {
     let app2 = spawn_app(target).await;
-    let rep = backup::restore(&app2.state, archive, Progress::off())
+    let rep = backup::restore_from(&app2.state, archive, Progress::off())
         .await
         .unwrap();
     let expected: Vec<&DumpFile> = dumped

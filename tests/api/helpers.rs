@@ -533,6 +533,66 @@ pub fn sign_es256(pem: &str, claims: &Claims) -> String {
     .unwrap()
 }
 
+/// Reads one DER element: (tag, contents, rest).
+pub fn der(input: &[u8]) -> (u8, &[u8], &[u8]) {
+    let tag = input[0];
+    let (len, head) = if input[1] < 0x80 {
+        (input[1] as usize, 2)
+    } else {
+        let n = (input[1] & 0x7f) as usize;
+        let len = input[2..2 + n]
+            .iter()
+            .fold(0usize, |a, b| (a << 8) | *b as usize);
+        (len, 2 + n)
+    };
+    (tag, &input[head..head + len], &input[head + len..])
+}
+
+/// The fixture RSA public key as a JWK with id `kid`.
+pub fn rsa_jwk(kid: &str) -> Value {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
+    let b64: String = RSA_PUBLIC
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let spki = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    // SubjectPublicKeyInfo { algorithm, BIT STRING { RSAPublicKey { n, e } } }
+    let (_, spki, _) = der(&spki);
+    let (_, _, rest) = der(spki);
+    let (tag, bits, _) = der(rest);
+    assert_eq!(tag, 0x03);
+    let (_, rsa, _) = der(&bits[1..]);
+    let (_, n, rest) = der(rsa);
+    let (_, e, _) = der(rest);
+    let n = n.strip_prefix(&[0u8]).unwrap_or(n);
+    json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+           "n": B64.encode(n), "e": B64.encode(e)})
+}
+
+/// The fixture EC P-256 public key as a JWK with id `kid`.
+pub fn ec_jwk(kid: &str) -> Value {
+    use base64::Engine;
+    let b64: String = EC_PUBLIC
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let spki = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    // SubjectPublicKeyInfo { algorithm, BIT STRING { 0x04 || x || y } }
+    let (_, spki, _) = der(&spki);
+    let (_, _, rest) = der(spki);
+    let (tag, bits, _) = der(rest);
+    assert_eq!(tag, 0x03);
+    let point = &bits[1..];
+    assert_eq!((point[0], point.len()), (0x04, 65));
+    let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+           "x": b64u.encode(&point[1..33]), "y": b64u.encode(&point[33..])})
+}
+
 /// Bytes that sniff as PNG, of exactly `len` bytes (`len` ≥ 16).
 pub fn png_bytes(len: usize) -> Vec<u8> {
     let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();

@@ -11,7 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -578,43 +577,6 @@ impl JwksServer {
     fn fetches(&self) -> usize {
         self.state.fetches.load(Ordering::SeqCst)
     }
-}
-
-/// Reads one DER element: (tag, contents, rest).
-fn der(input: &[u8]) -> (u8, &[u8], &[u8]) {
-    let tag = input[0];
-    let (len, head) = if input[1] < 0x80 {
-        (input[1] as usize, 2)
-    } else {
-        let n = (input[1] & 0x7f) as usize;
-        let len = input[2..2 + n]
-            .iter()
-            .fold(0usize, |a, b| (a << 8) | *b as usize);
-        (len, 2 + n)
-    };
-    (tag, &input[head..head + len], &input[head + len..])
-}
-
-/// The fixture RSA public key as a JWK with id `kid`.
-fn rsa_jwk(kid: &str) -> Value {
-    let b64: String = RSA_PUBLIC
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    let spki = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    // SubjectPublicKeyInfo { algorithm, BIT STRING { RSAPublicKey { n, e } } }
-    let (_, spki, _) = der(&spki);
-    let (_, _, rest) = der(spki);
-    let (tag, bits, _) = der(rest);
-    assert_eq!(tag, 0x03);
-    let (_, rsa, _) = der(&bits[1..]);
-    let (_, n, rest) = der(rsa);
-    let (_, e, _) = der(rest);
-    let n = n.strip_prefix(&[0u8]).unwrap_or(n);
-    json!({"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
-           "n": B64.encode(n), "e": B64.encode(e)})
 }
 
 fn token_with_kid(kid: &str, user: &str) -> String {

@@ -8,6 +8,8 @@ mod admin;
 mod audit;
 mod auth;
 mod backup;
+mod backup_remote;
+mod clerk;
 mod connections;
 mod dependencies;
 mod download;

@@ -173,7 +173,7 @@ local!(restore_refuses_a_tampered_archive_whole, |b| async move {
     let made = backup::create(
         &app.state,
         CreateOptions {
-            dest: dest.clone(),
+            dest: stowage::ops::backup_dest::Dest::Dir(dest.clone()),
             keep: None,
             keep_days: None,
             gzip: false,
