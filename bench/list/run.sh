@@ -116,7 +116,7 @@ sqlite_plans() {  # DB_PATH
     for dir in ASC DESC; do
       cmp='>'; [ $dir = DESC ] && cmp='<'
       for extra in "" " AND ($col, id) $cmp ((SELECT $col FROM user_files LIMIT 1), x'00')" \
-                   " AND lower(file_name) LIKE '%beach%' ESCAPE '\\'"; do
+                   " AND lower(file_name) LIKE '%beach%' ESCAPE '\\\\'"; do
         plan=$($PY - "$db" <<PYEOF
 import sqlite3, sys
 con = sqlite3.connect(sys.argv[1])

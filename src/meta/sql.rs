@@ -220,12 +220,12 @@ macro_rules! impl_store {
                 })
             }
 
-            /// Whether at least `40 × limit` of `user`'s names contain
+            /// Whether at least `10 × limit` of `user`'s names contain
             /// `search` (SQLite's trigram index). Then matches are dense
             /// enough that walking the sort order's index and testing each
             /// name finds a page sooner than sorting every match would.
             async fn dense_hits(&self, user: &str, search: &NameSearch, limit: u32) -> MetaResult<bool> {
-                let cap = i64::from(limit.max(1)).saturating_mul(40).min(10_000);
+                let cap = i64::from(limit.max(1)).saturating_mul(10).min(10_000);
                 let row = sqlx::query(
                     "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT 1 FROM user_file_names_fts \
                      JOIN user_file_names m ON m.seq = user_file_names_fts.rowid \

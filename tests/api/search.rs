@@ -142,7 +142,7 @@ local!(
 
 local!(paging_a_search_visits_every_match_once, |b| async move {
     let app = spawn_app(b).await;
-    // Many matches (more than 40 pages' worth at limit=2, so SQLite walks
+    // Many matches (over 10 × the page at limit=2, so SQLite walks
     // the sort order's index) and few ones (so it starts from the trigram
     // index), with equal sizes to exercise the id tie-break.
     let mut clips = BTreeSet::new();
