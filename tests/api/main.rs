@@ -4,6 +4,7 @@
 mod garage;
 mod helpers;
 
+mod accel;
 mod admin;
 mod audit;
 mod auth;
@@ -26,4 +27,5 @@ mod quota;
 mod restore_tamper;
 mod s3;
 mod scan;
+mod search;
 mod tus;
