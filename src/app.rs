@@ -36,6 +36,9 @@ pub struct AppState {
     pub ready: Arc<crate::http::health::ReadyCache>,
     /// Media tools and the node's media concurrency limit.
     pub media: crate::jobs::media::MediaRuntime,
+    /// tus requests writing on this process, so a later request for the
+    /// same upload can end them at once (takeover).
+    pub tus_writers: Arc<crate::http::tus::lease::Writers>,
 }
 
 impl AppState {
@@ -107,6 +110,7 @@ impl AppState {
             jobs_notify: Arc::new(tokio::sync::Notify::new()),
             ready: Arc::default(),
             media,
+            tus_writers: Arc::default(),
         })
     }
 

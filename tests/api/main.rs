@@ -3,6 +3,7 @@
 
 mod garage;
 mod helpers;
+mod netproxy;
 
 mod admin;
 mod audit;
@@ -22,3 +23,4 @@ mod restore_tamper;
 mod s3;
 mod scan;
 mod tus;
+mod tus_takeover;
