@@ -581,3 +581,66 @@ local!(tuspy_survives_sigkill, |b| async move {
         "{res}"
     );
 });
+
+// The saved sha256 state outlives the process: half an upload, a SIGKILL, a
+// restart, staged bytes changed behind the server's back, then the rest. The
+// recorded sha256 is that of what was received, so the restarted process
+// did not read the staged data back (nor need any memory of its own).
+local!(hash_state_survives_a_restart, |b| async move {
+    let db = TestDb::new(b).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let c = reqwest::Client::new();
+    let data = png_bytes(300_000);
+    let r = c
+        .post(format!("{base}/api/uploads"))
+        .bearer_auth(token("restart"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", data.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = hdr(&r, "location").unwrap().to_string();
+    let send = |offset: usize, body: Vec<u8>| {
+        c.patch(format!("{base}{loc}"))
+            .bearer_auth(token("restart"))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", OCTET)
+            .header("Upload-Offset", offset.to_string())
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        send(0, data[..150_000].to_vec()).await.unwrap().status(),
+        204
+    );
+    server.kill().await;
+    let part = db
+        .dir
+        .path()
+        .join(format!("data/users/.tmp/{}.part", upload_id(&loc)));
+    let mut staged = std::fs::read(&part).unwrap();
+    staged[1000..2000].fill(0);
+    std::fs::write(&part, &staged).unwrap();
+    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let r = send(150_000, data[150_000..].to_vec()).await.unwrap();
+    assert_eq!(r.status(), 204);
+    let id = hdr(&r, "stowage-file-id").unwrap().to_string();
+    let f: Value = c
+        .get(format!("{base}/api/files/{id}"))
+        .bearer_auth(token("restart"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        f["sha256"],
+        sha256_hex(&data),
+        "hashed as received, not re-read"
+    );
+    server.kill().await;
+});
