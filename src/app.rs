@@ -47,6 +47,9 @@ pub struct AppState {
     /// Short clean-up tasks (releasing an abandoned upload) that a stopping
     /// server waits for before it exits.
     pub tasks: Background,
+    /// tus requests writing on this process, so a later request for the
+    /// same upload can end them at once (takeover).
+    pub tus_writers: Arc<crate::http::tus::lease::Writers>,
 }
 
 /// Tracks short tasks spawned in the background so that shutdown can wait
@@ -161,6 +164,7 @@ impl AppState {
             holder,
             shutdown: CancellationToken::new(),
             tasks: Background::default(),
+            tus_writers: Arc::default(),
         })
     }
 

@@ -3,16 +3,25 @@
 //! fsync → decide the type from content → publish under its final key →
 //! commit the row (which releases the reservation in the same transaction).
 //!
-//! [`Ingest`] is a drop guard: if it is dropped before [`Ingest::commit`]
-//! (client gone, error, panic), a background task removes the staging blob and
-//! releases the reservation, so nothing leaks and nothing half-written is
-//! listed. A crash that skips even that is caught by the reservation's expiry
-//! and `stowage cleanup`.
+//! [`Stage`] is the streaming part every protocol shares (reservation
+//! growth, early content sniff, the running sha256, the staging write and
+//! its fsync); a tus PATCH runs one over its part of the upload, resuming
+//! the hash saved with the upload's offset ([`sha256`]).
+//!
+//! [`Ingest`] is a multipart upload's drop guard around a [`Stage`]: if it is
+//! dropped before [`Ingest::commit`] (client gone, error, panic), a background
+//! task removes the staging blob and releases the reservation, so nothing
+//! leaks and nothing half-written is listed. A crash that skips even that is
+//! caught by the reservation's expiry and `stowage cleanup`.
+
+pub mod sha256;
 
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use futures::StreamExt;
 use uuid::Uuid;
+
+use self::sha256::RunningSha256;
 
 use crate::{
     app::AppState,
@@ -118,70 +127,82 @@ async fn reserve_with(
     Ok((id, want))
 }
 
-/// A streaming upload in progress. See the module docs.
-pub struct Ingest {
+/// The streaming stage of an upload: appends chunks to staging blob `id`
+/// from some offset, keeping the whole-file sha256 (when the state up to
+/// that offset is known), the first [`SNIFF_LEN`] bytes for an early type
+/// check, the per-file limit and the reservation.
+pub struct Stage {
     state: AppState,
-    user: String,
     /// Reservation id; also the staging blob id.
     id: Uuid,
+    writer: Option<Box<dyn BlobWriter>>,
+    hash: Option<RunningSha256>,
+    head: Vec<u8>,
+    /// The early type check is behind us (done by an earlier request, or
+    /// impossible because the head could not be read back).
+    head_checked: bool,
+    len: u64,
     reserved: u64,
     growable: bool,
     /// The reservation is a hard limit the client agreed to (a signed
     /// upload URL's `max_bytes`): passing it is 413, not a malformed body.
     capped: bool,
-    writer: Option<Box<dyn BlobWriter>>,
-    hasher: Sha256,
-    head: Vec<u8>,
-    len: u64,
+    /// How far each touch pushes the reservation's expiry.
+    touch_ttl: Duration,
     last_touch: Instant,
-    done: bool,
 }
 
-impl Ingest {
-    /// Reserves room and opens the staging blob.
-    pub async fn begin(state: &AppState, user: &str, hint: SizeHint) -> AppResult<Ingest> {
-        let (id, reserved) = reserve_as(state, user, hint, Some(state.holder)).await?;
-        let mut ingest = Ingest {
+/// What a [`Stage`] made durable.
+pub struct Staged {
+    /// Bytes staged in all (the new offset).
+    pub len: u64,
+    /// The sha256 state over all of them, when known.
+    pub hash: Option<RunningSha256>,
+    /// The first bytes of the file, as far as this stage saw them.
+    pub head: Vec<u8>,
+}
+
+impl Stage {
+    /// A stage appending through `writer` (opened at `start`) to an upload
+    /// whose reservation holds `reserved` bytes (`growable`: grown on
+    /// demand). `hash` is the sha256 state over the first `start` bytes,
+    /// if known.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn resume(
+        state: &AppState,
+        id: Uuid,
+        writer: Box<dyn BlobWriter>,
+        start: u64,
+        hash: Option<RunningSha256>,
+        reserved: u64,
+        growable: bool,
+        touch_ttl: Duration,
+    ) -> Stage {
+        let mut head = Vec::new();
+        let mut head_checked = start >= SNIFF_LEN as u64;
+        if start > 0 && !head_checked {
+            match read_staged(state, id, 0..start).await {
+                Ok(h) => head = h,
+                Err(_) => head_checked = true,
+            }
+        }
+        Stage {
             state: state.clone(),
-            user: user.to_string(),
             id,
+            writer: Some(writer),
+            hash: hash.filter(|h| h.len() == start),
+            head,
+            head_checked,
+            len: start,
             reserved,
-            growable: hint == SizeHint::Unknown,
+            growable,
             capped: false,
-            writer: None,
-            hasher: Sha256::new(),
-            head: Vec::with_capacity(SNIFF_LEN),
-            len: 0,
+            touch_ttl,
             last_touch: Instant::now(),
-            done: false,
-        };
-        ingest.writer = Some(state.blobs.stage(id, 0).await?);
-        Ok(ingest)
+        }
     }
 
-    /// Streams into reservation `id` that was taken earlier (a signed
-    /// upload URL's), which holds `reserved` bytes and may not grow. The
-    /// drop guard releases it like any other.
-    pub async fn adopt(state: &AppState, user: &str, id: Uuid, reserved: u64) -> AppResult<Ingest> {
-        let mut ingest = Ingest {
-            state: state.clone(),
-            user: user.to_string(),
-            id,
-            reserved,
-            growable: false,
-            capped: true,
-            writer: None,
-            hasher: Sha256::new(),
-            head: Vec::with_capacity(SNIFF_LEN),
-            len: 0,
-            last_touch: Instant::now(),
-            done: false,
-        };
-        ingest.writer = Some(state.blobs.stage(id, 0).await?);
-        Ok(ingest)
-    }
-
-    /// Bytes received so far.
+    /// Bytes staged so far, counting those before the start.
     pub fn len(&self) -> u64 {
         self.len
     }
@@ -190,17 +211,8 @@ impl Ingest {
         self.len == 0
     }
 
-    /// Appends a chunk, enforcing the per-file limit and the reservation;
-    /// a refusal is recorded as `upload.failed`.
+    /// Appends a chunk, enforcing the per-file limit and the reservation.
     pub async fn write(&mut self, chunk: bytes::Bytes) -> AppResult<()> {
-        let res = self.write_chunk(chunk).await;
-        if let Err(e) = &res {
-            record_refusal(&self.state, &self.user, self.id, None, e).await;
-        }
-        res
-    }
-
-    async fn write_chunk(&mut self, chunk: bytes::Bytes) -> AppResult<()> {
         let new_len = self.len + chunk.len() as u64;
         let max = self.state.config.max_file_size;
         if new_len > max {
@@ -220,44 +232,22 @@ impl Ingest {
                     "body is longer than the size it declared".into(),
                 ));
             }
-            let needed = new_len - self.reserved;
-            let step = needed.max(GROW_STEP).min(max - self.reserved);
-            let ttl = self.state.config.reservation_ttl;
-            // A whole step first (fewer round trips); near the limit, just
-            // what this chunk needs.
-            let granted = match self.state.meta.grow_reservation(self.id, step, ttl).await {
-                Ok(()) => step,
-                Err(MetaError::QuotaExceeded { .. }) if step > needed => self
-                    .state
-                    .meta
-                    .grow_reservation(self.id, needed, ttl)
-                    .await
-                    .map(|_| needed)
-                    .map_err(|e| {
-                        crate::telemetry::metrics::quota_refused();
-                        AppError::from(e)
-                    })?,
-                Err(e) => {
-                    if matches!(e, MetaError::QuotaExceeded { .. }) {
-                        crate::telemetry::metrics::quota_refused();
-                    }
-                    return Err(e.into());
-                }
-            };
-            self.reserved += granted;
-            self.last_touch = Instant::now();
+            self.grow(new_len - self.reserved).await?;
         }
-        if self.head.len() < SNIFF_LEN {
+        if !self.head_checked && self.head.len() < SNIFF_LEN {
             let take = (SNIFF_LEN - self.head.len()).min(chunk.len());
             self.head.extend_from_slice(&chunk[..take]);
             if self.head.len() == SNIFF_LEN {
-                self.early_type_check()?;
+                self.head_checked = true;
+                early_type_check(&self.state, &self.head)?;
             }
         }
-        self.hasher.update(&chunk);
+        if let Some(h) = self.hash.as_mut() {
+            h.update(&chunk);
+        }
         self.writer
             .as_mut()
-            .expect("writer open until commit")
+            .expect("writer open until finish")
             .write(chunk)
             .await?;
         self.len = new_len;
@@ -267,7 +257,7 @@ impl Ingest {
             if let Err(e) = self
                 .state
                 .meta
-                .touch_reservation(self.id, self.state.config.reservation_ttl)
+                .touch_reservation(self.id, self.touch_ttl)
                 .await
             {
                 tracing::warn!(error = %e, reservation = %self.id, "could not extend reservation");
@@ -276,35 +266,186 @@ impl Ingest {
         Ok(())
     }
 
-    /// Refuses content that no declared type could make acceptable, as soon
-    /// as enough bytes are in, instead of after the whole body.
-    fn early_type_check(&self) -> AppResult<()> {
-        match sniff(&self.head) {
-            Some(s) if self.state.allowed_mime.iter().any(|a| a == s.mime) => Ok(()),
-            Some(s) => Err(AppError::UnsupportedMedia(format!(
-                "content type {} is not accepted",
-                s.mime
-            ))),
-            None => Err(AppError::UnsupportedMedia(
-                "file content is not an accepted type".into(),
-            )),
+    /// Grows the reservation by at least `needed` bytes: a whole step first
+    /// (fewer round trips); near the limit, just what is needed.
+    async fn grow(&mut self, needed: u64) -> AppResult<()> {
+        let max = self.state.config.max_file_size;
+        let step = needed.max(GROW_STEP).min(max - self.reserved);
+        let ttl = self.state.config.reservation_ttl;
+        let granted = match self.state.meta.grow_reservation(self.id, step, ttl).await {
+            Ok(()) => step,
+            Err(MetaError::QuotaExceeded { .. }) if step > needed => self
+                .state
+                .meta
+                .grow_reservation(self.id, needed, ttl)
+                .await
+                .map(|_| needed)
+                .map_err(|e| {
+                    crate::telemetry::metrics::quota_refused();
+                    AppError::from(e)
+                })?,
+            Err(e) => {
+                if matches!(e, MetaError::QuotaExceeded { .. }) {
+                    crate::telemetry::metrics::quota_refused();
+                }
+                return Err(e.into());
+            }
+        };
+        self.reserved += granted;
+        self.last_touch = Instant::now();
+        Ok(())
+    }
+
+    /// Flushes and fsyncs what was written.
+    pub async fn finish(mut self) -> AppResult<Staged> {
+        let writer = self.writer.take().expect("writer open until finish");
+        let staged = writer.finish().await?;
+        debug_assert_eq!(staged, self.len);
+        Ok(Staged {
+            len: self.len,
+            hash: self.hash.take(),
+            head: std::mem::take(&mut self.head),
+        })
+    }
+}
+
+/// Refuses content that no declared type could make acceptable, as soon
+/// as enough bytes are in, instead of after the whole body.
+fn early_type_check(state: &AppState, head: &[u8]) -> AppResult<()> {
+    match sniff(head) {
+        Some(s) if state.allowed_mime.iter().any(|a| a == s.mime) => Ok(()),
+        Some(s) => Err(AppError::UnsupportedMedia(format!(
+            "content type {} is not accepted",
+            s.mime
+        ))),
+        None => Err(AppError::UnsupportedMedia(
+            "file content is not an accepted type".into(),
+        )),
+    }
+}
+
+/// Reads `range` of staging blob `id` into memory (small ranges only).
+pub async fn read_staged(
+    state: &AppState,
+    id: Uuid,
+    range: std::ops::Range<u64>,
+) -> AppResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut s = state.blobs.read_staged(id, range).await?;
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.map_err(AppError::internal)?);
+    }
+    Ok(out)
+}
+
+/// sha256 over the first `len` bytes of staging blob `id`, read back (for
+/// an upload whose saved state is missing).
+pub async fn hash_staged(state: &AppState, id: Uuid, len: u64) -> AppResult<RunningSha256> {
+    let mut h = RunningSha256::new();
+    let mut s = state.blobs.read_staged(id, 0..len).await?;
+    while let Some(chunk) = s.next().await {
+        h.update(&chunk.map_err(AppError::internal)?);
+    }
+    Ok(h)
+}
+
+/// A multipart upload in progress. See the module docs.
+pub struct Ingest {
+    state: AppState,
+    user: String,
+    /// Reservation id; also the staging blob id.
+    id: Uuid,
+    stage: Option<Stage>,
+    done: bool,
+}
+
+impl Ingest {
+    /// Reserves room (held by this process) and opens the staging blob.
+    pub async fn begin(state: &AppState, user: &str, hint: SizeHint) -> AppResult<Ingest> {
+        let (id, reserved) = reserve_as(state, user, hint, Some(state.holder)).await?;
+        Self::open(state, user, id, reserved, hint == SizeHint::Unknown, false).await
+    }
+
+    /// Streams into reservation `id` that was taken earlier (a signed
+    /// upload URL's), which holds `reserved` bytes and may not grow. The
+    /// drop guard releases it like any other.
+    pub async fn adopt(state: &AppState, user: &str, id: Uuid, reserved: u64) -> AppResult<Ingest> {
+        Self::open(state, user, id, reserved, false, true).await
+    }
+
+    async fn open(
+        state: &AppState,
+        user: &str,
+        id: Uuid,
+        reserved: u64,
+        growable: bool,
+        capped: bool,
+    ) -> AppResult<Ingest> {
+        let mut ingest = Ingest {
+            state: state.clone(),
+            user: user.to_string(),
+            id,
+            stage: None,
+            done: false,
+        };
+        let writer = state.blobs.stage(id, 0).await?;
+        let mut stage = Stage::resume(
+            state,
+            id,
+            writer,
+            0,
+            Some(RunningSha256::new()),
+            reserved,
+            growable,
+            state.config.reservation_ttl,
+        )
+        .await;
+        stage.capped = capped;
+        ingest.stage = Some(stage);
+        Ok(ingest)
+    }
+
+    /// Bytes received so far.
+    pub fn len(&self) -> u64 {
+        self.stage.as_ref().map_or(0, Stage::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a chunk, enforcing the per-file limit and the reservation;
+    /// a refusal is recorded as `upload.failed`.
+    pub async fn write(&mut self, chunk: bytes::Bytes) -> AppResult<()> {
+        let res = self
+            .stage
+            .as_mut()
+            .expect("stage open until commit")
+            .write(chunk)
+            .await;
+        if let Err(e) = &res {
+            record_refusal(&self.state, &self.user, self.id, None, e).await;
         }
+        res
     }
 
     /// Makes the data durable, checks the type, publishes and commits.
     pub async fn commit(mut self, meta: FileMeta) -> AppResult<FileRecord> {
-        let writer = self.writer.take().expect("writer open until commit");
-        let staged = writer.finish().await?;
-        debug_assert_eq!(staged, self.len);
-        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let stage = self.stage.take().expect("stage open until commit");
+        let staged = stage.finish().await?;
+        let sha256 = staged
+            .hash
+            .expect("a multipart upload hashes from its first byte")
+            .finish_hex();
         let rec = publish_and_commit(
             &self.state,
             &self.user,
             self.id,
-            self.len,
-            &self.head,
+            staged.len,
+            &staged.head,
             sha256,
             meta,
+            None,
         )
         .await?;
         self.done = true;
@@ -320,7 +461,7 @@ impl Drop for Ingest {
         let state = self.state.clone();
         let id = self.id;
         // Close the file before removing it.
-        drop(self.writer.take());
+        drop(self.stage.take());
         // Tracked, so a stopping server waits for the release before it exits.
         if tokio::runtime::Handle::try_current().is_ok() {
             let tasks = state.tasks.clone();
@@ -439,10 +580,14 @@ pub async fn record_refusal(
 }
 
 /// Shared tail of every upload: type decision from `head`, publish of staging
-/// blob `id` under its final key, and the row commit. On a failed commit the
-/// published blob is removed again. The caller owns reservation cleanup on
-/// error (the drop guard, or tus termination). A refusal is recorded as
+/// blob `id` under its final key, and the row commit. With `lease` (a tus
+/// upload's lease owner) the commit also deletes the upload row, in the same
+/// transaction and only while that lease is held. On a failed commit the
+/// published blob is removed again, unless a committed row names it (a
+/// completion that won). The caller owns reservation cleanup on error (the
+/// drop guard, or the tus completion). A refusal is recorded as
 /// `upload.failed`.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_and_commit(
     state: &AppState,
     user: &str,
@@ -451,15 +596,17 @@ pub async fn publish_and_commit(
     head: &[u8],
     sha256: String,
     meta: FileMeta,
+    lease: Option<Uuid>,
 ) -> AppResult<FileRecord> {
     let name = meta.file_name.clone();
-    let res = publish_and_commit_inner(state, user, id, len, head, sha256, meta).await;
+    let res = publish_and_commit_inner(state, user, id, len, head, sha256, meta, lease).await;
     if let Err(e) = &res {
         record_refusal(state, user, id, Some(&name), e).await;
     }
     res
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn publish_and_commit_inner(
     state: &AppState,
     user: &str,
@@ -468,6 +615,7 @@ async fn publish_and_commit_inner(
     head: &[u8],
     sha256: String,
     mut meta: FileMeta,
+    lease: Option<Uuid>,
 ) -> AppResult<FileRecord> {
     check_meta(&mut meta)?;
     let sniffed = sniff(head)
@@ -497,13 +645,23 @@ async fn publish_and_commit_inner(
         tags: meta.tags,
         sha256,
     };
-    match state.meta.commit_file(id, new).await {
+    let committed = match lease {
+        Some(owner) => state.meta.complete_tus_upload(owner, new).await,
+        None => state.meta.commit_file(id, new).await,
+    };
+    match committed {
         Ok(rec) => {
             crate::telemetry::metrics::upload_committed(len);
             state.after_commit(&rec).await;
             Ok(rec)
         }
         Err(e) => {
+            if let Ok(Some(f)) = state.meta.get_file_any(id).await {
+                if f.file_path == key {
+                    tracing::warn!(file_id = %id, "a completion of this upload committed first; its blob stays");
+                    return Err(e.into());
+                }
+            }
             if let Err(re) = state.blobs.remove(&key).await {
                 tracing::error!(error = %re, key, "could not remove blob of a failed commit; audit will report it");
             }
@@ -527,7 +685,7 @@ pub async fn copy_file(
     file_name: String,
 ) -> AppResult<FileRecord> {
     let size = src.file_size.max(0) as u64;
-    let (id, _) = reserve(state, &src.user_id, SizeHint::Exact(size)).await?;
+    let (id, _) = reserve_as(state, &src.user_id, SizeHint::Exact(size), Some(state.holder)).await?;
     let ext = src
         .file_path
         .rsplit_once('/')

@@ -231,6 +231,9 @@ pub struct TusUpload {
     pub metadata: String,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// The saved sha256 state over the first `upload_offset` bytes (see
+    /// `ingest::sha256`); `None` for a row written before it was kept.
+    pub hash_state: Option<Vec<u8>>,
 }
 
 /// Who holds a reservation taken by a request in flight: one start (the
@@ -269,7 +272,7 @@ pub enum TusLock {
     /// The caller holds the lease; the row as it is now.
     Acquired(TusUpload),
     /// Another request holds a live lease.
-    Busy,
+    Busy(TusHolder),
     /// No such live upload for this user (never created, finished,
     /// terminated or expired).
     Missing,
@@ -305,6 +308,60 @@ pub struct Rename {
     pub file_name: Option<String>,
     /// `Some(None)` clears the package.
     pub package_name: Option<Option<String>>,
+}
+
+/// Who holds a tus upload's live lease, and how far a takeover has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TusHolder {
+    pub owner: Uuid,
+    pub takeover: Takeover,
+    /// The holder is completing the upload: its lease is not taken away
+    /// while it renews it.
+    pub completing: bool,
+}
+
+/// The takeover marker on a leased tus upload (`tus_uploads.takeover`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takeover {
+    /// Nobody asked the holder to stop.
+    None,
+    /// A later request asked the holder to stop; not seen yet.
+    Requested,
+    /// The holder saw the request and is releasing the lease.
+    Releasing,
+}
+
+impl Takeover {
+    pub fn from_i64(v: i64) -> Takeover {
+        match v {
+            1 => Takeover::Requested,
+            2 => Takeover::Releasing,
+            _ => Takeover::None,
+        }
+    }
+}
+
+/// What the lease holder learns when it checks its lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// Still ours; nobody waits for it.
+    Held,
+    /// Still ours, but a later request asked us to stop: the marker is now
+    /// [`Takeover::Releasing`].
+    TakeoverRequested,
+    /// Not ours any more (taken away, or the row is gone).
+    Lost,
+}
+
+/// What [`MetaStore::set_tus_offset`] records besides the offset.
+#[derive(Clone, Debug)]
+pub struct TusProgress {
+    pub offset: u64,
+    /// The sha256 state over the first `offset` bytes, when known.
+    pub hash_state: Option<Vec<u8>>,
+    pub expires_at: DateTime<Utc>,
+    /// The upload is whole and its holder goes on to complete it.
+    pub completing: bool,
 }
 
 /// The metadata store. Every method is one transaction; each that changes
@@ -482,7 +539,7 @@ pub trait MetaStore: EventStore + Send + Sync + 'static {
     ) -> MetaResult<Option<TusUpload>>;
     /// Takes the upload's lease for `owner` until `lease_until` when nobody
     /// holds a live one (one conditional `UPDATE`: atomic across processes),
-    /// pushing its expiry to `expires_at`.
+    /// pushing its expiry to `expires_at` and clearing any takeover marker.
     async fn lock_tus_upload(
         &self,
         user_id: &str,
@@ -491,25 +548,34 @@ pub trait MetaStore: EventStore + Send + Sync + 'static {
         lease_until: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> MetaResult<TusLock>;
-    /// Extends `owner`'s lease; false when `owner` no longer holds it.
-    async fn renew_tus_lock(
+    /// The holder of upload `id`'s live lease at `now`, if any.
+    async fn tus_holder(&self, id: Uuid, now: DateTime<Utc>) -> MetaResult<Option<TusHolder>>;
+    /// Asks `holder` to give up its lease (marker [`Takeover::Requested`]),
+    /// unless it is completing; false when `holder` no longer holds it.
+    async fn request_tus_takeover(&self, id: Uuid, holder: Uuid) -> MetaResult<bool>;
+    /// Takes the lease away from `holder` (taken for dead), unless it is
+    /// completing with a live lease at `now`; true when it was taken.
+    async fn break_tus_lock(&self, id: Uuid, holder: Uuid, now: DateTime<Utc>) -> MetaResult<bool>;
+    /// The holder's look at its lease: renews it until `renew_until` when
+    /// given, and acknowledges a takeover request (the marker becomes
+    /// [`Takeover::Releasing`]).
+    async fn check_tus_lock(
         &self,
         id: Uuid,
         owner: Uuid,
-        lease_until: DateTime<Utc>,
-    ) -> MetaResult<bool>;
-    /// Records a new offset while `owner` holds the lease; false otherwise.
-    async fn set_tus_offset(
-        &self,
-        id: Uuid,
-        owner: Uuid,
-        offset: u64,
-        expires_at: DateTime<Utc>,
-    ) -> MetaResult<bool>;
+        renew_until: Option<DateTime<Utc>>,
+    ) -> MetaResult<LeaseCheck>;
+    /// Records progress while `owner` holds the lease; false otherwise.
+    async fn set_tus_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool>;
     /// Gives up `owner`'s lease (no-op when not held).
     async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()>;
-    /// Deletes the row of an upload that `owner` holds (completion, failure).
+    /// Deletes the row of an upload that `owner` holds (failure).
     async fn finish_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<bool>;
+    /// Completes upload `id` in ONE transaction: deletes its row (only while
+    /// `owner` holds the lease, so a second completion cannot commit),
+    /// releases its reservation and inserts the file row. On any failure
+    /// nothing of it is visible. `Conflict` when the lease was lost.
+    async fn complete_tus_upload(&self, owner: Uuid, file: NewFile) -> MetaResult<FileRecord>;
     /// Termination: deletes the user's upload unless a live lease is held on
     /// it at `now` (then `Busy`).
     async fn terminate_tus_upload(

@@ -166,7 +166,7 @@ const FILE_COLS: &str = "id, user_id, file_name, file_type, mime_type, file_size
      thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date";
 
 const TUS_COLS: &str =
-    "id, user_id, upload_length, upload_offset, metadata, expires_at, created_at";
+    "id, user_id, upload_length, upload_offset, metadata, expires_at, created_at, hash_state";
 
 const USER_COLS: &str = "user_id, total_bytes, reserved_bytes, max_bytes, \
      CAST(file_count AS BIGINT) AS file_count, created_at, updated_at";
@@ -254,7 +254,105 @@ macro_rules! impl_store {
                     metadata: row.try_get("metadata")?,
                     expires_at: row.try_get("expires_at")?,
                     created_at: row.try_get("created_at")?,
+                    hash_state: row.try_get("hash_state")?,
                 })
+            }
+
+            /// Inserts file row `f` and releases `reservation` inside `tx`,
+            /// then commits; see [`MetaStore::commit_file`].
+            async fn commit_file_in(
+                &self,
+                mut tx: sqlx::Transaction<'_, $db>,
+                reservation: Uuid,
+                f: NewFile,
+            ) -> MetaResult<FileRecord> {
+                let t = now();
+                Self::release_in(&mut tx, reservation).await?;
+                // With the reservation handed back, the file must fit; this also
+                // covers a reservation that expired while the upload ran.
+                let fits = sqlx::query(
+                    "UPDATE user_storage SET updated_at = $3 \
+                     WHERE user_id = $1 AND total_bytes + reserved_bytes + $2 <= max_bytes",
+                )
+                .bind(&f.user_id)
+                .bind(f.file_size)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if fits == 0 {
+                    tx.rollback().await?;
+                    let room = self
+                        .get_user(&f.user_id)
+                        .await?
+                        .map(|u| (u.max_bytes - u.total_bytes - u.reserved_bytes).max(0) as u64)
+                        .unwrap_or(0);
+                    return Err(MetaError::QuotaExceeded {
+                        needed: f.file_size.max(0) as u64,
+                        available: room,
+                    });
+                }
+                sqlx::query(
+                    "INSERT INTO user_files (id, user_id, file_name, file_type, mime_type, file_size, \
+                     file_path, package_name, tags, is_favorite, sha256, upload_date, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, $11, $11)",
+                )
+                .bind(f.id)
+                .bind(&f.user_id)
+                .bind(&f.file_name)
+                .bind(f.file_type.as_str())
+                .bind(&f.mime_type)
+                .bind(f.file_size)
+                .bind(&f.file_path)
+                .bind(&f.package_name)
+                .bind($tags_in(&f.tags))
+                .bind(&f.sha256)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+                let rec = FileRecord {
+                    id: f.id,
+                    user_id: f.user_id,
+                    file_name: f.file_name,
+                    file_type: f.file_type,
+                    mime_type: f.mime_type,
+                    file_size: f.file_size,
+                    file_path: f.file_path,
+                    thumbnail_path: None,
+                    resolution: None,
+                    duration: None,
+                    package_name: f.package_name,
+                    tags: f.tags,
+                    is_favorite: false,
+                    sha256: f.sha256,
+                    upload_date: t,
+                };
+                Self::record_event_in(&mut tx, &NewEvent::file_created(&rec)).await?;
+                // The `fits` UPDATE above holds the user row (or the write
+                // lock) until commit, so concurrent commits take turns here.
+                Self::check_threshold_in(&mut tx, &rec.user_id).await?;
+                tx.commit().await?;
+                Ok(rec)
+            }
+
+            /// The live lease holder of tus upload `id` at `t`, read inside
+            /// whatever executor is given.
+            async fn holder_of(&self, id: Uuid, t: DateTime<Utc>) -> MetaResult<Option<TusHolder>> {
+                let row = sqlx::query(
+                    "SELECT lock_owner, CAST(takeover AS BIGINT) AS takeover, completing FROM tus_uploads \
+                     WHERE id = $1 AND lock_owner IS NOT NULL AND locked_until >= $2",
+                )
+                .bind(id)
+                .bind(t)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                let Some(r) = row else { return Ok(None) };
+                Ok(Some(TusHolder {
+                    owner: r.try_get("lock_owner")?,
+                    takeover: Takeover::from_i64(r.try_get("takeover")?),
+                    completing: r.try_get("completing")?,
+                }))
             }
 
             /// Deletes reservation `id` and hands its bytes back to its user,
@@ -679,74 +777,8 @@ macro_rules! impl_store {
             }
 
             async fn commit_file(&self, reservation: Uuid, f: NewFile) -> MetaResult<FileRecord> {
-                let t = now();
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
-                Self::release_in(&mut tx, reservation).await?;
-                // With the reservation handed back, the file must fit; this also
-                // covers a reservation that expired while the upload ran.
-                let fits = sqlx::query(
-                    "UPDATE user_storage SET updated_at = $3 \
-                     WHERE user_id = $1 AND total_bytes + reserved_bytes + $2 <= max_bytes",
-                )
-                .bind(&f.user_id)
-                .bind(f.file_size)
-                .bind(t)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if fits == 0 {
-                    tx.rollback().await?;
-                    let room = self
-                        .get_user(&f.user_id)
-                        .await?
-                        .map(|u| (u.max_bytes - u.total_bytes - u.reserved_bytes).max(0) as u64)
-                        .unwrap_or(0);
-                    return Err(MetaError::QuotaExceeded {
-                        needed: f.file_size.max(0) as u64,
-                        available: room,
-                    });
-                }
-                sqlx::query(
-                    "INSERT INTO user_files (id, user_id, file_name, file_type, mime_type, file_size, \
-                     file_path, package_name, tags, is_favorite, sha256, upload_date, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, $11, $11)",
-                )
-                .bind(f.id)
-                .bind(&f.user_id)
-                .bind(&f.file_name)
-                .bind(f.file_type.as_str())
-                .bind(&f.mime_type)
-                .bind(f.file_size)
-                .bind(&f.file_path)
-                .bind(&f.package_name)
-                .bind($tags_in(&f.tags))
-                .bind(&f.sha256)
-                .bind(t)
-                .execute(&mut *tx)
-                .await?;
-                let rec = FileRecord {
-                    id: f.id,
-                    user_id: f.user_id,
-                    file_name: f.file_name,
-                    file_type: f.file_type,
-                    mime_type: f.mime_type,
-                    file_size: f.file_size,
-                    file_path: f.file_path,
-                    thumbnail_path: None,
-                    resolution: None,
-                    duration: None,
-                    package_name: f.package_name,
-                    tags: f.tags,
-                    is_favorite: false,
-                    sha256: f.sha256,
-                    upload_date: t,
-                };
-                Self::record_event_in(&mut tx, &NewEvent::file_created(&rec)).await?;
-                // The `fits` UPDATE above holds the user row (or the write
-                // lock) until commit, so concurrent commits take turns here.
-                Self::check_threshold_in(&mut tx, &rec.user_id).await?;
-                tx.commit().await?;
-                Ok(rec)
+                let tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                self.commit_file_in(tx, reservation, f).await
             }
 
             async fn get_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
@@ -1238,8 +1270,8 @@ macro_rules! impl_store {
             async fn create_tus_upload(&self, up: &TusUpload, lock: Option<(Uuid, DateTime<Utc>)>) -> MetaResult<()> {
                 sqlx::query(
                     "INSERT INTO tus_uploads (id, user_id, upload_length, upload_offset, metadata, \
-                     lock_owner, locked_until, expires_at, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     lock_owner, locked_until, expires_at, created_at, hash_state) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(up.id)
                 .bind(&up.user_id)
@@ -1250,6 +1282,7 @@ macro_rules! impl_store {
                 .bind(lock.map(|l| l.1))
                 .bind(up.expires_at)
                 .bind(up.created_at)
+                .bind(&up.hash_state)
                 .execute(&self.pool)
                 .await
                 .map_err(MetaError::from_sqlx)?;
@@ -1276,56 +1309,137 @@ macro_rules! impl_store {
                 lease_until: DateTime<Utc>,
                 expires_at: DateTime<Utc>,
             ) -> MetaResult<TusLock> {
-                let t = now();
                 let sql = format!(
-                    "UPDATE tus_uploads SET lock_owner = $3, locked_until = $4, expires_at = $5 \
+                    "UPDATE tus_uploads SET lock_owner = $3, locked_until = $4, expires_at = $5, \
+                       takeover = 0, completing = FALSE \
                      WHERE id = $1 AND user_id = $2 AND expires_at > $6 \
                        AND (lock_owner IS NULL OR locked_until IS NULL OR locked_until < $6) \
                      RETURNING {TUS_COLS}"
                 );
-                let row = sqlx::query(&sql)
-                    .bind(id)
-                    .bind(user_id)
-                    .bind(owner)
-                    .bind(lease_until)
-                    .bind(expires_at)
-                    .bind(t)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                if let Some(r) = row {
-                    return Ok(TusLock::Acquired(Self::tus_from_row(&r)?));
+                // A lease released between the UPDATE and the look at its
+                // holder: try again (a few times; each is cheap).
+                for _ in 0..3 {
+                    let t = now();
+                    let row = sqlx::query(&sql)
+                        .bind(id)
+                        .bind(user_id)
+                        .bind(owner)
+                        .bind(lease_until)
+                        .bind(expires_at)
+                        .bind(t)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(MetaError::from_sqlx)?;
+                    if let Some(r) = row {
+                        return Ok(TusLock::Acquired(Self::tus_from_row(&r)?));
+                    }
+                    let exists = sqlx::query("SELECT 1 AS one FROM tus_uploads WHERE id = $1 AND user_id = $2 AND expires_at > $3")
+                        .bind(id)
+                        .bind(user_id)
+                        .bind(t)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(MetaError::from_sqlx)?;
+                    if exists.is_none() {
+                        return Ok(TusLock::Missing);
+                    }
+                    if let Some(h) = self.holder_of(id, t).await? {
+                        return Ok(TusLock::Busy(h));
+                    }
                 }
-                let exists = sqlx::query("SELECT 1 AS one FROM tus_uploads WHERE id = $1 AND user_id = $2 AND expires_at > $3")
-                    .bind(id)
-                    .bind(user_id)
-                    .bind(t)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(if exists.is_some() { TusLock::Busy } else { TusLock::Missing })
+                Err(MetaError::Conflict("the upload's lease keeps changing hands".into()))
             }
 
-            async fn renew_tus_lock(&self, id: Uuid, owner: Uuid, lease_until: DateTime<Utc>) -> MetaResult<bool> {
-                let n = sqlx::query("UPDATE tus_uploads SET locked_until = $3 WHERE id = $1 AND lock_owner = $2")
-                    .bind(id)
-                    .bind(owner)
-                    .bind(lease_until)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?
-                    .rows_affected();
+            async fn tus_holder(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<Option<TusHolder>> {
+                self.holder_of(id, at).await
+            }
+
+            async fn request_tus_takeover(&self, id: Uuid, holder: Uuid) -> MetaResult<bool> {
+                let n = sqlx::query(
+                    "UPDATE tus_uploads SET takeover = CASE WHEN takeover = 0 THEN 1 ELSE takeover END \
+                     WHERE id = $1 AND lock_owner = $2 AND completing = FALSE",
+                )
+                .bind(id)
+                .bind(holder)
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?
+                .rows_affected();
                 Ok(n == 1)
             }
 
-            async fn set_tus_offset(&self, id: Uuid, owner: Uuid, offset: u64, expires_at: DateTime<Utc>) -> MetaResult<bool> {
+            async fn break_tus_lock(&self, id: Uuid, holder: Uuid, at: DateTime<Utc>) -> MetaResult<bool> {
                 let n = sqlx::query(
-                    "UPDATE tus_uploads SET upload_offset = $3, expires_at = $4 WHERE id = $1 AND lock_owner = $2",
+                    "UPDATE tus_uploads SET lock_owner = NULL, locked_until = NULL, takeover = 0, completing = FALSE \
+                     WHERE id = $1 AND lock_owner = $2 AND (completing = FALSE OR locked_until < $3)",
+                )
+                .bind(id)
+                .bind(holder)
+                .bind(at)
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn check_tus_lock(
+                &self,
+                id: Uuid,
+                owner: Uuid,
+                renew_until: Option<DateTime<Utc>>,
+            ) -> MetaResult<LeaseCheck> {
+                let takeover: Option<i64> = match renew_until {
+                    Some(until) => sqlx::query_scalar(
+                        "UPDATE tus_uploads SET locked_until = $3, \
+                           takeover = CASE WHEN takeover = 1 THEN 2 ELSE takeover END \
+                         WHERE id = $1 AND lock_owner = $2 RETURNING CAST(takeover AS BIGINT)",
+                    )
+                    .bind(id)
+                    .bind(owner)
+                    .bind(until)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?,
+                    None => {
+                        // A read first: the common answer needs no write.
+                        let seen: Option<i64> = sqlx::query_scalar(
+                            "SELECT CAST(takeover AS BIGINT) FROM tus_uploads WHERE id = $1 AND lock_owner = $2",
+                        )
+                        .bind(id)
+                        .bind(owner)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(MetaError::from_sqlx)?;
+                        if seen == Some(1) {
+                            sqlx::query("UPDATE tus_uploads SET takeover = 2 WHERE id = $1 AND lock_owner = $2 AND takeover = 1")
+                                .bind(id)
+                                .bind(owner)
+                                .execute(&self.pool)
+                                .await
+                                .map_err(MetaError::from_sqlx)?;
+                        }
+                        seen
+                    }
+                };
+                Ok(match takeover {
+                    None => LeaseCheck::Lost,
+                    Some(0) => LeaseCheck::Held,
+                    Some(_) => LeaseCheck::TakeoverRequested,
+                })
+            }
+
+            async fn set_tus_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool> {
+                let n = sqlx::query(
+                    "UPDATE tus_uploads SET upload_offset = $3, hash_state = $4, expires_at = $5, completing = $6 \
+                     WHERE id = $1 AND lock_owner = $2",
                 )
                 .bind(id)
                 .bind(owner)
-                .bind(to_i64(offset))
-                .bind(expires_at)
+                .bind(to_i64(p.offset))
+                .bind(&p.hash_state)
+                .bind(p.expires_at)
+                .bind(p.completing)
                 .execute(&self.pool)
                 .await
                 .map_err(MetaError::from_sqlx)?
@@ -1334,12 +1448,15 @@ macro_rules! impl_store {
             }
 
             async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()> {
-                sqlx::query("UPDATE tus_uploads SET lock_owner = NULL, locked_until = NULL WHERE id = $1 AND lock_owner = $2")
-                    .bind(id)
-                    .bind(owner)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
+                sqlx::query(
+                    "UPDATE tus_uploads SET lock_owner = NULL, locked_until = NULL, takeover = 0, completing = FALSE \
+                     WHERE id = $1 AND lock_owner = $2",
+                )
+                .bind(id)
+                .bind(owner)
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
                 Ok(())
             }
 
@@ -1352,6 +1469,24 @@ macro_rules! impl_store {
                     .map_err(MetaError::from_sqlx)?
                     .rows_affected();
                 Ok(n == 1)
+            }
+
+            async fn complete_tus_upload(&self, owner: Uuid, f: NewFile) -> MetaResult<FileRecord> {
+                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                // The row goes first, under the lease: of two completions of
+                // one upload only the lease holder's gets past this line.
+                let gone = sqlx::query("DELETE FROM tus_uploads WHERE id = $1 AND lock_owner = $2")
+                    .bind(f.id)
+                    .bind(owner)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if gone != 1 {
+                    tx.rollback().await?;
+                    return Err(MetaError::Conflict("this request no longer holds the upload's lease".into()));
+                }
+                let reservation = f.id;
+                self.commit_file_in(tx, reservation, f).await
             }
 
             async fn terminate_tus_upload(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> MetaResult<TusLock> {
@@ -1376,7 +1511,14 @@ macro_rules! impl_store {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(MetaError::from_sqlx)?;
-                Ok(if exists.is_some() { TusLock::Busy } else { TusLock::Missing })
+                if exists.is_none() {
+                    return Ok(TusLock::Missing);
+                }
+                Ok(match self.holder_of(id, at).await? {
+                    Some(h) => TusLock::Busy(h),
+                    // Released in between: the caller tries again.
+                    None => TusLock::Busy(TusHolder { owner: Uuid::nil(), takeover: Takeover::None, completing: false }),
+                })
             }
 
             async fn expire_tus_uploads(&self, at: DateTime<Utc>) -> MetaResult<Vec<Uuid>> {

@@ -3,6 +3,7 @@
 
 mod garage;
 mod helpers;
+mod netproxy;
 
 mod accel;
 mod admin;
@@ -29,3 +30,4 @@ mod s3;
 mod scan;
 mod search;
 mod tus;
+mod tus_takeover;

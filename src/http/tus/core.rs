@@ -1,18 +1,18 @@
 //! The core protocol: `HEAD` (offset), `PATCH` (append) and completion.
 //!
-//! A PATCH holds a lease on its upload row (`lock_owner`, `locked_until`),
-//! taken with one conditional `UPDATE` and renewed while the body streams, so
-//! two PATCHes on one upload never write at once, whichever processes they
-//! reach; the loser answers 423 (or 409 once the offset has moved). The body
-//! streams chunk by chunk into the staging blob; the new offset is recorded
-//! only after the data is fsynced, so the recorded offset never runs ahead of
-//! the data, and a later PATCH truncates anything written past it.
+//! A PATCH holds the upload's [`lease`], so two requests never write to one
+//! upload at once, whichever processes they reach; a later `HEAD` or `PATCH`
+//! ends the earlier request instead of being refused (takeover). The body
+//! streams through the shared [`Stage`] (early content sniff, running
+//! sha256, staging write); the new offset is recorded, with the sha256 state
+//! over the bytes up to it, only after the data is fsynced, so the recorded
+//! offset never runs ahead of the data, and a later PATCH truncates anything
+//! written past it. Completion deletes the upload row in the transaction that
+//! commits the file row and releases the reservation.
 //!
 //! The work of a PATCH runs in a task of its own, so a client that goes away
 //! mid-body does not cancel it: what arrived is made durable and recorded
 //! (unless the request carried a checksum, then it is rolled back).
-
-use std::{collections::HashMap, sync::Mutex, time::Instant};
 
 use axum::{
     body::Body,
@@ -22,12 +22,12 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
     checksum::BodyHasher,
     headers::{self, http_date, metadata_from_json, ChecksumError},
+    lease::{self, Acquired, Ended, Lease},
     *,
 };
 use crate::{
@@ -41,20 +41,25 @@ use crate::{
         error::AppResult,
         extract::{AuthUser, FileId},
     },
-    ingest::{self, FileMeta},
-    meta::{FileRecord, TusLock, TusUpload},
+    ingest::{self, sha256::RunningSha256, FileMeta, Stage},
+    meta::{FileRecord, TusProgress, TusUpload},
 };
 
-/// `HEAD /api/uploads/{id}`: the offset of an upload in progress; a finished
-/// upload (its file id is the upload id) answers its full length and
-/// `Stowage-File-Id`. Anyone but the creator gets 404.
+/// `HEAD /api/uploads/{id}`: the offset of an upload in progress (after
+/// ending any request still writing to it, so the offset is final); a
+/// finished upload (its file id is the upload id) answers its full length
+/// and `Stowage-File-Id`. Anyone but the creator gets 404.
 pub async fn head(
     State(state): State<AppState>,
     user: AuthUser,
     FileId(id): FileId,
 ) -> AppResult<Response> {
     let mut h = HeaderMap::new();
-    if let Some(up) = state.meta.get_tus_upload(&user.0, id, Utc::now()).await? {
+    let mut up = state.meta.get_tus_upload(&user.0, id, Utc::now()).await?;
+    if up.is_some() && lease::end_writer(&state, id).await? == Ended::Ended {
+        up = state.meta.get_tus_upload(&user.0, id, Utc::now()).await?;
+    }
+    if let Some(up) = up {
         h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(up.upload_offset));
         h.insert(UPLOAD_LENGTH.clone(), HeaderValue::from(up.upload_length));
         h.insert(UPLOAD_EXPIRES.clone(), date_value(up.expires_at));
@@ -114,7 +119,16 @@ pub async fn patch(
             headers::parse_u64("Upload-Offset", v).map_err(|e| AppError::BadRequest(e.0))
         })?;
     let checksum = parse_checksum_header(&headers)?;
-    let (mut lease, up) = Lease::acquire(&state, &user.0, id).await?;
+    let content_length = content_length(&headers);
+    let (mut lease, up) = loop {
+        match Lease::acquire(&state, &user.0, id).await? {
+            Acquired::Held(lease, up) => break (lease, up),
+            Acquired::Completing => lease::wait_for_completion(&state, id).await?,
+            Acquired::Missing => {
+                return finished(&state, &user.0, id, offset, content_length).await;
+            }
+        }
+    };
     if up.upload_offset as u64 != offset {
         lease.release().await;
         return Err(AppError::Conflict(format!(
@@ -124,7 +138,6 @@ pub async fn patch(
     }
     let st = state.clone();
     let user_id = user.0.clone();
-    let content_length = content_length(&headers);
     // Its own task: a client leaving mid-body must not cancel the bookkeeping.
     let done = tokio::spawn(async move {
         append(&st, &user_id, lease, &up, content_length, checksum, body).await
@@ -142,6 +155,27 @@ pub async fn patch(
         }
     }
     Ok((StatusCode::NO_CONTENT, h).into_response())
+}
+
+/// A PATCH of an upload that is no longer in progress: when it finished
+/// (a retried final PATCH, or one that waited for a completion), an empty
+/// PATCH at its full length answers as the completing one did; else 404.
+async fn finished(
+    state: &AppState,
+    user: &str,
+    id: Uuid,
+    offset: u64,
+    content_length: Option<u64>,
+) -> AppResult<Response> {
+    match state.meta.get_file(user, id).await? {
+        Some(f) if f.file_size as u64 == offset && content_length.unwrap_or(0) == 0 => {
+            let mut h = HeaderMap::new();
+            h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(offset));
+            h.insert(STOWAGE_FILE_ID.clone(), id_value(f.id));
+            Ok((StatusCode::NO_CONTENT, h).into_response())
+        }
+        _ => Err(AppError::NotFound),
+    }
 }
 
 /// True for `Content-Type: application/offset+octet-stream` (parameters and
@@ -222,108 +256,6 @@ pub fn file_meta(
     Ok(fm)
 }
 
-/// A PATCH's hold on its upload row. Released explicitly, or (error, panic)
-/// by a background task on drop; a crashed process's lease runs out.
-pub struct Lease {
-    state: AppState,
-    id: Uuid,
-    owner: Uuid,
-    last_renew: Instant,
-    held: bool,
-}
-
-impl Lease {
-    /// Takes the lease: 423 while someone else holds it, 404 when there is
-    /// no such live upload of this user.
-    pub async fn acquire(state: &AppState, user: &str, id: Uuid) -> AppResult<(Lease, TusUpload)> {
-        let owner = Uuid::new_v4();
-        let now = Utc::now();
-        let lock = state
-            .meta
-            .lock_tus_upload(user, id, owner, now + lease_len(), expiry_from(state, now))
-            .await?;
-        match lock {
-            TusLock::Acquired(up) => Ok((Lease::held(state, id, owner), up)),
-            TusLock::Busy => Err(AppError::Locked(
-                "another request is writing to this upload; retry shortly".into(),
-            )),
-            TusLock::Missing => Err(AppError::NotFound),
-        }
-    }
-
-    /// A lease taken by creating the row already locked.
-    pub fn held(state: &AppState, id: Uuid, owner: Uuid) -> Lease {
-        Lease {
-            state: state.clone(),
-            id,
-            owner,
-            last_renew: Instant::now(),
-            held: true,
-        }
-    }
-
-    pub fn owner(&self) -> Uuid {
-        self.owner
-    }
-
-    /// Renews the lease when due; 423 when it was lost (stalled too long).
-    async fn keep(&mut self) -> AppResult<()> {
-        if self.last_renew.elapsed() < LEASE_RENEW_EVERY {
-            return Ok(());
-        }
-        self.last_renew = Instant::now();
-        if self
-            .state
-            .meta
-            .renew_tus_lock(self.id, self.owner, Utc::now() + lease_len())
-            .await?
-        {
-            Ok(())
-        } else {
-            self.held = false;
-            Err(AppError::Locked(
-                "this request lost its lock on the upload".into(),
-            ))
-        }
-    }
-
-    async fn release(&mut self) {
-        if !self.held {
-            return;
-        }
-        self.held = false;
-        if let Err(e) = self.state.meta.unlock_tus_upload(self.id, self.owner).await {
-            tracing::warn!(error = %e, upload = %self.id, "could not release upload lock; it will expire");
-        }
-    }
-
-    /// The row is gone (completed or failed); nothing to release.
-    async fn finish_row(&mut self) {
-        self.held = false;
-        if let Err(e) = self.state.meta.finish_tus_upload(self.id, self.owner).await {
-            tracing::warn!(error = %e, upload = %self.id, "could not delete finished upload row; cleanup will");
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if !self.held {
-            return;
-        }
-        let (state, id, owner) = (self.state.clone(), self.id, self.owner);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = state.meta.unlock_tus_upload(id, owner).await;
-            });
-        }
-    }
-}
-
-fn lease_len() -> chrono::Duration {
-    chrono::Duration::from_std(LEASE).expect("small duration")
-}
-
 pub fn expiry_from(state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
     now + chrono::Duration::from_std(state.config.upload_expiry)
         .unwrap_or(chrono::Duration::days(1))
@@ -337,33 +269,15 @@ pub struct Appended {
     pub file: Option<FileRecord>,
 }
 
-/// sha256 states of uploads in progress on this process, by id, at the
-/// offset they cover: a chunked upload then needs no re-read at completion.
-/// A miss (another process, a restart) re-reads the staged data instead.
-static WHOLE_HASH: Mutex<Option<HashMap<Uuid, (u64, Sha256)>>> = Mutex::new(None);
-const WHOLE_HASH_MAX: usize = 4096;
-
-fn hash_take(id: Uuid, offset: u64) -> Option<Sha256> {
-    let mut g = WHOLE_HASH.lock().unwrap_or_else(|e| e.into_inner());
-    match g.as_mut()?.remove(&id) {
-        Some((o, h)) if o == offset => Some(h),
-        _ => None,
-    }
-}
-
-fn hash_put(id: Uuid, offset: u64, h: Sha256) {
-    let mut g = WHOLE_HASH.lock().unwrap_or_else(|e| e.into_inner());
-    let map = g.get_or_insert_with(HashMap::new);
-    if map.len() < WHOLE_HASH_MAX {
-        map.insert(id, (offset, h));
-    }
-}
-
-pub fn hash_forget(id: Uuid) {
-    let mut g = WHOLE_HASH.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(m) = g.as_mut() {
-        m.remove(&id);
-    }
+/// Why a body stopped before its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cut {
+    /// The client went away, or sent nothing for [`BODY_IDLE`].
+    Disconnected,
+    /// A later request took the upload over.
+    TakenOver,
+    /// The server is stopping (SIGTERM past its grace period).
+    Shutdown,
 }
 
 /// Streams `body` onto upload `up` (whose offset the caller checked) under
@@ -409,76 +323,117 @@ async fn append_inner(
     }
     // One call opens the staged data at the offset and checks it holds
     // that many bytes (on an object store, a listing plus a probe).
-    let mut writer = match state.blobs.stage(id, start).await {
+    let writer = match state.blobs.stage(id, start).await {
         Ok(w) => w,
         Err(BlobError::NotFound) => {
             // The staged bytes the offset counts are gone: nothing to resume.
             tracing::error!(upload = %id, start, "staging data of a tus upload is missing; dropping the upload");
-            lease.finish_row().await;
-            ingest::abandon(state, id).await;
+            if lease.finish_row().await {
+                ingest::abandon(state, id).await;
+            }
             return Err(AppError::NotFound);
         }
         Err(e) => return Err(e.into()),
     };
-    let before = hash_take(id, start).or_else(|| (start == 0).then(Sha256::new));
-    let mut whole = before.clone();
+    // The hash over the bytes before `start`, saved with the offset.
+    let before = up
+        .hash_state
+        .as_deref()
+        .and_then(RunningSha256::from_bytes)
+        .filter(|h| h.len() == start)
+        .or_else(|| (start == 0).then(RunningSha256::new));
+    let mut stage = Stage::resume(
+        state,
+        id,
+        writer,
+        start,
+        before,
+        length,
+        false,
+        state.config.upload_expiry,
+    )
+    .await;
     let mut body_hash = checksum.as_ref().map(|c| BodyHasher::new(c.algo));
-    let mut written: u64 = 0;
-    let mut disconnected = false;
+    let mut cut = None;
     let mut stream = body.into_data_stream();
+    let idle = tokio::time::sleep(BODY_IDLE);
+    let check = tokio::time::sleep(lease.check_due());
+    tokio::pin!(idle, check);
     loop {
-        // A stopping server ends the PATCH like a disconnect: what arrived
-        // is kept, its offset recorded and the lease released.
+        // A chunk, or a reason to look at the lease first: a takeover on
+        // this node, or a check due (another node's takeover, renewal). A
+        // stopping server ends the PATCH like a disconnect: what arrived is
+        // kept, its offset recorded and the lease released.
         let next = tokio::select! {
-            n = tokio::time::timeout(BODY_IDLE, stream.next()) => n,
+            biased;
             _ = state.shutdown.cancelled() => {
-                tracing::info!(upload = %id, written, "server stopping; keeping what arrived");
-                disconnected = true;
+                tracing::info!(upload = %id, written = stage.len() - start, "server stopping; keeping what arrived");
+                cut = Some(Cut::Shutdown);
                 break;
             }
+            _ = lease.stopped() => None,
+            _ = &mut check => None,
+            _ = &mut idle => {
+                tracing::info!(upload = %id, written = stage.len() - start, "tus body stalled");
+                cut = Some(Cut::Disconnected);
+                break;
+            }
+            c = stream.next() => Some(c),
         };
+        if !lease.keep().await? {
+            tracing::info!(upload = %id, written = stage.len() - start, "tus body ended: another request took the upload over");
+            cut = Some(Cut::TakenOver);
+            break;
+        }
+        if check.is_elapsed() {
+            check
+                .as_mut()
+                .reset(tokio::time::Instant::now() + lease.check_due());
+        }
         let chunk = match next {
-            Ok(Some(Ok(c))) => c,
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                tracing::info!(upload = %id, error = %e, written, "tus body ended early");
-                disconnected = true;
-                break;
-            }
-            Err(_) => {
-                tracing::info!(upload = %id, written, "tus body stalled");
-                disconnected = true;
+            None => continue,
+            Some(None) => break,
+            Some(Some(Ok(c))) => c,
+            Some(Some(Err(e))) => {
+                tracing::info!(upload = %id, error = %e, written = stage.len() - start, "tus body ended early");
+                cut = Some(Cut::Disconnected);
                 break;
             }
         };
-        if start + written + chunk.len() as u64 > length {
-            drop(writer);
-            rollback(state, id, start, before).await;
+        idle.as_mut().reset(tokio::time::Instant::now() + BODY_IDLE);
+        if stage.len() + chunk.len() as u64 > length {
+            drop(stage);
+            rollback(state, id, start).await;
             return Err(AppError::TooLarge(format!(
                 "the body goes past Upload-Length {length}"
             )));
         }
-        lease.keep().await?;
-        if let Some(h) = whole.as_mut() {
-            h.update(&chunk);
-        }
         if let Some(h) = body_hash.as_mut() {
             h.update(&chunk);
         }
-        written += chunk.len() as u64;
-        writer.write(chunk).await?;
+        if let Err(e) = stage.write(chunk).await {
+            drop(stage);
+            if matches!(e, AppError::UnsupportedMedia(_)) {
+                // Refused by its first bytes: it can never complete.
+                if lease.finish_row().await {
+                    ingest::abandon(state, id).await;
+                }
+            }
+            return Err(e);
+        }
     }
-    let new_offset = writer.finish().await?;
-    debug_assert_eq!(new_offset, start + written);
+    let staged = stage.finish().await?;
+    let new_offset = staged.len;
+    let written = new_offset - start;
     if let (Some(c), Some(h)) = (&checksum, body_hash) {
-        if disconnected {
-            rollback(state, id, start, before).await;
+        if cut.is_some() {
+            rollback(state, id, start).await;
             return Err(AppError::BadRequest(
                 "the body ended early; with Upload-Checksum nothing of it is kept".into(),
             ));
         }
         if !h.matches(c) {
-            rollback(state, id, start, before).await;
+            rollback(state, id, start).await;
             return Err(AppError::ChecksumMismatch(format!(
                 "the body does not match its {} checksum; nothing of it was kept",
                 c.algo.name()
@@ -486,15 +441,22 @@ async fn append_inner(
         }
     }
     let expires_at = expiry_from(state, Utc::now());
-    if written > 0 || new_offset == length {
+    let whole = new_offset == length;
+    if written > 0 || whole {
+        let progress = TusProgress {
+            offset: new_offset,
+            hash_state: staged.hash.as_ref().map(RunningSha256::to_bytes),
+            expires_at,
+            completing: whole,
+        };
         if !state
             .meta
-            .set_tus_offset(id, lease.owner(), new_offset, expires_at)
+            .set_tus_offset(id, lease.owner(), &progress)
             .await?
         {
-            lease.held = false;
-            return Err(AppError::Locked(
-                "this request lost its lock on the upload".into(),
+            lease.mark_lost();
+            return Err(AppError::Conflict(
+                "another request took this upload over".into(),
             ));
         }
         if let Err(e) = state
@@ -505,26 +467,24 @@ async fn append_inner(
             tracing::warn!(error = %e, upload = %id, "could not extend the upload's reservation");
         }
     }
-    if new_offset < length {
-        if let Some(h) = whole {
-            hash_put(id, new_offset, h);
-        }
+    if !whole {
         lease.release().await;
-        if disconnected && state.shutdown.is_cancelled() {
-            return Err(AppError::Unavailable(format!(
+        return match cut {
+            Some(Cut::Shutdown) => Err(AppError::Unavailable(format!(
                 "the server is restarting; resume at Upload-Offset {new_offset}"
-            )));
-        }
-        if disconnected {
-            return Err(AppError::BadRequest("the body ended early".into()));
-        }
-        return Ok(Appended {
-            offset: new_offset,
-            expires_at,
-            file: None,
-        });
+            ))),
+            Some(Cut::Disconnected) => Err(AppError::BadRequest("the body ended early".into())),
+            Some(Cut::TakenOver) => Err(AppError::Conflict(format!(
+                "another request took this upload over at offset {new_offset}"
+            ))),
+            None => Ok(Appended {
+                offset: new_offset,
+                expires_at,
+                file: None,
+            }),
+        };
     }
-    let file = complete(state, user, lease, up, whole).await?;
+    let file = complete(state, user, lease, up, staged.hash, staged.head).await?;
     Ok(Appended {
         offset: new_offset,
         expires_at,
@@ -532,69 +492,62 @@ async fn append_inner(
     })
 }
 
-/// Cuts the staged data back to `offset` (nothing of a refused PATCH stays).
-async fn rollback(state: &AppState, id: Uuid, offset: u64, hash: Option<Sha256>) {
+/// Cuts the staged data back to `offset` (nothing of a refused PATCH stays;
+/// the row's offset and hash state did not move).
+async fn rollback(state: &AppState, id: Uuid, offset: u64) {
     let res = async { state.blobs.stage(id, offset).await?.finish().await }.await;
     if let Err(e) = res {
         // The recorded offset did not move; the next PATCH truncates anyway.
         tracing::warn!(error = %e, upload = %id, "could not truncate staged data");
     }
-    if let Some(h) = hash {
-        hash_put(id, offset, h);
-    }
 }
 
-/// The upload is whole: sha256 over all of it (from the running state, or by
-/// streaming the staged data back), the type from its first bytes, then the
-/// shared publish-and-commit, which also releases the reservation. Any
-/// failure drops the upload and releases its quota.
+/// The upload is whole: sha256 over all of it (from the saved state, or by
+/// reading the staged data back when there is none), the type from its first
+/// bytes, then the shared publish-and-commit, whose transaction also deletes
+/// the upload row. The lease is renewed while this works, and nobody takes
+/// it over (the row says `completing`). Any failure drops the upload and
+/// releases its quota, unless the lease was lost to another request.
 async fn complete(
     state: &AppState,
     user: &str,
     lease: &mut Lease,
     up: &TusUpload,
-    whole: Option<Sha256>,
+    whole: Option<RunningSha256>,
+    head: Vec<u8>,
 ) -> AppResult<FileRecord> {
     let id = up.id;
     let len = up.upload_length.max(0) as u64;
-    hash_forget(id);
-    let res = async {
-        let head = read_staged_all(state, id, 0..len.min(SNIFF_LEN as u64), None).await?;
+    let owner = lease.owner();
+    let work = async {
+        let want = len.min(SNIFF_LEN as u64);
+        let head = if head.len() as u64 >= want {
+            head
+        } else {
+            ingest::read_staged(state, id, 0..want).await?
+        };
         let sha256 = match whole {
-            Some(h) => hex::encode(h.finalize()),
+            Some(h) => h.finish_hex(),
             None => {
-                let mut h = Sha256::new();
-                read_staged_all(state, id, 0..len, Some(&mut h)).await?;
-                hex::encode(h.finalize())
+                tracing::info!(upload = %id, "no saved hash state; reading the staged data back");
+                ingest::hash_staged(state, id, len).await?.finish_hex()
             }
         };
         let meta = file_meta(&metadata_from_json(&up.metadata))?;
-        ingest::publish_and_commit(state, user, id, len, &head, sha256, meta).await
-    }
-    .await;
-    lease.finish_row().await;
-    if res.is_err() {
-        ingest::abandon(state, id).await;
-    }
-    res
-}
-
-/// Reads `range` of staging blob `id`: into the returned buffer when `hash`
-/// is `None` (small ranges only), else through `hash` chunk by chunk.
-async fn read_staged_all(
-    state: &AppState,
-    id: Uuid,
-    range: std::ops::Range<u64>,
-    mut hash: Option<&mut Sha256>,
-) -> AppResult<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut s = state.blobs.read_staged(id, range).await?;
-    while let Some(chunk) = s.next().await {
-        let chunk = chunk.map_err(AppError::internal)?;
-        match hash.as_deref_mut() {
-            Some(h) => h.update(&chunk),
-            None => out.extend_from_slice(&chunk),
+        ingest::publish_and_commit(state, user, id, len, &head, sha256, meta, Some(owner)).await
+    };
+    let res = tokio::select! {
+        r = work => r,
+        _ = lease::renew_forever(state, id, owner) => unreachable!("renewal never ends"),
+    };
+    match &res {
+        Ok(_) => lease.mark_done(),
+        Err(e) => {
+            tracing::info!(upload = %id, error = %e, "tus completion failed");
+            if lease.finish_row().await {
+                ingest::abandon(state, id).await;
+            }
         }
     }
-    Ok(out)
+    res
 }

@@ -16,8 +16,9 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{
-    core::{self, append, date_value, expiry_from, file_meta, id_value, Lease},
+    core::{self, append, date_value, expiry_from, file_meta, id_value},
     headers::{self, metadata_to_json},
+    lease::Lease,
     *,
 };
 use crate::{
@@ -93,6 +94,7 @@ pub async fn create(
         metadata: metadata_to_json(&metadata),
         expires_at: expiry_from(&state, now),
         created_at: now,
+        hash_state: None,
     };
     // An empty upload is complete at once: it goes through the append path.
     let appending = has_body || length == 0;

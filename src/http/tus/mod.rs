@@ -6,9 +6,11 @@
 //!
 //! - [`creation`]: `POST` reserves the quota (the reservation id is the upload
 //!   id and the staging blob id), creates the row, and with a body appends it;
-//! - [`core`]: `HEAD` (offset), `PATCH` (append under a database lease, so two
-//!   PATCHes never write at once, across processes too), completion through
-//!   the shared ingest tail, and `GET` of a finished upload;
+//! - [`core`]: `HEAD` (offset), `PATCH` (append through the shared ingest
+//!   stage), completion in one transaction, and `GET` of a finished upload;
+//! - [`lease`]: the database lease a writing request holds, so two requests
+//!   never write at once (across processes too), and takeover: a later
+//!   request ends an earlier one instead of being refused with 423;
 //! - [`termination`]: `DELETE` discards the data and releases the quota;
 //! - [`checksum`], [`headers`]: the pieces the above parse and check.
 
@@ -16,6 +18,7 @@ pub mod checksum;
 pub mod core;
 pub mod creation;
 pub mod headers;
+pub mod lease;
 pub mod termination;
 
 use std::time::Duration;
@@ -46,10 +49,8 @@ pub static STOWAGE_FILE_ID: HeaderName = HeaderName::from_static("stowage-file-i
 /// The body type of `PATCH` (and of a creation-with-upload `POST`).
 pub const OFFSET_OCTET_STREAM: &str = "application/offset+octet-stream";
 
-/// A PATCH's lease on its upload row; renewed while the body streams.
-pub const LEASE: Duration = Duration::from_secs(30);
-/// How often a streaming PATCH renews its lease.
-pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
+pub use lease::LEASE;
+
 /// A body that sends nothing for this long counts as a disconnect (so a
 /// stalled client cannot hold the lease past its end).
 pub const BODY_IDLE: Duration = Duration::from_secs(20);

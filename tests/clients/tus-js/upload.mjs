@@ -4,12 +4,13 @@
 //
 //   node upload.mjs --endpoint URL [--upload-url URL] [--header 'K: V']...
 //        [--chunk-size BYTES] [--metadata key=value]... [--abort-after BYTES]
-//        [--retry-delays 0,200,500] FILE
+//        [--retry-delays 0,200,500|default] FILE
 //
 // --upload-url resumes an upload created earlier (HEAD, then PATCH from the
 // server's offset). --abort-after aborts the transfer (the connection is
 // cut) once that many bytes were sent, prints the upload URL and exits 0, so
-// a second run can resume it. file_id is the Stowage-File-Id header of the
+// a second run can resume it. --retry-delays default leaves tus-js-client's
+// own default retry delays in place. file_id is the Stowage-File-Id header of the
 // request that completed the upload.
 import fs from 'node:fs';
 import * as tus from 'tus-js-client';
@@ -23,7 +24,10 @@ for (let i = 0; i < args.length; i++) {
   else if (a === '--upload-url') o.uploadUrl = args[++i];
   else if (a === '--chunk-size') o.chunkSize = Number(args[++i]);
   else if (a === '--abort-after') o.abortAfter = Number(args[++i]);
-  else if (a === '--retry-delays') o.retryDelays = args[++i] ? args[i].split(',').map(Number) : null;
+  else if (a === '--retry-delays') {
+    const v = args[++i];
+    o.retryDelays = v === 'default' ? undefined : v ? v.split(',').map(Number) : null;
+  }
   else if (a === '--header') {
     const h = args[++i]; const c = h.indexOf(':');
     o.headers[h.slice(0, c).trim()] = h.slice(c + 1).trim();
@@ -44,7 +48,7 @@ const finish = (code) => {
   process.exit(code);
 };
 
-const up = new tus.Upload(fs.createReadStream(file), {
+const options = {
   endpoint: o.endpoint,
   uploadUrl: o.uploadUrl,
   chunkSize: o.chunkSize > 0 ? o.chunkSize : Infinity,
@@ -78,6 +82,9 @@ const up = new tus.Upload(fs.createReadStream(file), {
     result.error = String(err && err.message ? err.message : err);
     finish(1);
   },
-});
+};
+// Left out (not undefined) so that the client's own default applies.
+if (o.retryDelays === undefined) delete options.retryDelays;
+const up = new tus.Upload(fs.createReadStream(file), options);
 setTimeout(() => { result.error = 'timeout'; finish(1); }, 120000).unref();
 up.start();

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Uploads one file to a tus server with tuspy; prints one JSON line:
-   {"ok":bool,"url":..,"file_id":..,"bytes":..,"resumed_offsets":[..],"error":..}
+   {"ok":bool,"url":..,"file_id":..,"bytes":..,"resumed_offsets":[..],
+    "errors":[..],"error":..}
 
    upload.py --endpoint URL [--url UPLOAD_URL] [--header 'K: V']...
              [--chunk-size BYTES] [--metadata key=value]... [--checksum]
@@ -10,7 +11,8 @@
 (sha1) with every PATCH. --stop-after stops once that offset is reached (a
 pause; the script prints the URL so a second run can resume). When a request
 fails (connection cut, server restarting), the script waits and resumes from
-the server's offset, up to --attempts times.
+the server's offset, up to --attempts times; "errors" lists every failure
+met on the way (with its HTTP status, when there was one).
 """
 import argparse
 import json
@@ -42,7 +44,7 @@ def main():
     metadata = dict(m.split("=", 1) for m in a.metadata)
     size = os.path.getsize(a.file)
     out = {"ok": False, "url": a.url, "file_id": None, "bytes": size,
-           "resumed_offsets": [], "error": None}
+           "resumed_offsets": [], "errors": [], "error": None}
     client = tus_client.TusClient(a.endpoint, headers=headers)
     url = a.url
     for attempt in range(a.attempts):
@@ -66,6 +68,8 @@ def main():
             break
         except Exception as e:  # noqa: BLE001 - any failure: resume after a pause
             out["error"] = f"{type(e).__name__}: {e}"
+            out["errors"].append({"error": out["error"],
+                                  "status": getattr(e, "status_code", None)})
             time.sleep(min(0.2 * (attempt + 1), 1.5))
     else:
         print(json.dumps(out))

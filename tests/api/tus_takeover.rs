@@ -1,0 +1,646 @@
+//! Takeover instead of 423 (SPEC §10): a request for an upload that an
+//! earlier request is still writing ends that request, which keeps what it
+//! made durable; completion is one transaction; the running hash is saved
+//! with the offset. With real clients against a real `stowage serve` that is
+//! SIGKILLed and restarted mid-upload.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use serde_json::Value;
+use sqlx::Connection;
+use uuid::Uuid;
+
+use crate::{
+    helpers::*,
+    local,
+    netproxy::NetProxy,
+    tus::{
+        create_ok, download, hdr, head, js_cmd, patch, py_cmd, require_clients, reserved,
+        run_client,
+    },
+};
+
+const MIB: usize = 1024 * 1024;
+const OCTET: &str = "application/offset+octet-stream";
+
+fn upload_id(loc: &str) -> Uuid {
+    loc.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+/// Polls `cond` every 10 ms for up to 20 s.
+async fn wait_until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A PATCH at offset 0 whose body sends `first` and then nothing, ever,
+/// with the connection left open: a request the server is "still
+/// receiving". Sent to `base`.
+fn hanging_patch(
+    base: &str,
+    user: &str,
+    loc: &str,
+    total: usize,
+    first: Vec<u8>,
+) -> tokio::task::JoinHandle<Result<reqwest::Response, reqwest::Error>> {
+    let body =
+        futures::stream::iter([Ok::<_, std::io::Error>(first)]).chain(futures::stream::pending());
+    let rb = reqwest::Client::new()
+        .patch(format!("{base}{loc}"))
+        .bearer_auth(token(user))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", OCTET)
+        .header("Upload-Offset", "0")
+        .header("Content-Length", total.to_string())
+        .body(reqwest::Body::wrap_stream(body));
+    tokio::spawn(async move { rb.send().await })
+}
+
+/// Waits until `len` bytes of upload `id` are in its staging file (the
+/// server has received and written them; 64 KiB multiples only, the local
+/// writer's buffer).
+async fn wait_staged(app: &TestApp, id: Uuid, len: u64) {
+    wait_until("the staged bytes", || async {
+        app.state.blobs.staged_len(id).await.unwrap() == Some(len)
+    })
+    .await;
+}
+
+async fn head_offset(app: &TestApp, user: &str, loc: &str) -> u64 {
+    let r = head(app, user, loc).await;
+    assert_eq!(r.status(), 200, "HEAD");
+    hdr(&r, "upload-offset").unwrap().parse().unwrap()
+}
+
+// The mobile case: the client's connection dies in a way the server does not
+// see (the proxy drops the client side and keeps the server side open, so
+// the server's PATCH just stops receiving). The client resumes at once on a
+// new connection: HEAD ends the stranded PATCH, which records what it
+// staged, and reports that offset; a PATCH at it completes the file.
+local!(dropped_client_resumes_at_once, |b| async move {
+    let app = spawn_app(b).await;
+    let data = png_bytes(3 * MIB);
+    let loc = create_ok(&app, "mobile", data.len() as u64, "").await;
+    let id = upload_id(&loc);
+    let proxy = NetProxy::start(app.addr, None).await;
+    let sent = MIB;
+    let stranded = hanging_patch(
+        &proxy.base(),
+        "mobile",
+        &loc,
+        data.len(),
+        data[..sent].to_vec(),
+    );
+    wait_staged(&app, id, sent as u64).await;
+    proxy.drop_clients();
+    assert!(
+        stranded.await.unwrap().is_err(),
+        "the client saw its connection die"
+    );
+
+    let off = head_offset(&app, "mobile", &loc).await;
+    assert_eq!(
+        off, sent as u64,
+        "HEAD reports what the stranded PATCH received"
+    );
+    let r = patch(&app, "mobile", &loc, off, data[sent..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204, "the resumed PATCH proceeds");
+    let file = hdr(&r, "stowage-file-id").unwrap().to_string();
+    assert!(
+        download(&app, "mobile", &file).await == data,
+        "the file is whole"
+    );
+    let (_, f) = app.get_json("mobile", &format!("/api/files/{file}")).await;
+    assert_eq!(f["sha256"], sha256_hex(&data));
+    assert_eq!(reserved(&app, "mobile").await, 0);
+    assert!(app.state.tus_writers.is_empty());
+    app.assert_consistent("mobile").await;
+});
+
+// Two nodes on one database: node A is still receiving a PATCH (its client
+// is alive but sends nothing more); a PATCH on node B at the offset A has
+// staged takes the upload over. A's request ends (its response arrives)
+// within the 2 s of SPEC §10, and the file is whole.
+local!(patch_on_another_node_takes_over, |b| async move {
+    let a = spawn_app(b).await;
+    let node_b = spawn_peer(&a).await;
+    let data = png_bytes(2 * MIB);
+    let loc = create_ok(&a, "nodes", data.len() as u64, "").await;
+    let id = upload_id(&loc);
+    let sent = MIB;
+    let on_a = hanging_patch(&a.base, "nodes", &loc, data.len(), data[..sent].to_vec());
+    wait_staged(&a, id, sent as u64).await;
+
+    let asked = Instant::now();
+    let on_b = tokio::spawn({
+        let (base, loc, rest) = (node_b.base.clone(), loc.clone(), data[sent..].to_vec());
+        async move {
+            reqwest::Client::new()
+                .patch(format!("{base}{loc}"))
+                .bearer_auth(token("nodes"))
+                .header("Tus-Resumable", "1.0.0")
+                .header("Content-Type", OCTET)
+                .header("Upload-Offset", sent.to_string())
+                .body(rest)
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let r_a = tokio::time::timeout(Duration::from_secs(10), on_a)
+        .await
+        .expect("node A's request ended")
+        .unwrap()
+        .expect("node A answered");
+    let ended_after = asked.elapsed();
+    assert_eq!(r_a.status(), 409, "the earlier request was taken over");
+    assert!(
+        ended_after < Duration::from_secs(2),
+        "node A's request ended {ended_after:?} after the takeover began"
+    );
+    let r_b = on_b.await.unwrap();
+    assert_eq!(r_b.status(), 204);
+    let file = hdr(&r_b, "stowage-file-id").unwrap().to_string();
+    assert!(
+        download(&a, "nodes", &file).await == data,
+        "the file is whole"
+    );
+    let (_, f) = a.get_json("nodes", &format!("/api/files/{file}")).await;
+    assert_eq!(f["sha256"], sha256_hex(&data));
+    a.assert_consistent("nodes").await;
+});
+
+/// Runs `sql` (one statement) on `app`'s database.
+async fn exec(app: &TestApp, sql: &str) {
+    if app.db_url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+    }
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    if app.db_url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+    }
+}
+
+/// Makes every `event` (`DELETE`, `INSERT`) on `table` fail, by a trigger.
+async fn inject_failure(app: &TestApp, table: &str, event: &str) {
+    let name = format!("fail_{table}_{}", event.to_lowercase());
+    if app.backend == Backend::Postgres {
+        exec(
+            app,
+            &format!(
+                "CREATE FUNCTION {name}() RETURNS trigger AS $$ \
+                 BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql"
+            ),
+        )
+        .await;
+        exec(
+            app,
+            &format!("CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"),
+        )
+        .await;
+    } else {
+        exec(
+            app,
+            &format!(
+                "CREATE TRIGGER {name} BEFORE {event} ON {table} \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+            ),
+        )
+        .await;
+    }
+}
+
+async fn heal(app: &TestApp, table: &str, event: &str) {
+    let name = format!("fail_{table}_{}", event.to_lowercase());
+    if app.backend == Backend::Postgres {
+        exec(app, &format!("DROP TRIGGER {name} ON {table}")).await;
+        exec(app, &format!("DROP FUNCTION {name}()")).await;
+    } else {
+        exec(app, &format!("DROP TRIGGER {name}")).await;
+    }
+}
+
+/// Nothing of the upload is listed or counted, and no blob is published.
+async fn nothing_committed(app: &TestApp, user: &str, loc: &str) {
+    let id = upload_id(loc);
+    let (s, _) = app.get_json(user, &format!("/api/files/{id}")).await;
+    assert_eq!(s, 404, "no file row");
+    let u = app.usage(user).await;
+    assert_eq!(u["total_bytes"], 0, "{u}");
+    assert_eq!(u["file_count"], 0, "{u}");
+    assert!(
+        app.blobs_on_disk().await.is_empty(),
+        "{:?}",
+        app.blobs_on_disk().await
+    );
+}
+
+// Completion is one transaction (file row, usage, upload row). A failure
+// injected into either of its steps leaves nothing half-done: never a listed
+// file whose upload HEAD still reports unfinished, never an upload row
+// without its reservation. A retried final PATCH of a finished upload
+// answers as the completing one did.
+local!(completion_is_one_transaction, |b| async move {
+    let app = spawn_app(b).await;
+    let data = png_bytes(200_000);
+
+    // The upload row cannot be deleted: the file row must not appear either.
+    let loc = create_ok(&app, "atomic", data.len() as u64, "").await;
+    assert_eq!(
+        patch(&app, "atomic", &loc, 0, data[..100_000].to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    inject_failure(&app, "tus_uploads", "DELETE").await;
+    let r = patch(&app, "atomic", &loc, 100_000, data[100_000..].to_vec(), &[]).await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    nothing_committed(&app, "atomic", &loc).await;
+    // The upload is still there, and so is its reservation.
+    assert_eq!(head(&app, "atomic", &loc).await.status(), 200);
+    assert_eq!(reserved(&app, "atomic").await, data.len() as i64);
+    heal(&app, "tus_uploads", "DELETE").await;
+    // Its staged data went with the failed publish: the next PATCH drops it.
+    let r = patch(&app, "atomic", &loc, data.len() as u64, vec![], &[]).await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(reserved(&app, "atomic").await, 0);
+    nothing_committed(&app, "atomic", &loc).await;
+
+    // The file row cannot be inserted: the upload row's deletion is undone
+    // with it, then the failed upload is dropped whole.
+    let loc = create_ok(&app, "atomic", data.len() as u64, "").await;
+    assert_eq!(
+        patch(&app, "atomic", &loc, 0, data[..100_000].to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    inject_failure(&app, "user_files", "INSERT").await;
+    let r = patch(&app, "atomic", &loc, 100_000, data[100_000..].to_vec(), &[]).await;
+    assert!(r.status().is_server_error(), "{}", r.status());
+    nothing_committed(&app, "atomic", &loc).await;
+    assert_eq!(head(&app, "atomic", &loc).await.status(), 404);
+    assert_eq!(reserved(&app, "atomic").await, 0);
+    heal(&app, "user_files", "INSERT").await;
+    assert!(
+        app.temp_files().await.is_empty(),
+        "{:?}",
+        app.temp_files().await
+    );
+
+    // Without failures: one file; a retried final PATCH gets the same id.
+    let loc = create_ok(&app, "atomic", data.len() as u64, "").await;
+    let r = patch(&app, "atomic", &loc, 0, data.clone(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let file = hdr(&r, "stowage-file-id").unwrap().to_string();
+    let again = patch(&app, "atomic", &loc, data.len() as u64, vec![], &[]).await;
+    assert_eq!(again.status(), 204);
+    assert_eq!(hdr(&again, "stowage-file-id"), Some(file.as_str()));
+    assert_eq!(app.list_all("atomic", "").await.len(), 1);
+    app.assert_consistent("atomic").await;
+});
+
+// The running sha256 is saved with the offset, not kept in one process's
+// memory: a completion on another node (no state of its own) does not read
+// the staged data back. Shown by changing staged bytes behind the server's
+// back: the recorded sha256 is that of what was received. Expiry removes
+// the saved state with its row.
+local!(hash_state_travels_with_the_offset, |b| async move {
+    let app = spawn_app(b).await;
+    let peer = spawn_peer(&app).await;
+    let data = png_bytes(300_000);
+    let loc = create_ok(&app, "hashy", data.len() as u64, "").await;
+    let id = upload_id(&loc);
+    assert_eq!(
+        patch(&app, "hashy", &loc, 0, data[..150_000].to_vec(), &[])
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM tus_uploads WHERE hash_state IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    let part = app.storage_root().join(format!(".tmp/{id}.part"));
+    let mut staged = std::fs::read(&part).unwrap();
+    staged[1000..2000].fill(0);
+    std::fs::write(&part, &staged).unwrap();
+    let r = patch(&peer, "hashy", &loc, 150_000, data[150_000..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let file = hdr(&r, "stowage-file-id").unwrap().to_string();
+    let (_, f) = peer.get_json("hashy", &format!("/api/files/{file}")).await;
+    assert_eq!(
+        f["sha256"],
+        sha256_hex(&data),
+        "hashed as received, not re-read"
+    );
+
+    let loc = create_ok(&app, "hashy", 100_000, "").await;
+    assert_eq!(
+        patch(&app, "hashy", &loc, 0, png_bytes(50_000), &[])
+            .await
+            .status(),
+        204
+    );
+    exec(
+        &app,
+        "UPDATE tus_uploads SET expires_at = '2000-01-01T00:00:00Z'",
+    )
+    .await;
+    let report = stowage::jobs::cleanup::run(&app.state, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(report.expired_uploads, 1);
+    assert_eq!(
+        count(&app, "SELECT CAST(COUNT(*) AS BIGINT) FROM tus_uploads").await,
+        0
+    );
+});
+
+// ------------------------------------------------- a real process, killed
+
+const BIN: &str = env!("CARGO_BIN_EXE_stowage");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `stowage serve` as a child process on a fixed port, data dir and database.
+struct Serve {
+    child: tokio::process::Child,
+}
+
+impl Serve {
+    async fn start(dir: &Path, db: &str, port: u16) -> Serve {
+        let child = tokio::process::Command::new(BIN)
+            .arg("serve")
+            .env("STOWAGE_BIND", format!("127.0.0.1:{port}"))
+            .env("STOWAGE_DATA_DIR", dir.join("data"))
+            .env("STOWAGE_STORAGE_ROOT", dir.join("data/users"))
+            .env("STOWAGE_DATABASE_URL", db)
+            .env("STOWAGE_JWT_PUBLIC_KEY", RSA_PUBLIC)
+            .env("STOWAGE_RATE_LIMIT_USER", "100000")
+            .env("STOWAGE_RATE_LIMIT_IP", "100000")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        wait_until("the server to start", || async {
+            reqwest::get(&url).await.is_ok()
+        })
+        .await;
+        Serve { child }
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap(); // SIGKILL
+    }
+}
+
+/// The largest staging file under `dir`'s volume.
+fn staged_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("data/users/.tmp"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Uploads a 24 MiB file with `client` (a tus client run) through a proxy
+/// that paces it to ~6 MiB/s; SIGKILLs the server once 6 MiB are staged and
+/// restarts it on the same port, data dir and database. Returns the client's
+/// report and the file's bytes, checked against the restarted server.
+async fn kill_mid_upload(
+    backend: Backend,
+    client: impl FnOnce(&str, &Path) -> tokio::process::Command,
+) -> (Value, TestDb) {
+    require_clients();
+    let db = TestDb::new(backend).await;
+    let port = free_port();
+    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let proxy = NetProxy::start(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        Some(6 * MIB as u64),
+    )
+    .await;
+    let data = png_bytes(24 * MIB);
+    let file = db.dir.path().join("big.png");
+    std::fs::write(&file, &data).unwrap();
+    let mut cmd = client(&format!("{}/api/uploads", proxy.base()), &file);
+    let run = tokio::spawn(async move { run_client(&mut cmd).await });
+    let dir = db.dir.path().to_path_buf();
+    wait_until("6 MiB staged", || {
+        let dir = dir.clone();
+        async move { staged_bytes(&dir) >= 6 * MIB as u64 }
+    })
+    .await;
+    server.kill().await;
+    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let res = run.await.unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let id = res["file_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no Stowage-File-Id: {res}"))
+        .to_string();
+    let c = reqwest::Client::new();
+    let f: Value = c
+        .get(format!("{base}/api/files/{id}"))
+        .bearer_auth(token("killed"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(f["sha256"], sha256_hex(&data), "{f}");
+    let got = c
+        .get(format!("{base}/api/files/{id}/download"))
+        .bearer_auth(token("killed"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == data, "downloaded bytes differ");
+    server.kill().await;
+    (res, db)
+}
+
+/// A data dir and database of their own for a child process.
+struct TestDb {
+    dir: tempfile::TempDir,
+    url: String,
+    _pg: Option<PgDb>,
+}
+
+impl TestDb {
+    async fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Postgres => {
+                let pg = PgDb::create().await;
+                TestDb {
+                    dir,
+                    url: pg.url.clone(),
+                    _pg: Some(pg),
+                }
+            }
+            _ => TestDb {
+                url: format!("sqlite://{}/data/stowage.db", dir.path().display()),
+                dir,
+                _pg: None,
+            },
+        }
+    }
+}
+
+fn statuses(res: &Value) -> Vec<String> {
+    res["statuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+// tus-js-client with its default retry delays ([0, 1000, 3000, 5000]: about
+// 9 s in all), one PATCH for the whole file: the server is SIGKILLed
+// mid-body and restarted. The dead process's lease is taken over, so the
+// client's retry (HEAD, then PATCH at the offset) goes through: no 423.
+local!(tus_js_default_retries_survive_sigkill, |b| async move {
+    let (res, _db) = kill_mid_upload(b, |endpoint, file| {
+        js_cmd(endpoint, "killed", file, &["--retry-delays", "default"])
+    })
+    .await;
+    assert_eq!(res["ok"], true, "{res}");
+    let seen = statuses(&res);
+    assert!(
+        seen.iter().any(|s| s.starts_with("HEAD ")),
+        "resumed: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.ends_with(" 423")),
+        "no 423: {seen:?}"
+    );
+});
+
+// The same with tuspy (8 MiB chunks), resuming from the server's offset
+// after each failure.
+local!(tuspy_survives_sigkill, |b| async move {
+    let (res, _db) = kill_mid_upload(b, |endpoint, file| {
+        py_cmd(
+            endpoint,
+            "killed",
+            file,
+            &["--chunk-size", &(8 * MIB).to_string()],
+        )
+    })
+    .await;
+    assert_eq!(res["ok"], true, "{res}");
+    let errors = res["errors"].as_array().unwrap();
+    assert!(!errors.is_empty(), "the kill was felt: {res}");
+    assert!(!errors.iter().any(|e| e["status"] == 423), "no 423: {res}");
+    assert!(
+        !res["resumed_offsets"].as_array().unwrap().is_empty(),
+        "{res}"
+    );
+});
+
+// The saved sha256 state outlives the process: half an upload, a SIGKILL, a
+// restart, staged bytes changed behind the server's back, then the rest. The
+// recorded sha256 is that of what was received, so the restarted process
+// did not read the staged data back (nor need any memory of its own).
+local!(hash_state_survives_a_restart, |b| async move {
+    let db = TestDb::new(b).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let c = reqwest::Client::new();
+    let data = png_bytes(300_000);
+    let r = c
+        .post(format!("{base}/api/uploads"))
+        .bearer_auth(token("restart"))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", data.len().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = hdr(&r, "location").unwrap().to_string();
+    let send = |offset: usize, body: Vec<u8>| {
+        c.patch(format!("{base}{loc}"))
+            .bearer_auth(token("restart"))
+            .header("Tus-Resumable", "1.0.0")
+            .header("Content-Type", OCTET)
+            .header("Upload-Offset", offset.to_string())
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        send(0, data[..150_000].to_vec()).await.unwrap().status(),
+        204
+    );
+    server.kill().await;
+    let part = db
+        .dir
+        .path()
+        .join(format!("data/users/.tmp/{}.part", upload_id(&loc)));
+    let mut staged = std::fs::read(&part).unwrap();
+    staged[1000..2000].fill(0);
+    std::fs::write(&part, &staged).unwrap();
+    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let r = send(150_000, data[150_000..].to_vec()).await.unwrap();
+    assert_eq!(r.status(), 204);
+    let id = hdr(&r, "stowage-file-id").unwrap().to_string();
+    let f: Value = c
+        .get(format!("{base}/api/files/{id}"))
+        .bearer_auth(token("restart"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        f["sha256"],
+        sha256_hex(&data),
+        "hashed as received, not re-read"
+    );
+    server.kill().await;
+});
