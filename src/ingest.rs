@@ -685,7 +685,13 @@ pub async fn copy_file(
     file_name: String,
 ) -> AppResult<FileRecord> {
     let size = src.file_size.max(0) as u64;
-    let (id, _) = reserve_as(state, &src.user_id, SizeHint::Exact(size), Some(state.holder)).await?;
+    let (id, _) = reserve_as(
+        state,
+        &src.user_id,
+        SizeHint::Exact(size),
+        Some(state.holder),
+    )
+    .await?;
     let ext = src
         .file_path
         .rsplit_once('/')
