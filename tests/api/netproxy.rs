@@ -126,3 +126,83 @@ impl NetProxy {
         self.drop_tx.send_modify(|g| *g += 1);
     }
 }
+
+/// A round-robin TCP load balancer over `backends`: each new connection goes
+/// to the next backend in turn, skipping one that refuses connections (a
+/// node being restarted), as a balancer retrying elsewhere does. With `rate`
+/// (bytes per second) each connection's upload is paced to about that speed.
+pub struct Balancer {
+    pub addr: SocketAddr,
+    /// Connections open to each backend now.
+    open: Arc<Vec<AtomicU64>>,
+}
+
+impl Balancer {
+    pub async fn start(backends: Vec<SocketAddr>, rate: Option<u64>) -> Balancer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open: Arc<Vec<AtomicU64>> =
+            Arc::new(backends.iter().map(|_| AtomicU64::new(0)).collect());
+        let counts = open.clone();
+        tokio::spawn(async move {
+            let mut next = 0usize;
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let first = next;
+                next = next.wrapping_add(1);
+                let (backends, counts) = (backends.clone(), counts.clone());
+                tokio::spawn(async move {
+                    let mut server = None;
+                    for i in 0..backends.len() {
+                        let k = (first + i) % backends.len();
+                        if let Ok(s) = TcpStream::connect(backends[k]).await {
+                            server = Some((k, s));
+                            break;
+                        }
+                    }
+                    // Every backend down: the client sees its connection
+                    // closed.
+                    let Some((k, server)) = server else { return };
+                    counts[k].fetch_add(1, Ordering::SeqCst);
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let upstream = async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            if let Some(r) = rate {
+                                tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64))
+                                    .await;
+                            }
+                        }
+                        let _ = sw.shutdown().await;
+                    };
+                    let downstream = async move {
+                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(upstream, downstream);
+                    counts[k].fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Balancer { addr, open }
+    }
+
+    /// Connections open to backend `i` (in the order given to `start`).
+    pub fn open(&self, i: usize) -> u64 {
+        self.open[i].load(Ordering::SeqCst)
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

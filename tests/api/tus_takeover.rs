@@ -2,7 +2,8 @@
 //! earlier request is still writing ends that request, which keeps what it
 //! made durable; completion is one transaction; the running hash is saved
 //! with the offset. With real clients against a real `stowage serve` that is
-//! SIGKILLed and restarted mid-upload.
+//! SIGKILLed or SIGTERMed and restarted mid-upload, and against two nodes
+//! behind a balancer restarted one after the other.
 
 use std::{
     path::Path,
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use crate::{
     helpers::*,
     local,
-    netproxy::NetProxy,
+    netproxy::{Balancer, NetProxy},
     tus::{
         create_ok, download, hdr, head, js_cmd, patch, py_cmd, require_clients, reserved,
         run_client,
@@ -401,24 +402,39 @@ struct Serve {
 
 impl Serve {
     async fn start(dir: &Path, db: &str, port: u16) -> Serve {
+        Serve::start_node(&dir.join("data"), &dir.join("data/users"), db, port).await
+    }
+
+    /// A node with its own data dir, on a volume and database it may share
+    /// with other nodes. SIGTERM gives in-flight requests 1 s, the process
+    /// 5 s.
+    async fn start_node(data: &Path, storage: &Path, db: &str, port: u16) -> Serve {
         let child = tokio::process::Command::new(BIN)
             .arg("serve")
             .env("STOWAGE_BIND", format!("127.0.0.1:{port}"))
-            .env("STOWAGE_DATA_DIR", dir.join("data"))
-            .env("STOWAGE_STORAGE_ROOT", dir.join("data/users"))
+            .env("STOWAGE_DATA_DIR", data)
+            .env("STOWAGE_STORAGE_ROOT", storage)
             .env("STOWAGE_DATABASE_URL", db)
             .env("STOWAGE_JWT_PUBLIC_KEY", RSA_PUBLIC)
+            .env(
+                "STOWAGE_SIGNING_SECRET",
+                "rolling-restart-signing-secret-0123456789",
+            )
             .env("STOWAGE_RATE_LIMIT_USER", "100000")
             .env("STOWAGE_RATE_LIMIT_IP", "100000")
+            .env("STOWAGE_SHUTDOWN_GRACE_SECS", "1")
+            .env("STOWAGE_SHUTDOWN_TIMEOUT_SECS", "5")
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let url = format!("http://127.0.0.1:{port}/healthz");
-        wait_until("the server to start", || async {
-            reqwest::get(&url).await.is_ok()
+        let url = format!("http://127.0.0.1:{port}/readyz");
+        wait_until("the server to be ready", || async {
+            reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
         })
         .await;
         Serve { child }
@@ -427,6 +443,26 @@ impl Serve {
     async fn kill(mut self) {
         self.child.kill().await.unwrap(); // SIGKILL
     }
+
+    /// SIGTERM, then waits for a clean exit.
+    async fn terminate(mut self) {
+        let pid = self.child.id().unwrap() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid, which it still is: the
+        // child has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("the server exits after SIGTERM")
+            .unwrap();
+        assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    }
+}
+
+/// How a test stops the server mid-upload.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Kill,
+    Term,
 }
 
 /// The largest staging file under `dir`'s volume.
@@ -449,6 +485,19 @@ async fn kill_mid_upload(
     backend: Backend,
     client: impl FnOnce(&str, &Path) -> tokio::process::Command,
 ) -> (Value, TestDb) {
+    stop_mid_upload(backend, Stop::Kill, 24 * MIB, client).await
+}
+
+/// Uploads a `size`-byte file with `client` through a proxy that paces it to
+/// ~6 MiB/s; stops the server (`stop`) once 6 MiB are staged and restarts it
+/// on the same port, data dir and database. Returns the client's report; the
+/// file's sha256 and bytes are checked against the restarted server.
+async fn stop_mid_upload(
+    backend: Backend,
+    stop: Stop,
+    size: usize,
+    client: impl FnOnce(&str, &Path) -> tokio::process::Command,
+) -> (Value, TestDb) {
     require_clients();
     let db = TestDb::new(backend).await;
     let port = free_port();
@@ -458,7 +507,7 @@ async fn kill_mid_upload(
         Some(6 * MIB as u64),
     )
     .await;
-    let data = png_bytes(24 * MIB);
+    let data = png_bytes(size);
     let file = db.dir.path().join("big.png");
     std::fs::write(&file, &data).unwrap();
     let mut cmd = client(&format!("{}/api/uploads", proxy.base()), &file);
@@ -469,7 +518,10 @@ async fn kill_mid_upload(
         async move { staged_bytes(&dir) >= 6 * MIB as u64 }
     })
     .await;
-    server.kill().await;
+    match stop {
+        Stop::Kill => server.kill().await,
+        Stop::Term => server.terminate().await,
+    }
     let server = Serve::start(db.dir.path(), &db.url, port).await;
     let res = run.await.unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -581,6 +633,229 @@ local!(tuspy_survives_sigkill, |b| async move {
         "{res}"
     );
 });
+
+// A deploy mid-upload: the server is SIGTERMed while tus-js-client (default
+// retry delays, one PATCH for the whole 32 MiB file) is sending, and a new
+// process starts on the same port, data dir and database. The stopping
+// server ends the PATCH (503) and keeps what it made durable; the client's
+// retries (HEAD, then PATCH at the offset) reach the new process and finish
+// the file: no 423.
+local!(tus_js_default_retries_survive_sigterm, |b| async move {
+    let (res, _db) = stop_mid_upload(b, Stop::Term, 32 * MIB, |endpoint, file| {
+        js_cmd(endpoint, "killed", file, &["--retry-delays", "default"])
+    })
+    .await;
+    assert_eq!(res["ok"], true, "{res}");
+    let seen = statuses(&res);
+    assert!(
+        seen.iter().any(|s| s.starts_with("HEAD ")),
+        "resumed: {seen:?}"
+    );
+    assert!(
+        res["head_offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o.as_u64().unwrap() >= 6 * MIB as u64),
+        "resumed from what the stopped process kept: {res}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.ends_with(" 423")),
+        "no 423: {seen:?}"
+    );
+});
+
+// The same with tuspy (8 MiB chunks).
+local!(tuspy_survives_sigterm, |b| async move {
+    let (res, _db) = stop_mid_upload(b, Stop::Term, 32 * MIB, |endpoint, file| {
+        py_cmd(
+            endpoint,
+            "killed",
+            file,
+            &["--chunk-size", &(8 * MIB).to_string()],
+        )
+    })
+    .await;
+    assert_eq!(res["ok"], true, "{res}");
+    let errors = res["errors"].as_array().unwrap();
+    assert!(!errors.is_empty(), "the restart was felt: {res}");
+    assert!(!errors.iter().any(|e| e["status"] == 423), "no 423: {res}");
+    assert!(
+        !res["resumed_offsets"].as_array().unwrap().is_empty(),
+        "{res}"
+    );
+});
+
+// ------------------------------------------------------ a rolling restart
+
+/// One client's uploads: each file's bytes and the client's report.
+type Uploaded = Vec<(Vec<u8>, Value)>;
+
+/// Uploads `size`-byte files one after another with tus-js-client (default
+/// settings) to `endpoint` until `stop` is set, counting each one in
+/// `finished`; file `n` of worker `w` has its own bytes.
+async fn upload_loop(
+    w: usize,
+    endpoint: String,
+    dir: std::path::PathBuf,
+    size: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    finished: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Uploaded {
+    let mut done = Vec::new();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        let mut data = png_bytes(size);
+        // png_bytes is deterministic: make each file differ.
+        let tag = format!("worker {w} file {n}");
+        data[size - tag.len()..].copy_from_slice(tag.as_bytes());
+        let file = dir.join(format!("w{w}-{n}.png"));
+        std::fs::write(&file, &data).unwrap();
+        let mut cmd = js_cmd(&endpoint, "rolling", &file, &["--retry-delays", "default"]);
+        let res = run_client(&mut cmd).await;
+        std::fs::remove_file(&file).unwrap();
+        done.push((data, res));
+        finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        n += 1;
+    }
+    done
+}
+
+// Two nodes on one PostgreSQL database and one volume, each with its data
+// dir, behind a round-robin balancer that skips a node refusing
+// connections; docs/deployment.md's rolling restart without the drain step.
+// Three tus-js-clients (default settings) upload 8 MiB files without pause,
+// paced so that uploads are in flight at each SIGTERM, while node A is
+// SIGTERMed and restarted, then node B. No upload fails; every file is
+// whole; nobody saw a 423.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_of_two_nodes_postgres() {
+    use std::{
+        collections::HashSet,
+        sync::{
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+            Arc,
+        },
+    };
+    require_clients();
+    let db = TestDb::new(Backend::Postgres).await;
+    let root = db.dir.path();
+    let storage = root.join("volume");
+    let (data_a, data_b) = (root.join("node-a"), root.join("node-b"));
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = Serve::start_node(&data_a, &storage, &db.url, port_a).await;
+    let b = Serve::start_node(&data_b, &storage, &db.url, port_b).await;
+    let lb = Balancer::start(
+        vec![
+            format!("127.0.0.1:{port_a}").parse().unwrap(),
+            format!("127.0.0.1:{port_b}").parse().unwrap(),
+        ],
+        Some(4 * MIB as u64),
+    )
+    .await;
+    let files = root.join("files");
+    std::fs::create_dir(&files).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            tokio::spawn(upload_loop(
+                w,
+                format!("{}/api/uploads", lb.base()),
+                files.clone(),
+                8 * MIB,
+                stop.clone(),
+                finished.clone(),
+            ))
+        })
+        .collect();
+    let staging = storage.join(".tmp");
+    // The staging files of uploads in flight, at least 1 MiB into their body.
+    let in_flight = || -> HashSet<String> {
+        std::fs::read_dir(&staging)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.metadata().is_ok_and(|m| m.len() >= MIB as u64))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // Waits until three more uploads have finished since `since`, two
+    // uploads not cut by an earlier restart are well under way, and node
+    // `node` (0: A, 1: B) is serving a client.
+    let busy = |since: usize, cut: HashSet<String>, node: usize| {
+        let (finished, lb) = (finished.clone(), &lb);
+        async move {
+            wait_until("uploads to finish and others to be in flight", || {
+                let fresh = in_flight().difference(&cut).count();
+                let n = finished.load(Ordering::SeqCst);
+                let serving = lb.open(node) > 0;
+                async move { n >= since + 3 && fresh >= 2 && serving }
+            })
+            .await
+        }
+    };
+    let mut cut = HashSet::new();
+
+    busy(0, cut.clone(), 0).await;
+    let since = finished.load(Ordering::SeqCst);
+    cut.extend(in_flight());
+    a.terminate().await;
+    let a = Serve::start_node(&data_a, &storage, &db.url, port_a).await;
+    busy(since, cut.clone(), 1).await;
+    let since = finished.load(Ordering::SeqCst);
+    cut.extend(in_flight());
+    b.terminate().await;
+    let b = Serve::start_node(&data_b, &storage, &db.url, port_b).await;
+    busy(since, cut.clone(), 0).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    let base = format!("http://127.0.0.1:{port_a}");
+    let c = reqwest::Client::new();
+    let mut resumed = 0;
+    for (data, res) in &all {
+        assert_eq!(res["ok"], true, "an upload failed: {res}");
+        let seen = statuses(res);
+        assert!(
+            !seen.iter().any(|s| s.ends_with(" 423")),
+            "no 423: {seen:?}"
+        );
+        if seen.iter().any(|s| s.starts_with("HEAD ")) {
+            resumed += 1;
+        }
+        let id = res["file_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no Stowage-File-Id: {res}"));
+        let f: Value = c
+            .get(format!("{base}/api/files/{id}"))
+            .bearer_auth(token("rolling"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(f["sha256"], sha256_hex(data), "{f}");
+        let got = c
+            .get(format!("{base}/api/files/{id}/download"))
+            .bearer_auth(token("rolling"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got == *data, "downloaded bytes of {id} differ");
+    }
+    eprintln!("{} uploads, {resumed} resumed", all.len());
+    assert!(resumed > 0, "the restarts cut uploads in flight");
+    a.terminate().await;
+    b.terminate().await;
+}
 
 // The saved sha256 state outlives the process: half an upload, a SIGKILL, a
 // restart, staged bytes changed behind the server's back, then the rest. The
