@@ -5,7 +5,6 @@ mod garage;
 mod helpers;
 mod netproxy;
 
-mod accel;
 mod admin;
 mod audit;
 mod auth;
@@ -28,6 +27,5 @@ mod quota;
 mod restore_tamper;
 mod s3;
 mod scan;
-mod search;
 mod tus;
 mod tus_takeover;
