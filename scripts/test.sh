@@ -23,6 +23,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v clamd >/dev/null || need+=(clamav-daemon)
 command -v node >/dev/null || need+=(nodejs npm)
 command -v pg_isready >/dev/null || need+=(postgresql-client)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing system packages: ${need[*]}"
   $SUDO apt-get update -qq
@@ -79,7 +80,7 @@ fi
 export STOWAGE_GARAGE_BIN="$GARAGE_ROOT/bin/garage"
 
 # --- Rust: format, lint, build, test -------------------------------------------
-export STOWAGE_REQUIRE_FFMPEG=1 STOWAGE_REQUIRE_CLAMD=1 STOWAGE_REQUIRE_GARAGE=1
+export STOWAGE_REQUIRE_FFMPEG=1 STOWAGE_REQUIRE_CLAMD=1 STOWAGE_REQUIRE_GARAGE=1 STOWAGE_REQUIRE_NGINX=1
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -85,6 +85,12 @@ pub struct Config {
     /// Downloads answer 302 to a short-lived presigned URL of the object
     /// store instead of streaming through stowage.
     pub s3_downloads_redirect: bool,
+    /// `STOWAGE_ACCEL_REDIRECT`: behind nginx, downloads and signed links are
+    /// authorized here and answered with `X-Accel-Redirect: {prefix}{key}`
+    /// and no body, and nginx sends the bytes from an `internal` location
+    /// aliased to the storage root. Local volume only. Starts and ends with
+    /// `/` (say `/_stowage_blobs/`).
+    pub accel_redirect: Option<String>,
     /// Requests per second allowed per signed-in user (burst is 4x).
     pub rate_limit_user_per_sec: u32,
     /// Requests per second allowed per client IP (burst is 4x).
@@ -352,6 +358,7 @@ struct FileConfig {
     s3_region: Option<String>,
     s3_prefix: Option<String>,
     s3_downloads: Option<String>,
+    accel_redirect: Option<String>,
     rate_limit_user_per_sec: Option<u32>,
     rate_limit_ip_per_sec: Option<u32>,
     upload_expiry_secs: Option<u64>,
@@ -933,6 +940,9 @@ impl Config {
             s3_access_key_id: env_any(&["AWS_ACCESS_KEY_ID"]),
             s3_secret_access_key: env_any(&["AWS_SECRET_ACCESS_KEY"]).map(Secret),
             s3_downloads_redirect,
+            accel_redirect: env_any(&["STOWAGE_ACCEL_REDIRECT"])
+                .or(fc.accel_redirect)
+                .filter(|s| !s.is_empty()),
             rate_limit_user_per_sec: num(
                 "STOWAGE_RATE_LIMIT_USER",
                 env_any(&["STOWAGE_RATE_LIMIT_USER"]),
@@ -1009,6 +1019,31 @@ impl Config {
                 "STOWAGE_S3_BUCKET",
                 "required when STOWAGE_BLOB_STORE=s3",
             ));
+        }
+        if let Some(prefix) = &cfg.accel_redirect {
+            if cfg.blob_store != BlobBackend::Local {
+                return Err(invalid(
+                    "STOWAGE_ACCEL_REDIRECT",
+                    "needs the local volume (STOWAGE_BLOB_STORE=local): nginx reads the files \
+                     from the storage root; with s3 use STOWAGE_S3_DOWNLOADS=redirect",
+                ));
+            }
+            let ok = prefix.len() > 1
+                && prefix.starts_with('/')
+                && prefix.ends_with('/')
+                && prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/_-.~".contains(&b))
+                && !prefix.split('/').any(|seg| seg == "." || seg == "..");
+            if !ok {
+                return Err(invalid(
+                    "STOWAGE_ACCEL_REDIRECT",
+                    format!(
+                        "{prefix:?}: expected the path of an nginx internal location, \
+                         starting and ending with / (like /_stowage_blobs/)"
+                    ),
+                ));
+            }
         }
         Ok(cfg)
     }
@@ -1352,6 +1387,27 @@ mod tests {
         assert_eq!(ok.webhook.retry_for, Duration::from_secs(86400));
         assert_eq!(ok.webhook.concurrency, 8);
         assert!(!format!("{:?}", ok.webhook).contains("whsec"));
+    }
+
+    #[test]
+    fn accel_redirect_needs_the_local_volume_and_a_location_path() {
+        let c = with_env(&[("STOWAGE_ACCEL_REDIRECT", "/_stowage_blobs/")]).unwrap();
+        assert_eq!(c.accel_redirect.as_deref(), Some("/_stowage_blobs/"));
+        assert_eq!(with_env(&[]).unwrap().accel_redirect, None);
+        for bad in ["_blobs/", "/_blobs", "/", "/a/../b/", "/a b/", "/a?x/"] {
+            let e = with_env(&[("STOWAGE_ACCEL_REDIRECT", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("STOWAGE_ACCEL_REDIRECT"), "{bad}: {e}");
+        }
+        let e = with_env(&[
+            ("STOWAGE_ACCEL_REDIRECT", "/_stowage_blobs/"),
+            ("STOWAGE_BLOB_STORE", "s3"),
+            ("STOWAGE_S3_BUCKET", "b"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("local volume"), "{e}");
     }
 
     #[test]

@@ -232,6 +232,55 @@ async fn redirect_to_store(
     Ok(Some(resp))
 }
 
+/// Characters of a blob key written as they are in an `X-Accel-Redirect`
+/// URI; nginx percent-decodes the rest.
+const ACCEL_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `STOWAGE_ACCEL_REDIRECT`: the request is authorized and `If-None-Match`
+/// answered already; nginx serves the bytes of `{prefix}{key}` from its
+/// internal location (ranges and `If-Range` included), keeping the headers
+/// set here that it passes on (Content-Type, Content-Disposition,
+/// Cache-Control, Accept-Ranges) and adding the others from
+/// `$upstream_http_…` (docs/deployment.md).
+fn accel_redirect(prefix: &str, rec: &FileRecord, etag: &str, inline: bool) -> Response {
+    let key = percent_encoding::utf8_percent_encode(&rec.file_path, ACCEL_KEEP);
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::HeaderName::from_static("x-accel-redirect"),
+        HeaderValue::from_str(&format!("{prefix}{key}")).expect("percent-encoded"),
+    );
+    file_headers(h, rec, etag, inline);
+    resp
+}
+
+/// The headers of every answer carrying a file's bytes, except the lengths.
+fn file_headers(h: &mut HeaderMap, rec: &FileRecord, etag: &str, inline: bool) {
+    let inline = inline && inline_safe(&rec.mime_type);
+    let ctype = HeaderValue::from_str(&rec.mime_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::CONTENT_TYPE, ctype);
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, HeaderValue::from_str(etag).expect("hex etag"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    let disposition =
+        content_disposition(if inline { "inline" } else { "attachment" }, &rec.file_name);
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition)
+            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
+    );
+    security_headers(h);
+}
+
 /// Streams a file's bytes (or a range of them) with all download headers.
 pub async fn serve_file(
     state: &AppState,
@@ -248,6 +297,11 @@ pub async fn serve_file(
     if state.config.s3_downloads_redirect && method == Method::GET {
         if let Some(resp) = redirect_to_store(state, rec, inline).await? {
             return Ok(resp);
+        }
+    }
+    if let Some(prefix) = &state.config.accel_redirect {
+        if method == Method::GET {
+            return Ok(accel_redirect(prefix, rec, &etag, inline));
         }
     }
     let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
@@ -275,33 +329,13 @@ pub async fn serve_file(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    let inline = inline && inline_safe(&rec.mime_type);
-    let ctype = HeaderValue::from_str(&rec.mime_type)
-        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
-    h.insert(header::CONTENT_TYPE, ctype);
+    file_headers(h, rec, &etag, inline);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex etag"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-cache"),
-    );
-    let disposition =
-        content_disposition(if inline { "inline" } else { "attachment" }, &rec.file_name);
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&disposition)
-            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
-    );
     if status == StatusCode::PARTIAL_CONTENT {
         h.insert(
             header::CONTENT_RANGE,
             HeaderValue::from_str(&format!("bytes {}-{}/{}", start, end - 1, len)).expect("ascii"),
         );
     }
-    security_headers(h);
     Ok(resp)
 }

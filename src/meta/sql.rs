@@ -113,6 +113,55 @@ fn like_pattern(q: &str) -> String {
     p
 }
 
+/// A `q=` text, prepared for each way a name can be matched: case-folded
+/// for `LIKE`, quoted for an FTS5 phrase, or spelled out in every case variant.
+struct NameSearch {
+    text: String,
+    lower: String,
+    ascii: bool,
+}
+
+impl NameSearch {
+    fn new(text: &str) -> Self {
+        NameSearch {
+            text: text.to_string(),
+            lower: text.to_lowercase(),
+            ascii: text.is_ascii(),
+        }
+    }
+
+    /// Long enough for a trigram index (three characters, not bytes).
+    fn trigrams(&self) -> bool {
+        self.text.chars().nth(2).is_some()
+    }
+
+    /// An FTS5 phrase matching the text as a substring, every character
+    /// literal (a double quote is doubled).
+    fn phrase(&self) -> String {
+        format!("\"{}\"", self.text.replace('"', "\"\""))
+    }
+
+    /// Every spelling of the text with each character in its lower, upper
+    /// or own case: at most 3^n strings, used for texts under three characters.
+    fn variants(&self) -> Vec<String> {
+        let mut out = vec![String::new()];
+        for c in self.text.chars() {
+            let mut forms = vec![
+                c.to_string(),
+                c.to_lowercase().collect(),
+                c.to_uppercase().collect(),
+            ];
+            forms.sort();
+            forms.dedup();
+            out = out
+                .iter()
+                .flat_map(|p| forms.iter().map(move |f| format!("{p}{f}")))
+                .collect();
+        }
+        out
+    }
+}
+
 const FILE_COLS: &str = "id, user_id, file_name, file_type, mime_type, file_size, file_path, \
      thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date";
 
@@ -149,7 +198,8 @@ macro_rules! impl_store {
     (
         $store:ident, $db:ty, $row:ty, $name:literal, $migrator:expr,
         tags_in = $tags_in:path, tags_out = $tags_out:path,
-        tag_filter = $tag_filter:literal, skip_locked = $skip_locked:literal
+        tag_filter = $tag_filter:literal, skip_locked = $skip_locked:literal,
+        fts = $fts:literal, persistent_lists = $persistent_lists:literal
     ) => {
         impl $store {
             fn file_from_row(row: &$row) -> Result<FileRecord, sqlx::Error> {
@@ -173,6 +223,26 @@ macro_rules! impl_store {
                     sha256: row.try_get::<String, _>("sha256")?.trim().to_string(),
                     upload_date: row.try_get("upload_date")?,
                 })
+            }
+
+            /// Whether at least `10 × limit` of `user`'s names contain
+            /// `search` (SQLite's trigram index). Then matches are dense
+            /// enough that walking the sort order's index and testing each
+            /// name finds a page sooner than sorting every match would.
+            async fn dense_hits(&self, user: &str, search: &NameSearch, limit: u32) -> MetaResult<bool> {
+                let cap = i64::from(limit.max(1)).saturating_mul(10).min(10_000);
+                let row = sqlx::query(
+                    "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT 1 FROM user_file_names_fts \
+                     JOIN user_file_names m ON m.seq = user_file_names_fts.rowid \
+                     WHERE user_file_names_fts MATCH $1 AND m.user_id = $2 LIMIT $3)",
+                )
+                .bind(search.phrase())
+                .bind(user)
+                .bind(cap)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                Ok(row.try_get::<i64, _>("n")? >= cap)
             }
 
             fn tus_from_row(row: &$row) -> Result<TusUpload, sqlx::Error> {
@@ -733,6 +803,11 @@ macro_rules! impl_store {
             }
 
             async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
+                let search = q.q.as_deref().filter(|s| !s.is_empty()).map(NameSearch::new);
+                let via_index = match &search {
+                    Some(s) if $fts && s.trigrams() => !s.ascii || !self.dense_hits(user_id, s, q.limit).await?,
+                    _ => false,
+                };
                 let mut sql = format!("SELECT {FILE_COLS} FROM user_files WHERE user_id = $1");
                 let mut params = vec![Param::Str(user_id.to_string())];
                 let next = |params: &mut Vec<Param>, p: Param| {
@@ -751,9 +826,38 @@ macro_rules! impl_store {
                     let n = next(&mut params, Param::Str(tag.clone()));
                     sql.push_str(&format!($tag_filter, n = n));
                 }
-                if let Some(text) = q.q.as_deref().filter(|s| !s.is_empty()) {
-                    let n = next(&mut params, Param::Str(like_pattern(text)));
-                    sql.push_str(&format!(" AND lower(file_name) LIKE ${n} ESCAPE '\\'"));
+                if let Some(search) = &search {
+                    if via_index {
+                        // The trigram index names the candidates, all of them
+                        // this user's; they are few (see `dense_hits`), so
+                        // they drive the join and are sorted afterwards.
+                        let n = next(&mut params, Param::Str(search.phrase()));
+                        sql = format!(
+                            "SELECT {FILE_COLS} FROM (SELECT m.file_id AS hit FROM user_file_names_fts \
+                             JOIN user_file_names m ON m.seq = user_file_names_fts.rowid \
+                             WHERE user_file_names_fts MATCH ${n} AND m.user_id = $1) AS hits \
+                             CROSS JOIN user_files ON user_files.id = hits.hit{}",
+                            sql.split_once(" FROM user_files").map(|(_, w)| w).unwrap_or_default()
+                        );
+                    } else if $fts && !search.ascii {
+                        // SQLite folds only ASCII: every case variant of a
+                        // short query is looked for as it is.
+                        let mut any = Vec::new();
+                        for v in search.variants() {
+                            let n = next(&mut params, Param::Str(v));
+                            any.push(format!("instr(file_name, ${n}) > 0"));
+                        }
+                        sql.push_str(&format!(" AND ({})", any.join(" OR ")));
+                    } else if !$fts && !search.trigrams() {
+                        // Too short for the trigram index: read the user's
+                        // rows in sort order (the planner must not pick a
+                        // full scan of the trigram index instead).
+                        let n = next(&mut params, Param::Str(search.lower.clone()));
+                        sql.push_str(&format!(" AND strpos(lower(file_name), ${n}) > 0"));
+                    } else {
+                        let n = next(&mut params, Param::Str(like_pattern(&search.lower)));
+                        sql.push_str(&format!(" AND lower(file_name) LIKE ${n} ESCAPE '\\'"));
+                    }
                 }
                 let col = match q.sort {
                     SortKey::UploadDate => "upload_date",
@@ -782,7 +886,7 @@ macro_rules! impl_store {
                 }
                 let n = next(&mut params, Param::I64(i64::from(q.limit)));
                 sql.push_str(&format!(" ORDER BY {col} {dir}, id {dir} LIMIT ${n}"));
-                let mut query = sqlx::query(&sql);
+                let mut query = sqlx::query(&sql).persistent($persistent_lists);
                 for p in params {
                     query = match p {
                         Param::Str(s) => query.bind(s),
@@ -1445,7 +1549,9 @@ impl_store!(
     tags_in = pg_tags_in,
     tags_out = pg_tags_out,
     tag_filter = " AND ${n} = ANY(tags)",
-    skip_locked = " FOR UPDATE SKIP LOCKED"
+    skip_locked = " FOR UPDATE SKIP LOCKED",
+    fts = false,
+    persistent_lists = false
 );
 
 impl_store!(
@@ -1458,5 +1564,7 @@ impl_store!(
     tags_out = sqlite_tags_out,
     tag_filter =
         " AND EXISTS (SELECT 1 FROM json_each(user_files.tags) WHERE json_each.value = ${n})",
-    skip_locked = ""
+    skip_locked = "",
+    fts = true,
+    persistent_lists = true
 );

@@ -5,6 +5,7 @@ mod garage;
 mod helpers;
 mod netproxy;
 
+mod accel;
 mod admin;
 mod audit;
 mod auth;
@@ -27,5 +28,6 @@ mod quota;
 mod restore_tamper;
 mod s3;
 mod scan;
+mod search;
 mod tus;
 mod tus_takeover;

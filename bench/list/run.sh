@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Listing and search benchmark: ROWS files of one user, seeded straight into
+# the database (bench/api/seed_sqlite.py, bench/api/seed_postgres.sql: the
+# same rows on both engines), then the listing mix of list_mix.py through
+# the HTTP API (every sort and order with cursor pages, q= that matches 10 %,
+# one name, none, and a two-character q=), p50/p99 per kind, on SQLite and
+# PostgreSQL. Before measuring, the query plans of the listing's SQL are
+# printed (EXPLAIN QUERY PLAN / EXPLAIN) and checked: each sort must walk its
+# per-user index without sorting, and q= must use the trigram index.
+#
+#   bench/list/run.sh                    # 100,000 rows, release build
+#   ROWS=1000000 bench/list/run.sh
+#   BIN=/path/to/stowage SKIP=build bench/list/run.sh
+#
+# Env: ROWS (100000) N (rounds of the mix, 100) PORT (18191)
+#   BIN (target/release/stowage under CARGO_TARGET_DIR or ./target)
+#   SKIP (comma list of build,sqlite,pg,plans) PG_URL (postgres://postgres@127.0.0.1:5432)
+#   LABEL (stowage) RESULTS_DIR (bench/list/results) WORK (/var/tmp/stowage-list-<pid>)
+# Writes RESULTS_DIR/list-<date>.{tsv,raw.tsv,plans.txt,versions.txt}.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+cd "$ROOT"
+
+ROWS=${ROWS:-100000}
+N=${N:-100}
+PORT=${PORT:-18191}
+SKIP=${SKIP:-}
+PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
+PG_DB=stowage_list_bench_$$
+LABEL=${LABEL:-stowage}
+BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/stowage}
+PY=${PYTHON:-python3}
+QUOTA=1099511627776
+ADMIN_TOKEN=bench-admin-$$-$RANDOM
+RESULTS=${RESULTS_DIR:-$HERE/results}
+WORK=${WORK:-/var/tmp/stowage-list-$$}
+mkdir -p "$RESULTS" "$WORK"
+STAMP=$(date +%Y-%m-%d-%H%M%S)
+SUM=$RESULTS/list-$STAMP.tsv
+RAW=$RESULTS/list-$STAMP.raw.tsv
+PLANS=$RESULTS/list-$STAMP.plans.txt
+VERSIONS=$RESULTS/list-$STAMP.versions.txt
+
+skip() { [[ ",$SKIP," == *",$1,"* ]]; }
+log() { printf '[bench-list %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+SERVER_PID=
+PG_CREATED=
+stop_server() {
+  local pid=${SERVER_PID:-}
+  SERVER_PID=
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+on_exit() {
+  local rc=$?
+  stop_server
+  [ -n "$PG_CREATED" ] && psql "$PG_URL/postgres" -qX -c "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1
+  rm -rf "$WORK"
+  exit $rc
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+if ! skip build; then
+  log "cargo build --release --bin stowage"
+  cargo build --release --locked --bin stowage
+fi
+[ -x "$BIN" ] || { log "$BIN missing (set BIN)"; exit 1; }
+
+{
+  echo "date: $(date -Iseconds)"
+  echo "host: $(uname -srm); $(nproc) cores; $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "label: $LABEL; binary: $BIN ($("$BIN" --version 2>/dev/null || echo '?'))"
+  echo "tree: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src migrations || echo ' + uncommitted changes')"
+  echo "rows: $ROWS; rounds: $N"
+  echo "postgresql: $(psql "$PG_URL/postgres" -qXAt -c 'show server_version' 2>/dev/null || echo unavailable)"
+} >"$VERSIONS"
+
+migrate() {
+  (cd "$WORK" && env -u DATABASE_URL STOWAGE_DATA_DIR="$WORK/migrate" STOWAGE_DATABASE_URL="$1" \
+    STOWAGE_STORAGE_ROOT="$WORK/migrate/users" "$BIN" migrate) >&2
+}
+
+start_server() {  # NAME DB_URL: sets SERVER_PID and TOKEN
+  local dir=$WORK/$1
+  mkdir -p "$dir"
+  (cd "$dir" && exec env -u STOWAGE_JWT_PUBLIC_KEY -u CLERK_JWT_KEY -u STOWAGE_JWKS_URL \
+    -u DATABASE_URL -u PORT -u USER_STORAGE_ROOT -u STOWAGE_CLAMD -u STOWAGE_BLOB_STORE \
+    STOWAGE_BIND="127.0.0.1:$PORT" STOWAGE_DATA_DIR="$dir" STOWAGE_DATABASE_URL="$2" \
+    STOWAGE_STORAGE_ROOT="$dir/users" STOWAGE_ADMIN_TOKEN="$ADMIN_TOKEN" \
+    STOWAGE_RATE_LIMIT_USER=100000 STOWAGE_RATE_LIMIT_IP=100000 RUST_LOG=${RUST_LOG:-warn} \
+    "$BIN" serve) >"$WORK/$1.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 300); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { tail -20 "$WORK/$1.log" >&2; return 1; }
+    sleep 0.1
+  done
+  TOKEN=$(curl -fsS -X POST "http://127.0.0.1:$PORT/api/dev/login" -H 'content-type: application/json' \
+    -d '{"user_id":"bench"}' | $PY -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  log "$1: stowage up (pid $SERVER_PID)"
+}
+
+# The SQL of src/meta/sql.rs list_files, spelled out for EXPLAIN (user
+# 'bench', limit 51, a cursor for the keyset comparisons).
+SORT_COLS="upload_date file_name file_size"
+sqlite_plans() {  # DB_PATH
+  local db=$1 bad=0 col dir cmp plan
+  for col in $SORT_COLS; do
+    for dir in ASC DESC; do
+      cmp='>'; [ $dir = DESC ] && cmp='<'
+      for extra in "" " AND ($col, id) $cmp ((SELECT $col FROM user_files LIMIT 1), x'00')" \
+                   " AND lower(file_name) LIKE '%beach%' ESCAPE '\\\\'"; do
+        plan=$($PY - "$db" <<PYEOF
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+sql = "SELECT id FROM user_files WHERE user_id = 'bench'$extra ORDER BY $col $dir, id $dir LIMIT 51"
+print(sql)
+for r in con.execute("EXPLAIN QUERY PLAN " + sql):
+    print("   ", r[3])
+PYEOF
+)
+        echo "$plan"
+        if echo "$plan" | grep -q 'TEMP B-TREE' || ! echo "$plan" | grep -q "idx_user_files_user_"; then
+          echo "    ^^^ NOT index-backed"; bad=1
+        fi
+      done
+    done
+  done
+  plan=$($PY - "$db" <<'PYEOF'
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+sql = ("SELECT user_files.id FROM (SELECT m.file_id AS hit FROM user_file_names_fts "
+       "JOIN user_file_names m ON m.seq = user_file_names_fts.rowid "
+       "WHERE user_file_names_fts MATCH '\"nomatch\"' AND m.user_id = 'bench') AS hits "
+       "CROSS JOIN user_files ON user_files.id = hits.hit WHERE user_id = 'bench' "
+       "ORDER BY upload_date DESC, id DESC LIMIT 51")
+print(sql)
+for r in con.execute("EXPLAIN QUERY PLAN " + sql):
+    print("   ", r[3])
+PYEOF
+)
+  echo "$plan"
+  echo "$plan" | grep -q 'VIRTUAL TABLE INDEX' || { echo "    ^^^ trigram index not used"; bad=1; }
+  return $bad
+}
+pg_plans() {  # DB_URL
+  local db=$1 bad=0 col dir cmp plan
+  for col in $SORT_COLS; do
+    for dir in ASC DESC; do
+      cmp='>'; [ $dir = DESC ] && cmp='<'
+      for extra in "" " AND ($col, id) $cmp ((SELECT $col FROM user_files LIMIT 1), '00000000-0000-0000-0000-000000000000')"; do
+        local sql="SELECT id FROM user_files WHERE user_id = 'bench'$extra ORDER BY $col $dir, id $dir LIMIT 51"
+        plan=$(psql "$db" -qXAt -c "EXPLAIN $sql")
+        printf '%s\n%s\n' "$sql" "$(echo "$plan" | sed 's/^/    /')"
+        # A full Sort means the index was not used for the order; an
+        # Incremental Sort over the global upload_date index is (one user).
+        if echo "$plan" | grep -Eq '(^|-> *)Sort ' || ! echo "$plan" | grep -q "Index"; then
+          echo "    ^^^ NOT index-backed"; bad=1
+        fi
+      done
+    done
+  done
+  for q in nomatch 000123; do
+    local sql="SELECT id FROM user_files WHERE user_id = 'bench' AND lower(file_name) LIKE '%$q%' ESCAPE '\\' ORDER BY upload_date DESC, id DESC LIMIT 51"
+    plan=$(psql "$db" -qXAt -c "EXPLAIN $sql")
+    printf '%s\n%s\n' "$sql" "$(echo "$plan" | sed 's/^/    /')"
+    echo "$plan" | grep -q 'idx_user_files_name_trgm' || { echo "    ^^^ trigram index not used"; bad=1; }
+  done
+  local sql="SELECT id FROM user_files WHERE user_id = 'bench' AND lower(file_name) LIKE '%beach%' ESCAPE '\\' ORDER BY upload_date DESC, id DESC LIMIT 51"
+  printf '%s\n%s\n' "$sql" "$(psql "$db" -qXAt -c "EXPLAIN $sql" | sed 's/^/    /')"
+  return $bad
+}
+
+if ! skip sqlite; then
+  DBF=$WORK/sqlite/stowage.db
+  mkdir -p "$WORK/sqlite"
+  migrate "sqlite://$DBF"
+  log "sqlite: seeding $ROWS rows"
+  $PY "$ROOT/bench/api/seed_sqlite.py" "$DBF" bench "$ROWS" "$QUOTA" >&2
+  $PY -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('ANALYZE'); c.commit()" "$DBF"
+  if ! skip plans; then
+    { echo "== sqlite, $ROWS rows"; sqlite_plans "$DBF" || echo "!! some plans are not index-backed"; } >>"$PLANS"
+  fi
+  start_server sqlite "sqlite://$DBF"
+  $PY "$HERE/list_mix.py" --url "http://127.0.0.1:$PORT" --token "$TOKEN" --label "$LABEL-sqlite" \
+    --n "$N" --summary "$SUM" --raw "$RAW"
+  stop_server
+  rm -rf "$WORK/sqlite"
+fi
+
+if ! skip pg; then
+  if psql "$PG_URL/postgres" -qX -c "CREATE DATABASE $PG_DB" >/dev/null; then
+    PG_CREATED=1
+    DB=$PG_URL/$PG_DB
+    migrate "$DB"
+    log "pg: seeding $ROWS rows"
+    psql "$DB" -qX -v ON_ERROR_STOP=1 -v user=bench -v n="$ROWS" -v max_bytes="$QUOTA" \
+      -f "$ROOT/bench/api/seed_postgres.sql" >&2
+    if ! skip plans; then
+      { echo "== postgres, $ROWS rows"; pg_plans "$DB" || echo "!! some plans are not index-backed"; } >>"$PLANS"
+    fi
+    start_server pg "$DB"
+    $PY "$HERE/list_mix.py" --url "http://127.0.0.1:$PORT" --token "$TOKEN" --label "$LABEL-postgres" \
+      --n "$N" --summary "$SUM" --raw "$RAW"
+    stop_server
+  else
+    log "pg: PostgreSQL not reachable at $PG_URL; skipped"
+  fi
+fi
+
+[ -s "$PLANS" ] && { grep -c 'NOT index-backed\|not used' "$PLANS" >/dev/null && log "plans: see $PLANS"; }
+log "results: $SUM"
+column -t -s $'\t' "$SUM" >&2
