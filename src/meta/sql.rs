@@ -36,12 +36,26 @@ pub struct SqliteStore {
 }
 
 impl PgStore {
+    /// A transaction that writes (PostgreSQL: a plain `BEGIN`).
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 }
 
 impl SqliteStore {
+    /// A transaction that writes: `BEGIN IMMEDIATE` takes SQLite's write
+    /// lock up front, waiting out the busy timeout. A deferred `BEGIN` that
+    /// has read (a trigger's lookup, a count) and then writes cannot wait:
+    /// SQLite answers "database is locked" at once when another connection
+    /// wrote meanwhile.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -467,7 +481,7 @@ macro_rules! impl_store {
                      ON CONFLICT (user_id) DO UPDATE SET max_bytes = EXCLUDED.max_bytes, updated_at = EXCLUDED.updated_at \
                      RETURNING {USER_COLS}"
                 );
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(&sql)
                     .bind(user_id)
                     .bind(to_i64(max_bytes))
@@ -481,7 +495,7 @@ macro_rules! impl_store {
             }
 
             async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>> {
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 // A write first, so SQLite takes its write lock before reading.
                 let touched = sqlx::query("UPDATE user_storage SET updated_at = $2 WHERE user_id = $1")
                     .bind(user_id)
@@ -529,7 +543,7 @@ macro_rules! impl_store {
                 holder: Option<Holder>,
             ) -> MetaResult<Uuid> {
                 let t = now();
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 sqlx::query(
                     "INSERT INTO user_storage (user_id, max_bytes, created_at, updated_at) \
                      VALUES ($1, $2, $3, $3) ON CONFLICT (user_id) DO NOTHING",
@@ -589,7 +603,7 @@ macro_rules! impl_store {
             }
 
             async fn grow_reservation(&self, id: Uuid, extra: u64, ttl: Duration) -> MetaResult<()> {
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(
                     "UPDATE upload_reservations SET bytes = bytes + $2, expires_at = $3 WHERE id = $1 RETURNING user_id",
                 )
@@ -635,7 +649,7 @@ macro_rules! impl_store {
             }
 
             async fn release(&self, id: Uuid) -> MetaResult<bool> {
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 let released = Self::release_in(&mut tx, id).await?;
                 tx.commit().await?;
                 Ok(released)
@@ -663,7 +677,7 @@ macro_rules! impl_store {
             }
 
             async fn expire_reservations(&self, at: DateTime<Utc>) -> MetaResult<u64> {
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 let rows = sqlx::query(
                     "DELETE FROM upload_reservations WHERE expires_at < $1 RETURNING user_id, bytes",
                 )
@@ -777,7 +791,7 @@ macro_rules! impl_store {
             }
 
             async fn commit_file(&self, reservation: Uuid, f: NewFile) -> MetaResult<FileRecord> {
-                let tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 self.commit_file_in(tx, reservation, f).await
             }
 
@@ -917,7 +931,7 @@ macro_rules! impl_store {
 
             async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
                 let sql = format!("DELETE FROM user_files WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(&sql)
                     .bind(id)
                     .bind(user_id)
@@ -936,7 +950,7 @@ macro_rules! impl_store {
             }
 
             async fn set_favorite(&self, user_id: &str, id: Uuid, fav: Option<bool>) -> MetaResult<Option<FileRecord>> {
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 let row = match fav {
                     Some(v) => {
                         let sql = format!("UPDATE user_files SET is_favorite = $3 WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
@@ -958,7 +972,7 @@ macro_rules! impl_store {
 
             async fn set_tags(&self, user_id: &str, id: Uuid, tags: &[String]) -> MetaResult<Option<FileRecord>> {
                 let sql = format!("UPDATE user_files SET tags = $3 WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(&sql)
                     .bind(id)
                     .bind(user_id)
@@ -980,7 +994,7 @@ macro_rules! impl_store {
                      duration = COALESCE($3, duration), thumbnail_path = COALESCE($4, thumbnail_path) \
                      WHERE id = $1 RETURNING {FILE_COLS}"
                 );
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(&sql)
                     .bind(id)
                     .bind(&m.resolution)
@@ -1003,7 +1017,7 @@ macro_rules! impl_store {
                      package_name = CASE WHEN $4 THEN $5 ELSE package_name END \
                      WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}"
                 );
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 let row = sqlx::query(&sql)
                     .bind(id)
                     .bind(user_id)
@@ -1219,7 +1233,7 @@ macro_rules! impl_store {
                     Some(t) => ("queued", t),
                     None => ("failed", now()),
                 };
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 sqlx::query("UPDATE jobs SET status = $2, run_at = $3, locked_until = NULL, last_error = $4, updated_at = $5 WHERE id = $1")
                     .bind(id)
                     .bind(status)
@@ -1472,7 +1486,7 @@ macro_rules! impl_store {
             }
 
             async fn complete_tus_upload(&self, owner: Uuid, f: NewFile) -> MetaResult<FileRecord> {
-                let mut tx = self.pool.begin().await.map_err(MetaError::from_sqlx)?;
+                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 // The row goes first, under the lease: of two completions of
                 // one upload only the lease holder's gets past this line.
                 let gone = sqlx::query("DELETE FROM tus_uploads WHERE id = $1 AND lock_owner = $2")
