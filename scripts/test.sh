@@ -83,6 +83,8 @@ export STOWAGE_GARAGE_BIN="$GARAGE_ROOT/bin/garage"
 export STOWAGE_REQUIRE_FFMPEG=1 STOWAGE_REQUIRE_CLAMD=1 STOWAGE_REQUIRE_GARAGE=1 STOWAGE_REQUIRE_NGINX=1
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "layer check"
+scripts/check-layers.sh
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 if [ -f web/package.json ]; then

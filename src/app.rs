@@ -9,78 +9,42 @@ use tokio::net::TcpListener;
 
 use crate::{
     auth::jwt::Verifier,
-    blob::{local::LocalStore, s3::S3Store, BlobStore},
-    config::{BlobBackend, Config, TokenKeys},
-    domain::filetype::DEFAULT_ALLOWED,
+    config::{Config, TokenKeys},
+    core::Core,
     http::ratelimit::RateLimits,
-    meta::{self, FileRecord, Holder, MetaStore},
-    scan::Scanner,
 };
-use tokio_util::sync::CancellationToken;
 
-/// Everything a request handler needs; cheap to clone.
+pub use crate::config::{check_auth_safety, redact_url};
+
+/// Everything a request handler needs: the service [`Core`] plus what only
+/// HTTP uses. Cheap to clone; dereferences to its [`Core`], which is what
+/// the services take.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub meta: Arc<dyn MetaStore>,
-    pub blobs: Arc<dyn BlobStore>,
+    pub core: Core,
     /// Session token verifier; `None` in development sign-in mode.
     pub verifier: Option<Verifier>,
     /// HMAC key for signed URLs and development sessions.
     pub signing_key: Arc<Vec<u8>>,
-    pub allowed_mime: Arc<Vec<String>>,
     pub limits: Arc<RateLimits>,
-    pub scanner: Option<Scanner>,
-    /// Wakes the background job workers after a commit enqueues work.
-    pub jobs_notify: Arc<tokio::sync::Notify>,
     /// The last `/readyz` check, shared by concurrent callers.
     pub ready: Arc<crate::http::health::ReadyCache>,
-    /// Media tools and the node's media concurrency limit.
-    pub media: crate::jobs::media::MediaRuntime,
-    /// This process (its node and this start of it): the holder recorded on
-    /// the reservations its requests take (see [`crate::node`]).
-    pub holder: Holder,
-    /// Cancelled when a stopping server stops waiting for requests in
-    /// flight (SPEC §10): uploads still streaming end (a multipart upload is
-    /// released, a tus PATCH keeps what it fsynced).
-    pub shutdown: CancellationToken,
-    /// Short clean-up tasks (releasing an abandoned upload) that a stopping
-    /// server waits for before it exits.
-    pub tasks: Background,
     /// tus requests writing on this process, so a later request for the
     /// same upload can end them at once (takeover).
     pub tus_writers: Arc<crate::http::tus::lease::Writers>,
 }
 
-/// Tracks short tasks spawned in the background so that shutdown can wait
-/// for them: each holds a receiver of a watch channel, and the sender's
-/// `closed()` fires when the last one has ended.
-#[derive(Clone)]
-pub struct Background {
-    alive: Arc<tokio::sync::watch::Sender<()>>,
-}
+impl std::ops::Deref for AppState {
+    type Target = Core;
 
-impl Default for Background {
-    fn default() -> Self {
-        Background {
-            alive: Arc::new(tokio::sync::watch::channel(()).0),
-        }
+    fn deref(&self) -> &Core {
+        &self.core
     }
 }
 
-impl Background {
-    /// Spawns `task` on the current runtime, tracked.
-    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let guard = self.alive.subscribe();
-        tokio::spawn(async move {
-            task.await;
-            drop(guard);
-        });
-    }
-
-    /// Resolves when no tracked task is running.
-    pub async fn idle(&self) {
-        self.alive.closed().await
+impl std::ops::DerefMut for AppState {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.core
     }
 }
 
@@ -88,26 +52,6 @@ impl AppState {
     /// Connects the stores and prepares auth. Does not migrate.
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
         crate::telemetry::prometheus();
-        let meta = meta::connect(&config.database_url)
-            .await
-            .with_context(|| format!("opening database {}", redact_url(&config.database_url)))?;
-        let blobs: Arc<dyn BlobStore> = match config.blob_store {
-            BlobBackend::Local => {
-                Arc::new(LocalStore::open(&config.storage_root).with_context(|| {
-                    format!("opening storage root {}", config.storage_root.display())
-                })?)
-            }
-            BlobBackend::S3 => {
-                let o = config.s3_options();
-                Arc::new(S3Store::open(&o).with_context(|| {
-                    format!(
-                        "opening bucket {} at {}",
-                        o.bucket,
-                        o.endpoint.as_deref().unwrap_or("AWS")
-                    )
-                })?)
-            }
-        };
         let issuer = config.token_issuer()?;
         let verifier = match config.token_keys()? {
             TokenKeys::None => None,
@@ -134,45 +78,16 @@ impl AppState {
             Some(s) => s.expose().as_bytes().to_vec(),
             None => load_or_create_secret(&config.data_dir)?,
         };
-        let allowed_mime = config
-            .allowed_mime
-            .clone()
-            .unwrap_or_else(|| DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect());
         let limits = RateLimits::new(config.rate_limit_user_per_sec, config.rate_limit_ip_per_sec);
-        let scanner = config
-            .clamd
-            .as_deref()
-            .map(|c| Scanner::new(c).with_timeout(config.limits.clamd_timeout));
-        let media = crate::jobs::media::MediaRuntime::new(&config.limits);
-        let holder = Holder {
-            // Written to the data dir by the first `serve` (see `node`).
-            node: crate::node::read_id(&config.data_dir)?.unwrap_or_else(uuid::Uuid::now_v7),
-            incarnation: uuid::Uuid::now_v7(),
-        };
+        let core = Core::open(config).await?;
         Ok(AppState {
-            config: Arc::new(config),
-            meta,
-            blobs,
+            core,
             verifier,
             signing_key: Arc::new(signing_key),
-            allowed_mime: Arc::new(allowed_mime),
             limits: Arc::new(limits),
-            scanner,
-            jobs_notify: Arc::new(tokio::sync::Notify::new()),
             ready: Arc::default(),
-            media,
-            holder,
-            shutdown: CancellationToken::new(),
-            tasks: Background::default(),
             tus_writers: Arc::default(),
         })
-    }
-
-    /// Runs after a file row commits: queues media work.
-    pub async fn after_commit(&self, rec: &FileRecord) {
-        if let Err(e) = crate::jobs::enqueue_media(self, rec).await {
-            tracing::warn!(error = %e, file_id = %rec.id, "could not queue media processing");
-        }
     }
 
     /// Development sign-in is on.
@@ -207,33 +122,6 @@ fn load_or_create_secret(data_dir: &std::path::Path) -> anyhow::Result<Vec<u8>> 
     Ok(key.to_vec())
 }
 
-/// Hides a password in a database URL for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-/// Refuses to run a reachable server with no real authentication.
-pub fn check_auth_safety(config: &Config) -> anyhow::Result<()> {
-    if !config.has_real_auth() && !config.bind.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing to listen on {} without authentication: set CLERK_SECRET_KEY or \
-             CLERK_PUBLISHABLE_KEY, STOWAGE_JWT_PUBLIC_KEY (or CLERK_JWT_KEY) or \
-             STOWAGE_JWKS_URL, or bind to 127.0.0.1 for development sign-in",
-            config.bind
-        );
-    }
-    Ok(())
-}
-
 /// Serves the API, web UI and background workers on `listener` until
 /// `shutdown` resolves. The connection limits of SPEC §9 are enforced by
 /// [`crate::http::server`].
@@ -251,9 +139,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let registration = crate::node::Registration::start(&state).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers = crate::jobs::spawn_workers(state.clone(), stop_rx.clone());
-    let _scheduler = crate::ops::scheduler::spawn(state.clone(), stop_rx.clone());
-    let webhooks = crate::jobs::webhooks::spawn(state.clone(), stop_rx.clone());
+    let workers = crate::jobs::spawn_workers(state.core.clone(), stop_rx.clone());
+    let _scheduler = crate::ops::scheduler::spawn(state.core.clone(), stop_rx.clone());
+    let webhooks = crate::jobs::webhooks::spawn(state.core.clone(), stop_rx.clone());
     let app = crate::http::router(state.clone());
     let addr = listener.local_addr()?;
     if state.dev_login() {

@@ -10,6 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::{
     app::{self, AppState},
     config::Config,
+    core::Core,
     domain::size::{format_size, parse_size},
     jobs::cleanup,
     ops::{audit, backup, backup_dest, doctor, progress::Progress},
@@ -320,10 +321,12 @@ fn config_source(path: Option<&std::path::Path>) -> String {
     }
 }
 
-async fn state(config: Config) -> anyhow::Result<AppState> {
-    let state = AppState::build(config).await?;
-    state.meta.migrate().await.context("applying migrations")?;
-    Ok(state)
+/// The service core, migrated, for the commands that work on the stores
+/// directly (everything but `serve`, which needs the HTTP parts too).
+async fn state(config: Config) -> anyhow::Result<Core> {
+    let core = Core::open(config).await?;
+    core.meta.migrate().await.context("applying migrations")?;
+    Ok(core)
 }
 
 /// Runs `cmd`; `source` says where `config` came from.
@@ -332,7 +335,8 @@ async fn run(cmd: Command, config: Config, source: String) -> anyhow::Result<Exi
         Command::Serve => {
             app::check_auth_safety(&config)?;
             let bind = config.bind;
-            let state = state(config).await?;
+            let state = AppState::build(config).await?;
+            state.meta.migrate().await.context("applying migrations")?;
             let listener = tokio::net::TcpListener::bind(bind)
                 .await
                 .with_context(|| format!("binding {bind}"))?;
@@ -345,7 +349,7 @@ async fn run(cmd: Command, config: Config, source: String) -> anyhow::Result<Exi
             tracing::info!("stopped");
         }
         Command::Migrate => {
-            let state = AppState::build(config).await?;
+            let state = Core::open(config).await?;
             state.meta.migrate().await.context("applying migrations")?;
             println!("migrations applied ({})", state.meta.backend());
         }
@@ -582,7 +586,7 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
             json,
         } => {
             let archive = backup_dest::Location::parse(&archive, &config)?;
-            let state = AppState::build(config).await?;
+            let state = Core::open(config).await?;
             let r =
                 backup::restore_from(&state, &archive, Progress::new("restore", progress)).await?;
             if json {
@@ -602,7 +606,7 @@ async fn backup_cmd(cmd: BackupCmd, config: Config) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-async fn events_cmd(cmd: EventsCmd, state: AppState) -> anyhow::Result<ExitCode> {
+async fn events_cmd(cmd: EventsCmd, state: Core) -> anyhow::Result<ExitCode> {
     use crate::meta::{EventQuery, EventStatus, EventType};
     match cmd {
         EventsCmd::List {
@@ -678,7 +682,7 @@ async fn events_cmd(cmd: EventsCmd, state: AppState) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-async fn user(cmd: UserCmd, state: AppState) -> anyhow::Result<ExitCode> {
+async fn user(cmd: UserCmd, state: Core) -> anyhow::Result<ExitCode> {
     match cmd {
         UserCmd::List { json } => {
             let users = state.meta.list_users().await?;
@@ -695,7 +699,7 @@ async fn user(cmd: UserCmd, state: AppState) -> anyhow::Result<ExitCode> {
                         u.user_id,
                         format_size(u.total_bytes.max(0) as u64),
                         format_size(u.max_bytes.max(0) as u64),
-                        crate::http::storage::percent(u.total_bytes, u.max_bytes),
+                        crate::quota::percent(u.total_bytes, u.max_bytes),
                         u.file_count
                     );
                 }
@@ -706,7 +710,7 @@ async fn user(cmd: UserCmd, state: AppState) -> anyhow::Result<ExitCode> {
                 eprintln!("stowage: no user {id:?}");
                 return Ok(ExitCode::from(1));
             };
-            let usage = crate::http::storage::usage_for(&state, &u)
+            let usage = crate::quota::usage_for(&state, &u)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             if json {

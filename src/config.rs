@@ -1158,6 +1158,33 @@ impl Config {
     }
 }
 
+/// Hides a password in a database URL for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..s + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Refuses to run a reachable server with no real authentication.
+pub fn check_auth_safety(config: &Config) -> anyhow::Result<()> {
+    if !config.has_real_auth() && !config.bind.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {} without authentication: set CLERK_SECRET_KEY or \
+             CLERK_PUBLISHABLE_KEY, STOWAGE_JWT_PUBLIC_KEY (or CLERK_JWT_KEY) or \
+             STOWAGE_JWKS_URL, or bind to 127.0.0.1 for development sign-in",
+            config.bind
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,9 @@
 //! reserve quota → stream to a staging blob while hashing and sniffing →
 //! fsync → decide the type from content → publish under its final key →
 //! commit the row (which releases the reservation in the same transaction).
+//! Every step takes the service [`Core`] and fails with an [`IngestError`];
+//! the committed record goes back to the caller, which answers the client
+//! and queues follow-up work.
 //!
 //! [`Stage`] is the streaming part every protocol shares (reservation
 //! growth, early content sniff, the running sha256, the staging write and
@@ -14,6 +17,7 @@
 //! leaks and nothing half-written is listed. A crash that skips even that is
 //! caught by the reservation's expiry and `stowage cleanup`.
 
+pub mod error;
 pub mod sha256;
 
 use std::time::{Duration, Instant};
@@ -21,16 +25,16 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use uuid::Uuid;
 
+pub use self::error::{IngestError, IngestResult};
 use self::sha256::RunningSha256;
 
 use crate::{
-    app::AppState,
     blob::BlobWriter,
+    core::Core,
     domain::{
         filetype::{decide, sniff, FileType, SNIFF_LEN},
         names::user_dir_name,
     },
-    http::error::{AppError, AppResult},
     meta::{FileRecord, MediaUpdate, MetaError, NewEvent, NewFile},
 };
 
@@ -63,42 +67,42 @@ pub struct FileMeta {
 /// per-file limit, 507 without room and 429 at the user's cap of unfinished
 /// uploads, before any byte is read. The reservation has no holder: it lives
 /// until it is released or expires (a tus upload's).
-pub async fn reserve(state: &AppState, user: &str, hint: SizeHint) -> AppResult<(Uuid, u64)> {
+pub async fn reserve(state: &Core, user: &str, hint: SizeHint) -> IngestResult<(Uuid, u64)> {
     reserve_with(state, user, hint, state.config.reservation_ttl, None).await
 }
 
 /// [`reserve`] with a reservation that expires after `ttl` unless used.
 pub async fn reserve_for(
-    state: &AppState,
+    state: &Core,
     user: &str,
     hint: SizeHint,
     ttl: Duration,
-) -> AppResult<(Uuid, u64)> {
+) -> IngestResult<(Uuid, u64)> {
     reserve_with(state, user, hint, ttl, None).await
 }
 
 /// [`reserve`] held by `holder`: released as soon as that process is gone
 /// (see [`crate::node`]), for uploads that live within one request.
 pub async fn reserve_as(
-    state: &AppState,
+    state: &Core,
     user: &str,
     hint: SizeHint,
     holder: Option<crate::meta::Holder>,
-) -> AppResult<(Uuid, u64)> {
+) -> IngestResult<(Uuid, u64)> {
     reserve_with(state, user, hint, state.config.reservation_ttl, holder).await
 }
 
 async fn reserve_with(
-    state: &AppState,
+    state: &Core,
     user: &str,
     hint: SizeHint,
     ttl: Duration,
     holder: Option<crate::meta::Holder>,
-) -> AppResult<(Uuid, u64)> {
+) -> IngestResult<(Uuid, u64)> {
     let max = state.config.max_file_size;
     let want = match hint {
         SizeHint::Exact(n) if n > max => {
-            return Err(AppError::TooLarge(format!(
+            return Err(IngestError::TooLarge(format!(
                 "file is {n} bytes; the limit is {max} bytes"
             )))
         }
@@ -122,7 +126,7 @@ async fn reserve_with(
             if matches!(e, MetaError::QuotaExceeded { .. }) {
                 crate::telemetry::metrics::quota_refused();
             }
-            AppError::from(e)
+            IngestError::from(e)
         })?;
     Ok((id, want))
 }
@@ -132,7 +136,7 @@ async fn reserve_with(
 /// that offset is known), the first [`SNIFF_LEN`] bytes for an early type
 /// check, the per-file limit and the reservation.
 pub struct Stage {
-    state: AppState,
+    state: Core,
     /// Reservation id; also the staging blob id.
     id: Uuid,
     writer: Option<Box<dyn BlobWriter>>,
@@ -169,7 +173,7 @@ impl Stage {
     /// if known.
     #[allow(clippy::too_many_arguments)]
     pub async fn resume(
-        state: &AppState,
+        state: &Core,
         id: Uuid,
         writer: Box<dyn BlobWriter>,
         start: u64,
@@ -212,23 +216,23 @@ impl Stage {
     }
 
     /// Appends a chunk, enforcing the per-file limit and the reservation.
-    pub async fn write(&mut self, chunk: bytes::Bytes) -> AppResult<()> {
+    pub async fn write(&mut self, chunk: bytes::Bytes) -> IngestResult<()> {
         let new_len = self.len + chunk.len() as u64;
         let max = self.state.config.max_file_size;
         if new_len > max {
-            return Err(AppError::TooLarge(format!(
+            return Err(IngestError::TooLarge(format!(
                 "file exceeds the limit of {max} bytes"
             )));
         }
         if new_len > self.reserved {
             if self.capped {
-                return Err(AppError::TooLarge(format!(
+                return Err(IngestError::TooLarge(format!(
                     "the upload is larger than the {} bytes this URL allows",
                     self.reserved
                 )));
             }
             if !self.growable {
-                return Err(AppError::BadRequest(
+                return Err(IngestError::Invalid(
                     "body is longer than the size it declared".into(),
                 ));
             }
@@ -268,7 +272,7 @@ impl Stage {
 
     /// Grows the reservation by at least `needed` bytes: a whole step first
     /// (fewer round trips); near the limit, just what is needed.
-    async fn grow(&mut self, needed: u64) -> AppResult<()> {
+    async fn grow(&mut self, needed: u64) -> IngestResult<()> {
         let max = self.state.config.max_file_size;
         let step = needed.max(GROW_STEP).min(max - self.reserved);
         let ttl = self.state.config.reservation_ttl;
@@ -282,7 +286,7 @@ impl Stage {
                 .map(|_| needed)
                 .map_err(|e| {
                     crate::telemetry::metrics::quota_refused();
-                    AppError::from(e)
+                    IngestError::from(e)
                 })?,
             Err(e) => {
                 if matches!(e, MetaError::QuotaExceeded { .. }) {
@@ -297,7 +301,7 @@ impl Stage {
     }
 
     /// Flushes and fsyncs what was written.
-    pub async fn finish(mut self) -> AppResult<Staged> {
+    pub async fn finish(mut self) -> IngestResult<Staged> {
         let writer = self.writer.take().expect("writer open until finish");
         let staged = writer.finish().await?;
         debug_assert_eq!(staged, self.len);
@@ -311,14 +315,14 @@ impl Stage {
 
 /// Refuses content that no declared type could make acceptable, as soon
 /// as enough bytes are in, instead of after the whole body.
-fn early_type_check(state: &AppState, head: &[u8]) -> AppResult<()> {
+fn early_type_check(state: &Core, head: &[u8]) -> IngestResult<()> {
     match sniff(head) {
         Some(s) if state.allowed_mime.iter().any(|a| a == s.mime) => Ok(()),
-        Some(s) => Err(AppError::UnsupportedMedia(format!(
+        Some(s) => Err(IngestError::UnsupportedType(format!(
             "content type {} is not accepted",
             s.mime
         ))),
-        None => Err(AppError::UnsupportedMedia(
+        None => Err(IngestError::UnsupportedType(
             "file content is not an accepted type".into(),
         )),
     }
@@ -326,32 +330,32 @@ fn early_type_check(state: &AppState, head: &[u8]) -> AppResult<()> {
 
 /// Reads `range` of staging blob `id` into memory (small ranges only).
 pub async fn read_staged(
-    state: &AppState,
+    state: &Core,
     id: Uuid,
     range: std::ops::Range<u64>,
-) -> AppResult<Vec<u8>> {
+) -> IngestResult<Vec<u8>> {
     let mut out = Vec::new();
     let mut s = state.blobs.read_staged(id, range).await?;
     while let Some(chunk) = s.next().await {
-        out.extend_from_slice(&chunk.map_err(AppError::internal)?);
+        out.extend_from_slice(&chunk.map_err(IngestError::internal)?);
     }
     Ok(out)
 }
 
 /// sha256 over the first `len` bytes of staging blob `id`, read back (for
 /// an upload whose saved state is missing).
-pub async fn hash_staged(state: &AppState, id: Uuid, len: u64) -> AppResult<RunningSha256> {
+pub async fn hash_staged(state: &Core, id: Uuid, len: u64) -> IngestResult<RunningSha256> {
     let mut h = RunningSha256::new();
     let mut s = state.blobs.read_staged(id, 0..len).await?;
     while let Some(chunk) = s.next().await {
-        h.update(&chunk.map_err(AppError::internal)?);
+        h.update(&chunk.map_err(IngestError::internal)?);
     }
     Ok(h)
 }
 
 /// A multipart upload in progress. See the module docs.
 pub struct Ingest {
-    state: AppState,
+    state: Core,
     user: String,
     /// Reservation id; also the staging blob id.
     id: Uuid,
@@ -361,7 +365,7 @@ pub struct Ingest {
 
 impl Ingest {
     /// Reserves room (held by this process) and opens the staging blob.
-    pub async fn begin(state: &AppState, user: &str, hint: SizeHint) -> AppResult<Ingest> {
+    pub async fn begin(state: &Core, user: &str, hint: SizeHint) -> IngestResult<Ingest> {
         let (id, reserved) = reserve_as(state, user, hint, Some(state.holder)).await?;
         Self::open(state, user, id, reserved, hint == SizeHint::Unknown, false).await
     }
@@ -369,18 +373,18 @@ impl Ingest {
     /// Streams into reservation `id` that was taken earlier (a signed
     /// upload URL's), which holds `reserved` bytes and may not grow. The
     /// drop guard releases it like any other.
-    pub async fn adopt(state: &AppState, user: &str, id: Uuid, reserved: u64) -> AppResult<Ingest> {
+    pub async fn adopt(state: &Core, user: &str, id: Uuid, reserved: u64) -> IngestResult<Ingest> {
         Self::open(state, user, id, reserved, false, true).await
     }
 
     async fn open(
-        state: &AppState,
+        state: &Core,
         user: &str,
         id: Uuid,
         reserved: u64,
         growable: bool,
         capped: bool,
-    ) -> AppResult<Ingest> {
+    ) -> IngestResult<Ingest> {
         let mut ingest = Ingest {
             state: state.clone(),
             user: user.to_string(),
@@ -416,7 +420,7 @@ impl Ingest {
 
     /// Appends a chunk, enforcing the per-file limit and the reservation;
     /// a refusal is recorded as `upload.failed`.
-    pub async fn write(&mut self, chunk: bytes::Bytes) -> AppResult<()> {
+    pub async fn write(&mut self, chunk: bytes::Bytes) -> IngestResult<()> {
         let res = self
             .stage
             .as_mut()
@@ -424,13 +428,13 @@ impl Ingest {
             .write(chunk)
             .await;
         if let Err(e) = &res {
-            record_refusal(&self.state, &self.user, self.id, None, e).await;
+            record_ingest_refusal(&self.state, &self.user, self.id, None, e).await;
         }
         res
     }
 
     /// Makes the data durable, checks the type, publishes and commits.
-    pub async fn commit(mut self, meta: FileMeta) -> AppResult<FileRecord> {
+    pub async fn commit(mut self, meta: FileMeta) -> IngestResult<FileRecord> {
         let stage = self.stage.take().expect("stage open until commit");
         let staged = stage.finish().await?;
         let sha256 = staged
@@ -472,7 +476,7 @@ impl Drop for Ingest {
 
 /// Removes staging blob `id` and releases its reservation (in that order, so
 /// a staging blob never outlives its reservation unnoticed).
-pub async fn abandon(state: &AppState, id: Uuid) {
+pub async fn abandon(state: &Core, id: Uuid) {
     if let Err(e) = state.blobs.discard(id).await {
         tracing::warn!(error = %e, staging = %id, "could not remove staging blob");
     }
@@ -485,11 +489,11 @@ pub async fn abandon(state: &AppState, id: Uuid) {
 }
 
 /// Validates client fields: package name length, tags.
-pub fn check_meta(meta: &mut FileMeta) -> AppResult<()> {
+pub fn check_meta(meta: &mut FileMeta) -> IngestResult<()> {
     if let Some(p) = &meta.package_name {
         let p = p.trim();
         if p.chars().count() > 100 {
-            return Err(AppError::BadRequest(
+            return Err(IngestError::Invalid(
                 "package_name is longer than 100 characters".into(),
             ));
         }
@@ -515,7 +519,7 @@ pub const MAX_TAG_CHARS: usize = 64;
 /// kept is never longer than `MAX_TAGS`, so each duplicate check costs at
 /// most that many comparisons, and a tag bomb is refused at its 33rd
 /// distinct tag.
-pub fn normalize_tags<I, S>(tags: I) -> AppResult<Vec<String>>
+pub fn normalize_tags<I, S>(tags: I) -> IngestResult<Vec<String>>
 where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
@@ -528,18 +532,18 @@ where
         }
         // A UTF-8 character is at most 4 bytes: refuse huge tags unread.
         if t.len() > 4 * MAX_TAG_CHARS || t.chars().count() > MAX_TAG_CHARS {
-            return Err(AppError::BadRequest(format!(
+            return Err(IngestError::Invalid(format!(
                 "a tag is longer than {MAX_TAG_CHARS} characters"
             )));
         }
         if t.chars().any(|c| c.is_control()) {
-            return Err(AppError::BadRequest(
+            return Err(IngestError::Invalid(
                 "tags may not contain control characters".into(),
             ));
         }
         if !out.iter().any(|o| o == t) {
             if out.len() == MAX_TAGS {
-                return Err(AppError::BadRequest(format!("more than {MAX_TAGS} tags")));
+                return Err(IngestError::Invalid(format!("more than {MAX_TAGS} tags")));
             }
             out.push(t.to_string());
         }
@@ -559,21 +563,37 @@ pub const REFUSALS: &[&str] = &[
     "file_too_large",
 ];
 
-/// Records `upload.failed` for upload `upload_id` of `user` when `err` is
-/// one of [`REFUSALS`]. Nothing was changed, so it is an insert of its own;
-/// a failure to record is logged, and the client's answer stays `err`.
-pub async fn record_refusal(
-    state: &AppState,
+/// Records `upload.failed` for upload `upload_id` of `user` when `err`
+/// is one of [`REFUSALS`] (see [`record_refusal`]).
+pub async fn record_ingest_refusal(
+    state: &Core,
     user: &str,
     upload_id: Uuid,
     file_name: Option<&str>,
-    err: &AppError,
+    err: &IngestError,
 ) {
-    let code = err.code();
+    if let Some(code) = err.refusal_code() {
+        record_refusal(state, user, upload_id, file_name, code, &err.to_string()).await;
+    }
+}
+
+/// Records `upload.failed` for upload `upload_id` of `user` with the SPEC
+/// error `code` and `message` when `code` is one of [`REFUSALS`] (a
+/// protocol's own refusal, such as a tus checksum mismatch, comes through
+/// here). Nothing was changed, so it is an insert of its own; a failure to
+/// record is logged, and the client's answer stays what it was.
+pub async fn record_refusal(
+    state: &Core,
+    user: &str,
+    upload_id: Uuid,
+    file_name: Option<&str>,
+    code: &str,
+    message: &str,
+) {
     if !REFUSALS.contains(&code) {
         return;
     }
-    let ev = NewEvent::upload_failed(user, upload_id, code, file_name, &err.to_string());
+    let ev = NewEvent::upload_failed(user, upload_id, code, file_name, message);
     if let Err(e) = state.meta.record_event(&ev).await {
         tracing::warn!(error = %e, upload = %upload_id, "could not record upload.failed");
     }
@@ -586,10 +606,11 @@ pub async fn record_refusal(
 /// published blob is removed again, unless a committed row names it (a
 /// completion that won). The caller owns reservation cleanup on error (the
 /// drop guard, or the tus completion). A refusal is recorded as
-/// `upload.failed`.
+/// `upload.failed`. Follow-up work (the media job) is the caller's to queue
+/// with the record returned ([`crate::jobs::after_commit`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn publish_and_commit(
-    state: &AppState,
+    state: &Core,
     user: &str,
     id: Uuid,
     len: u64,
@@ -597,18 +618,18 @@ pub async fn publish_and_commit(
     sha256: String,
     meta: FileMeta,
     lease: Option<Uuid>,
-) -> AppResult<FileRecord> {
+) -> IngestResult<FileRecord> {
     let name = meta.file_name.clone();
     let res = publish_and_commit_inner(state, user, id, len, head, sha256, meta, lease).await;
     if let Err(e) = &res {
-        record_refusal(state, user, id, Some(&name), e).await;
+        record_ingest_refusal(state, user, id, Some(&name), e).await;
     }
     res
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn publish_and_commit_inner(
-    state: &AppState,
+    state: &Core,
     user: &str,
     id: Uuid,
     len: u64,
@@ -616,14 +637,15 @@ async fn publish_and_commit_inner(
     sha256: String,
     mut meta: FileMeta,
     lease: Option<Uuid>,
-) -> AppResult<FileRecord> {
+) -> IngestResult<FileRecord> {
     check_meta(&mut meta)?;
-    let sniffed = sniff(head)
-        .ok_or_else(|| AppError::UnsupportedMedia("file content is not an accepted type".into()))?;
+    let sniffed = sniff(head).ok_or_else(|| {
+        IngestError::UnsupportedType("file content is not an accepted type".into())
+    })?;
     let file_type = decide(&sniffed, meta.declared_type, &state.allowed_mime)
-        .map_err(AppError::UnsupportedMedia)?;
+        .map_err(IngestError::UnsupportedType)?;
     if let Some(scanner) = &state.scanner {
-        scanner.scan_staged(state, id, len).await?;
+        scanner.scan_staged(state.blobs.as_ref(), id, len).await?;
     }
     let key = format!(
         "{}/{}/{}.{}",
@@ -652,7 +674,6 @@ async fn publish_and_commit_inner(
     match committed {
         Ok(rec) => {
             crate::telemetry::metrics::upload_committed(len);
-            state.after_commit(&rec).await;
             Ok(rec)
         }
         Err(e) => {
@@ -675,15 +696,16 @@ async fn publish_and_commit_inner(
 /// concurrency), the blob copied inside the store ([`BlobStore::copy`]:
 /// a hard link, a server-side copy), then the row committed in the
 /// transaction that releases the reservation. Resolution and duration are
-/// carried over; the thumbnail is made again for the copy by the media job,
-/// so each file owns its own and deleting one never touches the other's.
+/// carried over; the thumbnail is made again for the copy by the media job
+/// (queued by the caller, as after an upload), so each file owns its own and
+/// deleting one never touches the other's.
 ///
 /// [`BlobStore::copy`]: crate::blob::BlobStore::copy
 pub async fn copy_file(
-    state: &AppState,
+    state: &Core,
     src: &FileRecord,
     file_name: String,
-) -> AppResult<FileRecord> {
+) -> IngestResult<FileRecord> {
     let size = src.file_size.max(0) as u64;
     let (id, _) = reserve_as(
         state,
@@ -718,7 +740,7 @@ pub async fn copy_file(
         return Err(match e {
             crate::blob::BlobError::NotFound => {
                 tracing::error!(key = %src.file_path, "the blob of a listed file is missing");
-                AppError::internal(anyhow::anyhow!("blob missing"))
+                IngestError::internal(anyhow::anyhow!("blob missing"))
             }
             other => other.into(),
         });
@@ -763,7 +785,6 @@ pub async fn copy_file(
             }
         }
     }
-    state.after_commit(&rec).await;
     Ok(rec)
 }
 

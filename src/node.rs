@@ -26,7 +26,7 @@ use std::{
     io::Write,
     os::unix::{fs::OpenOptionsExt, io::AsRawFd},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context;
@@ -35,30 +35,16 @@ use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
 
+pub use crate::core::{read_node_id, NODE_ID_FILE};
 use crate::{
-    app::AppState,
+    core::Core,
+    domain::{filetype::FileType, names::user_dir_name},
     meta::{Gone, MetaResult, NodeRow},
 };
-
-/// The file in the data dir holding the node id.
-pub const NODE_ID_FILE: &str = "node-id";
 
 /// How long a starting `serve` waits for the node lock (a `stowage cleanup`
 /// holds it for the moment of its reclaim).
 const LOCK_WAIT: Duration = Duration::from_secs(5);
-
-/// The node id kept in `{data_dir}/node-id`, if a `serve` process ever ran
-/// with this data dir.
-pub fn read_id(data_dir: &Path) -> anyhow::Result<Option<Uuid>> {
-    let path = data_dir.join(NODE_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(s) => Uuid::parse_str(s.trim())
-            .map(Some)
-            .with_context(|| format!("{} does not hold a node id", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
 
 /// Writes `id` into `{data_dir}/node-id` (0600) unless it is there already;
 /// another id there is an error (the process read the file before someone
@@ -78,7 +64,7 @@ pub fn persist_id(data_dir: &Path, id: Uuid) -> anyhow::Result<()> {
             f.sync_all()?;
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match read_id(data_dir)? {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match read_node_id(data_dir)? {
             Some(have) if have == id => Ok(()),
             other => anyhow::bail!(
                 "{} changed while starting (holds {other:?}, expected {id})",
@@ -136,7 +122,7 @@ impl Reclaimed {
 /// reservation itself (so staging data never outlives its reservation
 /// unnoticed). Each reservation is released once, whoever else reclaims it
 /// at the same moment.
-pub async fn reclaim(state: &AppState, gone: Gone) -> MetaResult<Reclaimed> {
+pub async fn reclaim(state: &Core, gone: Gone) -> MetaResult<Reclaimed> {
     let mut out = Reclaimed::default();
     for (id, user) in state.meta.gone_reservations(&gone).await? {
         if let Err(e) = state.blobs.discard(id).await {
@@ -144,7 +130,7 @@ pub async fn reclaim(state: &AppState, gone: Gone) -> MetaResult<Reclaimed> {
             continue;
         }
         // The holder is gone: nothing of it can be committing now.
-        match crate::jobs::cleanup::sweep_unpublished_any(state, id, &user, Duration::ZERO).await {
+        match sweep_unpublished_any(state, id, &user, Duration::ZERO).await {
             Ok(n) => out.unpublished_blobs += n,
             Err(e) => {
                 tracing::warn!(error = %e, reservation = %id, "could not look for an unpublished blob; leaving its reservation to cleanup");
@@ -169,7 +155,7 @@ pub async fn reclaim(state: &AppState, gone: Gone) -> MetaResult<Reclaimed> {
 
 /// [`reclaim`] of every incarnation whose heartbeat is older than the
 /// dead-after limit at `now`.
-pub async fn reclaim_silent(state: &AppState, now: DateTime<Utc>) -> MetaResult<Reclaimed> {
+pub async fn reclaim_silent(state: &Core, now: DateTime<Utc>) -> MetaResult<Reclaimed> {
     let dead_after = chrono::Duration::from_std(state.config.limits.node_dead_after)
         .unwrap_or(chrono::Duration::seconds(30));
     reclaim(state, Gone::SilentSince(now - dead_after)).await
@@ -179,10 +165,10 @@ pub async fn reclaim_silent(state: &AppState, now: DateTime<Utc>) -> MetaResult<
 /// `serve` process of this data dir's node runs (its lock is free), what
 /// every incarnation of this node held. Safe while processes are alive:
 /// a live process's lock and heartbeat keep its reservations.
-pub async fn reclaim_for_cleanup(state: &AppState, now: DateTime<Utc>) -> MetaResult<Reclaimed> {
+pub async fn reclaim_for_cleanup(state: &Core, now: DateTime<Utc>) -> MetaResult<Reclaimed> {
     let mut out = Reclaimed::default();
     let data_dir = state.config.data_dir.clone();
-    let lock = tokio::task::spawn_blocking(move || match read_id(&data_dir) {
+    let lock = tokio::task::spawn_blocking(move || match read_node_id(&data_dir) {
         // No serve ever ran with this data dir: nothing of this node to reclaim.
         Ok(None) => Ok(None),
         Ok(Some(_)) => try_lock(&data_dir),
@@ -206,10 +192,100 @@ pub async fn reclaim_for_cleanup(state: &AppState, now: DateTime<Utc>) -> MetaRe
     Ok(out)
 }
 
-fn row(state: &AppState, started_at: DateTime<Utc>, now: DateTime<Utc>) -> NodeRow {
+/// A process killed between publishing a blob (rename) and committing its
+/// row leaves the blob in place and the reservation behind. The file id is
+/// the reservation id, so the blob is found from the expired reservation and
+/// removed when no row claims it. The rename time (ctime) must be older than
+/// `grace`, so an upload committing right now is never touched.
+async fn sweep_unpublished(
+    state: &Core,
+    root: &Path,
+    id: Uuid,
+    user: &str,
+    grace: Duration,
+) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = format!("{id}.");
+    let mut removed = 0;
+    for t in FileType::ALL {
+        let dir = root.join(user_dir_name(user)).join(t.dir());
+        let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
+            continue;
+        };
+        while let Some(e) = rd.next_entry().await? {
+            if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let meta = e.metadata().await?;
+            let renamed = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.ctime().max(0) as u64);
+            let old = SystemTime::now()
+                .duration_since(renamed)
+                .unwrap_or_default()
+                >= grace;
+            if old && state.meta.get_file_any(id).await?.is_none() {
+                tokio::fs::remove_file(e.path()).await?;
+                tracing::warn!(file = %e.path().display(), "removed a blob whose upload died before its commit");
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// [`sweep_unpublished`] for object stores: the published object is found by
+/// its key prefix `{user}/{type}/{id}.` and its write time.
+async fn sweep_unpublished_objects(
+    state: &Core,
+    id: Uuid,
+    user: &str,
+    grace: Duration,
+) -> anyhow::Result<u64> {
+    let cutoff = state.now() - chrono::Duration::from_std(grace).unwrap_or_default();
+    let mut removed = 0;
+    for t in FileType::ALL {
+        let prefix = format!("{}/{}/{id}.", user_dir_name(user), t.dir());
+        for e in state.blobs.list_prefix(&prefix).await? {
+            if e.modified.is_some_and(|m| m > cutoff)
+                || state.meta.get_file_any(id).await?.is_some()
+            {
+                continue;
+            }
+            let key = e.key;
+            state.blobs.remove(&key).await?;
+            tracing::warn!(%key, "removed an object whose upload died before its commit");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// [`sweep_unpublished`] or [`sweep_unpublished_objects`], whichever fits
+/// the blob store.
+pub(crate) async fn sweep_unpublished_any(
+    state: &Core,
+    id: Uuid,
+    user: &str,
+    grace: Duration,
+) -> anyhow::Result<u64> {
+    match state.blobs.local_root() {
+        Some(root) => sweep_unpublished(state, root, id, user, grace).await,
+        None => sweep_unpublished_objects(state, id, user, grace).await,
+    }
+}
+
+/// This machine's name, for the `nodes` table and task leases.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".into())
+}
+
+fn row(state: &Core, started_at: DateTime<Utc>, now: DateTime<Utc>) -> NodeRow {
     NodeRow {
         holder: state.holder,
-        host: crate::ops::scheduler::hostname(),
+        host: hostname(),
         pid: i64::from(std::process::id()),
         started_at,
         heartbeat_at: now,
@@ -228,7 +304,7 @@ impl Registration {
     /// Takes the node lock (refusing to start while another process holds
     /// it), registers this incarnation, reclaims what earlier incarnations
     /// of the node held, and starts the heartbeat loop.
-    pub async fn start(state: &AppState) -> anyhow::Result<Registration> {
+    pub async fn start(state: &Core) -> anyhow::Result<Registration> {
         persist_id(&state.config.data_dir, state.holder.node)?;
         let lock = lock_node(&state.config.data_dir).await?;
         let started_at = Utc::now();
@@ -261,7 +337,7 @@ impl Registration {
 
     /// Stops the heartbeats, releases whatever this incarnation still holds
     /// (requests cut at the deadline) and leaves the nodes table.
-    pub async fn stop(self, state: &AppState) {
+    pub async fn stop(self, state: &Core) {
         let _ = self.stop_tx.send(true);
         let _ = self.task.await;
         let mine = Gone::Node {
@@ -297,7 +373,7 @@ async fn lock_node(data_dir: &Path) -> anyhow::Result<NodeLock> {
 
 /// Every `heartbeat_interval`: records this process as alive, then reclaims
 /// what silent processes held.
-async fn heartbeats(state: AppState, started_at: DateTime<Utc>, mut stop: watch::Receiver<bool>) {
+async fn heartbeats(state: Core, started_at: DateTime<Utc>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(state.config.limits.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -329,11 +405,11 @@ mod tests {
     fn the_node_id_is_created_once_and_private() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_id(dir.path()).unwrap(), None);
+        assert_eq!(read_node_id(dir.path()).unwrap(), None);
         let id = Uuid::now_v7();
         persist_id(dir.path(), id).unwrap();
         persist_id(dir.path(), id).unwrap();
-        assert_eq!(read_id(dir.path()).unwrap(), Some(id));
+        assert_eq!(read_node_id(dir.path()).unwrap(), Some(id));
         assert!(persist_id(dir.path(), Uuid::now_v7()).is_err());
         let mode = std::fs::metadata(dir.path().join(NODE_ID_FILE))
             .unwrap()

@@ -15,10 +15,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use uuid::Uuid;
 
-use crate::{
-    app::AppState,
-    http::error::{AppError, AppResult},
-};
+use crate::blob::{BlobError, BlobStore};
 
 /// clamd's default StreamMaxLength is 25 MiB; chunks stay well under it.
 const CHUNK: usize = 64 * 1024;
@@ -38,6 +35,20 @@ pub struct Scanner {
 enum Target {
     Tcp(String),
     Unix(std::path::PathBuf),
+}
+
+/// Why a staged upload did not pass the scan.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// clamd found this signature.
+    #[error("malware detected: {0}")]
+    Infected(String),
+    /// clamd could not be reached or did not answer in time: fail closed.
+    #[error("virus scanner unavailable")]
+    Unavailable,
+    /// The staged data could not be read.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
 }
 
 /// Outcome of one scan.
@@ -65,18 +76,23 @@ impl Scanner {
         self
     }
 
-    /// Scans staging blob `id` of `len` bytes; maps the verdict to the API.
-    pub async fn scan_staged(&self, state: &AppState, id: Uuid, len: u64) -> AppResult<()> {
-        let stream = state.blobs.read_staged(id, 0..len).await?;
+    /// Scans staging blob `id` of `len` bytes in `blobs`.
+    pub async fn scan_staged(
+        &self,
+        blobs: &dyn BlobStore,
+        id: Uuid,
+        len: u64,
+    ) -> Result<(), ScanError> {
+        let stream = blobs.read_staged(id, 0..len).await?;
         match self.scan_stream(stream).await {
             Ok(Verdict::Clean) => Ok(()),
             Ok(Verdict::Infected(sig)) => {
                 tracing::warn!(staging = %id, signature = %sig, "upload refused: malware detected");
-                Err(AppError::Malware(format!("malware detected: {sig}")))
+                Err(ScanError::Infected(sig))
             }
             Err(e) => {
                 tracing::error!(error = %e, "virus scanner unreachable; refusing upload");
-                Err(AppError::Unavailable("virus scanner unavailable".into()))
+                Err(ScanError::Unavailable)
             }
         }
     }

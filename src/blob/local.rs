@@ -371,6 +371,10 @@ impl BlobStore for LocalStore {
     fn kind(&self) -> &'static str {
         "local"
     }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
 }
 
 fn entry(key: String, meta: &std::fs::Metadata) -> BlobEntry {

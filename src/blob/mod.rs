@@ -9,7 +9,12 @@
 pub mod local;
 pub mod s3;
 
-use std::{ops::Range, path::PathBuf, pin::Pin, time::Duration};
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+    pin::Pin,
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -158,8 +163,14 @@ pub trait BlobStore: Send + Sync + 'static {
             None => self.remove(&entry.key).await,
         }
     }
-    /// "local" or "s3".
+    /// "local" or "s3", for logs and reports; code that depends on how the
+    /// bytes are kept asks [`BlobStore::local_root`] instead.
     fn kind(&self) -> &'static str;
+    /// The directory holding every blob, when blobs are files on a local
+    /// volume (whose directories need sweeping as well as its files).
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Validates a blob key: relative, `/`-separated, no empty, `.` or `..`

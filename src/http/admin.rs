@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use super::{
     error::{AppError, AppResult},
     extract::{AdminAuth, ApiJson},
-    storage::{usage_for, Usage},
 };
 use crate::{
     app::AppState,
     meta::{EventQuery, EventStatus, EventType, JobInfo, UserStorage},
+    quota::{usage_for, Usage},
 };
 
 pub fn router() -> Router<AppState> {

@@ -9,7 +9,7 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{blob::BlobError, meta::MetaError};
+use crate::{blob::BlobError, ingest::IngestError, meta::MetaError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -187,6 +187,25 @@ impl From<BlobError> for AppError {
             BlobError::NotFound => AppError::NotFound,
             BlobError::NoSpace => AppError::Unavailable("storage volume is full".into()),
             other => AppError::internal(other),
+        }
+    }
+}
+
+impl From<IngestError> for AppError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Invalid(m) => AppError::BadRequest(m),
+            IngestError::TooLarge(m) => AppError::TooLarge(m),
+            IngestError::UnsupportedType(m) => AppError::UnsupportedMedia(m),
+            e @ IngestError::QuotaExceeded { .. } => AppError::QuotaExceeded(e.to_string()),
+            IngestError::TooManyUploads { .. } => AppError::RateLimited {
+                retry_after_secs: UNFINISHED_RETRY_AFTER_SECS,
+            },
+            IngestError::Malware(m) => AppError::Malware(m),
+            IngestError::NotFound => AppError::NotFound,
+            IngestError::Conflict(m) => AppError::Conflict(m),
+            IngestError::Unavailable(m) => AppError::Unavailable(m),
+            IngestError::Internal(e) => AppError::Internal(e),
         }
     }
 }

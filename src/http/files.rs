@@ -174,7 +174,7 @@ pub async fn multipart_upload(
     };
     let up = match begun {
         Ok(up) => up,
-        Err(e) => return Err(drain_then(e, hint, &mut form, stop).await),
+        Err(e) => return Err(drain_then(e.into(), hint, &mut form, stop).await),
     };
     let mut parsed = FormFields::default();
     let up = match read_form(up, &mut form, &mut parsed, stop).await {
@@ -218,6 +218,7 @@ pub async fn multipart_upload(
     let bytes = up.len();
     // `file.created` is recorded in commit_file's transaction.
     let rec = up.commit(meta).await?;
+    crate::jobs::after_commit(state, &rec).await;
     tracing::Span::current().record("file_id", rec.id.to_string());
     crate::telemetry::metrics::upload_duration(started.elapsed().as_secs_f64());
     tracing::info!(file_id = %rec.id, bytes, ms = started.elapsed().as_millis() as u64, "upload committed");
@@ -565,6 +566,7 @@ async fn copy(
         .map(sanitize_file_name)
         .unwrap_or_else(|| src.file_name.clone());
     let rec = crate::ingest::copy_file(&state, &src, name).await?;
+    crate::jobs::after_commit(&state, &rec).await;
     tracing::info!(copy_id = %rec.id, bytes = rec.file_size, "file copied");
     Ok((StatusCode::CREATED, Json(FileView::from(&rec))))
 }

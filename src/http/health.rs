@@ -98,7 +98,7 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         "status": if r.ok() { "ready" } else { "unavailable" },
         "database": word(r.database),
         "volume": word(r.volume),
-        "video_thumbnails": crate::jobs::media::status(),
+        "video_thumbnails": crate::media::status(),
     });
     let code = if r.ok() {
         StatusCode::OK

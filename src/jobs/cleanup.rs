@@ -5,98 +5,11 @@
 //! (`DELETE … RETURNING` decides who releases it). It also prunes the
 //! event outbox ([`crate::jobs::webhooks::prune`]).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use chrono::Utc;
 use serde::Serialize;
-use uuid::Uuid;
 
-use crate::{app::AppState, domain::filetype::FileType, domain::names::user_dir_name};
-
-/// A process killed between publishing a blob (rename) and committing its
-/// row leaves the blob in place and the reservation behind. The file id is
-/// the reservation id, so the blob is found from the expired reservation and
-/// removed when no row claims it. The rename time (ctime) must be older than
-/// `grace`, so an upload committing right now is never touched.
-async fn sweep_unpublished(
-    state: &AppState,
-    id: Uuid,
-    user: &str,
-    grace: Duration,
-) -> anyhow::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let prefix = format!("{id}.");
-    let mut removed = 0;
-    for t in FileType::ALL {
-        let dir = state
-            .config
-            .storage_root
-            .join(user_dir_name(user))
-            .join(t.dir());
-        let Ok(mut rd) = tokio::fs::read_dir(&dir).await else {
-            continue;
-        };
-        while let Some(e) = rd.next_entry().await? {
-            if !e.file_name().to_string_lossy().starts_with(&prefix) {
-                continue;
-            }
-            let meta = e.metadata().await?;
-            let renamed = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.ctime().max(0) as u64);
-            let old = SystemTime::now()
-                .duration_since(renamed)
-                .unwrap_or_default()
-                >= grace;
-            if old && state.meta.get_file_any(id).await?.is_none() {
-                tokio::fs::remove_file(e.path()).await?;
-                tracing::warn!(file = %e.path().display(), "removed a blob whose upload died before its commit");
-                removed += 1;
-            }
-        }
-    }
-    Ok(removed)
-}
-
-/// [`sweep_unpublished`] for object stores: the published object is found by
-/// its key prefix `{user}/{type}/{id}.` and its write time.
-async fn sweep_unpublished_objects(
-    state: &AppState,
-    id: Uuid,
-    user: &str,
-    grace: Duration,
-) -> anyhow::Result<u64> {
-    let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
-    let mut removed = 0;
-    for t in FileType::ALL {
-        let prefix = format!("{}/{}/{id}.", user_dir_name(user), t.dir());
-        for e in state.blobs.list_prefix(&prefix).await? {
-            if e.modified.is_some_and(|m| m > cutoff)
-                || state.meta.get_file_any(id).await?.is_some()
-            {
-                continue;
-            }
-            let key = e.key;
-            state.blobs.remove(&key).await?;
-            tracing::warn!(%key, "removed an object whose upload died before its commit");
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// [`sweep_unpublished`] or [`sweep_unpublished_objects`], whichever fits
-/// the blob store.
-pub(crate) async fn sweep_unpublished_any(
-    state: &AppState,
-    id: Uuid,
-    user: &str,
-    grace: Duration,
-) -> anyhow::Result<u64> {
-    if state.blobs.kind() == "local" {
-        sweep_unpublished(state, id, user, grace).await
-    } else {
-        sweep_unpublished_objects(state, id, user, grace).await
-    }
-}
+use crate::core::Core;
 
 /// What one cleanup pass did.
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -123,8 +36,8 @@ pub const TEMP_GRACE: Duration = Duration::from_secs(60);
 
 /// Runs one pass (`stowage cleanup`, which also reclaims what this data
 /// dir's node held when no process of it runs).
-pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<CleanupReport> {
-    let reclaimed = crate::node::reclaim_for_cleanup(state, Utc::now()).await?;
+pub async fn run(state: &Core, temp_grace: Duration) -> anyhow::Result<CleanupReport> {
+    let reclaimed = crate::node::reclaim_for_cleanup(state, state.now()).await?;
     let mut report = pass(state, temp_grace).await?;
     report.reclaimed_reservations = reclaimed.reservations;
     report.unpublished_blobs += reclaimed.unpublished_blobs;
@@ -132,11 +45,11 @@ pub async fn run(state: &AppState, temp_grace: Duration) -> anyhow::Result<Clean
 }
 
 /// Expiry and the sweep of the staging area.
-async fn pass(state: &AppState, temp_grace: Duration) -> anyhow::Result<CleanupReport> {
+async fn pass(state: &Core, temp_grace: Duration) -> anyhow::Result<CleanupReport> {
     // Expired tus uploads first: their reservations expire with them, and
     // are released here (once: `release` answers true only to one caller).
     let mut report = CleanupReport::default();
-    for id in state.meta.expire_tus_uploads(Utc::now()).await? {
+    for id in state.meta.expire_tus_uploads(state.now()).await? {
         report.expired_uploads += 1;
         state.blobs.discard(id).await?;
         if state.meta.release(id).await? {
@@ -144,9 +57,10 @@ async fn pass(state: &AppState, temp_grace: Duration) -> anyhow::Result<CleanupR
         }
         tracing::info!(upload = %id, "expired tus upload removed");
     }
-    let now = Utc::now();
+    let now = state.now();
     for (id, user) in state.meta.expired_reservations(now).await? {
-        report.unpublished_blobs += sweep_unpublished_any(state, id, &user, temp_grace).await?;
+        report.unpublished_blobs +=
+            crate::node::sweep_unpublished_any(state, id, &user, temp_grace).await?;
     }
     report.expired_reservations += state.meta.expire_reservations(now).await?;
     // Signed upload URLs past their expiry: their reservations went above.

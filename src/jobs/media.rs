@@ -18,139 +18,34 @@
 use std::{
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+        Arc,
     },
-    time::Duration,
 };
 
-use stowage_media::{image_thumbnail, MediaError, MediaTools, ThumbFormat, ThumbnailSpec};
+use stowage_media::{image_thumbnail, MediaError, ThumbFormat, ThumbnailSpec};
 use uuid::Uuid;
 
 use super::JobError;
 use crate::{
-    app::AppState,
-    config::Limits,
+    core::Core,
     domain::{filetype::FileType, names::user_dir_name},
+    media::DecodeError,
     meta::{FileRecord, MediaUpdate},
 };
 
+impl From<DecodeError> for JobError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::NoSlot(m) => JobError::Transient(m),
+            DecodeError::TimedOut => JobError::Permanent("image decoding timed out".into()),
+            DecodeError::Crashed(m) => JobError::Permanent(format!("image decoder crashed: {m}")),
+        }
+    }
+}
+
 /// Largest image (pixels announced by its header) that is decoded.
 const MAX_PIXELS: u64 = 64_000_000;
-
-static TOOLS: OnceLock<MediaTools> = OnceLock::new();
-
-/// ffmpeg/ffprobe as found on `PATH`, looked up (and logged) once per
-/// process; each node applies its own limits on a copy.
-fn detected() -> &'static MediaTools {
-    TOOLS.get_or_init(|| {
-        let t = MediaTools::detect();
-        match t.disabled_reason() {
-            None => tracing::info!("video thumbnails on (ffmpeg and ffprobe found)"),
-            Some(why) => {
-                tracing::warn!(reason = %why, "video thumbnails and media durations are off")
-            }
-        }
-        t
-    })
-}
-
-/// Whether video thumbnails are available, for `/readyz` (the reason when
-/// they are not is logged at start-up).
-pub fn status() -> &'static str {
-    match detected().disabled_reason() {
-        None => "on",
-        Some(_) => "off",
-    }
-}
-
-/// One node's media tools, with the configured limits, and the count of
-/// in-process decodes running. Cheap to clone; clones share the limit.
-#[derive(Clone, Debug)]
-pub struct MediaRuntime {
-    tools: MediaTools,
-    timeout: Duration,
-    decodes: Arc<DecodeCount>,
-}
-
-/// In-process decodes running now, and the most seen at once.
-#[derive(Debug, Default)]
-struct DecodeCount {
-    now: AtomicUsize,
-    peak: AtomicUsize,
-}
-
-/// Counts one decode for as long as it lives.
-struct Decoding(Arc<DecodeCount>);
-
-impl Decoding {
-    fn start(c: &Arc<DecodeCount>) -> Decoding {
-        let n = c.now.fetch_add(1, Ordering::SeqCst) + 1;
-        c.peak.fetch_max(n, Ordering::SeqCst);
-        Decoding(c.clone())
-    }
-}
-
-impl Drop for Decoding {
-    fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl MediaRuntime {
-    pub fn new(limits: &Limits) -> MediaRuntime {
-        let tools = detected()
-            .clone()
-            .with_timeout(limits.media_timeout)
-            .with_concurrency(limits.media_concurrency)
-            .with_memory_limit(Some(limits.ffmpeg_memory_bytes))
-            .with_threads(Some(limits.ffmpeg_threads));
-        MediaRuntime {
-            tools,
-            timeout: limits.media_timeout,
-            decodes: Arc::default(),
-        }
-    }
-
-    /// The ffmpeg/ffprobe wrapper with this node's limits.
-    pub fn tools(&self) -> &MediaTools {
-        &self.tools
-    }
-
-    /// In-process decodes running now (timed-out ones included).
-    pub fn decodes_running(&self) -> usize {
-        self.decodes.now.load(Ordering::SeqCst)
-    }
-
-    /// The most in-process decodes that ever ran at once on this node.
-    pub fn decodes_peak(&self) -> usize {
-        self.decodes.peak.load(Ordering::SeqCst)
-    }
-
-    /// Runs `work` on the blocking pool once a slot of the media limit is
-    /// free, holding the slot until `work` returns, and waits at most the
-    /// media timeout for it.
-    async fn decode<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, JobError> {
-        let permit = self
-            .tools
-            .permit()
-            .await
-            .map_err(|e| JobError::Transient(e.to_string()))?;
-        let count = self.decodes.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let _counted = Decoding::start(&count);
-            work()
-        });
-        tokio::time::timeout(self.timeout, job)
-            .await
-            .map_err(|_| JobError::Permanent("image decoding timed out".into()))?
-            .map_err(|e| JobError::Permanent(format!("image decoder crashed: {e}")))
-    }
-}
 
 /// Whether a file gets media processing at all.
 pub fn wants_processing(rec: &FileRecord) -> bool {
@@ -160,7 +55,7 @@ pub fn wants_processing(rec: &FileRecord) -> bool {
     )
 }
 
-fn spec(state: &AppState) -> ThumbnailSpec {
+fn spec(state: &Core) -> ThumbnailSpec {
     ThumbnailSpec {
         max_side: state.config.thumbnail_max_side,
         format: ThumbFormat::Jpeg,
@@ -177,8 +72,8 @@ fn classify(e: MediaError) -> JobError {
 
 /// Scratch directory for thumbnails being written (inside the volume's temp
 /// dir, but in a subdirectory that upload cleanup does not sweep).
-fn scratch(state: &AppState) -> Result<PathBuf, JobError> {
-    let dir = state.config.storage_root.join(".tmp").join("media");
+fn scratch(state: &Core) -> Result<PathBuf, JobError> {
+    let dir = state.scratch.join("media");
     std::fs::create_dir_all(&dir).map_err(|e| JobError::Transient(format!("scratch dir: {e}")))?;
     Ok(dir)
 }
@@ -188,7 +83,7 @@ fn scratch(state: &AppState) -> Result<PathBuf, JobError> {
 struct ScratchCopy(PathBuf);
 
 impl ScratchCopy {
-    async fn fetch(state: &AppState, key: &str) -> Result<ScratchCopy, JobError> {
+    async fn fetch(state: &Core, key: &str) -> Result<ScratchCopy, JobError> {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
         let transient = |what: &str, e: &dyn std::fmt::Display| {
@@ -226,7 +121,7 @@ impl Drop for ScratchCopy {
 }
 
 /// Runs the media job for `file_id`.
-pub async fn process(state: &AppState, file_id: Uuid) -> Result<(), JobError> {
+pub async fn process(state: &Core, file_id: Uuid) -> Result<(), JobError> {
     let rec = match state.meta.get_file_any(file_id).await {
         Ok(Some(r)) => r,
         // Deleted before its turn came: nothing to do.

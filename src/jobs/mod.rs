@@ -13,12 +13,11 @@ pub mod webhooks;
 
 use std::time::Duration;
 
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
 
-use crate::{app::AppState, meta::FileRecord};
+use crate::{core::Core, meta::FileRecord};
 
 /// How long a claimed job may run before another worker may take it over.
 const LEASE: Duration = Duration::from_secs(300);
@@ -43,14 +42,14 @@ impl JobPayload {
 
 /// Queues a job now.
 pub async fn enqueue(
-    state: &AppState,
+    state: &Core,
     payload: &JobPayload,
     user: Option<&str>,
 ) -> anyhow::Result<Uuid> {
     let json = serde_json::to_string(payload)?;
     let id = state
         .meta
-        .enqueue_job(payload.kind(), &json, user, Utc::now())
+        .enqueue_job(payload.kind(), &json, user, state.now())
         .await?;
     state.jobs_notify.notify_waiters();
     Ok(id)
@@ -58,7 +57,7 @@ pub async fn enqueue(
 
 /// Queues thumbnail/metadata work for a freshly committed file, when its
 /// type has any.
-pub async fn enqueue_media(state: &AppState, rec: &FileRecord) -> anyhow::Result<()> {
+pub async fn enqueue_media(state: &Core, rec: &FileRecord) -> anyhow::Result<()> {
     if media::wants_processing(rec) {
         enqueue(
             state,
@@ -70,6 +69,15 @@ pub async fn enqueue_media(state: &AppState, rec: &FileRecord) -> anyhow::Result
     Ok(())
 }
 
+/// Follow-up work for a freshly committed file: queues its media job, if
+/// its type has one. A failure to queue is logged, not returned: the file
+/// is committed either way, and a file without a thumbnail is still served.
+pub async fn after_commit(state: &Core, rec: &FileRecord) {
+    if let Err(e) = enqueue_media(state, rec).await {
+        tracing::warn!(error = %e, file_id = %rec.id, "could not queue media processing");
+    }
+}
+
 /// Backoff before retry `attempt` (1-based): 5 s, 20 s, 80 s, … capped at 1 h.
 pub fn backoff(attempt: i64) -> Duration {
     let exp = (attempt.clamp(1, 10) - 1) as u32;
@@ -77,7 +85,7 @@ pub fn backoff(attempt: i64) -> Duration {
 }
 
 /// Starts `config.job_workers` workers.
-pub fn spawn_workers(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+pub fn spawn_workers(state: Core, stop: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
     let n = state.config.job_workers.max(1);
     (0..n)
         .map(|i| {
@@ -88,7 +96,7 @@ pub fn spawn_workers(state: AppState, stop: watch::Receiver<bool>) -> Vec<JoinHa
         .collect()
 }
 
-async fn worker(index: usize, state: AppState, mut stop: watch::Receiver<bool>) {
+async fn worker(index: usize, state: Core, mut stop: watch::Receiver<bool>) {
     loop {
         if *stop.borrow() {
             return;
@@ -113,7 +121,7 @@ async fn worker(index: usize, state: AppState, mut stop: watch::Receiver<bool>) 
     }
 }
 
-async fn run_one(state: &AppState, job: crate::meta::Job) {
+async fn run_one(state: &Core, job: crate::meta::Job) {
     let payload: JobPayload = match serde_json::from_str(&job.payload) {
         Ok(p) => p,
         Err(e) => {
@@ -139,7 +147,7 @@ async fn run_one(state: &AppState, job: crate::meta::Job) {
             let msg = format!("{e:#}");
             let retry = e.retryable() && job.attempts < job.max_attempts;
             let retry_at = retry.then(|| {
-                Utc::now() + chrono::Duration::from_std(backoff(job.attempts)).unwrap_or_default()
+                state.now() + chrono::Duration::from_std(backoff(job.attempts)).unwrap_or_default()
             });
             if retry {
                 tracing::warn!(job_id = %job.id, kind = %job.kind, attempt = job.attempts, error = %msg, "job failed; will retry");

@@ -31,7 +31,7 @@ use sha2::Sha256;
 use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
 
-use crate::{app::AppState, config::WebhookConfig, meta::Event, ops::lease};
+use crate::{config::WebhookConfig, core::Core, meta::Event, ops::lease};
 
 /// Lease name in `task_leases`.
 pub const LEASE_NAME: &str = "webhooks";
@@ -90,7 +90,7 @@ fn lease_ttl(cfg: &WebhookConfig) -> Duration {
 }
 
 /// Starts the delivery worker when a webhook URL is configured.
-pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+pub fn spawn(state: Core, stop: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
     let url = state.config.webhook.url.clone()?;
     Some(tokio::spawn(async move { run(state, url, stop).await }))
 }
@@ -99,7 +99,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-async fn run(state: AppState, url: String, mut stop: watch::Receiver<bool>) {
+async fn run(state: Core, url: String, mut stop: watch::Receiver<bool>) {
     let cfg = state.config.webhook.clone();
     let holder = format!("{}:{}", std::process::id(), Uuid::new_v4().simple());
     let ttl = lease_ttl(&cfg);
@@ -164,7 +164,7 @@ async fn run(state: AppState, url: String, mut stop: watch::Receiver<bool>) {
 }
 
 /// Delivers the events due now; returns how many were attempted.
-async fn pass(state: &AppState, client: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
+async fn pass(state: &Core, client: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
     let due = state.meta.due_events(Utc::now(), BATCH).await?;
     let n = due.len();
     // One chain per user, in creation order.
@@ -188,7 +188,7 @@ async fn pass(state: &AppState, client: &reqwest::Client, url: &str) -> anyhow::
 }
 
 /// One attempt; records its outcome. True when delivered.
-async fn deliver(state: &AppState, client: &reqwest::Client, url: &str, ev: &Event) -> bool {
+async fn deliver(state: &Core, client: &reqwest::Client, url: &str, ev: &Event) -> bool {
     let cfg = &state.config.webhook;
     let secret = cfg.secret.as_ref().map(|s| s.expose()).unwrap_or_default();
     let t = Utc::now().timestamp();
@@ -270,7 +270,7 @@ fn describe(e: &reqwest::Error) -> String {
 /// Deletes events past their retention: delivered ones, and without a
 /// webhook URL (nothing will deliver them) every one. Failed events stay
 /// until replayed or until a URL is removed. Returns how many went.
-pub async fn prune(state: &AppState) -> anyhow::Result<u64> {
+pub async fn prune(state: &Core) -> anyhow::Result<u64> {
     let cfg = &state.config.webhook;
     let cutoff = Utc::now() - chrono::Duration::from_std(cfg.retention)?;
     let any = cfg.url.is_none().then_some(cutoff);

@@ -27,9 +27,10 @@ use uuid::Uuid;
 
 use super::progress::Progress;
 use crate::{
-    app::AppState,
-    blob::{BlobEntry, BlobError, Modified},
+    blob::{BlobEntry, BlobError, Modified, StagedEntry},
+    core::Core,
     domain::names::user_dir_name,
+    meta::FileRecord,
 };
 
 /// Default grace period for orphans and temp files.
@@ -304,7 +305,7 @@ fn stray(e: &BlobEntry, now: DateTime<Utc>, kind: &str) -> StrayFile {
 
 /// True when the blob at `key` is gone (a failed check counts as present:
 /// the audit reports what it knows, and the error).
-async fn is_missing(state: &AppState, key: &str, errors: &mut Vec<String>) -> bool {
+async fn is_missing(state: &Core, key: &str, errors: &mut Vec<String>) -> bool {
     match state.blobs.len(key).await {
         Ok(_) => false,
         Err(BlobError::NotFound) => true,
@@ -315,8 +316,10 @@ async fn is_missing(state: &AppState, key: &str, errors: &mut Vec<String>) -> bo
     }
 }
 
-/// Runs one audit, on whichever blob store is configured.
-pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<AuditReport> {
+/// Runs one audit, on whichever blob store is configured: counters against
+/// row sums, each user's rows against their blobs, blobs of no known user,
+/// staging data nobody owns, then (with `fix`) the repairs.
+pub async fn run(state: &Core, mut opts: AuditOptions) -> anyhow::Result<AuditReport> {
     let started_at = Utc::now();
     let now = started_at;
     let grace = opts.grace;
@@ -341,10 +344,41 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
     };
     let mut orphan_candidates: Vec<StrayFile> = Vec::new();
 
-    // 1. Counters against row sums.
     r.drift = find_drift(state).await?;
+    let known_dirs = check_users(state, now, &mut r, &mut orphan_candidates, &mut opts).await?;
+    find_unowned(state, now, &known_dirs, &mut r, &mut orphan_candidates).await?;
+    for o in orphan_candidates {
+        if o.age_secs >= grace.as_secs() {
+            r.orphans.push(o);
+        } else {
+            r.recent_orphans.push(o);
+        }
+    }
+    let stray_staged = find_stray_staged(state, now, grace, &mut r).await?;
+    if opts.fix {
+        repair(state, &mut r, &stray_staged).await?;
+    }
 
-    // 2. Rows against the blobs, one user at a time.
+    r.finished_at = Utc::now();
+    r.clean = r.compute_clean();
+    opts.progress.say(format!(
+        "done: {} users, {} files, {}",
+        r.users_checked,
+        r.files_checked,
+        if r.clean { "clean" } else { "problems found" }
+    ));
+    Ok(r)
+}
+
+/// Rows against the blobs, one user at a time; blobs without a row go to
+/// `orphans`. Returns the directory names of the users checked.
+async fn check_users(
+    state: &Core,
+    now: DateTime<Utc>,
+    r: &mut AuditReport,
+    orphans: &mut Vec<StrayFile>,
+    opts: &mut AuditOptions,
+) -> anyhow::Result<HashSet<String>> {
     let users = state.meta.list_users().await?;
     let total_users = users.len();
     let mut known_dirs: HashSet<String> = HashSet::with_capacity(users.len());
@@ -361,84 +395,123 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
                 continue;
             }
         };
-        // key -> (row index, is thumbnail)
-        let mut by_key: HashMap<&str, (usize, bool)> = HashMap::with_capacity(rows.len() * 2);
-        for (i, f) in rows.iter().enumerate() {
-            by_key.insert(f.file_path.as_str(), (i, false));
-            if let Some(t) = &f.thumbnail_path {
-                by_key.insert(t.as_str(), (i, true));
-            }
-        }
-        let mut seen_file = vec![false; rows.len()];
-        let mut seen_thumb = vec![false; rows.len()];
-        for e in &blobs {
-            let kind = kind_of(&e.key);
-            if kind == "thumbnail" {
-                r.thumbnails += 1;
-                r.thumbnail_bytes += e.len;
-            }
-            match by_key.get(e.key.as_str()) {
-                Some(&(i, true)) => seen_thumb[i] = true,
-                Some(&(i, false)) => {
-                    seen_file[i] = true;
-                    r.bytes_checked += e.len;
-                    if e.len as i64 != rows[i].file_size {
-                        r.size_mismatch.push(SizeMismatch {
-                            user_id: u.user_id.clone(),
-                            file_id: rows[i].id,
-                            key: e.key.clone(),
-                            expected_bytes: rows[i].file_size,
-                            actual_bytes: e.len,
-                        });
-                    }
-                }
-                None => orphan_candidates.push(stray(e, now, kind)),
-            }
-        }
-        for (i, f) in rows.iter().enumerate() {
-            let lost_file = !seen_file[i];
-            let lost_thumb = f.thumbnail_path.is_some() && !seen_thumb[i];
-            if !lost_file && !lost_thumb {
-                continue;
-            }
-            // The row may have been deleted (row first, then blob) while we
-            // listed, or committed after (blob first, then row): only a row
-            // that still exists and whose blob is still absent is missing it.
-            if state.meta.get_file(&u.user_id, f.id).await?.is_none() {
-                continue;
-            }
-            if lost_file && is_missing(state, &f.file_path, &mut r.errors).await {
-                r.missing.push(MissingBlob {
-                    user_id: u.user_id.clone(),
-                    file_id: f.id,
-                    kind: "file".into(),
-                    key: f.file_path.clone(),
-                    expected_bytes: f.file_size,
-                });
-            }
-            if let (true, Some(t)) = (lost_thumb, &f.thumbnail_path) {
-                if is_missing(state, t, &mut r.errors).await {
-                    r.missing.push(MissingBlob {
-                        user_id: u.user_id.clone(),
-                        file_id: f.id,
-                        kind: "thumbnail".into(),
-                        key: t.clone(),
-                        expected_bytes: 0,
-                    });
-                }
-            }
-        }
+        let (seen_file, seen_thumb) = match_blobs(&u.user_id, &rows, &blobs, now, r, orphans);
+        check_missing(state, &u.user_id, &rows, &seen_file, &seen_thumb, r).await?;
         r.users_checked += 1;
         r.files_checked += rows.len() as u64;
         let (uc, fc) = (r.users_checked, r.files_checked);
         opts.progress
             .tick(|| format!("{uc}/{total_users} users, {fc} files"));
     }
+    Ok(known_dirs)
+}
 
-    // 3. Directories of no known user, and stray blobs at the top level.
+/// Matches one user's blobs with their rows: counts thumbnails and bytes,
+/// records size mismatches, and puts blobs that no row names into
+/// `orphans`. Returns, per row, whether its file and its thumbnail were seen.
+fn match_blobs(
+    user: &str,
+    rows: &[FileRecord],
+    blobs: &[BlobEntry],
+    now: DateTime<Utc>,
+    r: &mut AuditReport,
+    orphans: &mut Vec<StrayFile>,
+) -> (Vec<bool>, Vec<bool>) {
+    // key -> (row index, is thumbnail)
+    let mut by_key: HashMap<&str, (usize, bool)> = HashMap::with_capacity(rows.len() * 2);
+    for (i, f) in rows.iter().enumerate() {
+        by_key.insert(f.file_path.as_str(), (i, false));
+        if let Some(t) = &f.thumbnail_path {
+            by_key.insert(t.as_str(), (i, true));
+        }
+    }
+    let mut seen_file = vec![false; rows.len()];
+    let mut seen_thumb = vec![false; rows.len()];
+    for e in blobs {
+        let kind = kind_of(&e.key);
+        if kind == "thumbnail" {
+            r.thumbnails += 1;
+            r.thumbnail_bytes += e.len;
+        }
+        match by_key.get(e.key.as_str()) {
+            Some(&(i, true)) => seen_thumb[i] = true,
+            Some(&(i, false)) => {
+                seen_file[i] = true;
+                r.bytes_checked += e.len;
+                if e.len as i64 != rows[i].file_size {
+                    r.size_mismatch.push(SizeMismatch {
+                        user_id: user.to_string(),
+                        file_id: rows[i].id,
+                        key: e.key.clone(),
+                        expected_bytes: rows[i].file_size,
+                        actual_bytes: e.len,
+                    });
+                }
+            }
+            None => orphans.push(stray(e, now, kind)),
+        }
+    }
+    (seen_file, seen_thumb)
+}
+
+/// Rows whose file or thumbnail was not listed: missing, once the row is
+/// confirmed to still exist and the blob to still be absent.
+async fn check_missing(
+    state: &Core,
+    user: &str,
+    rows: &[FileRecord],
+    seen_file: &[bool],
+    seen_thumb: &[bool],
+    r: &mut AuditReport,
+) -> anyhow::Result<()> {
+    for (i, f) in rows.iter().enumerate() {
+        let lost_file = !seen_file[i];
+        let lost_thumb = f.thumbnail_path.is_some() && !seen_thumb[i];
+        if !lost_file && !lost_thumb {
+            continue;
+        }
+        // The row may have been deleted (row first, then blob) while we
+        // listed, or committed after (blob first, then row): only a row
+        // that still exists and whose blob is still absent is missing it.
+        if state.meta.get_file(user, f.id).await?.is_none() {
+            continue;
+        }
+        if lost_file && is_missing(state, &f.file_path, &mut r.errors).await {
+            r.missing.push(MissingBlob {
+                user_id: user.to_string(),
+                file_id: f.id,
+                kind: "file".into(),
+                key: f.file_path.clone(),
+                expected_bytes: f.file_size,
+            });
+        }
+        if let (true, Some(t)) = (lost_thumb, &f.thumbnail_path) {
+            if is_missing(state, t, &mut r.errors).await {
+                r.missing.push(MissingBlob {
+                    user_id: user.to_string(),
+                    file_id: f.id,
+                    kind: "thumbnail".into(),
+                    key: t.clone(),
+                    expected_bytes: 0,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Directories of no known user, and stray blobs at the top level: all
+/// orphans.
+async fn find_unowned(
+    state: &Core,
+    now: DateTime<Utc>,
+    known_dirs: &HashSet<String>,
+    r: &mut AuditReport,
+    orphans: &mut Vec<StrayFile>,
+) -> anyhow::Result<()> {
     let (dirs, top_blobs) = state.blobs.list_top().await?;
     for e in &top_blobs {
-        orphan_candidates.push(stray(e, now, "unknown"));
+        orphans.push(stray(e, now, "unknown"));
     }
     for dir in dirs {
         if dir == "lost+found" || known_dirs.contains(&dir) {
@@ -452,21 +525,23 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
                         r.thumbnails += 1;
                         r.thumbnail_bytes += e.len;
                     }
-                    orphan_candidates.push(stray(e, now, kind));
+                    orphans.push(stray(e, now, kind));
                 }
             }
             Err(e) => r.errors.push(format!("cannot list {dir}/: {e}")),
         }
     }
-    for o in orphan_candidates {
-        if o.age_secs >= grace.as_secs() {
-            r.orphans.push(o);
-        } else {
-            r.recent_orphans.push(o);
-        }
-    }
+    Ok(())
+}
 
-    // 4. Staging data nobody owns.
+/// Staging data older than `grace` that no live reservation owns, reported
+/// in `stray_temp` and returned (in the same order) for the repairs.
+async fn find_stray_staged(
+    state: &Core,
+    now: DateTime<Utc>,
+    grace: Duration,
+    r: &mut AuditReport,
+) -> anyhow::Result<Vec<StagedEntry>> {
     let mut stray_staged = Vec::new();
     for e in state.blobs.list_staged().await? {
         if age_secs(e.modified, now) < grace.as_secs() {
@@ -487,50 +562,48 @@ pub async fn run(state: &AppState, mut opts: AuditOptions) -> anyhow::Result<Aud
             stray_staged.push(e);
         }
     }
+    Ok(stray_staged)
+}
 
-    // 5. Repairs.
-    if opts.fix {
-        if !r.drift.is_empty() {
-            let changed = state.meta.repair_counters().await?;
-            tracing::info!(users = changed, "audit repaired counters");
-            let still: HashSet<String> = find_drift(state)
-                .await?
-                .into_iter()
-                .map(|d| d.user_id)
-                .collect();
-            for d in &mut r.drift {
-                d.repaired = !still.contains(&d.user_id);
-            }
-        }
-        for o in r.orphans.iter_mut() {
-            match state.blobs.remove(&o.path).await {
-                Ok(()) => o.removed = true,
-                Err(e) => r.errors.push(format!("cannot remove {}: {e}", o.path)),
-            }
-        }
-        for (o, e) in r.stray_temp.iter_mut().zip(&stray_staged) {
-            match state.blobs.remove_staged(e).await {
-                Ok(()) => o.removed = true,
-                Err(e) => r.errors.push(format!("cannot remove {}: {e}", o.path)),
-            }
+/// `--fix`: repairs the counters (marking each drift repaired when a fresh
+/// look no longer finds it) and removes the old orphans and stray staging
+/// data; never a row.
+async fn repair(
+    state: &Core,
+    r: &mut AuditReport,
+    stray_staged: &[StagedEntry],
+) -> anyhow::Result<()> {
+    if !r.drift.is_empty() {
+        let changed = state.meta.repair_counters().await?;
+        tracing::info!(users = changed, "audit repaired counters");
+        let still: HashSet<String> = find_drift(state)
+            .await?
+            .into_iter()
+            .map(|d| d.user_id)
+            .collect();
+        for d in &mut r.drift {
+            d.repaired = !still.contains(&d.user_id);
         }
     }
-
-    r.finished_at = Utc::now();
-    r.clean = r.compute_clean();
-    opts.progress.say(format!(
-        "done: {} users, {} files, {}",
-        r.users_checked,
-        r.files_checked,
-        if r.clean { "clean" } else { "problems found" }
-    ));
-    Ok(r)
+    for o in r.orphans.iter_mut() {
+        match state.blobs.remove(&o.path).await {
+            Ok(()) => o.removed = true,
+            Err(e) => r.errors.push(format!("cannot remove {}: {e}", o.path)),
+        }
+    }
+    for (o, e) in r.stray_temp.iter_mut().zip(stray_staged) {
+        match state.blobs.remove_staged(e).await {
+            Ok(()) => o.removed = true,
+            Err(e) => r.errors.push(format!("cannot remove {}: {e}", o.path)),
+        }
+    }
+    Ok(())
 }
 
 /// Users whose counters differ from their row sums. A difference is
 /// confirmed by reading again, so that a commit landing between the two
 /// queries is not reported as drift.
-async fn find_drift(state: &AppState) -> anyhow::Result<Vec<Drift>> {
+async fn find_drift(state: &Core) -> anyhow::Result<Vec<Drift>> {
     let mut confirmed: Option<Vec<Drift>> = None;
     for _ in 0..5 {
         let current = drift_once(state).await?;
@@ -546,7 +619,7 @@ async fn find_drift(state: &AppState) -> anyhow::Result<Vec<Drift>> {
     Ok(confirmed.unwrap_or_default())
 }
 
-async fn drift_once(state: &AppState) -> anyhow::Result<Vec<Drift>> {
+async fn drift_once(state: &Core) -> anyhow::Result<Vec<Drift>> {
     let users = state.meta.list_users().await?;
     let totals: HashMap<String, (i64, i64)> = state
         .meta

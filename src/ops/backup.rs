@@ -52,8 +52,8 @@ use super::{
     progress::Progress,
 };
 use crate::{
-    app::AppState,
     blob::{BlobError, BlobStore},
+    core::Core,
     meta::{PgStore, SqliteStore},
 };
 
@@ -417,8 +417,8 @@ fn stage_blob(
 }
 
 /// A scratch directory on local disk for work files (the database dump).
-fn scratch_root(state: &AppState) -> PathBuf {
-    state.config.storage_root.join(".tmp")
+fn scratch_root(state: &Core) -> PathBuf {
+    state.scratch.clone()
 }
 
 // ---------------------------------------------------------------- snapshot
@@ -499,7 +499,7 @@ macro_rules! dump_rows {
 /// Writes the snapshot's rows to `users_out` and `files_out`; returns the
 /// counts and the snapshot time.
 async fn snapshot(
-    state: &AppState,
+    state: &Core,
     work: &Path,
     users_out: &Path,
     files_out: &Path,
@@ -582,7 +582,7 @@ struct Packed {
 }
 
 /// Creates one archive in `opts.dest`, then applies retention.
-pub async fn create(state: &AppState, mut opts: CreateOptions) -> anyhow::Result<CreateReport> {
+pub async fn create(state: &Core, mut opts: CreateOptions) -> anyhow::Result<CreateReport> {
     if opts.keep == Some(0) {
         bail!("--keep must be at least 1");
     }
@@ -1272,7 +1272,7 @@ struct Unpacked {
 /// keeps no blob and no row. Rows then go in in one transaction; the
 /// triggers rebuild the counters, which are then checked against the rows.
 pub async fn restore(
-    state: &AppState,
+    state: &Core,
     archive: &Path,
     progress: Progress,
 ) -> anyhow::Result<RestoreReport> {
@@ -1282,7 +1282,7 @@ pub async fn restore(
 /// [`restore`] from any location: a remote archive is read as one
 /// streaming GET, its blobs staged in the store as they arrive.
 pub async fn restore_from(
-    state: &AppState,
+    state: &Core,
     archive: &Location,
     mut progress: Progress,
 ) -> anyhow::Result<RestoreReport> {
@@ -1342,7 +1342,7 @@ pub async fn restore_from(
     Ok(rep)
 }
 
-async fn has_file_rows(state: &AppState) -> anyhow::Result<bool> {
+async fn has_file_rows(state: &Core) -> anyhow::Result<bool> {
     const SQL: &str = "SELECT 1 AS one FROM user_files LIMIT 1";
     let any = state.meta.as_any();
     if let Some(pg) = any.downcast_ref::<PgStore>() {
@@ -1742,7 +1742,7 @@ macro_rules! insert_rows {
 }
 
 async fn insert_rows(
-    state: &AppState,
+    state: &Core,
     users: &Path,
     files: &Path,
     restored: &HashSet<String>,

@@ -149,7 +149,7 @@ pub async fn run(config: &Config, source: &str) -> Report {
                 format!(
                     "{} reachable at {}",
                     db.backend(),
-                    crate::app::redact_url(&config.database_url)
+                    crate::config::redact_url(&config.database_url)
                 ),
             ));
             checks.push(
@@ -211,7 +211,7 @@ async fn bounded<T>(
 }
 
 fn config_check(config: &Config, source: &str) -> Check {
-    if let Err(e) = crate::app::check_auth_safety(config) {
+    if let Err(e) = crate::config::check_auth_safety(config) {
         return check("config", Status::Fail, format!("{source}: {e:#}"));
     }
     check(
@@ -231,7 +231,7 @@ enum Db {
 }
 
 async fn connect(url: &str) -> Result<Db, String> {
-    let redacted = crate::app::redact_url(url);
+    let redacted = crate::config::redact_url(url);
     let fail = |e: &dyn std::fmt::Display| format!("cannot connect to {redacted}: {e}");
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let opts = PgConnectOptions::from_str(url).map_err(|e| fail(&e))?;

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::{
-    app::AppState,
+    core::Core,
     meta::{PgStore, SqliteStore},
 };
 
@@ -53,7 +53,7 @@ macro_rules! with_pool {
 /// Takes (or renews, when `holder` already has it) the lease `name` for
 /// `ttl`. True when `holder` holds it afterwards.
 pub async fn try_acquire(
-    state: &AppState,
+    state: &Core,
     name: &str,
     holder: &str,
     ttl: Duration,
@@ -72,7 +72,7 @@ pub async fn try_acquire(
 }
 
 /// Gives the lease up early; a no-op unless `holder` holds it.
-pub async fn release(state: &AppState, name: &str, holder: &str) -> anyhow::Result<()> {
+pub async fn release(state: &Core, name: &str, holder: &str) -> anyhow::Result<()> {
     with_pool!(state, pool => sqlx::query(RELEASE_SQL)
         .bind(name)
         .bind(holder)
@@ -83,7 +83,7 @@ pub async fn release(state: &AppState, name: &str, holder: &str) -> anyhow::Resu
 }
 
 /// The current holder of an unexpired lease, if any.
-pub async fn holder(state: &AppState, name: &str) -> anyhow::Result<Option<String>> {
+pub async fn holder(state: &Core, name: &str) -> anyhow::Result<Option<String>> {
     use sqlx::Row;
     let t = now();
     let row = with_pool!(state, pool => sqlx::query(HOLDER_SQL)
@@ -115,7 +115,7 @@ const HISTORY_DAYS: i64 = 30;
 
 /// Records that `holder` starts a run of `name` (which it must hold the
 /// lease of); prunes old history. Returns the run's id.
-pub async fn run_started(state: &AppState, name: &str, holder: &str) -> anyhow::Result<i64> {
+pub async fn run_started(state: &Core, name: &str, holder: &str) -> anyhow::Result<i64> {
     use sqlx::Row;
     let t = now();
     let id = with_pool!(state, pool => {
@@ -139,7 +139,7 @@ pub async fn run_started(state: &AppState, name: &str, holder: &str) -> anyhow::
 
 /// Records how run `id` ended.
 pub async fn run_finished(
-    state: &AppState,
+    state: &Core,
     id: i64,
     outcome: &str,
     summary: &str,
@@ -160,7 +160,7 @@ pub async fn run_finished(
 
 /// The newest `limit` runs, of task `name` or of every task, newest first.
 pub async fn recent_runs(
-    state: &AppState,
+    state: &Core,
     name: Option<&str>,
     limit: i64,
 ) -> anyhow::Result<Vec<TaskRun>> {

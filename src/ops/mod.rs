@@ -10,11 +10,13 @@ pub mod progress;
 pub mod scheduler;
 
 use crate::{
-    app::AppState, domain::names::user_dir_name, http::error::AppResult, meta::DeletedUser,
+    core::Core,
+    domain::names::user_dir_name,
+    meta::{DeletedUser, MetaResult},
 };
 
 /// Removes every row and blob of `user`, then the user's directory.
-pub async fn delete_user(state: &AppState, user: &str) -> AppResult<Option<DeletedUser>> {
+pub async fn delete_user(state: &Core, user: &str) -> MetaResult<Option<DeletedUser>> {
     let Some(removed) = state.meta.delete_user(user).await? else {
         return Ok(None);
     };
@@ -38,8 +40,8 @@ pub async fn delete_user(state: &AppState, user: &str) -> AppResult<Option<Delet
         Err(e) => tracing::error!(error = %e, "could not list the deleted user's blobs"),
     }
     // The volume also keeps the (now empty) directories.
-    if state.blobs.kind() == "local" {
-        let dir = state.config.storage_root.join(user_dir_name(user));
+    if let Some(root) = state.blobs.local_root() {
+        let dir = root.join(user_dir_name(user));
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

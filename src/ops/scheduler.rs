@@ -16,18 +16,18 @@ use tokio::{sync::watch, task::JoinHandle};
 use uuid::Uuid;
 
 use super::{audit, lease};
-use crate::{app::AppState, jobs::cleanup};
+use crate::{core::Core, jobs::cleanup};
 
 /// Lease names in `task_leases`.
 pub const CLEANUP_TASK: &str = "cleanup";
 pub const AUDIT_TASK: &str = "audit";
 
 /// Starts the scheduler; it stops when `stop` turns true.
-pub fn spawn(state: AppState, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(state: Core, stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let holder = format!(
             "{}:{}:{}",
-            hostname(),
+            crate::node::hostname(),
             std::process::id(),
             Uuid::new_v4().simple()
         );
@@ -63,17 +63,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "host".into())
-}
-
 /// Ticks every `interval` until stopped; runs `task` when the lease is ours.
 async fn every(
-    state: AppState,
+    state: Core,
     mut stop: watch::Receiver<bool>,
     holder: String,
     task: &'static str,
@@ -133,7 +125,7 @@ async fn every(
 
 /// Runs one task; returns its outcome (`ok`, `problems`, `failed`) and a
 /// one-line summary for `task_runs`.
-async fn run_task(state: &AppState, task: &'static str) -> (&'static str, String) {
+async fn run_task(state: &Core, task: &'static str) -> (&'static str, String) {
     match task {
         CLEANUP_TASK => match cleanup::run(state, cleanup::TEMP_GRACE).await {
             Ok(r) => {

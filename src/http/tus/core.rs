@@ -41,7 +41,7 @@ use crate::{
         error::AppResult,
         extract::{AuthUser, FileId},
     },
-    ingest::{self, sha256::RunningSha256, FileMeta, Stage},
+    ingest::{self, sha256::RunningSha256, FileMeta, IngestError, Stage},
     meta::{FileRecord, TusProgress, TusUpload},
 };
 
@@ -297,7 +297,7 @@ pub async fn append(
     // Refusals of the body itself; those of the finished upload (type,
     // malware, quota) were recorded by the commit.
     if let Err(e @ (AppError::ChecksumMismatch(_) | AppError::TooLarge(_))) = &res {
-        ingest::record_refusal(state, user, up.id, None, e).await;
+        ingest::record_refusal(state, user, up.id, None, e.code(), &e.to_string()).await;
     }
     res
 }
@@ -413,13 +413,13 @@ async fn append_inner(
         }
         if let Err(e) = stage.write(chunk).await {
             drop(stage);
-            if matches!(e, AppError::UnsupportedMedia(_)) {
+            if matches!(e, IngestError::UnsupportedType(_)) {
                 // Refused by its first bytes: it can never complete.
                 if lease.finish_row().await {
                     ingest::abandon(state, id).await;
                 }
             }
-            return Err(e);
+            return Err(e.into());
         }
     }
     let staged = stage.finish().await?;
@@ -534,14 +534,20 @@ async fn complete(
             }
         };
         let meta = file_meta(&metadata_from_json(&up.metadata))?;
-        ingest::publish_and_commit(state, user, id, len, &head, sha256, meta, Some(owner)).await
+        let rec =
+            ingest::publish_and_commit(state, user, id, len, &head, sha256, meta, Some(owner))
+                .await?;
+        Ok::<_, AppError>(rec)
     };
     let res = tokio::select! {
         r = work => r,
         _ = lease::renew_forever(state, id, owner) => unreachable!("renewal never ends"),
     };
     match &res {
-        Ok(_) => lease.mark_done(),
+        Ok(rec) => {
+            lease.mark_done();
+            crate::jobs::after_commit(state, rec).await;
+        }
         Err(e) => {
             tracing::info!(upload = %id, error = %e, "tus completion failed");
             if lease.finish_row().await {
