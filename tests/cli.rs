@@ -9,8 +9,6 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Output,
-    sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use serde_json::Value;
@@ -18,7 +16,11 @@ use sqlx::Connection;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_stowage");
+#[path = "support/serve.rs"]
+mod serve;
+
+use serve::{dev_login, upload_file, Launch, PgDb, BIN};
+
 const RSA_PUBLIC: &str = include_str!("fixtures/rsa_public.pem");
 /// `fixtures/rsa_public.pem` as a JWK (`openssl rsa -pubin -modulus`).
 const RSA_PUBLIC_N: &str = "z3TFp301DzI-ZV15zjR1751AyK02y9ixK6qAhg7BJ5MD_0Ngf48IlpSb7SlPYoEldt9c39ya4pl6nJcWu_0rKzhHWjDggWR4grIN2m2vQY2qV2nTZBXFqVWTM4W1Uf3Ve3weZfjMUyQkzDyUbKeRs8qhC9abbAPoFaazZt-WsurzGo_oSsvbE1XJ0YUchE8wkuISGUXHqoL6Lkv1nD8fu85jio_FRKn2F-opoCcI12fO6_2NkvsK_NK-bcEIy3QdbKjfo6zP_6s5a3HaUcTMFK_Ryt-1BAJl0X6BO_iTMktkitlxjsNglm9iR9HCg10wxA_kOhU2DhYXpfR_aYG4MQ";
@@ -44,67 +46,6 @@ macro_rules! engines {
             }
         }
     };
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("STOWAGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A throwaway PostgreSQL database, dropped with the guard.
-struct PgDb {
-    name: String,
-    url: String,
-}
-
-impl PgDb {
-    async fn create() -> PgDb {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!(
-            "stowage_cli_{}_{}_{}",
-            std::process::id(),
-            nanos % 1_000_000_000,
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL is required for these tests ({admin}): {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-        PgDb {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = pg_admin_url();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
 }
 
 /// A fresh data directory and database, and the environment the binary
@@ -228,54 +169,21 @@ engines!(tasks_json_is_stdout_alone, |e| async move {
 /// Runs `stowage serve` on `env` long enough to upload one file as
 /// `user` (development sign-in), so there is an event to look at.
 async fn upload_one(env: &Env, user: &str) -> Value {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.vars.iter().map(|(k, v)| (k, v)))
-        .env("STOWAGE_BIND", format!("127.0.0.1:{port}"))
+    let mut server = Launch::new(0)
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .current_dir(env.dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let c = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while c.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "serve did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let login: Value = c
-        .post(format!("{base}/api/dev/login"))
-        .json(&serde_json::json!({"user_id": user}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let json = br#"{"scene":1}"#.to_vec();
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(json).file_name("scene.json"),
-    );
-    let r = c
-        .post(format!("{base}/api/files/upload"))
-        .bearer_auth(login["token"].as_str().unwrap())
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let file: Value = r.json().await.unwrap();
-    child.kill().await.unwrap();
+        .start()
+        .await;
+    let token = dev_login(&server.base, user).await;
+    let (status, file) = upload_file(
+        &server.base,
+        &token,
+        "scene.json",
+        br#"{"scene":1}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201, "{file}");
+    server.kill().await;
     file
 }
 

@@ -4,30 +4,21 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_stowage");
+#[path = "support/serve.rs"]
+mod serve;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use serve::{dev_login, Launch, PgDb, Serve, BIN};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn envs(dir: &Path, port: u16, db: &str) -> Vec<(String, String)> {
+/// The environment of a process on `dir`'s data dir and volume and on
+/// database `db`, for `stowage serve` and the commands an operator runs.
+fn envs(dir: &Path, db: &str) -> Vec<(String, String)> {
     vec![
-        ("STOWAGE_BIND".into(), format!("127.0.0.1:{port}")),
         (
             "STOWAGE_DATA_DIR".into(),
             dir.join("data").display().to_string(),
@@ -43,35 +34,16 @@ fn envs(dir: &Path, port: u16, db: &str) -> Vec<(String, String)> {
     ]
 }
 
-async fn start(dir: &Path, db: &str) -> Server {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .arg("serve")
-        .envs(envs(dir, port, db))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{base}/healthz")).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server { child, base }
+async fn start(dir: &Path, db: &str) -> Serve {
+    start_with(dir, db, &[]).await
 }
 
-async fn login(base: &str, user: &str) -> String {
-    let v: Value = reqwest::Client::new()
-        .post(format!("{base}/api/dev/login"))
-        .json(&serde_json::json!({"user_id": user}))
-        .send()
+async fn start_with(dir: &Path, db: &str, extra: &[(String, String)]) -> Serve {
+    Launch::new(0)
+        .envs(envs(dir, db))
+        .envs(extra.iter().cloned())
+        .start()
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["token"].as_str().unwrap().to_string()
 }
 
 fn png_like(len: usize, seed: u8) -> Vec<u8> {
@@ -121,7 +93,7 @@ fn walk(root: &Path) -> Vec<PathBuf> {
 
 async fn crash_and_recover(db: &str, dir: &Path) {
     let mut server = start(dir, db).await;
-    let token = login(&server.base, "crashy").await;
+    let token = dev_login(&server.base, "crashy").await;
     // A few committed files first.
     for i in 0..3u8 {
         assert_eq!(
@@ -133,8 +105,7 @@ async fn crash_and_recover(db: &str, dir: &Path) {
         .map(|i| tokio::spawn(slow_upload(server.base.clone(), token.clone(), i)))
         .collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.child.kill().unwrap(); // SIGKILL
-    server.child.wait().unwrap();
+    server.kill().await; // SIGKILL
     for u in uploads {
         let _ = u.await;
     }
@@ -144,7 +115,7 @@ async fn crash_and_recover(db: &str, dir: &Path) {
     let server = start(dir, db).await;
     let out = Command::new(BIN)
         .args(["cleanup", "--temp-grace-secs", "0", "--json"])
-        .envs(envs(dir, 1, db))
+        .envs(envs(dir, db))
         .output()
         .unwrap();
     assert!(
@@ -215,8 +186,7 @@ async fn crash_and_recover(db: &str, dir: &Path) {
     }
     assert_eq!(on_disk.len(), files.len(), "no stray files: {on_disk:?}");
     let mut server = server;
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,28 +198,9 @@ async fn sigkill_during_uploads_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_uploads_postgres() {
-    use sqlx::Connection;
-    let admin = std::env::var("STOWAGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("stowage_crash_{}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL for the test suite");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let db = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let db = PgDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    crash_and_recover(&db, dir.path()).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    crash_and_recover(&db.url, dir.path()).await;
 }
 
 // ---- webhook delivery across a SIGKILL ----
@@ -310,25 +261,6 @@ async fn hook(
     axum::http::StatusCode::OK
 }
 
-async fn start_with(dir: &Path, db: &str, extra: &[(String, String)]) -> Server {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .arg("serve")
-        .envs(envs(dir, port, db))
-        .envs(extra.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{base}/healthz")).await.is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server { child, base }
-}
-
 async fn poll_until(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !ok() {
@@ -360,7 +292,7 @@ async fn webhook_crash_and_recover(db: &str, dir: &Path) {
     .collect();
 
     let mut server = start_with(dir, db, &extra).await;
-    let token = login(&server.base, "hooked").await;
+    let token = dev_login(&server.base, "hooked").await;
     for i in 0..4u8 {
         let form = reqwest::multipart::Form::new().part(
             "file",
@@ -381,8 +313,7 @@ async fn webhook_crash_and_recover(db: &str, dir: &Path) {
         !h2.received.lock().unwrap().is_empty()
     })
     .await;
-    server.child.kill().unwrap(); // SIGKILL
-    server.child.wait().unwrap();
+    server.kill().await; // SIGKILL
     let before_kill = h.received.lock().unwrap().clone();
     assert!(h.accepted.lock().unwrap().is_empty());
 
@@ -424,8 +355,7 @@ async fn webhook_crash_and_recover(db: &str, dir: &Path) {
         assert!(accepted.contains(id), "{id} delivered after the restart");
         assert!(events.iter().any(|e| e["id"] == id.as_str()));
     }
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
+    server.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,26 +367,7 @@ async fn sigkill_during_webhook_delivery_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_webhook_delivery_postgres() {
-    use sqlx::Connection;
-    let admin = std::env::var("STOWAGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("stowage_crash_hook_{}", std::process::id());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL for the test suite");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let db = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let db = PgDb::create().await;
     let dir = tempfile::tempdir().unwrap();
-    webhook_crash_and_recover(&db, dir.path()).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    webhook_crash_and_recover(&db.url, dir.path()).await;
 }

@@ -15,7 +15,7 @@
 use std::{
     future::Future,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -27,42 +27,13 @@ use tokio::{
     net::TcpStream,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_stowage");
+#[path = "support/serve.rs"]
+mod serve;
+
+use serve::{dev_login, Launch, PgDb, Serve, BIN};
+
 const MIB: usize = 1024 * 1024;
 const BOUNDARY: &str = "lifecycleBoundary7Q";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `stowage serve` child process.
-struct Server {
-    child: Child,
-    port: u16,
-    base: String,
-}
-
-impl Server {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Where a node keeps its data dir, and the settings every process of a
 /// test shares (database, volume, signing key). The reservation TTL stays
@@ -79,9 +50,8 @@ impl Setup {
         self.dir.join("users")
     }
 
-    fn envs(&self, node: &str, port: u16) -> Vec<(String, String)> {
+    fn envs(&self, node: &str) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = vec![
-            ("STOWAGE_BIND".into(), format!("127.0.0.1:{port}")),
             (
                 "STOWAGE_DATA_DIR".into(),
                 self.dir.join(node).display().to_string(),
@@ -103,23 +73,12 @@ impl Setup {
         v
     }
 
-    async fn start(&self, node: &str) -> Server {
-        let port = free_port();
-        let child = Command::new(BIN)
-            .arg("serve")
-            .env_remove("DATABASE_URL")
-            .envs(self.envs(node, port))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while reqwest::get(format!("{base}/healthz")).await.is_err() {
-            assert!(Instant::now() < deadline, "server did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Server { child, port, base }
+    async fn start(&self, node: &str) -> Serve {
+        Launch::new(0)
+            .envs(self.envs(node))
+            .inherit_stderr()
+            .start()
+            .await
     }
 
     /// `stowage cleanup --json` as node `node`'s operator would run it.
@@ -127,7 +86,7 @@ impl Setup {
         let out = Command::new(BIN)
             .args(["cleanup", "--json"])
             .env_remove("DATABASE_URL")
-            .envs(self.envs(node, 1))
+            .envs(self.envs(node))
             .output()
             .unwrap();
         assert!(
@@ -157,45 +116,6 @@ impl Setup {
     }
 }
 
-async fn pg_database() -> (String, String) {
-    use sqlx::Connection;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let admin = std::env::var("STOWAGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!(
-        "stowage_life_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL for the test suite");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    (
-        format!("{}/{name}", admin.rsplit_once('/').unwrap().0),
-        name,
-    )
-}
-
-async fn drop_pg(name: &str) {
-    use sqlx::Connection;
-    let admin = std::env::var("STOWAGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut c)
-            .await;
-    }
-}
-
 /// Runs `story` on SQLite and on PostgreSQL (`pg`), in a fresh directory.
 async fn on<F, Fut>(pg: bool, extra: &[(&str, &str)], story: F)
 where
@@ -208,14 +128,13 @@ where
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     if pg {
-        let (db, name) = pg_database().await;
+        let db = PgDb::create().await;
         story(Setup {
             dir: dir.path().to_path_buf(),
-            db,
+            db: db.url.clone(),
             extra,
         })
         .await;
-        drop_pg(&name).await;
     } else {
         let db = format!("sqlite://{}/stowage.db", dir.path().display());
         story(Setup {
@@ -225,19 +144,6 @@ where
         })
         .await;
     }
-}
-
-async fn login(base: &str, user: &str) -> String {
-    let v: Value = reqwest::Client::new()
-        .post(format!("{base}/api/dev/login"))
-        .json(&serde_json::json!({"user_id": user}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["token"].as_str().unwrap().to_string()
 }
 
 fn png_like(len: usize, seed: u8) -> Vec<u8> {
@@ -347,7 +253,7 @@ fn part_suffix() -> Vec<u8> {
 /// Starts a multipart upload of `data` and sends its first `first` bytes;
 /// with `chunked` the body has no length (the reservation grows as it
 /// streams), else its Content-Length is reserved up front.
-async fn multipart_start(s: &Server, token: &str, data: &[u8], first: usize, chunked: bool) -> Raw {
+async fn multipart_start(s: &Serve, token: &str, data: &[u8], first: usize, chunked: bool) -> Raw {
     let prefix = part_prefix("slow.png");
     let len = prefix.len() + data.len() + part_suffix().len();
     let framing = if chunked {
@@ -435,7 +341,7 @@ async fn killed_uploads_free_their_room_at_once(setup: Setup) {
     let mut server = setup.start("node").await;
     let meta = setup.meta().await;
     meta.set_quota(user, 8 * MIB as u64).await.unwrap();
-    let token = login(&server.base, user).await;
+    let token = dev_login(&server.base, user).await;
     let a = png_like(3 * MIB, 1);
     let b = png_like(3 * MIB, 2);
     let _ra = multipart_start(&server, &token, &a, 256 * 1024, false).await;
@@ -446,7 +352,7 @@ async fn killed_uploads_free_their_room_at_once(setup: Setup) {
         || async { reserved(&meta, user).await > 3 * MIB as i64 && setup.staged().len() == 2 },
     )
     .await;
-    server.kill9();
+    server.kill().await;
     assert!(
         reserved(&meta, user).await > 0,
         "the dead process held room"
@@ -482,7 +388,7 @@ async fn killed_uploads_free_their_room_at_once(setup: Setup) {
         reserved(&meta, user).await > 0 && setup.staged().len() == 1
     })
     .await;
-    server.kill9();
+    server.kill().await;
     let report = setup.cleanup("node");
     assert_eq!(report["reclaimed_reservations"], 1, "{report}");
     assert_eq!(reserved(&meta, user).await, 0);
@@ -509,7 +415,7 @@ async fn a_peer_reclaims_a_dead_node(setup: Setup) {
     let b = setup.start("b").await;
     let meta = setup.meta().await;
     meta.set_quota(user, 6 * MIB as u64).await.unwrap();
-    let token = login(&a.base, user).await;
+    let token = dev_login(&a.base, user).await;
     let data = png_like(3 * MIB, 4);
     let _r = multipart_start(&a, &token, &data, 256 * 1024, false).await;
     until(
@@ -520,7 +426,7 @@ async fn a_peer_reclaims_a_dead_node(setup: Setup) {
     .await;
     let nodes = meta.list_nodes().await.unwrap();
     assert_eq!(nodes.len(), 2, "both nodes registered: {nodes:?}");
-    a.kill9();
+    a.kill().await;
     let killed = Instant::now();
     // Node b's heartbeat loop notices a's silence (dead after 4 s here).
     until(
@@ -574,7 +480,7 @@ async fn sigterm_ends_uploads_and_exits_in_time(setup: Setup) {
     let user = "tom";
     let mut server = setup.start("node").await;
     let meta = setup.meta().await;
-    let token = login(&server.base, user).await;
+    let token = dev_login(&server.base, user).await;
 
     // tus: 3 MiB announced, the first 1 MiB + 5 bytes sent, then silence.
     let tus_data = png_like(3 * MIB, 6);
@@ -617,11 +523,7 @@ async fn sigterm_ends_uploads_and_exits_in_time(setup: Setup) {
     .await;
 
     let signalled = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    server.signal_term();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let quick_res = multipart_finish(q, &quick, half).await;
     assert_eq!(

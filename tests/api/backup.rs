@@ -174,11 +174,7 @@ both!(
             tokio::spawn(async move {
                 let mut uploaded = Vec::new();
                 for (i, id) in to_delete.iter().enumerate() {
-                    let form = reqwest::multipart::Form::new().part(
-                        "file",
-                        reqwest::multipart::Part::bytes(png_bytes(20_000 + i))
-                            .file_name(format!("n{i}.png")),
-                    );
+                    let form = file_form(&format!("n{i}.png"), png_bytes(20_000 + i));
                     let r = client
                         .post(format!("{base}/api/files/upload"))
                         .bearer_auth(token("bk1"))

@@ -125,18 +125,7 @@ async fn status(app: &TestApp, bearer: &str) -> u16 {
 }
 
 async fn upload_with_token(app: &TestApp, bearer: &str, name: &str) -> Value {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(png_bytes(4096)).file_name(name.to_string()),
-    );
-    let r = app
-        .client
-        .post(app.url("/api/files/upload"))
-        .bearer_auth(bearer)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let r = app.upload_bearer(bearer, name, png_bytes(4096)).await;
     assert_eq!(r.status(), 201, "upload with a Clerk session token");
     r.json().await.unwrap()
 }

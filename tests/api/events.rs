@@ -395,11 +395,7 @@ local!(
                 let app_url = app.url("/api/files/upload");
                 let client = app.client.clone();
                 tokio::spawn(async move {
-                    let form = reqwest::multipart::Form::new().part(
-                        "file",
-                        reqwest::multipart::Part::bytes(json_bytes(1000))
-                            .file_name(format!("f{i}.json")),
-                    );
+                    let form = file_form(&format!("f{i}.json"), json_bytes(1000));
                     client
                         .post(app_url)
                         .bearer_auth(token("racer"))

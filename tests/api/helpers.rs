@@ -11,7 +11,6 @@ use std::{
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use sqlx::Connection;
 use stowage::{app::AppState, config::Config};
 use tempfile::TempDir;
 
@@ -80,67 +79,14 @@ pub const EC_PRIVATE: &str = include_str!("../fixtures/ec_private.pem");
 pub const EC_PUBLIC: &str = include_str!("../fixtures/ec_public.pem");
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-/// Base URL of the PostgreSQL server tests create databases on.
-pub fn pg_admin_url() -> String {
-    std::env::var("STOWAGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+pub use crate::serve::{pg_admin_url, PgDb};
 
-/// A throwaway PostgreSQL database, dropped with the guard.
-pub struct PgDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl PgDb {
-    pub async fn create() -> PgDb {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!(
-            "stowage_test_{}_{}_{}",
-            std::process::id(),
-            nanos % 1_000_000_000,
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is required for the test suite ({admin}): {e}. Run scripts/test.sh, which starts one.")
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-        PgDb {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = pg_admin_url();
-        // Dropped from sync code inside a runtime: use a thread of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
+/// A multipart form with one file part, `data` named `name`.
+pub fn file_form(name: &str, data: Vec<u8>) -> reqwest::multipart::Form {
+    reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(data).file_name(name.to_string()),
+    )
 }
 
 pub struct TestApp {
@@ -213,6 +159,24 @@ pub async fn use_garage(config: &mut Config, node: usize) {
     );
     config.s3_access_key_id = Some(crate::garage::KEY_ID.into());
     config.s3_secret_access_key = Some(stowage::config::Secret(crate::garage::SECRET.into()));
+}
+
+/// The environment that keeps a `stowage serve` child's blobs in the shared
+/// Garage cluster (through node 0), under a key prefix of its own; and that
+/// prefix.
+pub async fn garage_env() -> (Vec<(String, String)>, String) {
+    let mut c = Config::defaults(std::env::temp_dir());
+    use_garage(&mut c, 0).await;
+    let env = vec![
+        ("STOWAGE_BLOB_STORE".into(), "s3".into()),
+        ("STOWAGE_S3_BUCKET".into(), crate::garage::BUCKET.into()),
+        ("STOWAGE_S3_ENDPOINT".into(), c.s3_endpoint.clone().unwrap()),
+        ("STOWAGE_S3_REGION".into(), c.s3_region.clone()),
+        ("STOWAGE_S3_PREFIX".into(), c.s3_prefix.clone()),
+        ("AWS_ACCESS_KEY_ID".into(), crate::garage::KEY_ID.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), crate::garage::SECRET.into()),
+    ];
+    (env, c.s3_prefix)
 }
 
 /// Starts another server on the same database and volume as `other`.
@@ -304,9 +268,29 @@ impl TestApp {
             "file",
             reqwest::multipart::Part::bytes(data).file_name(name.to_string()),
         );
+        self.upload_form(&token(user), form).await
+    }
+
+    /// A multipart upload of `data` as `name`, signed in with `bearer` (any
+    /// session token, valid or not).
+    pub async fn upload_bearer(
+        &self,
+        bearer: &str,
+        name: &str,
+        data: Vec<u8>,
+    ) -> reqwest::Response {
+        self.upload_form(bearer, file_form(name, data)).await
+    }
+
+    /// POSTs `form` to the upload endpoint with `bearer` as the session.
+    pub async fn upload_form(
+        &self,
+        bearer: &str,
+        form: reqwest::multipart::Form,
+    ) -> reqwest::Response {
         self.client
             .post(self.url("/api/files/upload"))
-            .bearer_auth(token(user))
+            .bearer_auth(bearer)
             .multipart(form)
             .send()
             .await

@@ -39,17 +39,7 @@ async fn usage_status(app: &TestApp, bearer: &str) -> u16 {
 }
 
 async fn upload_as(app: &TestApp, bearer: &str, data: Vec<u8>) -> reqwest::Response {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(data).file_name("p.png"),
-    );
-    app.client
-        .post(app.url("/api/files/upload"))
-        .bearer_auth(bearer)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
+    app.upload_bearer(bearer, "p.png", data).await
 }
 
 /// Subjects no user id may be: each is an invalid token (401), never a 500
@@ -264,10 +254,7 @@ fn unsafe_requests(app: &TestApp, id: &str) -> Vec<(&'static str, reqwest::Reque
         (
             "POST upload",
             c.post(app.url("/api/files/upload"))
-                .multipart(reqwest::multipart::Form::new().part(
-                    "file",
-                    reqwest::multipart::Part::bytes(png_bytes(100)).file_name("c.png"),
-                )),
+                .multipart(file_form("c.png", png_bytes(100))),
         ),
         (
             "POST tus",

@@ -131,10 +131,7 @@ both!(
 
         // Multipart.
         let data = blob(3000, 1);
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(data.clone()).file_name("mp.png"),
-        );
+        let form = file_form("mp.png", data.clone());
         let (s, f) = send_json(
             admin_for(&app, reqwest::Method::POST, "/api/files/upload", "ob-user").multipart(form),
         )
@@ -471,11 +468,12 @@ async fn issue(app: &TestApp, user: &str, body: Value) -> (u16, Value) {
 
 /// A multipart POST to a signed upload URL, with no credentials at all.
 async fn post_signed(app: &TestApp, url: &str, name: &str, data: Vec<u8>) -> (u16, Value) {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(data).file_name(name.to_string()),
-    );
-    send_json(app.client.post(app.url(url)).multipart(form)).await
+    send_json(
+        app.client
+            .post(app.url(url))
+            .multipart(file_form(name, data)),
+    )
+    .await
 }
 
 fn reserved(u: &stowage::meta::UserStorage) -> i64 {

@@ -4,6 +4,8 @@
 mod garage;
 mod helpers;
 mod netproxy;
+#[path = "../support/serve.rs"]
+mod serve;
 
 mod accel;
 mod admin;

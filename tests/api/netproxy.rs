@@ -7,7 +7,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -127,23 +127,179 @@ impl NetProxy {
     }
 }
 
+/// A TCP forwarder in front of the servers, so a test can cut every
+/// connection mid-transfer (once `cut_after` bytes went upstream) and point
+/// the same address at another server (a restart, from the client's side).
+pub struct CutProxy {
+    pub addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
+    up_bytes: Arc<AtomicU64>,
+    cut_after: Arc<AtomicU64>,
+    /// Bumped on every cut; connections of an older generation close.
+    generation: Arc<AtomicU64>,
+    /// While set, new connections are closed at once (server "down").
+    down: Arc<AtomicBool>,
+    cut_tx: tokio::sync::watch::Sender<u64>,
+}
+
+impl CutProxy {
+    pub async fn start(target: SocketAddr) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(0u64);
+        let p = CutProxy {
+            addr: listener.local_addr().unwrap(),
+            target: Arc::new(Mutex::new(target)),
+            up_bytes: Arc::new(AtomicU64::new(0)),
+            cut_after: Arc::new(AtomicU64::new(u64::MAX)),
+            generation: Arc::new(AtomicU64::new(0)),
+            down: Arc::new(AtomicBool::new(false)),
+            cut_tx,
+        };
+        let (target, up, cut_after, generation, down) = (
+            p.target.clone(),
+            p.up_bytes.clone(),
+            p.cut_after.clone(),
+            p.generation.clone(),
+            p.down.clone(),
+        );
+        let cut_tx = p.cut_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                if down.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let to = *target.lock().unwrap();
+                let Ok(server) = TcpStream::connect(to).await else {
+                    continue;
+                };
+                let gen = generation.load(Ordering::SeqCst);
+                let (up, cut_after, generation, down, cut_tx) = (
+                    up.clone(),
+                    cut_after.clone(),
+                    generation.clone(),
+                    down.clone(),
+                    cut_tx.clone(),
+                );
+                let mut rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let upstream = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            let total = up.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+                            if total >= cut_after.load(Ordering::SeqCst) {
+                                cut_after.store(u64::MAX, Ordering::SeqCst);
+                                down.store(true, Ordering::SeqCst);
+                                let g = generation.fetch_add(1, Ordering::SeqCst) + 1;
+                                let _ = cut_tx.send(g);
+                                return;
+                            }
+                        }
+                    };
+                    let downstream = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let cut = async {
+                        let _ = rx.wait_for(|g| *g > gen).await;
+                    };
+                    tokio::select! {
+                        _ = upstream => {}
+                        _ = downstream => {}
+                        _ = cut => {}
+                    }
+                    // Both sockets drop here: the connection is cut.
+                });
+            }
+        });
+        p
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cuts every connection once `n` more bytes went upstream, and closes
+    /// new ones until [`CutProxy::up`].
+    pub fn cut_after(&self, n: u64) {
+        let now = self.up_bytes.load(Ordering::SeqCst);
+        self.cut_after.store(now + n, Ordering::SeqCst);
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::SeqCst)
+    }
+
+    pub fn up(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
 /// A round-robin TCP load balancer over `backends`: each new connection goes
-/// to the next backend in turn, skipping one that refuses connections (a
-/// node being restarted), as a balancer retrying elsewhere does. With `rate`
-/// (bytes per second) each connection's upload is paced to about that speed.
+/// to the next backend in turn, skipping one that is out of rotation or
+/// refuses connections (a node being restarted), as a balancer retrying
+/// elsewhere does. With `rate` (bytes per second) each connection's upload
+/// is paced to about that speed. It logs the status of every HTTP response
+/// it forwards, so a test sees what the clients saw.
 pub struct Balancer {
     pub addr: SocketAddr,
     /// Connections open to each backend now.
     open: Arc<Vec<AtomicU64>>,
+    /// Backends taken out of rotation.
+    out: Arc<Vec<AtomicBool>>,
+    /// Bumped (per backend) to drop the client side of its connections.
+    drop_tx: Arc<Vec<tokio::sync::watch::Sender<u64>>>,
+    /// Server sides kept open after their client was dropped.
+    parked: Arc<Mutex<Vec<OwnedWriteHalf>>>,
+    /// Every response status forwarded, in order.
+    statuses: Arc<Mutex<Vec<u16>>>,
 }
 
 impl Balancer {
     pub async fn start(backends: Vec<SocketAddr>, rate: Option<u64>) -> Balancer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let open: Arc<Vec<AtomicU64>> =
-            Arc::new(backends.iter().map(|_| AtomicU64::new(0)).collect());
-        let counts = open.clone();
+        let b = Balancer {
+            addr,
+            open: Arc::new(backends.iter().map(|_| AtomicU64::new(0)).collect()),
+            out: Arc::new(backends.iter().map(|_| AtomicBool::new(false)).collect()),
+            drop_tx: Arc::new(
+                backends
+                    .iter()
+                    .map(|_| tokio::sync::watch::channel(0u64).0)
+                    .collect(),
+            ),
+            parked: Arc::default(),
+            statuses: Arc::default(),
+        };
+        let (counts, out, drop_tx, parked, statuses) = (
+            b.open.clone(),
+            b.out.clone(),
+            b.drop_tx.clone(),
+            b.parked.clone(),
+            b.statuses.clone(),
+        );
         tokio::spawn(async move {
             let mut next = 0usize;
             loop {
@@ -152,11 +308,21 @@ impl Balancer {
                 };
                 let first = next;
                 next = next.wrapping_add(1);
-                let (backends, counts) = (backends.clone(), counts.clone());
+                let (backends, counts, out, drop_tx, parked, statuses) = (
+                    backends.clone(),
+                    counts.clone(),
+                    out.clone(),
+                    drop_tx.clone(),
+                    parked.clone(),
+                    statuses.clone(),
+                );
                 tokio::spawn(async move {
                     let mut server = None;
                     for i in 0..backends.len() {
                         let k = (first + i) % backends.len();
+                        if out[k].load(Ordering::SeqCst) {
+                            continue;
+                        }
                         if let Ok(s) = TcpStream::connect(backends[k]).await {
                             server = Some((k, s));
                             break;
@@ -166,8 +332,12 @@ impl Balancer {
                     // closed.
                     let Some((k, server)) = server else { return };
                     counts[k].fetch_add(1, Ordering::SeqCst);
+                    let mut rx = drop_tx[k].subscribe();
+                    let gen = *rx.borrow();
                     let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
+                    let (mut sr, sw) = server.into_split();
+                    let sw = Arc::new(tokio::sync::Mutex::new(Some(sw)));
+                    let sw2 = sw.clone();
                     let upstream = async move {
                         let mut buf = vec![0u8; 16 * 1024];
                         loop {
@@ -175,26 +345,58 @@ impl Balancer {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
                             };
-                            if sw.write_all(&buf[..n]).await.is_err() {
+                            let mut g = sw2.lock().await;
+                            let Some(w) = g.as_mut() else { return };
+                            if w.write_all(&buf[..n]).await.is_err() {
                                 break;
                             }
+                            drop(g);
                             if let Some(r) = rate {
                                 tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64))
                                     .await;
                             }
                         }
-                        let _ = sw.shutdown().await;
+                        if let Some(w) = sw2.lock().await.as_mut() {
+                            let _ = w.shutdown().await;
+                        }
                     };
                     let downstream = async move {
-                        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                        let mut buf = vec![0u8; 16 * 1024];
+                        let mut scan = StatusScan::default();
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            let seen = scan.feed(&buf[..n]);
+                            if !seen.is_empty() {
+                                statuses.lock().unwrap().extend(seen);
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
                         let _ = cw.shutdown().await;
                     };
-                    tokio::join!(upstream, downstream);
+                    let dropped = async {
+                        let _ = rx.wait_for(|g| *g > gen).await;
+                    };
+                    let was_dropped = tokio::select! {
+                        _ = async { tokio::join!(upstream, downstream) } => false,
+                        _ = dropped => true,
+                    };
+                    if was_dropped {
+                        // The client side closes here; the server side
+                        // stays open, silent, until the balancer goes.
+                        if let Some(w) = sw.lock().await.take() {
+                            parked.lock().unwrap().push(w);
+                        }
+                    }
                     counts[k].fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Balancer { addr, open }
+        b
     }
 
     /// Connections open to backend `i` (in the order given to `start`).
@@ -202,7 +404,58 @@ impl Balancer {
         self.open[i].load(Ordering::SeqCst)
     }
 
+    /// Takes backend `i` out of rotation (`false`) or puts it back.
+    pub fn set_in_rotation(&self, i: usize, on: bool) {
+        self.out[i].store(!on, Ordering::SeqCst);
+    }
+
+    /// Closes the client side of every connection open to backend `i`,
+    /// keeping the server side open and silent: what a balancer does to
+    /// the connections of a node whose deregistration delay ran out.
+    pub fn drop_clients(&self, i: usize) {
+        self.drop_tx[i].send_modify(|g| *g += 1);
+    }
+
+    /// The status of every response forwarded so far.
+    pub fn statuses(&self) -> Vec<u16> {
+        self.statuses.lock().unwrap().clone()
+    }
+
     pub fn base(&self) -> String {
         format!("http://{}", self.addr)
+    }
+}
+
+/// Finds `HTTP/1.1 NNN` status lines in a response stream that arrives in
+/// pieces (a status line may straddle two reads).
+#[derive(Default)]
+struct StatusScan {
+    tail: Vec<u8>,
+}
+
+impl StatusScan {
+    const MARK: &'static [u8] = b"HTTP/1.1 ";
+
+    fn feed(&mut self, bytes: &[u8]) -> Vec<u16> {
+        let mut hay = std::mem::take(&mut self.tail);
+        hay.extend_from_slice(bytes);
+        let mut found = Vec::new();
+        let need = Self::MARK.len() + 3;
+        let mut i = 0;
+        while i + need <= hay.len() {
+            if &hay[i..i + Self::MARK.len()] == Self::MARK {
+                let code = &hay[i + Self::MARK.len()..i + need];
+                if let Some(c) = std::str::from_utf8(code).ok().and_then(|c| c.parse().ok()) {
+                    found.push(c);
+                }
+                i += need;
+            } else {
+                i += 1;
+            }
+        }
+        // Keep what could be the start of a status line cut by this read
+        // (fewer bytes than a whole one).
+        self.tail = hay[i.min(hay.len())..].to_vec();
+        found
     }
 }

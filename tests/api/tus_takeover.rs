@@ -16,9 +16,10 @@ use sqlx::Connection;
 use uuid::Uuid;
 
 use crate::{
+    both,
     helpers::*,
-    local,
     netproxy::{Balancer, NetProxy},
+    serve::{free_port, Launch, Scratch, Serve},
     tus::{
         create_ok, download, hdr, head, js_cmd, patch, py_cmd, require_clients, reserved,
         run_client,
@@ -68,14 +69,28 @@ fn hanging_patch(
     tokio::spawn(async move { rb.send().await })
 }
 
-/// Waits until `len` bytes of upload `id` are in its staging file (the
-/// server has received and written them; 64 KiB multiples only, the local
-/// writer's buffer).
-async fn wait_staged(app: &TestApp, id: Uuid, len: u64) {
+/// Waits until a PATCH still in progress has received `len` bytes of upload
+/// `id`. The local volume shows them in the staging file as they arrive
+/// (64 KiB multiples only, its writer's buffer); an object store holds a
+/// PATCH's bytes in one segment that appears only when the PATCH ends, so
+/// there the server is given a moment to read them off the socket.
+async fn wait_received(app: &TestApp, id: Uuid, len: u64) {
+    if app.backend == Backend::S3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        return;
+    }
     wait_until("the staged bytes", || async {
         app.state.blobs.staged_len(id).await.unwrap() == Some(len)
     })
     .await;
+}
+
+/// Replaces the staged bytes of upload `id` behind the server's back,
+/// through the blob store (a file on the volume, segments in the bucket).
+async fn restage(app: &TestApp, id: Uuid, data: Vec<u8>) {
+    let mut w = app.state.blobs.stage(id, 0).await.unwrap();
+    w.write(bytes::Bytes::from(data)).await.unwrap();
+    w.finish().await.unwrap();
 }
 
 async fn head_offset(app: &TestApp, user: &str, loc: &str) -> u64 {
@@ -89,7 +104,7 @@ async fn head_offset(app: &TestApp, user: &str, loc: &str) -> u64 {
 // the server's PATCH just stops receiving). The client resumes at once on a
 // new connection: HEAD ends the stranded PATCH, which records what it
 // staged, and reports that offset; a PATCH at it completes the file.
-local!(dropped_client_resumes_at_once, |b| async move {
+both!(dropped_client_resumes_at_once, |b| async move {
     let app = spawn_app(b).await;
     let data = png_bytes(3 * MIB);
     let loc = create_ok(&app, "mobile", data.len() as u64, "").await;
@@ -103,7 +118,7 @@ local!(dropped_client_resumes_at_once, |b| async move {
         data.len(),
         data[..sent].to_vec(),
     );
-    wait_staged(&app, id, sent as u64).await;
+    wait_received(&app, id, sent as u64).await;
     proxy.drop_clients();
     assert!(
         stranded.await.unwrap().is_err(),
@@ -133,7 +148,7 @@ local!(dropped_client_resumes_at_once, |b| async move {
 // is alive but sends nothing more); a PATCH on node B at the offset A has
 // staged takes the upload over. A's request ends (its response arrives)
 // within the 2 s of SPEC §10, and the file is whole.
-local!(patch_on_another_node_takes_over, |b| async move {
+both!(patch_on_another_node_takes_over, |b| async move {
     let a = spawn_app(b).await;
     let node_b = spawn_peer(&a).await;
     let data = png_bytes(2 * MIB);
@@ -141,7 +156,7 @@ local!(patch_on_another_node_takes_over, |b| async move {
     let id = upload_id(&loc);
     let sent = MIB;
     let on_a = hanging_patch(&a.base, "nodes", &loc, data.len(), data[..sent].to_vec());
-    wait_staged(&a, id, sent as u64).await;
+    wait_received(&a, id, sent as u64).await;
 
     let asked = Instant::now();
     let on_b = tokio::spawn({
@@ -262,7 +277,7 @@ async fn nothing_committed(app: &TestApp, user: &str, loc: &str) {
 // file whose upload HEAD still reports unfinished, never an upload row
 // without its reservation. A retried final PATCH of a finished upload
 // answers as the completing one did.
-local!(completion_is_one_transaction, |b| async move {
+both!(completion_is_one_transaction, |b| async move {
     let app = spawn_app(b).await;
     let data = png_bytes(200_000);
 
@@ -322,12 +337,125 @@ local!(completion_is_one_transaction, |b| async move {
     app.assert_consistent("atomic").await;
 });
 
+/// A final PATCH (the rest of the upload at `offset`) sent to `app`.
+fn final_patch(
+    app: &TestApp,
+    user: &str,
+    loc: &str,
+    offset: usize,
+    rest: Vec<u8>,
+) -> impl std::future::Future<Output = reqwest::Response> {
+    let rb = app
+        .client
+        .patch(app.url(loc))
+        .bearer_auth(token(user))
+        .header("Tus-Resumable", "1.0.0")
+        .header("Content-Type", OCTET)
+        .header("Upload-Offset", offset.to_string())
+        .body(rest);
+    async move { rb.send().await.unwrap() }
+}
+
+// Two final PATCHes of one upload at once (a client's retry of its final
+// PATCH while the first is still running, on the same node or another),
+// and a retried final PATCH racing a takeover by a HEAD. However they
+// interleave, the upload completes once: one file row, its blob readable
+// with the right bytes, usage counted once, nothing left in staging and no
+// blob that no row names (on S3: the bucket prefix, listed).
+both!(racing_final_patches_complete_once, |b| async move {
+    let app = spawn_app(b).await;
+    let peer = spawn_peer(&app).await;
+    let user = "twice";
+    let rounds = 6;
+    let mut sizes = 0;
+    for round in 0..rounds {
+        let data = png_bytes(400_000 + round);
+        sizes += data.len();
+        let half = 200_000;
+        let loc = create_ok(&app, user, data.len() as u64, "").await;
+        let r = patch(&app, user, &loc, 0, data[..half].to_vec(), &[]).await;
+        assert_eq!(r.status(), 204);
+        let other = if round % 2 == 0 { &app } else { &peer };
+        let rest = data[half..].to_vec();
+        let (r1, r2, h) = tokio::join!(
+            final_patch(&app, user, &loc, half, rest.clone()),
+            final_patch(other, user, &loc, half, rest.clone()),
+            async {
+                // A resuming client's HEAD in the middle of it all.
+                if round >= rounds - 2 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    Some(head(other, user, &loc).await.status())
+                } else {
+                    None
+                }
+            }
+        );
+        let statuses = [r1.status().as_u16(), r2.status().as_u16()];
+        // 204: completed (or answered as the completion did); 409: taken
+        // over, or the offset moved; 404: the upload finished while this
+        // body (not an empty one) waited.
+        for s in statuses {
+            assert!(matches!(s, 204 | 409 | 404), "round {round}: {statuses:?}");
+        }
+        assert!(h.is_none_or(|s| s == 200), "HEAD answered {h:?}");
+        let ids: Vec<String> = [&r1, &r2]
+            .iter()
+            .filter_map(|r| hdr(r, "stowage-file-id").map(str::to_string))
+            .collect();
+        let id = upload_id(&loc).to_string();
+        assert!(ids.iter().all(|i| *i == id), "{ids:?}");
+        if ids.is_empty() {
+            // Neither finished it: the client resumes at the server's offset.
+            let off = head_offset(&app, user, &loc).await as usize;
+            let r = patch(&peer, user, &loc, off as u64, data[off..].to_vec(), &[]).await;
+            assert_eq!(r.status(), 204, "round {round}: resumed at {off}");
+            assert_eq!(hdr(&r, "stowage-file-id"), Some(id.as_str()));
+        }
+        // A retried empty final PATCH answers as the completion did.
+        let again = patch(&peer, user, &loc, data.len() as u64, vec![], &[]).await;
+        assert_eq!(again.status(), 204);
+        assert_eq!(hdr(&again, "stowage-file-id"), Some(id.as_str()));
+        assert!(
+            download(&app, user, &id).await == data,
+            "round {round}: the blob holds the upload's bytes"
+        );
+        let (_, f) = app.get_json(user, &format!("/api/files/{id}")).await;
+        assert_eq!(f["sha256"], sha256_hex(&data));
+    }
+    let files = app.list_all(user, "").await;
+    assert_eq!(files.len(), rounds, "one file row per upload");
+    let u = app.usage(user).await;
+    assert_eq!(u["total_bytes"], sizes, "usage counted once: {u}");
+    assert_eq!(u["file_count"], rounds, "{u}");
+    assert_eq!(reserved(&app, user).await, 0);
+    app.assert_consistent(user).await;
+    // Exactly the committed blobs are stored, and nothing is staged.
+    let mut named: Vec<String> = Vec::new();
+    for f in &files {
+        let rec = app
+            .state
+            .meta
+            .get_file(user, f["id"].as_str().unwrap().parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        named.push(rec.file_path);
+    }
+    named.sort();
+    assert_eq!(app.blobs_on_disk().await, named, "no orphan blob");
+    assert!(
+        app.temp_files().await.is_empty(),
+        "{:?}",
+        app.temp_files().await
+    );
+});
+
 // The running sha256 is saved with the offset, not kept in one process's
 // memory: a completion on another node (no state of its own) does not read
 // the staged data back. Shown by changing staged bytes behind the server's
 // back: the recorded sha256 is that of what was received. Expiry removes
 // the saved state with its row.
-local!(hash_state_travels_with_the_offset, |b| async move {
+both!(hash_state_travels_with_the_offset, |b| async move {
     let app = spawn_app(b).await;
     let peer = spawn_peer(&app).await;
     let data = png_bytes(300_000);
@@ -347,10 +475,9 @@ local!(hash_state_travels_with_the_offset, |b| async move {
         .await,
         1
     );
-    let part = app.storage_root().join(format!(".tmp/{id}.part"));
-    let mut staged = std::fs::read(&part).unwrap();
+    let mut staged = data[..150_000].to_vec();
     staged[1000..2000].fill(0);
-    std::fs::write(&part, &staged).unwrap();
+    restage(&app, id, staged).await;
     let r = patch(&peer, "hashy", &loc, 150_000, data[150_000..].to_vec(), &[]).await;
     assert_eq!(r.status(), 204);
     let file = hdr(&r, "stowage-file-id").unwrap().to_string();
@@ -385,76 +512,64 @@ local!(hash_state_travels_with_the_offset, |b| async move {
 
 // ------------------------------------------------- a real process, killed
 
-const BIN: &str = env!("CARGO_BIN_EXE_stowage");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A data dir and database for `stowage serve` children and, for the
+/// object-store variant, the environment that keeps their blobs in Garage
+/// under a prefix of their own.
+struct Site {
+    scratch: Scratch,
+    blobs: Vec<(String, String)>,
+    /// The key prefix in the bucket (object-store variant only).
+    prefix: Option<String>,
 }
 
-/// `stowage serve` as a child process on a fixed port, data dir and database.
-struct Serve {
-    child: tokio::process::Child,
-}
+impl Site {
+    async fn new(backend: Backend) -> Site {
+        let scratch = Scratch::new(backend == Backend::Postgres).await;
+        let (blobs, prefix) = if backend == Backend::S3 {
+            let (env, prefix) = garage_env().await;
+            (env, Some(prefix))
+        } else {
+            (Vec::new(), None)
+        };
+        Site {
+            scratch,
+            blobs,
+            prefix,
+        }
+    }
 
-impl Serve {
-    async fn start(dir: &Path, db: &str, port: u16) -> Serve {
-        Serve::start_node(&dir.join("data"), &dir.join("data/users"), db, port).await
+    fn dir(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// The one node of a test, on a fixed port.
+    async fn start(&self, port: u16) -> Serve {
+        let dir = self.dir();
+        self.node(&dir.join("data"), &dir.join("data/users"), port)
+            .await
     }
 
     /// A node with its own data dir, on a volume and database it may share
     /// with other nodes. SIGTERM gives in-flight requests 1 s, the process
     /// 5 s.
-    async fn start_node(data: &Path, storage: &Path, db: &str, port: u16) -> Serve {
-        let child = tokio::process::Command::new(BIN)
-            .arg("serve")
-            .env("STOWAGE_BIND", format!("127.0.0.1:{port}"))
-            .env("STOWAGE_DATA_DIR", data)
-            .env("STOWAGE_STORAGE_ROOT", storage)
-            .env("STOWAGE_DATABASE_URL", db)
+    async fn node(&self, data: &Path, storage: &Path, port: u16) -> Serve {
+        Launch::node(port, data, storage, &self.scratch.db_url)
             .env("STOWAGE_JWT_PUBLIC_KEY", RSA_PUBLIC)
             .env(
                 "STOWAGE_SIGNING_SECRET",
                 "rolling-restart-signing-secret-0123456789",
             )
-            .env("STOWAGE_RATE_LIMIT_USER", "100000")
-            .env("STOWAGE_RATE_LIMIT_IP", "100000")
             .env("STOWAGE_SHUTDOWN_GRACE_SECS", "1")
             .env("STOWAGE_SHUTDOWN_TIMEOUT_SECS", "5")
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}/readyz");
-        wait_until("the server to be ready", || async {
-            reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        Serve { child }
-    }
-
-    async fn kill(mut self) {
-        self.child.kill().await.unwrap(); // SIGKILL
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    async fn terminate(mut self) {
-        let pid = self.child.id().unwrap() as libc::pid_t;
-        // SAFETY: kill(2) on our own child's pid, which it still is: the
-        // child has not been waited for.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .envs(self.blobs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .start()
             .await
-            .expect("the server exits after SIGTERM")
-            .unwrap();
-        assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    }
+
+    /// A raw client of the bucket under this site's prefix.
+    fn bucket(&self) -> Option<opendal::Operator> {
+        let prefix = self.prefix.as_ref()?;
+        Some(crate::garage::shared().operator(0, prefix))
     }
 }
 
@@ -484,54 +599,63 @@ fn staged_bytes(dir: &Path) -> u64 {
 async fn kill_mid_upload(
     backend: Backend,
     client: impl FnOnce(&str, &Path) -> tokio::process::Command,
-) -> (Value, TestDb) {
+) -> (Value, Site) {
     stop_mid_upload(backend, Stop::Kill, 24 * MIB, client).await
 }
 
 /// Uploads a `size`-byte file with `client` through a proxy that paces it to
-/// ~6 MiB/s; stops the server (`stop`) once 6 MiB are staged and restarts it
-/// on the same port, data dir and database. Returns the client's report; the
-/// file's sha256 and bytes are checked against the restarted server.
+/// ~6 MiB/s; stops the server (`stop`) once 6 MiB are staged (on the object
+/// store, where a PATCH's segment appears only when it ends: once 6 MiB went
+/// through the proxy) and restarts it on the same port, data dir and
+/// database. Returns the client's report; the file's sha256 and bytes are
+/// checked against the restarted server.
 async fn stop_mid_upload(
     backend: Backend,
     stop: Stop,
     size: usize,
     client: impl FnOnce(&str, &Path) -> tokio::process::Command,
-) -> (Value, TestDb) {
+) -> (Value, Site) {
     require_clients();
-    let db = TestDb::new(backend).await;
+    let site = Site::new(backend).await;
     let port = free_port();
-    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let mut server = site.start(port).await;
     let proxy = NetProxy::start(
         format!("127.0.0.1:{port}").parse().unwrap(),
         Some(6 * MIB as u64),
     )
     .await;
     let data = png_bytes(size);
-    let file = db.dir.path().join("big.png");
+    let file = site.dir().join("big.png");
     std::fs::write(&file, &data).unwrap();
     let mut cmd = client(&format!("{}/api/uploads", proxy.base()), &file);
     let run = tokio::spawn(async move { run_client(&mut cmd).await });
-    let dir = db.dir.path().to_path_buf();
+    let dir = site.dir().to_path_buf();
+    let s3 = backend == Backend::S3;
     wait_until("6 MiB staged", || {
         let dir = dir.clone();
-        async move { staged_bytes(&dir) >= 6 * MIB as u64 }
+        let sent = proxy.up_bytes();
+        async move {
+            if s3 {
+                sent >= 6 * MIB as u64
+            } else {
+                staged_bytes(&dir) >= 6 * MIB as u64
+            }
+        }
     })
     .await;
     match stop {
         Stop::Kill => server.kill().await,
         Stop::Term => server.terminate().await,
     }
-    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let mut server = site.start(port).await;
     let res = run.await.unwrap();
-    let base = format!("http://127.0.0.1:{port}");
     let id = res["file_id"]
         .as_str()
         .unwrap_or_else(|| panic!("no Stowage-File-Id: {res}"))
         .to_string();
     let c = reqwest::Client::new();
     let f: Value = c
-        .get(format!("{base}/api/files/{id}"))
+        .get(server.url(&format!("/api/files/{id}")))
         .bearer_auth(token("killed"))
         .send()
         .await
@@ -541,7 +665,7 @@ async fn stop_mid_upload(
         .unwrap();
     assert_eq!(f["sha256"], sha256_hex(&data), "{f}");
     let got = c
-        .get(format!("{base}/api/files/{id}/download"))
+        .get(server.url(&format!("/api/files/{id}/download")))
         .bearer_auth(token("killed"))
         .send()
         .await
@@ -551,35 +675,7 @@ async fn stop_mid_upload(
         .unwrap();
     assert!(got == data, "downloaded bytes differ");
     server.kill().await;
-    (res, db)
-}
-
-/// A data dir and database of their own for a child process.
-struct TestDb {
-    dir: tempfile::TempDir,
-    url: String,
-    _pg: Option<PgDb>,
-}
-
-impl TestDb {
-    async fn new(backend: Backend) -> TestDb {
-        let dir = tempfile::tempdir().unwrap();
-        match backend {
-            Backend::Postgres => {
-                let pg = PgDb::create().await;
-                TestDb {
-                    dir,
-                    url: pg.url.clone(),
-                    _pg: Some(pg),
-                }
-            }
-            _ => TestDb {
-                url: format!("sqlite://{}/data/stowage.db", dir.path().display()),
-                dir,
-                _pg: None,
-            },
-        }
-    }
+    (res, site)
 }
 
 fn statuses(res: &Value) -> Vec<String> {
@@ -595,7 +691,7 @@ fn statuses(res: &Value) -> Vec<String> {
 // 9 s in all), one PATCH for the whole file: the server is SIGKILLed
 // mid-body and restarted. The dead process's lease is taken over, so the
 // client's retry (HEAD, then PATCH at the offset) goes through: no 423.
-local!(tus_js_default_retries_survive_sigkill, |b| async move {
+both!(tus_js_default_retries_survive_sigkill, |b| async move {
     let (res, _db) = kill_mid_upload(b, |endpoint, file| {
         js_cmd(endpoint, "killed", file, &["--retry-delays", "default"])
     })
@@ -614,7 +710,7 @@ local!(tus_js_default_retries_survive_sigkill, |b| async move {
 
 // The same with tuspy (8 MiB chunks), resuming from the server's offset
 // after each failure.
-local!(tuspy_survives_sigkill, |b| async move {
+both!(tuspy_survives_sigkill, |b| async move {
     let (res, _db) = kill_mid_upload(b, |endpoint, file| {
         py_cmd(
             endpoint,
@@ -640,7 +736,7 @@ local!(tuspy_survives_sigkill, |b| async move {
 // server ends the PATCH (503) and keeps what it made durable; the client's
 // retries (HEAD, then PATCH at the offset) reach the new process and finish
 // the file: no 423.
-local!(tus_js_default_retries_survive_sigterm, |b| async move {
+both!(tus_js_default_retries_survive_sigterm, |b| async move {
     let (res, _db) = stop_mid_upload(b, Stop::Term, 32 * MIB, |endpoint, file| {
         js_cmd(endpoint, "killed", file, &["--retry-delays", "default"])
     })
@@ -668,7 +764,7 @@ local!(tus_js_default_retries_survive_sigterm, |b| async move {
 // The same with tuspy (16 MiB chunks): the SIGTERM lands in the first
 // chunk, too far from its end for the 1 s grace, and the client resumes
 // inside it, where the old process stopped.
-local!(tuspy_survives_sigterm, |b| async move {
+both!(tuspy_survives_sigterm, |b| async move {
     let (res, _db) = stop_mid_upload(b, Stop::Term, 32 * MIB, |endpoint, file| {
         py_cmd(
             endpoint,
@@ -728,12 +824,15 @@ async fn upload_loop(
 }
 
 // Two nodes on one PostgreSQL database and one volume, each with its data
-// dir, behind a round-robin balancer that skips a node refusing
-// connections; docs/deployment.md's rolling restart without the drain step.
+// dir, behind a round-robin balancer; docs/deployment.md's rolling restart.
 // Three tus-js-clients (default settings) upload 8 MiB files without pause,
-// paced so that uploads are in flight at each SIGTERM, while node A is
-// SIGTERMed and restarted, then node B. No upload fails; every file is
-// whole; nobody saw a 423.
+// paced so that uploads are in flight when each node is restarted. For each
+// node in turn the balancer takes it out of rotation and, as one whose
+// deregistration delay ran out, closes its clients' connections while the
+// node still holds their PATCHes (the clients retry on the other node at
+// once); then the node is SIGTERMed and started again. What the clients saw
+// is counted from their side and from the balancer's log of response
+// statuses: no upload fails, no 423 is ever answered, every file is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_two_nodes_postgres() {
     use std::{
@@ -744,13 +843,13 @@ async fn rolling_restart_of_two_nodes_postgres() {
         },
     };
     require_clients();
-    let db = TestDb::new(Backend::Postgres).await;
-    let root = db.dir.path();
+    let site = Site::new(Backend::Postgres).await;
+    let root = site.dir();
     let storage = root.join("volume");
     let (data_a, data_b) = (root.join("node-a"), root.join("node-b"));
     let (port_a, port_b) = (free_port(), free_port());
-    let a = Serve::start_node(&data_a, &storage, &db.url, port_a).await;
-    let b = Serve::start_node(&data_b, &storage, &db.url, port_b).await;
+    let mut a = site.node(&data_a, &storage, port_a).await;
+    let mut b = site.node(&data_b, &storage, port_b).await;
     let lb = Balancer::start(
         vec![
             format!("127.0.0.1:{port_a}").parse().unwrap(),
@@ -802,42 +901,70 @@ async fn rolling_restart_of_two_nodes_postgres() {
         }
     };
     let mut cut = HashSet::new();
-
-    busy(0, cut.clone(), 0).await;
-    let since = finished.load(Ordering::SeqCst);
-    cut.extend(in_flight());
-    a.terminate().await;
-    let a = Serve::start_node(&data_a, &storage, &db.url, port_a).await;
-    busy(since, cut.clone(), 1).await;
-    let since = finished.load(Ordering::SeqCst);
-    cut.extend(in_flight());
-    b.terminate().await;
-    let b = Serve::start_node(&data_b, &storage, &db.url, port_b).await;
-    busy(since, cut.clone(), 0).await;
+    let mut dropped = 0;
+    for (node, data) in [(0, &data_a), (1, &data_b)] {
+        busy(finished.load(Ordering::SeqCst), cut.clone(), node).await;
+        cut.extend(in_flight());
+        dropped += lb.open(node);
+        lb.set_in_rotation(node, false);
+        lb.drop_clients(node);
+        // The node keeps the dropped PATCHes (their server side is open)
+        // until it is stopped: meanwhile the clients resume elsewhere.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let server = if node == 0 { &mut a } else { &mut b };
+        server.terminate().await;
+        *server = site.node(data, &storage, [port_a, port_b][node]).await;
+        lb.set_in_rotation(node, true);
+    }
+    busy(finished.load(Ordering::SeqCst), cut.clone(), 0).await;
     stop.store(true, Ordering::SeqCst);
 
     let mut all = Vec::new();
     for w in workers {
         all.extend(w.await.unwrap());
     }
-    let base = format!("http://127.0.0.1:{port_a}");
+    // What the clients saw.
+    let failed: Vec<&Value> = all
+        .iter()
+        .map(|(_, res)| res)
+        .filter(|res| res["ok"] != true)
+        .collect();
+    let locked_seen: usize = all
+        .iter()
+        .map(|(_, res)| statuses(res).iter().filter(|s| s.ends_with(" 423")).count())
+        .sum();
+    let resumed = all
+        .iter()
+        .filter(|(_, res)| statuses(res).iter().any(|s| s.starts_with("HEAD ")))
+        .count();
+    let answered = lb.statuses();
+    let locked_answered = answered.iter().filter(|s| **s == 423).count();
+    let mut by_status = std::collections::BTreeMap::<u16, usize>::new();
+    for s in &answered {
+        *by_status.entry(*s).or_default() += 1;
+    }
+    eprintln!(
+        "{} uploads, {resumed} resumed, {} failed; {dropped} connections dropped; \
+         423 seen by the clients: {locked_seen}; statuses through the balancer: {by_status:?}",
+        all.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "uploads failed: {failed:?}");
+    assert_eq!(locked_seen, 0, "the clients saw 423");
+    assert_eq!(
+        locked_answered, 0,
+        "the balancer forwarded 423: {by_status:?}"
+    );
+    assert!(dropped > 0, "the balancer dropped clients of a node");
+    assert!(resumed > 0, "the restarts cut uploads in flight");
+
     let c = reqwest::Client::new();
-    let mut resumed = 0;
     for (data, res) in &all {
-        assert_eq!(res["ok"], true, "an upload failed: {res}");
-        let seen = statuses(res);
-        assert!(
-            !seen.iter().any(|s| s.ends_with(" 423")),
-            "no 423: {seen:?}"
-        );
-        if seen.iter().any(|s| s.starts_with("HEAD ")) {
-            resumed += 1;
-        }
         let id = res["file_id"]
             .as_str()
             .unwrap_or_else(|| panic!("no Stowage-File-Id: {res}"));
         let f: Value = c
-            .get(format!("{base}/api/files/{id}"))
+            .get(a.url(&format!("/api/files/{id}")))
             .bearer_auth(token("rolling"))
             .send()
             .await
@@ -847,7 +974,7 @@ async fn rolling_restart_of_two_nodes_postgres() {
             .unwrap();
         assert_eq!(f["sha256"], sha256_hex(data), "{f}");
         let got = c
-            .get(format!("{base}/api/files/{id}/download"))
+            .get(a.url(&format!("/api/files/{id}/download")))
             .bearer_auth(token("rolling"))
             .send()
             .await
@@ -857,8 +984,6 @@ async fn rolling_restart_of_two_nodes_postgres() {
             .unwrap();
         assert!(got == *data, "downloaded bytes of {id} differ");
     }
-    eprintln!("{} uploads, {resumed} resumed", all.len());
-    assert!(resumed > 0, "the restarts cut uploads in flight");
     a.terminate().await;
     b.terminate().await;
 }
@@ -867,11 +992,11 @@ async fn rolling_restart_of_two_nodes_postgres() {
 // restart, staged bytes changed behind the server's back, then the rest. The
 // recorded sha256 is that of what was received, so the restarted process
 // did not read the staged data back (nor need any memory of its own).
-local!(hash_state_survives_a_restart, |b| async move {
-    let db = TestDb::new(b).await;
+both!(hash_state_survives_a_restart, |b| async move {
+    let site = Site::new(b).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let mut server = site.start(port).await;
     let c = reqwest::Client::new();
     let data = png_bytes(300_000);
     let r = c
@@ -898,14 +1023,24 @@ local!(hash_state_survives_a_restart, |b| async move {
         204
     );
     server.kill().await;
-    let part = db
-        .dir
-        .path()
-        .join(format!("data/users/.tmp/{}.part", upload_id(&loc)));
-    let mut staged = std::fs::read(&part).unwrap();
-    staged[1000..2000].fill(0);
-    std::fs::write(&part, &staged).unwrap();
-    let server = Serve::start(db.dir.path(), &db.url, port).await;
+    let id = upload_id(&loc);
+    match site.bucket() {
+        // The PATCH at 0 wrote one segment, named by its offset.
+        Some(op) => {
+            let key = format!(".staging/{id}/{:020}", 0);
+            let mut staged = op.read(&key).await.unwrap().to_vec();
+            assert_eq!(staged.len(), 150_000);
+            staged[1000..2000].fill(0);
+            op.write(&key, staged).await.unwrap();
+        }
+        None => {
+            let part = site.dir().join(format!("data/users/.tmp/{id}.part"));
+            let mut staged = std::fs::read(&part).unwrap();
+            staged[1000..2000].fill(0);
+            std::fs::write(&part, &staged).unwrap();
+        }
+    }
+    let mut server = site.start(port).await;
     let r = send(150_000, data[150_000..].to_vec()).await.unwrap();
     assert_eq!(r.status(), 204);
     let id = hdr(&r, "stowage-file-id").unwrap().to_string();
