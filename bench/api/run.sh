@@ -34,6 +34,8 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
+LOG_TAG=bench-api
+. "$ROOT/bench/lib/common.sh"
 
 REPS=${REPS:-3}
 SIZE=${SIZE:-1GiB}
@@ -89,7 +91,6 @@ wait_quiet() {
   done
 }
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
-log() { printf '[bench-api %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 [ -f "$MEASURE_PY" ] || { echo "measure.py not found at $MEASURE_PY (set MEASURE_PY)" >&2; exit 1; }
 MEASURE_PY=$(cd "$(dirname "$MEASURE_PY")" && pwd)/$(basename "$MEASURE_PY")
@@ -105,13 +106,7 @@ PG_CREATED=
 stop_server() {
   local pid=${SERVER_PID:-}
   SERVER_PID=
-  [ -n "$pid" ] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
+  stop_pid "$pid"
 }
 on_exit() {
   local rc=$?
@@ -184,7 +179,6 @@ if ! skip disk; then
 fi
 
 # ------------------------------------------------------------------ server
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # start_server NAME DB_URL ; sets SERVER_PID and TOKEN
 start_server() {
   local name=$1 db=$2 dir=$WORK/$1

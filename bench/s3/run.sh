@@ -20,52 +20,21 @@ SIZE_MB=${SIZE_MB:-512}
 CONC=${CONC:-8}
 CONC_MB=${CONC_MB:-32}
 PORT=${PORT:-18290}
-GARAGE=${GARAGE:-${STOWAGE_GARAGE_BIN:-$HOME/.cache/stowage/garage-2.5.0/bin/garage}}
 WORK=$(mktemp -d /var/tmp/stowage-s3bench.XXXXXX)
-BIN=$ROOT/target/release/stowage
-KEY_ID=GK0123456789abcdef01234567
-SECRET=5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7
+BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/stowage}
+LOG_TAG=bench-s3
+. "$ROOT/bench/lib/common.sh"
+. "$ROOT/bench/lib/garage.sh"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; garage_stop; rm -rf "$WORK"; }
 trap cleanup EXIT
-log() { printf '==> %s\n' "$*" >&2; }
+retry() { for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; "$@"; }
 
 [ -x "$GARAGE" ] || { echo "garage not found at $GARAGE (scripts/test.sh builds it)" >&2; exit 1; }
 (cd "$ROOT" && cargo build --release --locked --bin stowage -q)
 
 log "starting a 3-node Garage cluster in $WORK"
-for i in 0 1 2; do
-  d=$WORK/g$i; mkdir -p "$d"
-  cat >"$d/garage.toml" <<EOF
-metadata_dir = "$d/meta"
-data_dir = "$d/data"
-db_engine = "lmdb"
-metadata_fsync = false
-data_fsync = false
-replication_factor = 3
-rpc_bind_addr = "127.0.0.1:$((PORT + 10 + i))"
-rpc_public_addr = "127.0.0.1:$((PORT + 10 + i))"
-rpc_secret = "$(printf '%064d' 7)"
-[s3_api]
-s3_region = "us-east-1"
-api_bind_addr = "127.0.0.1:$((PORT + 20 + i))"
-root_domain = ".s3.garage.localhost"
-EOF
-  RUST_LOG=garage=warn "$GARAGE" -c "$d/garage.toml" server >"$d/log" 2>&1 &
-  PIDS+=($!)
-done
-g() { "$GARAGE" -c "$WORK/g0/garage.toml" "$@"; }
-retry() { for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done; "$@"; }
-retry g status
-node_id() { retry "$GARAGE" -c "$WORK/g$1/garage.toml" node id -q; "$GARAGE" -c "$WORK/g$1/garage.toml" node id -q 2>/dev/null; }
-for i in 1 2; do g node connect "$(node_id $i)" >/dev/null; done
-for i in 0 1 2; do
-  id=$(node_id $i); g layout assign -z "z$i" -c 10G "${id%@*}" >/dev/null
-done
-g layout apply --version 1 >/dev/null
-retry g key import --yes -n bench "$KEY_ID" "$SECRET"
-retry g bucket create bench
-g bucket allow --read --write --owner bench --key bench >/dev/null
+garage_start "$WORK" "$PORT"
 
 head -c $((SIZE_MB << 20)) /dev/urandom > "$WORK/big.bin"
 head -c $((CONC_MB << 20)) /dev/urandom > "$WORK/small.bin"
@@ -116,6 +85,6 @@ run_backend() { # name, extra env...
 {
   printf 'backend\tupload_%dMiB_MBps\tdownload_MBps\tconc_%dx%dMiB_MBps\tpeak_rss_MiB\n' "$SIZE_MB" "$CONC" "$CONC_MB"
   run_backend local
-  run_backend s3-proxy STOWAGE_BLOB_STORE=s3 STOWAGE_S3_BUCKET=bench \
-    STOWAGE_S3_ENDPOINT="http://127.0.0.1:$((PORT + 20))" AWS_ACCESS_KEY_ID=$KEY_ID AWS_SECRET_ACCESS_KEY=$SECRET
+  # shellcheck disable=SC2046
+  run_backend s3-proxy $(garage_stowage_env)
 } | tee -a "$HERE/results.tsv"
