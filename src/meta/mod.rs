@@ -8,11 +8,12 @@
 //! reservation, so `total_bytes + reserved_bytes <= max_bytes` always holds.
 //! `total_bytes`/`file_count` themselves are kept by database triggers.
 
+pub mod clock;
 pub mod events;
 mod sql;
 mod view;
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,8 +22,9 @@ use uuid::Uuid;
 
 use crate::domain::filetype::FileType;
 
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{Event, EventCounts, EventQuery, EventStatus, EventStore, EventType, NewEvent};
-pub use sql::{connect, PgStore, SqliteStore};
+pub use sql::{connect, connect_with_clock, PgStore, SqliteStore};
 pub use view::FileView;
 
 /// Errors of the metadata layer; `NotFound` and `QuotaExceeded` are expected
@@ -44,6 +46,10 @@ pub enum MetaError {
     Db(sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The caller's side of a streamed snapshot or restore failed (writing
+    /// or reading its rows).
+    #[error("snapshot rows: {0}")]
+    Rows(String),
 }
 
 impl From<sqlx::Error> for MetaError {
@@ -364,19 +370,122 @@ pub struct TusProgress {
     pub completing: bool,
 }
 
+/// One run of a periodic task, as `task_runs` records it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TaskRun {
+    pub id: i64,
+    pub name: String,
+    pub holder: String,
+    pub started_at: DateTime<Utc>,
+    /// `None` while running, or when the process died during the run.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `ok`, `problems` or `failed`.
+    pub outcome: Option<String>,
+    pub summary: Option<String>,
+}
+
+/// Database leases for periodic tasks (table `task_leases`), so that
+/// several processes sharing one database run a task one at a time, and the
+/// history of their runs (`task_runs`). Deadlines come from the store's
+/// [`Clock`].
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Takes (or renews, when `holder` already has it) the lease `name` for
+    /// `ttl`: one conditional upsert, atomic across processes. True when
+    /// `holder` holds it afterwards.
+    async fn try_acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> MetaResult<bool>;
+    /// Gives the lease up early; a no-op unless `holder` holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> MetaResult<()>;
+    /// The holder of the unexpired lease `name`, if any.
+    async fn lease_holder(&self, name: &str) -> MetaResult<Option<String>>;
+    /// Records that `holder` starts a run of `name`; prunes history older
+    /// than 30 days. Returns the run's id.
+    async fn task_run_started(&self, name: &str, holder: &str) -> MetaResult<i64>;
+    /// Records how run `id` ended.
+    async fn task_run_finished(&self, id: i64, outcome: &str, summary: &str) -> MetaResult<()>;
+    /// The newest `limit` runs, of task `name` or of every task, newest first.
+    async fn recent_task_runs(&self, name: Option<&str>, limit: i64) -> MetaResult<Vec<TaskRun>>;
+}
+
+/// A `user_storage` row as a snapshot holds it (one line of a backup's
+/// `db/user_storage.jsonl`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpUser {
+    pub user_id: String,
+    pub max_bytes: i64,
+    /// Counters at snapshot time (a restore recomputes them from the rows).
+    pub total_bytes: i64,
+    pub file_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A `user_files` row as a snapshot holds it (one line of a backup's
+/// `db/user_files.jsonl`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DumpFile {
+    pub id: Uuid,
+    pub user_id: String,
+    pub file_name: String,
+    pub file_type: String,
+    pub mime_type: String,
+    pub file_size: i64,
+    pub file_path: String,
+    pub thumbnail_path: Option<String>,
+    pub resolution: Option<String>,
+    pub duration: Option<String>,
+    pub package_name: Option<String>,
+    pub tags: Vec<String>,
+    pub is_favorite: bool,
+    pub sha256: String,
+    pub upload_date: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where [`SnapshotStore::snapshot`] streams its rows: every user (by
+/// `user_id`), then every file (by `user_id`, `id`).
+#[async_trait]
+pub trait SnapshotSink: Send {
+    async fn user(&mut self, row: DumpUser) -> MetaResult<()>;
+    async fn file(&mut self, row: DumpFile) -> MetaResult<()>;
+}
+
+/// What [`SnapshotStore::restore_rows`] reads: every user, then every file.
+#[async_trait]
+pub trait RowSource: Send {
+    async fn next_user(&mut self) -> MetaResult<Option<DumpUser>>;
+    async fn next_file(&mut self) -> MetaResult<Option<DumpFile>>;
+}
+
+/// A consistent logical snapshot of the users and their files, and its
+/// restore: the database side of backups (see `ops::backup`).
+#[async_trait]
+pub trait SnapshotStore: Send + Sync {
+    /// Streams a consistent snapshot into `sink`; returns its moment.
+    /// `scratch` is a directory the store may use meanwhile (SQLite copies
+    /// the database there).
+    async fn snapshot(
+        &self,
+        scratch: &Path,
+        sink: &mut dyn SnapshotSink,
+    ) -> MetaResult<DateTime<Utc>>;
+    /// True when any file row exists (a restore needs an empty database).
+    async fn has_files(&self) -> MetaResult<bool>;
+    /// Inserts every row of `src` in one transaction: all or nothing. Users
+    /// start with zero counters; the triggers add the files.
+    async fn restore_rows(&self, src: &mut dyn RowSource) -> MetaResult<()>;
+}
+
 /// The metadata store. Every method is one transaction; each that changes
 /// a user's files or usage records its event ([`events`]) in it.
 #[async_trait]
-pub trait MetaStore: EventStore + Send + Sync + 'static {
+pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'static {
     /// Applies pending migrations.
     async fn migrate(&self) -> MetaResult<()>;
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> MetaResult<()>;
     /// "postgres" or "sqlite".
     fn backend(&self) -> &'static str;
-    /// The concrete store, for backend-specific operator code (backups) that
-    /// needs the pool; downcast to [`PgStore`] or [`SqliteStore`].
-    fn as_any(&self) -> &dyn std::any::Any;
 
     /// Creates the user with `default_quota` if new; returns the row.
     async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage>;

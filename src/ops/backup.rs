@@ -40,10 +40,8 @@ use std::{
 
 use anyhow::{bail, Context};
 use chrono::{DateTime, NaiveDateTime, Utc};
-use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -54,8 +52,10 @@ use super::{
 use crate::{
     blob::{BlobError, BlobStore},
     core::Core,
-    meta::{PgStore, SqliteStore},
+    meta::{MetaError, MetaResult, RowSource, SnapshotSink},
 };
+
+pub use crate::meta::{DumpFile, DumpUser};
 
 /// `format` of [`BackupHeader`].
 pub const FORMAT: &str = "stowage-backup";
@@ -85,39 +85,6 @@ pub struct BackupHeader {
     pub files: u64,
     /// Sum of `file_size` over those rows.
     pub bytes: u64,
-}
-
-/// A `user_storage` row.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DumpUser {
-    pub user_id: String,
-    pub max_bytes: i64,
-    /// Counters at snapshot time (restore recomputes them from the rows).
-    pub total_bytes: i64,
-    pub file_count: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// A `user_files` row.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DumpFile {
-    pub id: Uuid,
-    pub user_id: String,
-    pub file_name: String,
-    pub file_type: String,
-    pub mime_type: String,
-    pub file_size: i64,
-    pub file_path: String,
-    pub thumbnail_path: Option<String>,
-    pub resolution: Option<String>,
-    pub duration: Option<String>,
-    pub package_name: Option<String>,
-    pub tags: Vec<String>,
-    pub is_favorite: bool,
-    pub sha256: String,
-    pub upload_date: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
 }
 
 /// One line of `manifest.jsonl`.
@@ -423,13 +390,6 @@ fn scratch_root(state: &Core) -> PathBuf {
 
 // ---------------------------------------------------------------- snapshot
 
-const USERS_SQL: &str =
-    "SELECT user_id, max_bytes, total_bytes, CAST(file_count AS BIGINT) AS file_count, \
-     created_at, updated_at FROM user_storage ORDER BY user_id";
-const FILES_SQL: &str = "SELECT id, user_id, file_name, file_type, mime_type, file_size, file_path, \
-     thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date, created_at \
-     FROM user_files ORDER BY user_id, id";
-
 /// Counts of a dump.
 #[derive(Default)]
 struct DumpCounts {
@@ -438,62 +398,51 @@ struct DumpCounts {
     bytes: u64,
 }
 
-macro_rules! dump_rows {
-    ($conn:expr, $users_out:expr, $files_out:expr, tags = |$r:ident| $tags:expr) => {{
-        let mut counts = DumpCounts::default();
-        let mut out = tokio::io::BufWriter::new(tokio::fs::File::create($users_out).await?);
-        {
-            let mut rows = sqlx::query(USERS_SQL).fetch($conn);
-            while let Some(row) = rows.try_next().await? {
-                let u = DumpUser {
-                    user_id: row.try_get("user_id")?,
-                    max_bytes: row.try_get("max_bytes")?,
-                    total_bytes: row.try_get("total_bytes")?,
-                    file_count: row.try_get("file_count")?,
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
-                };
-                let mut line = serde_json::to_vec(&u)?;
-                line.push(b'\n');
-                out.write_all(&line).await?;
-                counts.users += 1;
-            }
+fn rows_error(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Rows(e.to_string())
+}
+
+/// Writes the snapshot's rows as JSON lines, users and files each to its
+/// own file, counting them.
+struct JsonlSink {
+    users: tokio::io::BufWriter<tokio::fs::File>,
+    files: tokio::io::BufWriter<tokio::fs::File>,
+    counts: DumpCounts,
+}
+
+impl JsonlSink {
+    async fn line(
+        out: &mut tokio::io::BufWriter<tokio::fs::File>,
+        row: &impl Serialize,
+    ) -> MetaResult<()> {
+        let mut line = serde_json::to_vec(row).map_err(rows_error)?;
+        line.push(b'\n');
+        out.write_all(&line).await.map_err(rows_error)
+    }
+
+    async fn finish(mut self) -> std::io::Result<DumpCounts> {
+        for out in [&mut self.users, &mut self.files] {
+            out.flush().await?;
+            out.get_ref().sync_all().await?;
         }
-        out.flush().await?;
-        out.get_ref().sync_all().await?;
-        let mut out = tokio::io::BufWriter::new(tokio::fs::File::create($files_out).await?);
-        {
-            let mut rows = sqlx::query(FILES_SQL).fetch($conn);
-            while let Some($r) = rows.try_next().await? {
-                let f = DumpFile {
-                    id: $r.try_get("id")?,
-                    user_id: $r.try_get("user_id")?,
-                    file_name: $r.try_get("file_name")?,
-                    file_type: $r.try_get("file_type")?,
-                    mime_type: $r.try_get("mime_type")?,
-                    file_size: $r.try_get("file_size")?,
-                    file_path: $r.try_get("file_path")?,
-                    thumbnail_path: $r.try_get("thumbnail_path")?,
-                    resolution: $r.try_get("resolution")?,
-                    duration: $r.try_get("duration")?,
-                    package_name: $r.try_get("package_name")?,
-                    tags: $tags,
-                    is_favorite: $r.try_get("is_favorite")?,
-                    sha256: $r.try_get::<String, _>("sha256")?.trim().to_string(),
-                    upload_date: $r.try_get("upload_date")?,
-                    created_at: $r.try_get("created_at")?,
-                };
-                let mut line = serde_json::to_vec(&f)?;
-                line.push(b'\n');
-                out.write_all(&line).await?;
-                counts.files += 1;
-                counts.bytes += f.file_size.max(0) as u64;
-            }
-        }
-        out.flush().await?;
-        out.get_ref().sync_all().await?;
-        counts
-    }};
+        Ok(self.counts)
+    }
+}
+
+#[async_trait::async_trait]
+impl SnapshotSink for JsonlSink {
+    async fn user(&mut self, row: DumpUser) -> MetaResult<()> {
+        Self::line(&mut self.users, &row).await?;
+        self.counts.users += 1;
+        Ok(())
+    }
+
+    async fn file(&mut self, row: DumpFile) -> MetaResult<()> {
+        Self::line(&mut self.files, &row).await?;
+        self.counts.files += 1;
+        self.counts.bytes += row.file_size.max(0) as u64;
+        Ok(())
+    }
 }
 
 /// Writes the snapshot's rows to `users_out` and `files_out`; returns the
@@ -504,56 +453,13 @@ async fn snapshot(
     users_out: &Path,
     files_out: &Path,
 ) -> anyhow::Result<(DumpCounts, DateTime<Utc>)> {
-    let any = state.meta.as_any();
-    if let Some(pg) = any.downcast_ref::<PgStore>() {
-        let mut tx = pg.pool().begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        // The snapshot is taken by the first query of the transaction.
-        let at: DateTime<Utc> = sqlx::query("SELECT now() AS t")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("t")?;
-        let counts = dump_rows!(
-            &mut *tx,
-            users_out,
-            files_out,
-            tags = |r| r.try_get::<Vec<String>, _>("tags")?
-        );
-        tx.commit().await?;
-        Ok((counts, at))
-    } else if let Some(lite) = any.downcast_ref::<SqliteStore>() {
-        use sqlx::Connection;
-        let copy = work.join("snapshot.sqlite3");
-        let copy_str = copy
-            .to_str()
-            .context("work directory path is not UTF-8")?
-            .to_string();
-        let at = Utc::now();
-        sqlx::query("VACUUM INTO $1")
-            .bind(&copy_str)
-            .execute(lite.pool())
-            .await?;
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(&copy)
-            .read_only(true);
-        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
-        let counts = dump_rows!(
-            &mut conn,
-            users_out,
-            files_out,
-            tags = |r| {
-                let s: String = r.try_get("tags")?;
-                serde_json::from_str::<Vec<String>>(&s)?
-            }
-        );
-        conn.close().await?;
-        let _ = tokio::fs::remove_file(&copy).await;
-        Ok((counts, at))
-    } else {
-        bail!("backups need the PostgreSQL or SQLite store");
-    }
+    let mut sink = JsonlSink {
+        users: tokio::io::BufWriter::new(tokio::fs::File::create(users_out).await?),
+        files: tokio::io::BufWriter::new(tokio::fs::File::create(files_out).await?),
+        counts: DumpCounts::default(),
+    };
+    let at = state.meta.snapshot(work, &mut sink).await?;
+    Ok((sink.finish().await?, at))
 }
 
 // ---------------------------------------------------------------- create
@@ -1287,7 +1193,7 @@ pub async fn restore_from(
     mut progress: Progress,
 ) -> anyhow::Result<RestoreReport> {
     state.meta.migrate().await.context("applying migrations")?;
-    if has_file_rows(state).await? {
+    if state.meta.has_files().await? {
         bail!("the configured database already has files; restore needs an empty one");
     }
     let work = scratch_root(state).join(format!("restore-{}", Uuid::new_v4()));
@@ -1340,21 +1246,6 @@ pub async fn restore_from(
         rep.users, rep.files, rep.bytes
     ));
     Ok(rep)
-}
-
-async fn has_file_rows(state: &Core) -> anyhow::Result<bool> {
-    const SQL: &str = "SELECT 1 AS one FROM user_files LIMIT 1";
-    let any = state.meta.as_any();
-    if let Some(pg) = any.downcast_ref::<PgStore>() {
-        Ok(sqlx::query(SQL).fetch_optional(pg.pool()).await?.is_some())
-    } else if let Some(lite) = any.downcast_ref::<SqliteStore>() {
-        Ok(sqlx::query(SQL)
-            .fetch_optional(lite.pool())
-            .await?
-            .is_some())
-    } else {
-        bail!("restore needs the PostgreSQL or SQLite store");
-    }
 }
 
 /// Which blob of its row a key is.
@@ -1676,69 +1567,52 @@ fn unpack(
     ))
 }
 
-const INSERT_USER_SQL: &str = "INSERT INTO user_storage (user_id, max_bytes, total_bytes, reserved_bytes, file_count, created_at, updated_at) \
-     VALUES ($1, $2, 0, 0, 0, $3, $4) \
-     ON CONFLICT (user_id) DO UPDATE SET max_bytes = EXCLUDED.max_bytes";
-const INSERT_FILE_SQL: &str = "INSERT INTO user_files (id, user_id, file_name, file_type, mime_type, file_size, file_path, \
-     thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+/// Reads the staged rows back for the store to insert, leaving out the
+/// rows whose file was not restored (and thumbnails that were not), and
+/// counting what goes in.
+struct JsonlSource<'a> {
+    users: tokio::io::Lines<tokio::io::BufReader<tokio::fs::File>>,
+    files: tokio::io::Lines<tokio::io::BufReader<tokio::fs::File>>,
+    restored: &'a HashSet<String>,
+    rep: RestoreReport,
+}
 
-macro_rules! insert_rows {
-    ($pool:expr, $users:expr, $files:expr, $restored:expr, tags = |$t:ident| $tags:expr) => {{
-        let mut rep = RestoreReport::default();
-        let mut tx = $pool.begin().await?;
-        let mut lines = tokio::io::BufReader::new(tokio::fs::File::open($users).await?).lines();
-        while let Some(l) = lines.next_line().await? {
-            if l.trim().is_empty() {
-                continue;
+impl JsonlSource<'_> {
+    async fn next<T: serde::de::DeserializeOwned>(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::fs::File>>,
+    ) -> MetaResult<Option<T>> {
+        while let Some(l) = lines.next_line().await.map_err(rows_error)? {
+            if !l.trim().is_empty() {
+                return serde_json::from_str(&l).map(Some).map_err(rows_error);
             }
-            let u: DumpUser = serde_json::from_str(&l)?;
-            sqlx::query(INSERT_USER_SQL)
-                .bind(&u.user_id)
-                .bind(u.max_bytes)
-                .bind(u.created_at)
-                .bind(u.updated_at)
-                .execute(&mut *tx)
-                .await?;
-            rep.users += 1;
         }
-        let mut lines = tokio::io::BufReader::new(tokio::fs::File::open($files).await?).lines();
-        while let Some(l) = lines.next_line().await? {
-            if l.trim().is_empty() {
-                continue;
-            }
-            let f: DumpFile = serde_json::from_str(&l)?;
-            if !$restored.contains(&f.file_path) {
-                rep.rows_skipped += 1;
-                continue;
-            }
-            let thumb = f.thumbnail_path.filter(|t| $restored.contains(t));
-            let $t = &f.tags;
-            sqlx::query(INSERT_FILE_SQL)
-                .bind(f.id)
-                .bind(&f.user_id)
-                .bind(&f.file_name)
-                .bind(&f.file_type)
-                .bind(&f.mime_type)
-                .bind(f.file_size)
-                .bind(&f.file_path)
-                .bind(thumb)
-                .bind(&f.resolution)
-                .bind(&f.duration)
-                .bind(&f.package_name)
-                .bind($tags)
-                .bind(f.is_favorite)
-                .bind(&f.sha256)
-                .bind(f.upload_date)
-                .bind(f.created_at)
-                .execute(&mut *tx)
-                .await?;
-            rep.files += 1;
-            rep.bytes += f.file_size.max(0) as u64;
+        Ok(None)
+    }
+}
+
+#[async_trait::async_trait]
+impl RowSource for JsonlSource<'_> {
+    async fn next_user(&mut self) -> MetaResult<Option<DumpUser>> {
+        let u = Self::next::<DumpUser>(&mut self.users).await?;
+        if u.is_some() {
+            self.rep.users += 1;
         }
-        tx.commit().await?;
-        rep
-    }};
+        Ok(u)
+    }
+
+    async fn next_file(&mut self) -> MetaResult<Option<DumpFile>> {
+        while let Some(mut f) = Self::next::<DumpFile>(&mut self.files).await? {
+            if !self.restored.contains(&f.file_path) {
+                self.rep.rows_skipped += 1;
+                continue;
+            }
+            f.thumbnail_path = f.thumbnail_path.filter(|t| self.restored.contains(t));
+            self.rep.files += 1;
+            self.rep.bytes += f.file_size.max(0) as u64;
+            return Ok(Some(f));
+        }
+        Ok(None)
+    }
 }
 
 async fn insert_rows(
@@ -1747,26 +1621,14 @@ async fn insert_rows(
     files: &Path,
     restored: &HashSet<String>,
 ) -> anyhow::Result<RestoreReport> {
-    let any = state.meta.as_any();
-    if let Some(pg) = any.downcast_ref::<PgStore>() {
-        Ok(insert_rows!(
-            pg.pool(),
-            users,
-            files,
-            restored,
-            tags = |t| t.clone()
-        ))
-    } else if let Some(lite) = any.downcast_ref::<SqliteStore>() {
-        Ok(insert_rows!(
-            lite.pool(),
-            users,
-            files,
-            restored,
-            tags = |t| serde_json::to_string(t)?
-        ))
-    } else {
-        bail!("restore needs the PostgreSQL or SQLite store");
-    }
+    let mut src = JsonlSource {
+        users: tokio::io::BufReader::new(tokio::fs::File::open(users).await?).lines(),
+        files: tokio::io::BufReader::new(tokio::fs::File::open(files).await?).lines(),
+        restored,
+        rep: RestoreReport::default(),
+    };
+    state.meta.restore_rows(&mut src).await?;
+    Ok(src.rep)
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use std::{
 
 use stowage::{
     domain::names::user_dir_name,
-    meta::{PgStore, SqliteStore},
     ops::{
         audit::{self, AuditOptions, AuditReport},
         lease,
@@ -51,12 +50,15 @@ pub async fn audit_with(app: &TestApp, fix: bool, grace: Duration) -> AuditRepor
 }
 
 pub async fn exec(app: &TestApp, sql: &str) {
-    let any = app.state.meta.as_any();
-    if let Some(pg) = any.downcast_ref::<PgStore>() {
-        sqlx::query(sql).execute(pg.pool()).await.unwrap();
+    // A connection of the test's own: the store keeps its pool to itself.
+    use sqlx::Connection;
+    let url = &app.state.config.database_url;
+    if app.state.meta.backend() == "postgres" {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
     } else {
-        let lite = any.downcast_ref::<SqliteStore>().unwrap();
-        sqlx::query(sql).execute(lite.pool()).await.unwrap();
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
     }
 }
 

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 
 use serde_json::Value;
-use stowage::meta::{PgStore, SqliteStore};
 
 use crate::helpers::*;
 use crate::local;
@@ -44,25 +43,27 @@ fn set(v: &[&str]) -> BTreeSet<String> {
 
 /// One integer from the database, whatever the engine.
 async fn scalar(app: &TestApp, sql: &str) -> i64 {
-    let any = app.state.meta.as_any();
-    if let Some(pg) = any.downcast_ref::<PgStore>() {
-        sqlx::query_scalar(sql).fetch_one(pg.pool()).await.unwrap()
+    use sqlx::Connection;
+    let url = &app.state.config.database_url;
+    if app.state.meta.backend() == "postgres" {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
     } else {
-        let lite = any.downcast_ref::<SqliteStore>().unwrap();
-        sqlx::query_scalar(sql)
-            .fetch_one(lite.pool())
-            .await
-            .unwrap()
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
     }
 }
 
 async fn exec(app: &TestApp, sql: &str) {
-    let any = app.state.meta.as_any();
-    if let Some(pg) = any.downcast_ref::<PgStore>() {
-        sqlx::query(sql).execute(pg.pool()).await.unwrap();
+    // A connection of the test's own: the store keeps its pool to itself.
+    use sqlx::Connection;
+    let url = &app.state.config.database_url;
+    if app.state.meta.backend() == "postgres" {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
     } else {
-        let lite = any.downcast_ref::<SqliteStore>().unwrap();
-        sqlx::query(sql).execute(lite.pool()).await.unwrap();
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
     }
 }
 

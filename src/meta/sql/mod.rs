@@ -22,17 +22,23 @@ use sqlx::{
 };
 use uuid::Uuid;
 
+use super::clock::{self, Clock, SystemClock};
 use super::*;
+
+mod leases;
+mod snapshot;
 
 /// PostgreSQL backend.
 pub struct PgStore {
     pool: PgPool,
+    clock: Arc<dyn Clock>,
 }
 
 /// SQLite backend (embedded, WAL, `synchronous=FULL` so a commit is durable
 /// before an upload is acknowledged).
 pub struct SqliteStore {
     pool: SqlitePool,
+    clock: Arc<dyn Clock>,
 }
 
 impl PgStore {
@@ -41,8 +47,13 @@ impl PgStore {
         self.pool.begin().await
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The store clock's now, at the microsecond precision both engines keep.
+    fn now(&self) -> DateTime<Utc> {
+        clock::micros(self.clock.as_ref())
     }
 }
 
@@ -56,13 +67,27 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The store clock's now, at the microsecond precision both engines keep.
+    fn now(&self) -> DateTime<Utc> {
+        clock::micros(self.clock.as_ref())
     }
 }
 
 /// Opens the store named by `url` (`postgres://…` or `sqlite://…`).
 pub async fn connect(url: &str) -> MetaResult<Arc<dyn MetaStore>> {
+    connect_with_clock(url, Arc::new(SystemClock)).await
+}
+
+/// [`connect`] with the store reading the time from `clock` (tests move a
+/// [`super::ManualClock`] to expire leases without sleeping).
+pub async fn connect_with_clock(
+    url: &str,
+    clock: Arc<dyn Clock>,
+) -> MetaResult<Arc<dyn MetaStore>> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -70,7 +95,7 @@ pub async fn connect(url: &str) -> MetaResult<Arc<dyn MetaStore>> {
             .connect(url)
             .await
             .map_err(MetaError::from_sqlx)?;
-        Ok(Arc::new(PgStore { pool }))
+        Ok(Arc::new(PgStore { pool, clock }))
     } else if url.starts_with("sqlite:") {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -91,7 +116,7 @@ pub async fn connect(url: &str) -> MetaResult<Arc<dyn MetaStore>> {
             .connect_with(opts)
             .await
             .map_err(MetaError::from_sqlx)?;
-        Ok(Arc::new(SqliteStore { pool }))
+        Ok(Arc::new(SqliteStore { pool, clock }))
     } else {
         Err(MetaError::Unavailable(format!(
             "unsupported database URL {url:?}: expected postgres://… or sqlite://…"
@@ -99,14 +124,9 @@ pub async fn connect(url: &str) -> MetaResult<Arc<dyn MetaStore>> {
     }
 }
 
-/// Now, at the microsecond precision both engines keep.
-fn now() -> DateTime<Utc> {
-    let n = Utc::now();
-    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n)
-}
-
-fn ttl_from_now(ttl: Duration) -> DateTime<Utc> {
-    now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1))
+/// `t + ttl` (an hour when `ttl` is out of range).
+fn plus(t: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    t + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1))
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -280,7 +300,7 @@ macro_rules! impl_store {
                 reservation: Uuid,
                 f: NewFile,
             ) -> MetaResult<FileRecord> {
-                let t = now();
+                let t = self.now();
                 Self::release_in(&mut tx, reservation).await?;
                 // With the reservation handed back, the file must fit; this also
                 // covers a reservation that expired while the upload ran.
@@ -435,10 +455,6 @@ macro_rules! impl_store {
                 $name
             }
 
-            fn as_any(&self) -> &dyn std::any::Any {
-                self
-            }
-
             async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage> {
                 let sql = format!(
                     "INSERT INTO user_storage (user_id, max_bytes, created_at, updated_at) \
@@ -448,7 +464,7 @@ macro_rules! impl_store {
                 let row = sqlx::query(&sql)
                     .bind(user_id)
                     .bind(to_i64(default_quota))
-                    .bind(now())
+                    .bind(self.now())
                     .fetch_one(&self.pool)
                     .await
                     .map_err(MetaError::from_sqlx)?;
@@ -485,7 +501,7 @@ macro_rules! impl_store {
                 let row = sqlx::query(&sql)
                     .bind(user_id)
                     .bind(to_i64(max_bytes))
-                    .bind(now())
+                    .bind(self.now())
                     .fetch_one(&mut *tx)
                     .await?;
                 // A lower quota can carry usage past a threshold.
@@ -499,7 +515,7 @@ macro_rules! impl_store {
                 // A write first, so SQLite takes its write lock before reading.
                 let touched = sqlx::query("UPDATE user_storage SET updated_at = $2 WHERE user_id = $1")
                     .bind(user_id)
-                    .bind(now())
+                    .bind(self.now())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -542,7 +558,7 @@ macro_rules! impl_store {
                 max_unfinished: u64,
                 holder: Option<Holder>,
             ) -> MetaResult<Uuid> {
-                let t = now();
+                let t = self.now();
                 let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 sqlx::query(
                     "INSERT INTO user_storage (user_id, max_bytes, created_at, updated_at) \
@@ -592,7 +608,7 @@ macro_rules! impl_store {
                 .bind(id)
                 .bind(user_id)
                 .bind(to_i64(bytes))
-                .bind(ttl_from_now(ttl))
+                .bind(plus(self.now(), ttl))
                 .bind(t)
                 .bind(holder.map(|h| h.node))
                 .bind(holder.map(|h| h.incarnation))
@@ -609,7 +625,7 @@ macro_rules! impl_store {
                 )
                 .bind(id)
                 .bind(to_i64(extra))
-                .bind(ttl_from_now(ttl))
+                .bind(plus(self.now(), ttl))
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some(row) = row else {
@@ -637,7 +653,7 @@ macro_rules! impl_store {
             async fn touch_reservation(&self, id: Uuid, ttl: Duration) -> MetaResult<()> {
                 let n = sqlx::query("UPDATE upload_reservations SET expires_at = $2 WHERE id = $1")
                     .bind(id)
-                    .bind(ttl_from_now(ttl))
+                    .bind(plus(self.now(), ttl))
                     .execute(&self.pool)
                     .await
                     .map_err(MetaError::from_sqlx)?
@@ -1070,7 +1086,7 @@ macro_rules! impl_store {
                 .bind(up.file_type.map(|t| t.as_str()))
                 .bind(&up.file_name)
                 .bind(up.expires_at)
-                .bind(now())
+                .bind(self.now())
                 .execute(&self.pool)
                 .await
                 .map_err(MetaError::from_sqlx)?;
@@ -1183,7 +1199,7 @@ macro_rules! impl_store {
                 .bind(payload)
                 .bind(user_id)
                 .bind(run_at)
-                .bind(now())
+                .bind(self.now())
                 .execute(&self.pool)
                 .await
                 .map_err(MetaError::from_sqlx)?;
@@ -1191,7 +1207,7 @@ macro_rules! impl_store {
             }
 
             async fn claim_job(&self, lease: Duration) -> MetaResult<Option<Job>> {
-                let t = now();
+                let t = self.now();
                 let sql = format!(
                     "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = $2, updated_at = $1 \
                      WHERE id = (SELECT id FROM jobs \
@@ -1202,7 +1218,7 @@ macro_rules! impl_store {
                 );
                 let row = sqlx::query(&sql)
                     .bind(t)
-                    .bind(ttl_from_now(lease))
+                    .bind(plus(self.now(), lease))
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(MetaError::from_sqlx)?;
@@ -1221,7 +1237,7 @@ macro_rules! impl_store {
             async fn complete_job(&self, id: Uuid) -> MetaResult<()> {
                 sqlx::query("UPDATE jobs SET status = 'done', locked_until = NULL, last_error = NULL, updated_at = $2 WHERE id = $1")
                     .bind(id)
-                    .bind(now())
+                    .bind(self.now())
                     .execute(&self.pool)
                     .await
                     .map_err(MetaError::from_sqlx)?;
@@ -1231,7 +1247,7 @@ macro_rules! impl_store {
             async fn fail_job(&self, id: Uuid, error: &str, retry_at: Option<DateTime<Utc>>, event: Option<&NewEvent>) -> MetaResult<()> {
                 let (status, run_at) = match retry_at {
                     Some(t) => ("queued", t),
-                    None => ("failed", now()),
+                    None => ("failed", self.now()),
                 };
                 let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 sqlx::query("UPDATE jobs SET status = $2, run_at = $3, locked_until = NULL, last_error = $4, updated_at = $5 WHERE id = $1")
@@ -1239,7 +1255,7 @@ macro_rules! impl_store {
                     .bind(status)
                     .bind(run_at)
                     .bind(error)
-                    .bind(now())
+                    .bind(self.now())
                     .execute(&mut *tx)
                     .await?;
                 if let Some(ev) = event {
@@ -1333,7 +1349,7 @@ macro_rules! impl_store {
                 // A lease released between the UPDATE and the look at its
                 // holder: try again (a few times; each is cheap).
                 for _ in 0..3 {
-                    let t = now();
+                    let t = self.now();
                     let row = sqlx::query(&sql)
                         .bind(id)
                         .bind(user_id)
