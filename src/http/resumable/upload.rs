@@ -895,7 +895,13 @@ async fn write_inner(
     let new_offset = staged.len;
     let written = new_offset - start;
     let ended = cut.is_none() && out_of_room.is_none();
-    let whole = job.complete && ended && job.length.map_or(true, |l| l == new_offset);
+    // Complete when the request says so, or (what tus-js-client's IETF
+    // protocols count on) when a known length is reached.
+    let whole = ended
+        && match job.length {
+            Some(l) => l == new_offset,
+            None => job.complete,
+        };
     let expires_at = expiry_from(state, Utc::now());
     if written > 0 || whole {
         let progress = TusProgress {
