@@ -15,10 +15,12 @@ pub mod error;
 pub mod extract;
 pub mod files;
 pub mod health;
+pub mod interim;
 pub mod multipart;
 pub mod openapi;
 pub mod range;
 pub mod ratelimit;
+pub mod resumable;
 pub mod server;
 pub mod signed_upload;
 pub mod storage;
@@ -63,6 +65,9 @@ pub const EXPOSED_HEADERS: &[&str] = &[
     "tus-max-size",
     "tus-checksum-algorithm",
     "stowage-file-id",
+    "upload-complete",
+    "upload-incomplete",
+    "upload-limit",
     "content-range",
     "content-disposition",
     "etag",
@@ -80,7 +85,10 @@ pub fn router(state: AppState) -> Router {
         .merge(storage::router())
         .merge(admin::router())
         .merge(dev::router())
-        .merge(tus::router())
+        .merge(tus::router().layer(middleware::from_fn_with_state(
+            state.clone(),
+            resumable::dispatch,
+        )))
         .merge(health::router())
         .merge(openapi::router())
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -163,6 +171,11 @@ fn cors_layer(state: &AppState) -> CorsLayer {
             HeaderName::from_static("upload-checksum"),
             HeaderName::from_static("upload-defer-length"),
             HeaderName::from_static("upload-concat"),
+            HeaderName::from_static("upload-draft-interop-version"),
+            HeaderName::from_static("upload-complete"),
+            HeaderName::from_static("upload-incomplete"),
+            HeaderName::from_static("repr-digest"),
+            header::CONTENT_DISPOSITION,
             HeaderName::from_static("x-http-method-override"),
             HeaderName::from_static("x-requested-with"),
         ])

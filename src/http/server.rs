@@ -57,7 +57,10 @@ use tokio::{
 use tower::ServiceExt;
 use tower_http::timeout::TimeoutBody;
 
-use super::client_ip::{self, ClientIp};
+use super::{
+    client_ip::{self, ClientIp},
+    interim::Interim,
+};
 use crate::config::Limits;
 
 /// hyper's per-connection buffer cap (its default is ~400 KiB).
@@ -198,13 +201,19 @@ async fn serve_connection(
     mut conn: ConnWatch,
 ) {
     let activity = Arc::new(Activity::default());
+    let interim = Interim::default();
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
+        interim: interim.clone(),
+        unflushed: false,
     });
     let service = {
         let conf = conf.clone();
         service_fn(move |mut req: Request<Incoming>| {
+            if req.version() == hyper::Version::HTTP_11 {
+                req.extensions_mut().insert(interim.clone());
+            }
             let ip = client_ip::resolve(peer.ip(), req.headers(), &conf.trusted);
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(ClientIp(ip));
@@ -446,10 +455,25 @@ impl Activity {
     }
 }
 
-/// The TCP stream, noting each read that delivers bytes.
+/// The TCP stream, noting each read that delivers bytes, and putting the
+/// interim responses handlers queue on the wire between hyper's messages
+/// (see [`super::interim`]).
 struct Watched {
     inner: TcpStream,
     activity: Arc<Activity>,
+    interim: Interim,
+    /// hyper wrote bytes it has not flushed yet: it may be mid-message.
+    unflushed: bool,
+}
+
+impl Watched {
+    /// Sends queued interim responses unless hyper is mid-message.
+    fn poll_interim(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.unflushed {
+            return Poll::Ready(Ok(()));
+        }
+        self.interim.poll_drain(&mut self.inner, cx)
+    }
 }
 
 impl AsyncRead for Watched {
@@ -458,6 +482,9 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Poll::Ready(Err(e)) = self.poll_interim(cx) {
+            return Poll::Ready(Err(e));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -473,7 +500,12 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        std::task::ready!(self.poll_interim(cx))?;
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.unflushed = true;
+        }
+        r
     }
 
     fn poll_write_vectored(
@@ -481,7 +513,12 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        std::task::ready!(self.poll_interim(cx))?;
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.unflushed = true;
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -489,7 +526,13 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // hyper flushes the socket only once its own buffer is written out:
+        // its messages are whole on the wire now.
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(r, Poll::Ready(Ok(()))) {
+            self.unflushed = false;
+        }
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -533,6 +533,9 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     async fn release(&self, id: Uuid) -> MetaResult<bool>;
     /// True while reservation `id` is live (staging files without one are stale).
     async fn reservation_exists(&self, id: Uuid) -> MetaResult<bool>;
+    /// The bytes reservation `id` holds now (`None` when it is gone): what
+    /// an upload of unknown length that resumes has already been granted.
+    async fn reservation_bytes(&self, id: Uuid) -> MetaResult<Option<u64>>;
     /// Reservations expired at `now`, as `(id, user_id)`, without releasing them.
     async fn expired_reservations(&self, now: DateTime<Utc>) -> MetaResult<Vec<(Uuid, String)>>;
     /// Releases every reservation expired at `now`; returns how many.

@@ -28,6 +28,7 @@ mod nodes;
 mod openapi;
 mod quota;
 mod restore_tamper;
+mod resumable;
 mod s3;
 mod scan;
 mod search;

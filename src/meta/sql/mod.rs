@@ -680,6 +680,18 @@ macro_rules! impl_store {
                 Ok(row.is_some())
             }
 
+            async fn reservation_bytes(&self, id: Uuid) -> MetaResult<Option<u64>> {
+                let row = sqlx::query("SELECT bytes FROM upload_reservations WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(MetaError::from_sqlx)?;
+                match row {
+                    Some(r) => Ok(Some(r.try_get::<i64, _>("bytes")?.max(0) as u64)),
+                    None => Ok(None),
+                }
+            }
+
             async fn expired_reservations(&self, at: DateTime<Utc>) -> MetaResult<Vec<(Uuid, String)>> {
                 let rows = sqlx::query("SELECT id, user_id FROM upload_reservations WHERE expires_at < $1")
                     .bind(at)

@@ -4,7 +4,7 @@
 //
 //   node upload.mjs --endpoint URL [--upload-url URL] [--header 'K: V']...
 //        [--chunk-size BYTES] [--metadata key=value]... [--abort-after BYTES]
-//        [--retry-delays 0,200,500|default] FILE
+//        [--retry-delays 0,200,500|default] [--protocol tus-v1|ietf-draft-03|ietf-draft-05] FILE
 //
 // --upload-url resumes an upload created earlier (HEAD, then PATCH from the
 // server's offset). --abort-after aborts the transfer (the connection is
@@ -16,12 +16,13 @@ import fs from 'node:fs';
 import * as tus from 'tus-js-client';
 
 const args = process.argv.slice(2);
-const o = { endpoint: null, uploadUrl: null, chunkSize: 0, abortAfter: 0, headers: {}, metadata: {}, retryDelays: [0, 200, 500, 1000, 1000, 2000, 2000, 3000] };
+const o = { protocol: 'tus-v1', endpoint: null, uploadUrl: null, chunkSize: 0, abortAfter: 0, headers: {}, metadata: {}, retryDelays: [0, 200, 500, 1000, 1000, 2000, 2000, 3000] };
 let file = null;
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
   if (a === '--endpoint') o.endpoint = args[++i];
   else if (a === '--upload-url') o.uploadUrl = args[++i];
+  else if (a === '--protocol') o.protocol = args[++i];
   else if (a === '--chunk-size') o.chunkSize = Number(args[++i]);
   else if (a === '--abort-after') o.abortAfter = Number(args[++i]);
   else if (a === '--retry-delays') {
@@ -50,6 +51,7 @@ const finish = (code) => {
 
 const options = {
   endpoint: o.endpoint,
+  protocol: o.protocol,
   uploadUrl: o.uploadUrl,
   chunkSize: o.chunkSize > 0 ? o.chunkSize : Infinity,
   headers: o.headers,
