@@ -153,6 +153,12 @@ impl From<crate::meta::MetaError> for Problem {
     }
 }
 
+impl From<crate::ingest::IngestError> for Problem {
+    fn from(e: crate::ingest::IngestError) -> Problem {
+        AppError::from(e).into()
+    }
+}
+
 impl From<AppError> for Problem {
     fn from(e: AppError) -> Problem {
         let detail = match &e {

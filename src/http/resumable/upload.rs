@@ -51,7 +51,7 @@ use crate::{
             BODY_IDLE, LEASE, STOWAGE_FILE_ID,
         },
     },
-    ingest::{self, sha256::RunningSha256, FileMeta, SizeHint, Stage},
+    ingest::{self, sha256::RunningSha256, FileMeta, IngestError, SizeHint, Stage},
     meta::{FileRecord, FileView, TusProgress, TusUpload},
 };
 
@@ -140,7 +140,7 @@ async fn create_inner(
     };
     let id = match ingest::reserve(state, &user, hint).await {
         Ok((id, _)) => id,
-        Err(e) => return Err(refused(state, &user, 0, e).await),
+        Err(e) => return Err(refused(state, &user, 0, e.into()).await),
     };
     let now = Utc::now();
     let up = TusUpload {
@@ -872,26 +872,29 @@ async fn write_inner(
         }
         match stage.write(chunk).await {
             Ok(()) => {}
-            Err(AppError::QuotaExceeded(m)) => {
+            Err(e @ IngestError::QuotaExceeded { .. }) => {
                 // Out of room: keep what is in (it may resume once there
                 // is room), answer 507.
-                out_of_room = Some(AppError::QuotaExceeded(m));
+                out_of_room = Some(AppError::from(e));
                 break;
             }
             Err(e) => {
                 drop(stage);
-                if matches!(e, AppError::UnsupportedMedia(_) | AppError::TooLarge(_)) {
+                if matches!(
+                    e,
+                    IngestError::UnsupportedType(_) | IngestError::TooLarge(_)
+                ) {
                     // It can never complete.
-                    ingest::record_refusal(state, user, id, None, &e).await;
+                    ingest::record_ingest_refusal(state, user, id, None, &e).await;
                     if lease.finish_row().await {
                         ingest::abandon(state, id).await;
                     }
                 }
-                return Err(refused(state, user, 0, e).await);
+                return Err(refused(state, user, 0, e.into()).await);
             }
         }
     }
-    let staged = stage.finish().await?;
+    let staged = stage.finish().await.map_err(AppError::from)?;
     let new_offset = staged.len;
     let written = new_offset - start;
     let ended = cut.is_none() && out_of_room.is_none();
@@ -1013,7 +1016,7 @@ async fn complete(
             .await
             .map(Ok)
     };
-    let res: Result<Result<FileRecord, Problem>, AppError> = tokio::select! {
+    let res: Result<Result<FileRecord, Problem>, IngestError> = tokio::select! {
         r = work => r,
         _ = lease::renew_forever(state, id, owner) => unreachable!("renewal never ends"),
     };
@@ -1025,7 +1028,8 @@ async fn complete(
                 user,
                 id,
                 Some(&name),
-                &AppError::ChecksumMismatch("Repr-Digest does not match".into()),
+                "checksum_mismatch",
+                "Repr-Digest does not match",
             )
             .await;
             Err(p)
