@@ -302,11 +302,40 @@ pub async fn append(
         Ok(v) => v,
         Err(r) => return r,
     };
-    match append_inner(&state, &user, id, v, &headers, body).await {
+    let mut body = Some(body);
+    match append_inner(&state, &user, id, v, &headers, &mut body).await {
         Ok(r) => r,
-        Err(p) => p.respond(v),
+        Err(p) => {
+            if let Some(unread) = body {
+                drain_unread(unread).await;
+            }
+            p.respond(v)
+        }
     }
 }
+
+/// Reads and drops what is left of a small body refused before it was
+/// read. Closing a connection with unread request bytes makes the
+/// kernel reset it, and the reset can discard the error answer before
+/// the client reads it; so up to [`DRAIN_LIMIT`] bytes, for at most
+/// [`DRAIN_TIME`], are read first. A bigger or slower body is cut.
+async fn drain_unread(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// See [`drain_unread`].
+const DRAIN_LIMIT: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn append_inner(
     state: &AppState,
@@ -314,7 +343,7 @@ async fn append_inner(
     id: Uuid,
     v: Version,
     headers: &HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> Result<Response, Problem> {
     if v.needs_partial_upload() && !is_partial_upload(headers) {
         return Err(Problem::new(
@@ -407,6 +436,9 @@ async fn append_inner(
         meta: fm,
     };
     let (st, u) = (state.clone(), user.to_string());
+    let Some(body) = body.take() else {
+        return Err(AppError::internal(anyhow::anyhow!("the body was already taken")).into());
+    };
     let w = tokio::spawn(async move { write(&st, &u, lease, &up, job, body).await })
         .await
         .map_err(|e| Problem::from(AppError::internal(e)))??;
