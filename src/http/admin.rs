@@ -62,6 +62,9 @@ async fn show_user(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> AppResult<Json<UserDetails>> {
+    if !crate::auth::valid_subject(&id) {
+        return Err(AppError::NotFound);
+    }
     let row = state.meta.get_user(&id).await?.ok_or(AppError::NotFound)?;
     Ok(Json(details(&state, &row).await?))
 }
@@ -78,9 +81,11 @@ async fn set_quota(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<QuotaBody>,
 ) -> AppResult<Json<UserDetails>> {
-    if id.is_empty() || id.len() > 255 {
+    // The ids a session can carry (SPEC §9): a quota set for any other id
+    // could never be used, and a NUL reached PostgreSQL as a 500.
+    if !crate::auth::valid_subject(&id) {
         return Err(AppError::BadRequest(
-            "user id must be 1 to 255 bytes".into(),
+            "user id must be 1 to 255 bytes without control characters".into(),
         ));
     }
     if body.max_bytes > i64::MAX as u64 {
@@ -96,6 +101,9 @@ async fn delete_user(
     _: AdminAuth,
     Path(id): Path<String>,
 ) -> AppResult<StatusCode> {
+    if !crate::auth::valid_subject(&id) {
+        return Err(AppError::NotFound);
+    }
     let removed = crate::ops::delete_user(&state, &id)
         .await?
         .ok_or(AppError::NotFound)?;

@@ -99,6 +99,28 @@ pub async fn get_finished(
 
 /// `PATCH /api/uploads/{id}`: appends the body at `Upload-Offset`.
 pub async fn patch(
+    state: State<AppState>,
+    user: AuthUser,
+    id: FileId,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut res = patch_inner(state, user, id, headers, body)
+        .await
+        .into_response();
+    // A refused or cut PATCH may leave part of its body unread, and the
+    // server then closes the connection; saying so keeps a client from
+    // sending its next request on a connection that is going away.
+    if !res.status().is_success() {
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
+}
+
+async fn patch_inner(
     State(state): State<AppState>,
     user: AuthUser,
     FileId(id): FileId,
