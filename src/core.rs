@@ -135,21 +135,10 @@ pub fn read_node_id(data_dir: &Path) -> anyhow::Result<Option<Uuid>> {
     }
 }
 
-/// A source of the current time, so that a service can be driven by a
-/// clock a test controls.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The wall clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
+/// The one clock trait of the services and the store (defined beside the
+/// store, which is below the core), so a test can drive both with one
+/// [`crate::meta::ManualClock`].
+pub use crate::meta::{Clock, SystemClock};
 
 /// Tracks short tasks spawned in the background so that shutdown can wait
 /// for them: each holds a receiver of a watch channel, and the sender's

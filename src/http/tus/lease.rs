@@ -106,16 +106,6 @@ impl Writers {
         Some(r.released.clone())
     }
 
-    /// Asks every writer on this process to stop as if taken over (each
-    /// keeps what it fsynced, records its offset and releases its lease):
-    /// what a shutdown with a deadline needs.
-    pub fn stop_all(&self) {
-        let m = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        for r in m.values() {
-            r.stop.cancel();
-        }
-    }
-
     /// Writers running now.
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
