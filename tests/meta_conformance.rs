@@ -5,19 +5,12 @@
 //!
 //! Adding an engine is one `engine!` line (and its `open_*` function).
 
-use std::{
-    collections::HashSet,
-    future::Future,
-    pin::Pin,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashSet, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+#[path = "support/serve.rs"]
+mod serve;
 
 use chrono::{DateTime, Utc};
-use sqlx::Connection;
 use stowage::{
     domain::filetype::FileType,
     meta::{
@@ -64,61 +57,11 @@ fn open_sqlite() -> Pin<Box<dyn Future<Output = Db> + Send>> {
 }
 
 /// Base URL of the PostgreSQL server the suite creates databases on.
-fn pg_admin_url() -> String {
-    std::env::var("STOWAGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A throwaway PostgreSQL database, dropped with the guard.
-struct PgDb {
-    name: String,
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let (name, admin) = (self.name.clone(), pg_admin_url());
-        // Dropped from sync code inside a runtime: use a thread of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 fn open_postgres() -> Pin<Box<dyn Future<Output = Db> + Send>> {
     Box::pin(async {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!(
-            "stowage_meta_{}_{}_{}",
-            std::process::id(),
-            nanos % 1_000_000_000,
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL is required ({admin}): {e}"));
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-        let url = format!("{base}/{name}");
-        with_store(&url, Box::new(PgDb { name })).await
+        let pg = serve::PgDb::create().await;
+        let url = pg.url.clone();
+        with_store(&url, Box::new(pg)).await
     })
 }
 
