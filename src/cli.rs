@@ -13,7 +13,7 @@ use crate::{
     core::Core,
     domain::size::{format_size, parse_size},
     jobs::cleanup,
-    ops::{audit, backup, backup_dest, doctor, progress::Progress},
+    ops::{audit, backup, backup::dest as backup_dest, doctor, progress::Progress},
     telemetry,
 };
 

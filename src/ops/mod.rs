@@ -2,7 +2,6 @@
 
 pub mod audit;
 pub mod backup;
-pub mod backup_dest;
 pub mod doctor;
 pub mod lease;
 pub mod migrate;

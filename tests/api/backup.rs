@@ -10,8 +10,8 @@ use std::{
 
 use serde_json::Value;
 use stowage::ops::{
+    backup::dest::{Dest, Location},
     backup::{self, CreateOptions, DumpFile, ManifestLine},
-    backup_dest::{Dest, Location},
     progress::Progress,
 };
 

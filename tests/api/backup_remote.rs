@@ -17,8 +17,8 @@ use serde_json::Value;
 use stowage::{
     config::{Config, Secret},
     ops::{
+        backup::dest::{Dest, Location},
         backup::{self, CreateOptions},
-        backup_dest::{Dest, Location},
         progress::Progress,
     },
 };

@@ -173,7 +173,7 @@ local!(restore_refuses_a_tampered_archive_whole, |b| async move {
     let made = backup::create(
         &app.state,
         CreateOptions {
-            dest: stowage::ops::backup_dest::Dest::Dir(dest.clone()),
+            dest: stowage::ops::backup::dest::Dest::Dir(dest.clone()),
             keep: None,
             keep_days: None,
             gzip: false,

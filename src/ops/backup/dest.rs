@@ -3,7 +3,7 @@
 //! store's settings (endpoint, region, `AWS_*` credentials) through the same
 //! client ([`crate::blob::s3::operator`]).
 //!
-//! [`super::backup`] writes and reads archives as plain byte streams; this
+//! [`super`] writes and reads archives as plain byte streams; this
 //! module gives it, per destination, a sink to write one archive into, a
 //! reader over one archive, the archive listing, and deletion. Nothing here
 //! holds an archive whole, in memory or on disk:
@@ -185,9 +185,7 @@ impl Dest {
     /// be reached (a missing bucket, wrong credentials).
     pub async fn check(&self) -> anyhow::Result<()> {
         match self {
-            Dest::Dir(d) => {
-                super::backup::mkdirs(d).with_context(|| format!("creating {}", d.display()))
-            }
+            Dest::Dir(d) => super::mkdirs(d).with_context(|| format!("creating {}", d.display())),
             Dest::S3(r) => {
                 let mut l =
                     r.op.lister("/")
@@ -221,8 +219,7 @@ impl Dest {
                     .with_context(|| format!("listing {}", r.url()))?
                 {
                     let name = e.name().to_string();
-                    if e.metadata().is_file() && super::backup::parse_archive_name(&name).is_some()
-                    {
+                    if e.metadata().is_file() && super::parse_archive_name(&name).is_some() {
                         out.push((name, e.metadata().content_length()));
                     }
                 }
@@ -298,7 +295,7 @@ pub fn dir_archives(d: &Path) -> anyhow::Result<Vec<(String, u64)>> {
     for entry in std::fs::read_dir(d).with_context(|| format!("reading {}", d.display()))? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if super::backup::parse_archive_name(&name).is_none() {
+        if super::parse_archive_name(&name).is_none() {
             continue;
         }
         let meta = entry.metadata()?;
@@ -316,7 +313,7 @@ impl Location {
             return Ok(Location::File(PathBuf::from(s)));
         };
         let (prefix, name) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
-        if super::backup::parse_archive_name(name).is_none() {
+        if super::parse_archive_name(name).is_none() {
             bail!("{s}: expected s3://bucket/prefix/stowage-backup-….tar[.gz] (see `stowage backup list --dest s3://bucket/prefix`)");
         }
         Ok(Location::S3 {
