@@ -186,8 +186,9 @@ def main():
     out = []
     if a.title:
         out += [a.title, ""]
-    out += ["| figure | stowage | reference | ratio of medians | per-round ratios |",
+    head = ["| figure | stowage | reference | ratio of medians | per-round ratios |",
             "|---|---|---|---|---|"]
+    out += head
     for fig, sl, sm, rl, rm, _better in ROWS:
         sm, fig = sm.format(**sub), fig.format(**sub)
         s = vals.get((sl, sm))
@@ -214,6 +215,8 @@ def main():
             if rr:
                 per_round = f"{min(rr):.2f}–{max(rr):.2f} ({len(rr)} rounds)"
         out.append(f"| {fig} | {sl}: {stat(sv, unit)} | {ref} | {ratio} | {per_round} |")
+    if out[-len(head):] == head:
+        out = out[:-len(head)]  # no round figures (ONLY=list)
     fails_txt = [f"{p} {m}: {n}" for (p, m), n in sorted(fails.items())]
     if fails_txt:
         out += ["", "Failed measurements (NA rows in raw.tsv): " + "; ".join(fails_txt) + "."]

@@ -67,6 +67,8 @@ struct Job {
     file: Arc<std::fs::File>,
     at: u64,
     end: u64,
+    /// `TCP_CORK` is set on the socket for this file's bytes.
+    corked: bool,
 }
 
 impl Sendfile {
@@ -79,6 +81,7 @@ impl Sendfile {
                 file: Arc::new(file),
                 at: range.start,
                 end: range.end,
+                corked: false,
             }),
             left: range.end.saturating_sub(range.start),
         }
@@ -103,6 +106,13 @@ impl Sendfile {
                 tracing::error!("placeholder bytes to write with no file queued");
                 return Poll::Ready(Err(io::Error::other("no file queued for sendfile")));
             };
+            if !job.corked {
+                // Full segments only while the file is sent (the socket has
+                // TCP_NODELAY for everything else); cleared at its end,
+                // which pushes the tail out at once.
+                set_cork(sock, true);
+                job.corked = true;
+            }
             let count = (job.end - job.at).min(max as u64) as usize;
             let sent = sock.try_io(Interest::WRITABLE, || {
                 let mut off = job.at as libc::off_t;
@@ -135,6 +145,7 @@ impl Sendfile {
                     job.at += n as u64;
                     if job.at >= job.end {
                         jobs.pop_front();
+                        set_cork(sock, false);
                     }
                     crate::telemetry::metrics::bytes_out(n as u64);
                     crate::telemetry::metrics::bytes_out_sendfile(n as u64);
@@ -149,6 +160,21 @@ impl Sendfile {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+/// Sets or clears `TCP_CORK`; advisory, so a failure changes nothing.
+fn set_cork(sock: &TcpStream, on: bool) {
+    let v: libc::c_int = on.into();
+    // SAFETY: a plain setsockopt on an open socket with an int option.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CORK,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 

@@ -331,8 +331,7 @@ local!(a_blob_truncated_on_disk_closes_the_connection_and_the_server_stays_up, |
 
     // Truncated while the download runs: the client gets the bytes still
     // there and then the end of the connection, never a hang, never
-    // bytes that are not the file's (and the process does not die of a
-    // SIGBUS, as it would reading a mapping past the new end).
+    // bytes that are not the file's, and the server lives on.
     let mut c = Raw::connect(&app).await;
     c.send("GET", &url, &[("authorization", &auth)]).await;
     let a = c.head().await;
