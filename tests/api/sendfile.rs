@@ -88,7 +88,10 @@ impl Raw {
                     body: Vec::new(),
                 };
             }
-            assert!(self.fill().await, "connection closed before a response head");
+            assert!(
+                self.fill().await,
+                "connection closed before a response head"
+            );
         }
     }
 
@@ -157,123 +160,152 @@ fn bearer(user: &str) -> String {
     format!("Bearer {}", token(user))
 }
 
-local!(keep_alive_downloads_full_ranged_conditional_and_signed, |b| async move {
-    let app = spawn_app(b).await;
-    let n = 6 * 1024 * 1024 + 1234;
-    let data = png_bytes(n);
-    let f = app.upload_ok("k", "a \"b\".png", data.clone()).await;
-    let id = f["id"].as_str().unwrap().to_string();
-    let small = png_bytes(3000);
-    let g = app.upload_ok("k", "small.png", small.clone()).await;
-    let url = format!("/api/files/{id}/download");
-    let small_url = format!("/api/files/{}/download", g["id"].as_str().unwrap());
-    let v: Value = app
-        .client
-        .post(app.url(&format!("/api/files/{id}/signed-url")))
-        .bearer_auth(token("k"))
-        .json(&json!({"expires_in": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let link = v["url"].as_str().unwrap().to_string();
-    let etag = format!("\"{}\"", sha256_hex(&data));
-    let before = sendfile_bytes(&app).await;
-    let auth = bearer("k");
-    let auth = auth.as_str();
+local!(
+    keep_alive_downloads_full_ranged_conditional_and_signed,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let n = 6 * 1024 * 1024 + 1234;
+        let data = png_bytes(n);
+        let f = app.upload_ok("k", "a \"b\".png", data.clone()).await;
+        let id = f["id"].as_str().unwrap().to_string();
+        let small = png_bytes(3000);
+        let g = app.upload_ok("k", "small.png", small.clone()).await;
+        let url = format!("/api/files/{id}/download");
+        let small_url = format!("/api/files/{}/download", g["id"].as_str().unwrap());
+        let v: Value = app
+            .client
+            .post(app.url(&format!("/api/files/{id}/signed-url")))
+            .bearer_auth(token("k"))
+            .json(&json!({"expires_in": 60}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let link = v["url"].as_str().unwrap().to_string();
+        let etag = format!("\"{}\"", sha256_hex(&data));
+        let before = sendfile_bytes(&app).await;
+        let auth = bearer("k");
+        let auth = auth.as_str();
 
-    let mut c = Raw::connect(&app).await;
-    let a = c.exchange("GET", &url, &[("authorization", auth)]).await;
-    assert_eq!(a.status, 200);
-    assert!(a.body == data, "whole file");
-    assert_eq!(a.header("content-length"), Some(n.to_string().as_str()));
-    assert_eq!(a.header("etag"), Some(etag.as_str()));
-    assert_eq!(a.header("accept-ranges"), Some("bytes"));
-    assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
-    assert_eq!(a.header("content-type"), Some("image/png"));
-    assert!(a.header("transfer-encoding").is_none(), "never chunked");
-    assert!(a
-        .header("content-disposition")
-        .unwrap()
-        .starts_with("attachment; filename=\"a _b_.png\""));
+        let mut c = Raw::connect(&app).await;
+        let a = c.exchange("GET", &url, &[("authorization", auth)]).await;
+        assert_eq!(a.status, 200);
+        assert!(a.body == data, "whole file");
+        assert_eq!(a.header("content-length"), Some(n.to_string().as_str()));
+        assert_eq!(a.header("etag"), Some(etag.as_str()));
+        assert_eq!(a.header("accept-ranges"), Some("bytes"));
+        assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(a.header("content-type"), Some("image/png"));
+        assert!(a.header("transfer-encoding").is_none(), "never chunked");
+        assert!(a
+            .header("content-disposition")
+            .unwrap()
+            .starts_with("attachment; filename=\"a _b_.png\""));
 
-    let a = c
-        .exchange("GET", &url, &[("authorization", auth), ("range", "bytes=4097-5000000")])
-        .await;
-    assert_eq!(a.status, 206);
-    assert_eq!(
-        a.header("content-range"),
-        Some(format!("bytes 4097-5000000/{n}").as_str())
-    );
-    assert!(a.body == data[4097..5_000_001]);
+        let a = c
+            .exchange(
+                "GET",
+                &url,
+                &[("authorization", auth), ("range", "bytes=4097-5000000")],
+            )
+            .await;
+        assert_eq!(a.status, 206);
+        assert_eq!(
+            a.header("content-range"),
+            Some(format!("bytes 4097-5000000/{n}").as_str())
+        );
+        assert!(a.body == data[4097..5_000_001]);
 
-    let a = c
-        .exchange("GET", &url, &[("authorization", auth), ("range", "bytes=-10")])
-        .await;
-    assert_eq!(a.status, 206);
-    assert!(a.body == data[n - 10..]);
+        let a = c
+            .exchange(
+                "GET",
+                &url,
+                &[("authorization", auth), ("range", "bytes=-10")],
+            )
+            .await;
+        assert_eq!(a.status, 206);
+        assert!(a.body == data[n - 10..]);
 
-    let a = c
-        .exchange("GET", &url, &[("authorization", auth), ("if-none-match", &etag)])
-        .await;
-    assert_eq!(a.status, 304);
-    assert_eq!(a.header("etag"), Some(etag.as_str()));
+        let a = c
+            .exchange(
+                "GET",
+                &url,
+                &[("authorization", auth), ("if-none-match", &etag)],
+            )
+            .await;
+        assert_eq!(a.status, 304);
+        assert_eq!(a.header("etag"), Some(etag.as_str()));
 
-    // If-Range with another tag: the whole file, 200.
-    let a = c
-        .exchange(
-            "GET",
-            &url,
-            &[
-                ("authorization", auth),
-                ("range", "bytes=0-9"),
-                ("if-range", "\"other\""),
-            ],
-        )
-        .await;
-    assert_eq!(a.status, 200);
-    assert!(a.body == data);
+        // If-Range with another tag: the whole file, 200.
+        let a = c
+            .exchange(
+                "GET",
+                &url,
+                &[
+                    ("authorization", auth),
+                    ("range", "bytes=0-9"),
+                    ("if-range", "\"other\""),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, 200);
+        assert!(a.body == data);
 
-    let a = c
-        .exchange("GET", &url, &[("authorization", auth), ("range", "bytes=0-1048575"), ("if-range", &etag)])
-        .await;
-    assert_eq!(a.status, 206);
-    assert!(a.body == data[..1024 * 1024]);
+        let a = c
+            .exchange(
+                "GET",
+                &url,
+                &[
+                    ("authorization", auth),
+                    ("range", "bytes=0-1048575"),
+                    ("if-range", &etag),
+                ],
+            )
+            .await;
+        assert_eq!(a.status, 206);
+        assert!(a.body == data[..1024 * 1024]);
 
-    let a = c.exchange("HEAD", &url, &[("authorization", auth)]).await;
-    assert_eq!(a.status, 200);
-    assert_eq!(a.header("content-length"), Some(n.to_string().as_str()));
+        let a = c.exchange("HEAD", &url, &[("authorization", auth)]).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("content-length"), Some(n.to_string().as_str()));
 
-    let a = c
-        .exchange("GET", &url, &[("authorization", auth), ("range", &format!("bytes={n}-"))])
-        .await;
-    assert_eq!(a.status, 416);
+        let a = c
+            .exchange(
+                "GET",
+                &url,
+                &[("authorization", auth), ("range", &format!("bytes={n}-"))],
+            )
+            .await;
+        assert_eq!(a.status, 416);
 
-    let a = c.exchange("GET", &url, &[]).await;
-    assert_eq!(a.status, 401, "no token, no bytes");
+        let a = c.exchange("GET", &url, &[]).await;
+        assert_eq!(a.status, 401, "no token, no bytes");
 
-    let a = c.exchange("GET", &link, &[]).await;
-    assert_eq!(a.status, 200);
-    assert!(a.body == data, "signed link");
-    let a = c.exchange("GET", &link, &[("range", "bytes=10-19")]).await;
-    assert_eq!(a.status, 206);
-    assert!(a.body == data[10..20]);
+        let a = c.exchange("GET", &link, &[]).await;
+        assert_eq!(a.status, 200);
+        assert!(a.body == data, "signed link");
+        let a = c.exchange("GET", &link, &[("range", "bytes=10-19")]).await;
+        assert_eq!(a.status, 206);
+        assert!(a.body == data[10..20]);
 
-    let a = c.exchange("GET", &small_url, &[("authorization", auth)]).await;
-    assert_eq!(a.status, 200);
-    assert!(a.body == small, "small file");
+        let a = c
+            .exchange("GET", &small_url, &[("authorization", auth)])
+            .await;
+        assert_eq!(a.status, 200);
+        assert!(a.body == small, "small file");
 
-    // Every body above went through sendfile.
-    let sent = (n + (5_000_001 - 4097) + 10 + n + 1024 * 1024 + n + 10 + small.len()) as u64;
-    let after = sendfile_bytes(&app).await;
-    assert!(
-        after - before >= sent,
-        "sendfile sent {} of {sent} bytes",
-        after - before
-    );
-});
+        // Every body above went through sendfile.
+        let sent = (n + (5_000_001 - 4097) + 10 + n + 1024 * 1024 + n + 10 + small.len()) as u64;
+        let after = sendfile_bytes(&app).await;
+        assert!(
+            after - before >= sent,
+            "sendfile sent {} of {sent} bytes",
+            after - before
+        );
+    }
+);
 
 local!(a_slow_reader_gets_every_byte, |b| async move {
     let app = spawn_app(b).await;
@@ -293,14 +325,22 @@ local!(a_slow_reader_gets_every_byte, |b| async move {
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
         let part = c.body((n - got.len()).min(512 * 1024)).await;
-        assert!(!part.is_empty(), "connection ended after {} bytes", got.len());
+        assert!(
+            !part.is_empty(),
+            "connection ended after {} bytes",
+            got.len()
+        );
         got.extend_from_slice(&part);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(got == data, "every byte, in order");
     // The connection is still good for the next request.
     let a = c
-        .exchange("GET", &url, &[("authorization", &auth), ("range", "bytes=0-99")])
+        .exchange(
+            "GET",
+            &url,
+            &[("authorization", &auth), ("range", "bytes=0-99")],
+        )
         .await;
     assert_eq!(a.status, 206);
     assert!(a.body == data[..100]);
@@ -316,93 +356,102 @@ fn open_fds(path: &std::path::Path) -> usize {
         .count()
 }
 
-local!(a_blob_truncated_on_disk_closes_the_connection_and_the_server_stays_up, |b| async move {
-    let app = spawn_app(b).await;
-    let mib = 1024 * 1024;
-    let n = 64 * mib;
-    let data = png_bytes(n);
-    let f = app.upload_ok("t", "big.png", data.clone()).await;
-    let id: uuid::Uuid = f["id"].as_str().unwrap().parse().unwrap();
-    let rec = app.state.meta.get_file_any(id).await.unwrap().unwrap();
-    let path = app.storage_root().join(&rec.file_path);
-    let url = format!("/api/files/{id}/download");
-    let before = sendfile_bytes(&app).await;
-    let auth = bearer("t");
+local!(
+    a_blob_truncated_on_disk_closes_the_connection_and_the_server_stays_up,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let mib = 1024 * 1024;
+        let n = 64 * mib;
+        let data = png_bytes(n);
+        let f = app.upload_ok("t", "big.png", data.clone()).await;
+        let id: uuid::Uuid = f["id"].as_str().unwrap().parse().unwrap();
+        let rec = app.state.meta.get_file_any(id).await.unwrap().unwrap();
+        let path = app.storage_root().join(&rec.file_path);
+        let url = format!("/api/files/{id}/download");
+        let before = sendfile_bytes(&app).await;
+        let auth = bearer("t");
 
-    // Truncated while the download runs: the client gets the bytes still
-    // there and then the end of the connection, never a hang, never
-    // bytes that are not the file's, and the server lives on.
-    let mut c = Raw::connect(&app).await;
-    c.send("GET", &url, &[("authorization", &auth)]).await;
-    let a = c.head().await;
-    assert_eq!(a.status, 200);
-    assert_eq!(a.header("content-length"), Some(n.to_string().as_str()));
-    let first = c.body(64 * 1024).await;
-    assert!(first == data[..64 * 1024]);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_len(32 * mib as u64)
-        .unwrap();
-    let rest = tokio::time::timeout(Duration::from_secs(30), c.body(n))
-        .await
-        .expect("the connection ends, it does not hang");
-    let got = [first, rest].concat();
-    assert_eq!(got.len(), 32 * mib, "a short body, up to the new end");
-    assert!(got == data[..32 * mib]);
-    assert!(c.closed().await);
-    assert!(sendfile_bytes(&app).await - before >= 32 * mib as u64);
+        // Truncated while the download runs: the client gets the bytes still
+        // there and then the end of the connection, never a hang, never
+        // bytes that are not the file's, and the server lives on.
+        let mut c = Raw::connect(&app).await;
+        c.send("GET", &url, &[("authorization", &auth)]).await;
+        let a = c.head().await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("content-length"), Some(n.to_string().as_str()));
+        let first = c.body(64 * 1024).await;
+        assert!(first == data[..64 * 1024]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(32 * mib as u64)
+            .unwrap();
+        let rest = tokio::time::timeout(Duration::from_secs(30), c.body(n))
+            .await
+            .expect("the connection ends, it does not hang");
+        let got = [first, rest].concat();
+        assert_eq!(got.len(), 32 * mib, "a short body, up to the new end");
+        assert!(got == data[..32 * mib]);
+        assert!(c.closed().await);
+        assert!(sendfile_bytes(&app).await - before >= 32 * mib as u64);
 
-    // Shorter than its record before the request: an error answer.
-    let r = app.get("t", &url).await;
-    assert_eq!(r.status(), 500);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["code"], "internal");
+        // Shorter than its record before the request: an error answer.
+        let r = app.get("t", &url).await;
+        assert_eq!(r.status(), 500);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "internal");
 
-    // The server is up and serves other files.
-    let small = png_bytes(5000);
-    let g = app.upload_ok("t", "s.png", small.clone()).await;
-    let r = app
-        .get("t", &format!("/api/files/{}/download", g["id"].as_str().unwrap()))
-        .await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap().to_vec(), small);
-    // No descriptor of the truncated blob is left open.
-    for _ in 0..100 {
-        if open_fds(&path) == 0 {
-            break;
+        // The server is up and serves other files.
+        let small = png_bytes(5000);
+        let g = app.upload_ok("t", "s.png", small.clone()).await;
+        let r = app
+            .get(
+                "t",
+                &format!("/api/files/{}/download", g["id"].as_str().unwrap()),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().to_vec(), small);
+        // No descriptor of the truncated blob is left open.
+        for _ in 0..100 {
+            if open_fds(&path) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(open_fds(&path), 0);
     }
-    assert_eq!(open_fds(&path), 0);
-});
+);
 
-local!(a_client_gone_mid_file_leaves_no_descriptor_open, |b| async move {
-    let app = spawn_app(b).await;
-    let n = 32 * 1024 * 1024;
-    let data = png_bytes(n);
-    let f = app.upload_ok("g", "gone.png", data.clone()).await;
-    let id: uuid::Uuid = f["id"].as_str().unwrap().parse().unwrap();
-    let rec = app.state.meta.get_file_any(id).await.unwrap().unwrap();
-    let path = app.storage_root().join(&rec.file_path);
-    let url = format!("/api/files/{id}/download");
-    let auth = bearer("g");
-    let mut c = Raw::connect(&app).await;
-    c.send("GET", &url, &[("authorization", &auth)]).await;
-    assert_eq!(c.head().await.status, 200);
-    let part = c.body(1024 * 1024).await;
-    assert!(part == data[..1024 * 1024]);
-    assert!(open_fds(&path) >= 1, "the download holds the blob open");
-    drop(c);
-    for _ in 0..200 {
-        if open_fds(&path) == 0 {
-            break;
+local!(
+    a_client_gone_mid_file_leaves_no_descriptor_open,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let n = 32 * 1024 * 1024;
+        let data = png_bytes(n);
+        let f = app.upload_ok("g", "gone.png", data.clone()).await;
+        let id: uuid::Uuid = f["id"].as_str().unwrap().parse().unwrap();
+        let rec = app.state.meta.get_file_any(id).await.unwrap().unwrap();
+        let path = app.storage_root().join(&rec.file_path);
+        let url = format!("/api/files/{id}/download");
+        let auth = bearer("g");
+        let mut c = Raw::connect(&app).await;
+        c.send("GET", &url, &[("authorization", &auth)]).await;
+        assert_eq!(c.head().await.status, 200);
+        let part = c.body(1024 * 1024).await;
+        assert!(part == data[..1024 * 1024]);
+        assert!(open_fds(&path) >= 1, "the download holds the blob open");
+        drop(c);
+        for _ in 0..200 {
+            if open_fds(&path) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(open_fds(&path), 0, "closed with the connection");
+        let r = app.get("g", &url).await;
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.unwrap().to_vec() == data);
     }
-    assert_eq!(open_fds(&path), 0, "closed with the connection");
-    let r = app.get("g", &url).await;
-    assert_eq!(r.status(), 200);
-    assert!(r.bytes().await.unwrap().to_vec() == data);
-});
+);
