@@ -20,18 +20,25 @@
 #   4. BASE_BIN set: that build, the same way (no concurrent batch, no tus);
 #   5. s3: stowage on a 3-node Garage (started once for the run), and boto3
 #      straight to the same Garage (bench/lib/xfer.py s3).
+# After the rounds, list: for each of LIST_ROWS files of one user (seeded
+# straight into the database), bench/list/run.sh runs the listing mix of
+# bench/list/list_mix.py on SQLite and on PostgreSQL (no peer: no rounds),
+# writing list-<rows>.{tsv,raw.tsv,plans.txt,versions.txt} here; table.md
+# gets their p50/p99 per query kind.
 # Then bench/lib/table.py writes bench/results/<date>/: round-<N>.raw.tsv,
 # raw.tsv (all rows with their round), summary.tsv, table.md (medians with
 # min–max, ratio of the medians, range of the per-round ratios), versions.txt,
 # run.log; and prints the table.
 #
-# Scenarios (ONLY=, comma list; default all): multipart, download, conc, tus, s3.
+# Scenarios (ONLY=, comma list; default all): multipart, download, conc, tus, s3, list.
 # Env knobs: ROUNDS (3; QUICK: 2) REPS (1 per round) SIZE (1GiB; QUICK: 128MiB)
 #   CONC (16) CONC_SIZE (64MiB; QUICK: 4MiB) PEERS_DIR (../shared/peers from the
 #   repository root) PEERS_RUN (/var/tmp/stowage-bench-peers: a copy of PEERS_DIR
 #   where run-peers.sh may `npm ci`; PEERS_DIR itself is read-only) BIN (the
 #   release binary; built unless SKIP_BUILD=1) BASE_BIN (unset) PORT (18390)
 #   RESULTS_DIR (bench/results/<date>[-HHMMSS]) GARAGE (garage binary)
+#   LIST_ROWS ("100000 1000000"; QUICK: 100000) LIST_N (rounds of the listing
+#   mix, 100; QUICK: 30) PG_URL (postgres://postgres@127.0.0.1:5432)
 # Peers that cannot be found (no PEERS_DIR, no node, no garage, no boto3) are
 # skipped with a message; their rows are then missing from the table.
 set -euo pipefail
@@ -46,13 +53,16 @@ LOG_TAG=bench
 QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   ROUNDS=${ROUNDS:-2}; SIZE=${SIZE:-128MiB}; CONC_SIZE=${CONC_SIZE:-4MiB}
+  LIST_ROWS=${LIST_ROWS:-100000}; LIST_N=${LIST_N:-30}
 fi
+LIST_ROWS=${LIST_ROWS:-100000 1000000}
+LIST_N=${LIST_N:-100}
 ROUNDS=${ROUNDS:-3}
 REPS=${REPS:-1}
 SIZE=${SIZE:-1GiB}
 CONC=${CONC:-16}
 CONC_SIZE=${CONC_SIZE:-64MiB}
-ONLY=${ONLY:-multipart,download,conc,tus,s3}
+ONLY=${ONLY:-multipart,download,conc,tus,s3,list}
 PORT=${PORT:-18390}
 PORT_NGINX=$((PORT - 7))
 PORT_GARAGE=$((PORT + 10))
@@ -108,7 +118,11 @@ fi
 
 # ------------------------------------------------------------------ peers' tree
 HAVE_PEERS=0
-if [ -f "$PEERS_DIR/run-peers.sh" ] && [ -f "$PEERS_DIR/measure.py" ]; then
+ROUNDS_WANTED=0
+for s in multipart download conc tus s3; do want $s && ROUNDS_WANTED=1; done
+if [ "$ROUNDS_WANTED" = 0 ]; then
+  log "no round scenario in ONLY=$ONLY: peers not needed"
+elif [ -f "$PEERS_DIR/run-peers.sh" ] && [ -f "$PEERS_DIR/measure.py" ]; then
   PEERS_DIR=$(cd "$PEERS_DIR" && pwd)
   # run-peers.sh runs `npm ci` in its own tree: give it a writable copy
   # (node_modules kept between runs, so it installs only once)
@@ -141,11 +155,13 @@ if want tus; then add_peer tus-node; add_peer tus-node-8MiB; fi
 # ------------------------------------------------------------------ data
 # stowage types files by content and refuses what it cannot type: the source
 # files are measure.py's names and sizes, ZIP magic + random bytes
-log "source files: $SIZE + ${CONC}x$CONC_SIZE in $SRC"
-"$PY" "$HERE/api/mkdata.py" "$SRC" "$SIZE" "$CONC" "$CONC_SIZE"
-chmod 755 "$SRC"; chmod 644 "$SRC"/*
-BIG=$SRC/random-$SIZE.bin
-[ -f "$BIG" ] || BIG=$(ls "$SRC"/random-*.bin | head -1)
+if [ "$ROUNDS_WANTED" = 1 ]; then
+  log "source files: $SIZE + ${CONC}x$CONC_SIZE in $SRC"
+  "$PY" "$HERE/api/mkdata.py" "$SRC" "$SIZE" "$CONC" "$CONC_SIZE"
+  chmod 755 "$SRC"; chmod 644 "$SRC"/*
+  BIG=$SRC/random-$SIZE.bin
+  [ -f "$BIG" ] || BIG=$(ls "$SRC"/random-*.bin | head -1)
+fi
 
 {
   machine_info
@@ -154,7 +170,7 @@ BIG=$SRC/random-$SIZE.bin
   echo "stowage: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src crates Cargo.toml Cargo.lock migrations || echo ' + uncommitted changes') ($("$BIN" --version 2>/dev/null || echo '?')), $BIN"
   [ -n "$BASE_BIN" ] && echo "stowage-before: $BASE_BIN ($("$BASE_BIN" --version 2>/dev/null || echo '?'))"
   echo "rustc: $(rustc --version)"
-  echo "measure.py: $PEERS_DIR/measure.py (sha256 $(sha256sum "$PEERS_DIR/measure.py" | cut -c1-16))"
+  [ "$HAVE_PEERS" = 1 ] && echo "measure.py: $PEERS_DIR/measure.py (sha256 $(sha256sum "$PEERS_DIR/measure.py" | cut -c1-16))"
   echo "curl: $(curl --version | head -1 | cut -d' ' -f1-2)"
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*: //')"
   echo "node: $(node --version 2>/dev/null || echo none)"
@@ -291,6 +307,7 @@ if want s3 && [ "$HAVE_GARAGE" = 1 ]; then
   garage_start "$WORK/garage" "$PORT_GARAGE" || { log "garage did not start: s3 skipped"; HAVE_GARAGE=0; }
 fi
 T0=$(date +%s)
+[ "$ROUNDS_WANTED" = 1 ] || ROUNDS=0
 for ROUND in $(seq 1 "$ROUNDS"); do
   RAW=$OUT/round-$ROUND.raw.tsv
   log "round $ROUND of $ROUNDS"
@@ -301,6 +318,16 @@ for ROUND in $(seq 1 "$ROUNDS"); do
   if want s3; then s3_round; fi
   log "round $ROUND done after $(( $(date +%s) - T0 )) s"
 done
+
+# ------------------------------------------------------------------ listing
+if want list; then
+  for rows in $LIST_ROWS; do
+    log "list: $rows files of one user, SQLite and PostgreSQL (bench/list/run.sh)"
+    ROWS=$rows N=$LIST_N BIN=$BIN SKIP=build RESULTS_DIR=$OUT NAME=list-$rows \
+      PORT=$((PORT + 1)) WORK=$WORK/list-$rows PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432} \
+      "$HERE/list/run.sh" || log "list: $rows rows failed (see run.log)"
+  done
+fi
 
 # ------------------------------------------------------------------ table
 "$PY" "$HERE/lib/table.py" "$OUT" --size "$SIZE" --conc "$CONC" --conc-size "$CONC_SIZE" \

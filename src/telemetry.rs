@@ -88,6 +88,10 @@ pub mod metrics {
     pub fn bytes_out(n: u64) {
         ::metrics::counter!("stowage_bytes_out_total").increment(n);
     }
+    /// The part of `stowage_bytes_out_total` sent with `sendfile(2)`.
+    pub fn bytes_out_sendfile(n: u64) {
+        ::metrics::counter!("stowage_bytes_out_sendfile_total").increment(n);
+    }
     pub fn upload_committed(n: u64) {
         ::metrics::counter!("stowage_bytes_in_total").increment(n);
         ::metrics::counter!("stowage_uploads_total").increment(1);

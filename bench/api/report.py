@@ -184,10 +184,10 @@ def main():
           "rows of one user inserted straight into the database (`bench/api/seed_sqlite.py`, "
           "`bench/api/seed_postgres.sql`: the same rows on both; 30 % video, 40 % image, 15 % audio, "
           "5 % scene, 10 % project; \"beach\" in 10 % of the names), then "
-          "sequential `GET /api/files?limit=50` over one keep-alive connection (`bench/api/list_latency.py`), "
-          "timed from request to last body byte, in a fixed cycle of ten: first page, four `cursor` pages "
-          "following `next_cursor`, two `q=beach`, two `type=audio`, one `sort=file_name&order=asc`; "
-          "then, outside the mix, `q=NOMATCH` (no match: every row of the user is read). "
+          "sequential `GET /api/files?limit=50` over one keep-alive connection (`bench/list/list_mix.py`), "
+          "timed from request to last body byte, round-robin over every sort and order (with cursor pages), "
+          "`q=` matching 10 %, one name and none, `type=audio`, and four `cursor` pages "
+          "following `next_cursor`. "
           "PostgreSQL: 15, local, `ANALYZE` after the insert; SQLite: no `ANALYZE`, as a store grown by uploads.")
         w("")
         w("| requests | SQLite p50 / p99, ms | PostgreSQL p50 / p99, ms | target |")

@@ -247,8 +247,9 @@ rm -rf "$SRC"
 # ------------------------------------------------------------------ listing
 list_run() {  # list_run LABEL
   wait_quiet "$1"
-  $PY "$HERE/list_latency.py" --url "http://127.0.0.1:$PORT" --token "$TOKEN" --label "$1" \
-    --n "$LIST_REQS" --raw "$LIST_RAW" --summary "$LIST_SUM"
+  # the listing mix of bench/list (rounds of ~20 requests each)
+  $PY "$ROOT/bench/list/list_mix.py" --url "http://127.0.0.1:$PORT" --token "$TOKEN" --label "$1" \
+    --n "$(( (LIST_REQS + 19) / 20 ))" --raw "$LIST_RAW" --api-summary "$LIST_SUM"
 }
 if ! skip list-sqlite; then
   DB=sqlite://$WORK/list-sqlite/stowage.db

@@ -8,7 +8,9 @@ writes DIR/raw.tsv (every row, with its round), DIR/summary.tsv (median,
 min, max, n per peer and metric) and DIR/table.md (the figures stowage is
 held to: medians with min–max and n, the ratio of the two medians, and the
 range of the per-round ratios, each taken from one round's rows only), and
-prints the table.
+prints the table. Listing summaries in DIR (list-<rows>.tsv, written by
+bench/list/run.sh through list_mix.py) add a table of p50/p99 per query kind
+and engine.
 """
 import argparse
 import glob
@@ -112,6 +114,44 @@ def stat(vals, unit):
     return f"{fmt(statistics.median(vals), unit)} ({fmt(min(vals), unit)}–{fmt(max(vals), unit)}, n={len(vals)})"
 
 
+def listing_table(d):
+    """Lines of the listing table from DIR/list-*.tsv (none without)."""
+    lst = {}
+    for path in sorted(glob.glob(os.path.join(d, "list-*.tsv"))):
+        if path.endswith(".raw.tsv"):
+            continue
+        with open(path) as f:
+            head = f.readline().rstrip("\n").split("\t")
+            for line in f:
+                r = dict(zip(head, line.rstrip("\n").split("\t")))
+                engine = "postgres" if r["label"].endswith("postgres") else "sqlite"
+                lst[(int(r.get("rows") or 0), r["kind"], engine)] = r
+    if not lst:
+        return []
+    out = ["", "Listing (`GET /api/files?limit=50`, one keep-alive connection, bench/list/list_mix.py; "
+           "target: p99 < 10 ms):", "",
+           "| rows | kind | SQLite p50 / p99, ms | PostgreSQL p50 / p99, ms | p99 < 10 ms |",
+           "|---|---|---|---|---|"]
+    kinds = []
+    for _, k, _ in lst:
+        if k not in kinds:
+            kinds.append(k)
+    for rows in sorted({r for r, _, _ in lst}):
+        for k in kinds:
+            cells, met = [], []
+            for engine in ("sqlite", "postgres"):
+                r = lst.get((rows, k, engine))
+                if r:
+                    cells.append(f"{float(r['p50_ms']):.2f} / {float(r['p99_ms']):.2f}")
+                    met.append(float(r["p99_ms"]) < 10)
+                else:
+                    cells.append("n/a")
+            verdict = "no target" if k == "q_short" else (
+                "met" if met and all(met) else "**not met**" if met else "")
+            out.append(f"| {rows:,} | {k} | {cells[0]} | {cells[1]} | {verdict} |")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dir")
@@ -146,8 +186,9 @@ def main():
     out = []
     if a.title:
         out += [a.title, ""]
-    out += ["| figure | stowage | reference | ratio of medians | per-round ratios |",
+    head = ["| figure | stowage | reference | ratio of medians | per-round ratios |",
             "|---|---|---|---|---|"]
+    out += head
     for fig, sl, sm, rl, rm, _better in ROWS:
         sm, fig = sm.format(**sub), fig.format(**sub)
         s = vals.get((sl, sm))
@@ -174,9 +215,12 @@ def main():
             if rr:
                 per_round = f"{min(rr):.2f}–{max(rr):.2f} ({len(rr)} rounds)"
         out.append(f"| {fig} | {sl}: {stat(sv, unit)} | {ref} | {ratio} | {per_round} |")
+    if out[-len(head):] == head:
+        out = out[:-len(head)]  # no round figures (ONLY=list)
     fails_txt = [f"{p} {m}: {n}" for (p, m), n in sorted(fails.items())]
     if fails_txt:
         out += ["", "Failed measurements (NA rows in raw.tsv): " + "; ".join(fails_txt) + "."]
+    out += listing_table(a.dir)
     text = "\n".join(out) + "\n"
     with open(os.path.join(a.dir, "table.md"), "w") as f:
         f.write(text)

@@ -12,10 +12,20 @@ Kinds (each --n requests, interleaved round-robin so a noisy spell hits all):
   q_nomatch q=NOMATCH (no name)
   q_short   q=zz (two characters: no trigram; reads the user's rows; no
             target, reported apart and left out of "all")
+  type_audio
+            type=audio (15 % of the rows), default sort
+  deep_cursor
+            pages 2..5 of the default sort, each following the next_cursor
+            of the one before (4 requests a round)
 Latency: request sent to last body byte; JSON parsed after the clock stops.
 Every answer must be 200 with the number of files the data implies.
 
-usage: list_mix.py --url URL --token T --label L [--n 100] [--summary OUT.tsv] [--raw OUT.tsv]
+--summary writes label/kind/n/p50/p99/max rows (bench/list/run.sh, and
+bench/run.sh's table through it); --api-summary writes the same figures in
+bench/api's peer/metric rows (list50_<kind>_p50|p99, bench/api/report.py).
+
+usage: list_mix.py --url URL --token T --label L [--n 100] [--rows R]
+                   [--summary OUT.tsv] [--raw OUT.tsv] [--api-summary OUT.tsv]
 """
 import argparse
 import datetime as dt
@@ -41,6 +51,17 @@ QUERIES = {
     "q_rare": ("q=000123", 1),
     "q_nomatch": ("q=NOMATCH", 0),
     "q_short": ("q=zz", 0),
+    "type_audio": ("type=audio", 50),
+}
+# bench/api/report.py's names for some of the kinds above
+API_KINDS = {
+    "all": "all",
+    "date_desc": "first",
+    "deep_cursor": "cursor",
+    "q_match": "q",
+    "type_audio": "type",
+    "name_asc": "name",
+    "q_nomatch": "q_nomatch",
 }
 
 
@@ -59,6 +80,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--raw")
     ap.add_argument("--summary")
+    ap.add_argument("--api-summary")
+    ap.add_argument("--rows", type=int, default=0, help="rows seeded (written to --summary)")
     a = ap.parse_args()
     u = urlsplit(a.url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
@@ -93,6 +116,15 @@ def main():
                 sys.exit(f"{kind}: {len(page['files'])} files, expected {want}")
             if rnd >= a.warmup:
                 rows.append((kind, rnd, ms))
+        _, page = get("/api/files?limit=50")  # page 1, untimed: the cursor pages follow it
+        cursor = page["next_cursor"]
+        for _ in range(4):
+            ms, page = get("/api/files?limit=50&cursor=" + quote(cursor, safe=""))
+            if len(page["files"]) != 50 or not page["next_cursor"]:
+                sys.exit(f"deep_cursor: {len(page['files'])} files")
+            cursor = page["next_cursor"]
+            if rnd >= a.warmup:
+                rows.append(("deep_cursor", rnd, ms))
     conn.close()
 
     ts = dt.datetime.now().isoformat(timespec="seconds")
@@ -104,7 +136,7 @@ def main():
             for kind, rnd, ms in rows:
                 f.write(f"{ts}\t{a.label}\t{kind}\t{rnd}\t{ms:.3f}\n")
     groups = {"all": [r[2] for r in rows if r[0] != "q_short"]}
-    for kind in list(SORTS) + list(QUERIES):
+    for kind in list(SORTS) + list(QUERIES) + ["deep_cursor"]:
         groups[kind] = [r[2] for r in rows if r[0] == kind]
     out = []
     for kind, v in groups.items():
@@ -115,9 +147,22 @@ def main():
         new = not os.path.exists(a.summary) or os.path.getsize(a.summary) == 0
         with open(a.summary, "a") as f:
             if new:
-                f.write("label\tkind\tn\tp50_ms\tp99_ms\tmax_ms\n")
+                f.write("label\trows\tkind\tn\tp50_ms\tp99_ms\tmax_ms\n")
             for kind, n, p50, p99, mx in out:
-                f.write(f"{a.label}\t{kind}\t{n}\t{p50:.2f}\t{p99:.2f}\t{mx:.2f}\n")
+                f.write(f"{a.label}\t{a.rows}\t{kind}\t{n}\t{p50:.2f}\t{p99:.2f}\t{mx:.2f}\n")
+    if a.api_summary:
+        new = not os.path.exists(a.api_summary) or os.path.getsize(a.api_summary) == 0
+        with open(a.api_summary, "a") as f:
+            if new:
+                f.write("peer\tmetric\tunit\tn\tvalue\tmin\tmax\tnote\n")
+            for kind, n, p50, p99, mx in out:
+                if kind not in API_KINDS:
+                    continue
+                v = groups[kind]
+                note = f"{n} sequential keep-alive GETs (list_mix.py {kind})"
+                for p, val in ((50, p50), (99, p99)):
+                    f.write(f"{a.label}\tlist50_{API_KINDS[kind]}_p{p}\tms\t{n}\t{val:.2f}"
+                            f"\t{min(v):.2f}\t{mx:.2f}\t{note}\n")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@
 #   BIN (target/release/stowage under CARGO_TARGET_DIR or ./target)
 #   SKIP (comma list of build,sqlite,pg,plans) PG_URL (postgres://postgres@127.0.0.1:5432)
 #   LABEL (stowage) RESULTS_DIR (bench/list/results) WORK (/var/tmp/stowage-list-<pid>)
-# Writes RESULTS_DIR/list-<date>.{tsv,raw.tsv,plans.txt,versions.txt}.
+#   NAME (list-<date>)
+# Writes RESULTS_DIR/NAME.{tsv,raw.tsv,plans.txt,versions.txt}; bench/run.sh
+# (ONLY=list) runs this for each of its LIST_ROWS with NAME=list-<rows>.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -37,11 +39,11 @@ ADMIN_TOKEN=bench-admin-$$-$RANDOM
 RESULTS=${RESULTS_DIR:-$HERE/results}
 WORK=${WORK:-/var/tmp/stowage-list-$$}
 mkdir -p "$RESULTS" "$WORK"
-STAMP=$(date +%Y-%m-%d-%H%M%S)
-SUM=$RESULTS/list-$STAMP.tsv
-RAW=$RESULTS/list-$STAMP.raw.tsv
-PLANS=$RESULTS/list-$STAMP.plans.txt
-VERSIONS=$RESULTS/list-$STAMP.versions.txt
+NAME=${NAME:-list-$(date +%Y-%m-%d-%H%M%S)}
+SUM=$RESULTS/$NAME.tsv
+RAW=$RESULTS/$NAME.raw.tsv
+PLANS=$RESULTS/$NAME.plans.txt
+VERSIONS=$RESULTS/$NAME.versions.txt
 
 skip() { [[ ",$SKIP," == *",$1,"* ]]; }
 log() { printf '[bench-list %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -183,14 +185,16 @@ if ! skip sqlite; then
   mkdir -p "$WORK/sqlite"
   migrate "sqlite://$DBF"
   log "sqlite: seeding $ROWS rows"
+  t0=$(date +%s)
   $PY "$ROOT/bench/api/seed_sqlite.py" "$DBF" bench "$ROWS" "$QUOTA" >&2
+  log "sqlite: seeded in $(( $(date +%s) - t0 )) s"
   $PY -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('ANALYZE'); c.commit()" "$DBF"
   if ! skip plans; then
     { echo "== sqlite, $ROWS rows"; sqlite_plans "$DBF" || echo "!! some plans are not index-backed"; } >>"$PLANS"
   fi
   start_server sqlite "sqlite://$DBF"
   $PY "$HERE/list_mix.py" --url "http://127.0.0.1:$PORT" --token "$TOKEN" --label "$LABEL-sqlite" \
-    --n "$N" --summary "$SUM" --raw "$RAW"
+    --n "$N" --rows "$ROWS" --summary "$SUM" --raw "$RAW"
   stop_server
   rm -rf "$WORK/sqlite"
 fi
@@ -201,14 +205,16 @@ if ! skip pg; then
     DB=$PG_URL/$PG_DB
     migrate "$DB"
     log "pg: seeding $ROWS rows"
+    t0=$(date +%s)
     psql "$DB" -qX -v ON_ERROR_STOP=1 -v user=bench -v n="$ROWS" -v max_bytes="$QUOTA" \
       -f "$ROOT/bench/api/seed_postgres.sql" >&2
+    log "pg: seeded in $(( $(date +%s) - t0 )) s"
     if ! skip plans; then
       { echo "== postgres, $ROWS rows"; pg_plans "$DB" || echo "!! some plans are not index-backed"; } >>"$PLANS"
     fi
     start_server pg "$DB"
     $PY "$HERE/list_mix.py" --url "http://127.0.0.1:$PORT" --token "$TOKEN" --label "$LABEL-postgres" \
-      --n "$N" --summary "$SUM" --raw "$RAW"
+      --n "$N" --rows "$ROWS" --summary "$SUM" --raw "$RAW"
     stop_server
   else
     log "pg: PostgreSQL not reachable at $PG_URL; skipped"

@@ -4,10 +4,10 @@
 //! are fsynced before a publish returns.
 //!
 //! A published blob is never written again (a new version is a new key), so
-//! downloads of large blobs map it into memory, [`MAP_SLICE`] bytes at a
-//! time, and hand the mapped pages to the socket as they are: no read into a
-//! buffer, one blocking-pool hop per slice (which also faults the slice in,
-//! so a cold file never blocks the async workers).
+//! downloads hand its open file to the connection, which sends it with
+//! `sendfile(2)` ([`BlobStore::open_file`], `http::sendfile`). Other reads
+//! are plain reads into buffers: never a memory mapping, whose pages would
+//! kill the process with `SIGBUS` if the file were truncated under it.
 
 use std::{
     io::SeekFrom,
@@ -26,11 +26,6 @@ use super::*;
 
 /// Read chunk for downloads: large enough that per-chunk overhead vanishes.
 const READ_CHUNK: usize = 256 * 1024;
-/// Downloads of at least this many bytes are served from memory mappings.
-const MAP_MIN: u64 = 1024 * 1024;
-/// Bytes mapped (and sent to the socket) at a time; two are mapped at once
-/// while the next is faulted in ahead of the socket.
-const MAP_SLICE: usize = 4 * 1024 * 1024;
 /// Writes are gathered into buffers of this size before hitting the disk.
 const WRITE_BUF: usize = 256 * 1024;
 /// Written data is handed to the kernel's writeback every this many bytes
@@ -174,106 +169,6 @@ fn range_stream(file: tokio::fs::File, len: u64) -> ByteStream {
     Box::pin(ReaderStream::with_capacity(reader, READ_CHUNK))
 }
 
-/// A read-only shared mapping of part of a file; unmapped on drop.
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and owned; nothing aliases it mutably.
-unsafe impl Send for Mapping {}
-// SAFETY: as above, shared reads only.
-unsafe impl Sync for Mapping {}
-
-impl AsRef<[u8]> for Mapping {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes until `drop`.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly what mmap returned.
-        unsafe {
-            libc::munmap(self.ptr, self.len);
-        }
-    }
-}
-
-/// Maps `range` of `file` (page-aligned underneath) and faults it in with
-/// `MADV_POPULATE_READ`, waiting for the disk here rather than on an async
-/// worker. The bytes are the file's as long as it is not truncated, which
-/// published blobs never are; a range past the end is an error, not a
-/// `SIGBUS`.
-fn map_range(file: &std::fs::File, range: Range<u64>) -> std::io::Result<Bytes> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-    let base = range.start / page * page;
-    let skip = (range.start - base) as usize;
-    let len = (range.end - base) as usize;
-    // SAFETY: a fresh read-only shared mapping of an open descriptor; the
-    // result is checked before use.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            base as libc::off_t,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    let map = Mapping { ptr, len };
-    // SAFETY: advice on the mapping just made. EINVAL (a kernel before
-    // 5.14) leaves the pages to be faulted in by the socket write.
-    let rc = unsafe { libc::madvise(ptr, len, libc::MADV_POPULATE_READ) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINVAL) {
-            return Err(e);
-        }
-    }
-    Ok(Bytes::from_owner(map).slice(skip..))
-}
-
-/// `range` of a published blob in mapped slices of [`MAP_SLICE`] bytes; the
-/// next slice is mapped on the blocking pool while this one is sent.
-fn mapped_stream(file: std::fs::File, range: Range<u64>) -> ByteStream {
-    type Pending = tokio::task::JoinHandle<std::io::Result<Bytes>>;
-    let file = std::sync::Arc::new(file);
-    let spawn = move |file: &std::sync::Arc<std::fs::File>, at: u64, end: u64| -> Pending {
-        let file = file.clone();
-        let to = (at + MAP_SLICE as u64).min(end);
-        tokio::task::spawn_blocking(move || map_range(&file, at..to))
-    };
-    let end = range.end;
-    let first = spawn(&file, range.start, end);
-    let next = (range.start + MAP_SLICE as u64).min(end);
-    Box::pin(futures::stream::try_unfold(
-        (file, Some(first), next),
-        move |(file, pending, at): (std::sync::Arc<std::fs::File>, Option<Pending>, u64)| async move {
-            let Some(pending) = pending else {
-                return Ok(None);
-            };
-            let slice = pending.await.map_err(std::io::Error::other)??;
-            let (pending, next) = if at < end {
-                (
-                    Some(spawn(&file, at, end)),
-                    (at + MAP_SLICE as u64).min(end),
-                )
-            } else {
-                (None, at)
-            };
-            Ok(Some((slice, (file, pending, next))))
-        },
-    ))
-}
-
 #[async_trait]
 impl BlobStore for LocalStore {
     async fn stage(&self, id: Uuid, offset: u64) -> BlobResult<Box<dyn BlobWriter>> {
@@ -338,21 +233,34 @@ impl BlobStore for LocalStore {
 
     async fn read(&self, key: &str, range: Range<u64>) -> BlobResult<ByteStream> {
         let mut f = tokio::fs::File::open(self.key_path(key)?).await?;
-        if range.end.saturating_sub(range.start) >= MAP_MIN {
-            let have = f.metadata().await?.len();
-            if range.end > have {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "blob is shorter than the range read",
-                )
-                .into());
-            }
-            return Ok(mapped_stream(f.into_std().await, range));
-        }
         if range.start > 0 {
             f.seek(SeekFrom::Start(range.start)).await?;
         }
         Ok(range_stream(f, range.end.saturating_sub(range.start)))
+    }
+
+    async fn open_file(&self, key: &str, end: u64) -> BlobResult<Option<std::fs::File>> {
+        let f = tokio::fs::File::open(self.key_path(key)?).await?;
+        let have = f.metadata().await?.len();
+        if end > have {
+            tracing::warn!(key, have, end, "blob file is shorter than its record");
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "blob is shorter than the range read",
+            )
+            .into());
+        }
+        let f = f.into_std().await;
+        {
+            use std::os::fd::AsRawFd;
+            // Advisory (a larger readahead for a cold file); a failure
+            // changes nothing.
+            // SAFETY: plain syscall on a valid open descriptor.
+            unsafe {
+                libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL);
+            }
+        }
+        Ok(Some(f))
     }
 
     async fn len(&self, key: &str) -> BlobResult<u64> {
@@ -598,33 +506,33 @@ mod tests {
         assert!(store.read("../escape", 0..1).await.is_err());
     }
 
-    /// Large reads go through the mapped slices: every range (unaligned
-    /// starts, slice boundaries, the tail) comes back byte for byte.
+    /// Large reads come back byte for byte for every range (unaligned
+    /// starts, buffer boundaries, the tail); the file handed out for
+    /// `sendfile` must hold the range asked for.
     #[tokio::test]
-    async fn mapped_reads_match_the_file() {
+    async fn large_reads_match_the_file_and_open_file_checks_the_length() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path().join("users")).unwrap();
-        let n = 2 * MAP_SLICE + 12_345;
+        let chunk = READ_CHUNK as u64;
+        let n = 9 * READ_CHUNK + 12_345;
         let data: Vec<u8> = (0..n).map(|i| (i * 7 + i / 4099) as u8).collect();
         store
             .put_small("u1/files/big.bin", Bytes::from(data.clone()))
             .await
             .unwrap();
         let n = n as u64;
-        let slice = MAP_SLICE as u64;
-        for r in [
-            0..n,
-            1..n,
-            4095..4097 + MAP_MIN,
-            slice - 1..slice + MAP_MIN,
-            n - MAP_MIN - 3..n,
-            4097..2 * slice + 1,
-        ] {
+        for r in [0..n, 1..n, chunk - 1..3 * chunk + 1, n - chunk - 3..n] {
             let got = collect(store.read("u1/files/big.bin", r.clone()).await.unwrap()).await;
             assert_eq!(got.len() as u64, r.end - r.start, "{r:?}");
             assert!(got == data[r.start as usize..r.end as usize], "{r:?}");
         }
-        // a range past the end is an error, not a crash
-        assert!(store.read("u1/files/big.bin", 0..n + 1).await.is_err());
+        let f = store.open_file("u1/files/big.bin", n).await.unwrap();
+        assert_eq!(f.unwrap().metadata().unwrap().len(), n);
+        // a range past the end is an error, not a short send
+        assert!(store.open_file("u1/files/big.bin", n + 1).await.is_err());
+        assert!(matches!(
+            store.open_file("u1/files/none.bin", 1).await,
+            Err(BlobError::NotFound)
+        ));
     }
 }

@@ -115,6 +115,12 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn read(&self, key: &str, range: Range<u64>) -> BlobResult<ByteStream>;
     /// The blob's length, or `NotFound`.
     async fn len(&self, key: &str) -> BlobResult<u64>;
+    /// The open file of a blob kept as a local file, checked to hold at
+    /// least `end` bytes, for the connection to send with `sendfile(2)`;
+    /// `None` for a store without local files.
+    async fn open_file(&self, _key: &str, _end: u64) -> BlobResult<Option<std::fs::File>> {
+        Ok(None)
+    }
     /// Removes the blob; absent is fine.
     async fn remove(&self, key: &str) -> BlobResult<()>;
     /// Makes `to` a durable copy of the blob at `from` without moving its

@@ -3,10 +3,14 @@
 //! `If-None-Match` → 304, `If-Range`, RFC 6266 file names, and headers that
 //! keep a browser from running what it downloads: `nosniff`, a sandboxing
 //! CSP, and `inline` only for raster images, video and audio.
+//!
+//! On the local volume the bytes of a file (or of its range) are sent by the
+//! connection with `sendfile(2)` ([`super::sendfile`]); on the object store,
+//! and where no connection handle is at hand, they are streamed.
 
 use axum::{
     body::Body,
-    extract::{Path, Query, State},
+    extract::{Extension, Path, Query, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::get,
@@ -20,6 +24,7 @@ use super::{
     error::{AppError, AppResult},
     extract::{AuthUser, FileId},
     range::{parse_range, RangeOutcome},
+    sendfile::Sendfile,
 };
 use crate::{
     app::AppState,
@@ -53,13 +58,15 @@ async fn download(
     method: Method,
     headers: HeaderMap,
     Query(p): Query<DownloadParams>,
+    conn: Option<Extension<Sendfile>>,
 ) -> AppResult<Response> {
     let rec = state
         .meta
         .get_file(&user.0, id)
         .await?
         .ok_or(AppError::NotFound)?;
-    serve_file(&state, &rec, &method, &headers, wants_inline(&p)).await
+    let conn = conn.as_ref().map(|c| &c.0);
+    serve_file_on(&state, &rec, &method, &headers, wants_inline(&p), conn).await
 }
 
 /// Checks a signed-link token; every failure is the same 403. `uri` is the
@@ -98,9 +105,11 @@ async fn signed_download(
     method: Method,
     headers: HeaderMap,
     Query(p): Query<DownloadParams>,
+    conn: Option<Extension<Sendfile>>,
 ) -> AppResult<Response> {
     let rec = check_signed(&state, &token, &uri, "").await?;
-    serve_file(&state, &rec, &method, &headers, wants_inline(&p)).await
+    let conn = conn.as_ref().map(|c| &c.0);
+    serve_file_on(&state, &rec, &method, &headers, wants_inline(&p), conn).await
 }
 
 /// `GET /api/files/{id}/thumbnail`
@@ -289,6 +298,19 @@ pub async fn serve_file(
     headers: &HeaderMap,
     inline: bool,
 ) -> AppResult<Response> {
+    serve_file_on(state, rec, method, headers, inline, None).await
+}
+
+/// [`serve_file`]; with the connection's `conn`, a local blob's bytes are
+/// sent with `sendfile` rather than streamed.
+async fn serve_file_on(
+    state: &AppState,
+    rec: &FileRecord,
+    method: &Method,
+    headers: &HeaderMap,
+    inline: bool,
+    conn: Option<&Sendfile>,
+) -> AppResult<Response> {
     let len = rec.file_size.max(0) as u64;
     let etag = format!("\"{}\"", rec.sha256);
     if etag_matches(headers, &etag) {
@@ -315,8 +337,16 @@ pub async fn serve_file(
         RangeOutcome::Partial { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
         RangeOutcome::Unsatisfiable => return Err(AppError::RangeNotSatisfiable { len }),
     };
+    let file = match conn {
+        Some(_) if method != Method::HEAD && start < end => {
+            state.blobs.open_file(&rec.file_path, end).await?
+        }
+        _ => None,
+    };
     let body = if method == Method::HEAD || start == end {
         Body::empty()
+    } else if let (Some(conn), Some(file)) = (conn, file) {
+        Body::new(conn.body(file, start..end))
     } else {
         let stream = state.blobs.read(&rec.file_path, start..end).await?;
         let counted = stream.inspect(|chunk| {

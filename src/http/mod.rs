@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod range;
 pub mod ratelimit;
 pub mod resumable;
+pub mod sendfile;
 pub mod server;
 pub mod signed_upload;
 pub mod storage;

@@ -24,6 +24,12 @@
 //! * **Per-connection memory.** hyper's read buffer is capped at
 //!   [`MAX_BUF`], enough for the largest head the API accepts (32 KiB,
 //!   answered 431 above that).
+//! * **Zero-copy downloads.** Every request carries the connection's
+//!   [`Sendfile`] handle; a download from the local volume answers with a
+//!   body of placeholders that the stream wrapper replaces by `sendfile(2)`
+//!   from the blob's file (see [`super::sendfile`]). A send that makes no
+//!   progress for `body_idle_timeout` (a client that stopped reading) ends
+//!   the connection.
 //!
 //! Graceful shutdown (SPEC §10): when `shutdown` resolves the listener is
 //! closed and every connection is told to finish its request in flight and
@@ -60,6 +66,7 @@ use tower_http::timeout::TimeoutBody;
 use super::{
     client_ip::{self, ClientIp},
     interim::Interim,
+    sendfile::{self, Sendfile},
 };
 use crate::config::Limits;
 
@@ -202,11 +209,15 @@ async fn serve_connection(
 ) {
     let activity = Arc::new(Activity::default());
     let interim = Interim::default();
+    let files = Sendfile::default();
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
         interim: interim.clone(),
         unflushed: false,
+        files: files.clone(),
+        stall_limit: conf.body_idle_timeout,
+        stall: None,
     });
     let service = {
         let conf = conf.clone();
@@ -214,6 +225,7 @@ async fn serve_connection(
             if req.version() == hyper::Version::HTTP_11 {
                 req.extensions_mut().insert(interim.clone());
             }
+            req.extensions_mut().insert(files.clone());
             let ip = client_ip::resolve(peer.ip(), req.headers(), &conf.trusted);
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(ClientIp(ip));
@@ -229,6 +241,10 @@ async fn serve_connection(
         })
         .header_read_timeout(conf.header_timeout)
         .keep_alive(true)
+        // Body frames are queued and handed to the stream as they are,
+        // never copied into hyper's buffer: the sendfile placeholders must
+        // reach `Watched` by address.
+        .writev(true)
         .max_buf_size(MAX_BUF);
     let served = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(served);
@@ -464,6 +480,12 @@ struct Watched {
     interim: Interim,
     /// hyper wrote bytes it has not flushed yet: it may be mid-message.
     unflushed: bool,
+    /// Files whose bytes replace the placeholder frames hyper writes.
+    files: Sendfile,
+    /// How long a file send may wait for a socket that takes nothing.
+    stall_limit: Duration,
+    /// Armed while a file send waits for the socket.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Watched {
@@ -473,6 +495,32 @@ impl Watched {
             return Poll::Ready(Ok(()));
         }
         self.interim.poll_drain(&mut self.inner, cx)
+    }
+
+    /// Sends up to `max` bytes of the queued file in place of placeholder
+    /// bytes, failing once the socket has taken nothing for `stall_limit`.
+    fn poll_file(&mut self, max: usize, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match self.files.poll_send(&self.inner, max, cx) {
+            Poll::Ready(r) => {
+                self.stall = None;
+                if matches!(r, Ok(n) if n > 0) {
+                    self.unflushed = true;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.stall_limit;
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    self.stall = None;
+                    tracing::debug!("download stalled: the client takes no bytes");
+                    return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -501,6 +549,9 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         std::task::ready!(self.poll_interim(cx))?;
+        if sendfile::is_placeholder(buf) {
+            return self.poll_file(buf.len(), cx);
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.unflushed = true;
@@ -514,6 +565,16 @@ impl AsyncWrite for Watched {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         std::task::ready!(self.poll_interim(cx))?;
+        // Placeholder frames are never written: the bytes before the first
+        // one go out as they are, the placeholder itself is sent from the
+        // file on the next call.
+        let bufs = match bufs.iter().position(|b| sendfile::is_placeholder(b)) {
+            Some(i) if bufs[..i].iter().all(|b| b.is_empty()) => {
+                return self.poll_file(bufs[i].len(), cx)
+            }
+            Some(i) => &bufs[..i],
+            None => bufs,
+        };
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.unflushed = true;

@@ -109,10 +109,11 @@ both!(download_ranges_and_headers, |b| async move {
         .starts_with("attachment"));
 });
 
-// Large files take another read path on the local volume (memory-mapped
-// slices of 4 MiB): the same bytes, headers, ranges and conditionals.
+// Large files, sent with sendfile on the local volume (streamed from the
+// object store): the same bytes, headers, ranges and conditionals.
 both!(large_download_ranges_and_headers, |b| async move {
     let app = spawn_app(b).await;
+    let sent_before = crate::sendfile::sendfile_bytes(&app).await;
     let n = 9 * 1024 * 1024 + 4321;
     let data = png_bytes(n);
     let f = app.upload_ok("d", "big.png", data.clone()).await;
@@ -180,6 +181,11 @@ both!(large_download_ranges_and_headers, |b| async move {
     assert_eq!(r.status(), 304);
     let r = app.client.get(app.url(&url)).send().await.unwrap();
     assert_eq!(r.status(), 401, "no token, no bytes");
+    // On the local volume every body above went through sendfile.
+    let sent = crate::sendfile::sendfile_bytes(&app).await - sent_before;
+    if b != Backend::S3 {
+        assert!(sent >= (n + 4 * mib + 2 * mib + 3 * mib) as u64, "{sent}");
+    }
 });
 
 both!(signed_links, |b| async move {

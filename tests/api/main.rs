@@ -32,5 +32,6 @@ mod resumable;
 mod s3;
 mod scan;
 mod search;
+mod sendfile;
 mod tus;
 mod tus_takeover;
