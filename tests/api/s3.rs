@@ -835,6 +835,9 @@ async fn concurrent_uploads_to_the_object_store_spool_instead_of_buffering() {
     assert!(
         staged.iter().all(|e| !e.metadata().is_file()),
         "{:?}",
-        staged.iter().map(|e| e.path().to_string()).collect::<Vec<_>>()
+        staged
+            .iter()
+            .map(|e| e.path().to_string())
+            .collect::<Vec<_>>()
     );
 }

@@ -37,8 +37,8 @@ use uuid::Uuid;
 
 use super::*;
 
-pub use self::multipart::{PART_CONCURRENCY, PART_SIZE};
 use self::multipart::{Client, MultipartWriter, Spool};
+pub use self::multipart::{PART_CONCURRENCY, PART_SIZE};
 
 /// S3's limit for a single-request CopyObject; larger single-segment blobs
 /// are published by streaming instead.

@@ -178,9 +178,10 @@ impl SpoolFile {
     async fn append<B: AsRef<[u8]> + Send + 'static>(&mut self, data: B) -> BlobResult<B> {
         let n = data.as_ref().len() as u64;
         let f = self.file.clone();
-        let data = tokio::task::spawn_blocking(move || (&*f).write_all(data.as_ref()).map(|_| data))
-            .await
-            .map_err(join_error)??;
+        let data =
+            tokio::task::spawn_blocking(move || (&*f).write_all(data.as_ref()).map(|_| data))
+                .await
+                .map_err(join_error)??;
         self.len += n;
         self.spool.add(n);
         Ok(data)
@@ -198,11 +199,10 @@ impl SpoolFile {
                 }
                 let n = (len - pos).min(READ_CHUNK as u64) as usize;
                 let mut b = vec![0u8; n];
-                let buf = tokio::task::spawn_blocking(move || {
-                    file.read_exact_at(&mut b, pos).map(|_| b)
-                })
-                .await
-                .map_err(std::io::Error::other)??;
+                let buf =
+                    tokio::task::spawn_blocking(move || file.read_exact_at(&mut b, pos).map(|_| b))
+                        .await
+                        .map_err(std::io::Error::other)??;
                 Ok(Some((Bytes::from(buf), pos + n as u64)))
             }
         });
@@ -614,7 +614,11 @@ impl MultipartWriter {
             }
         };
         while self.inflight.len() >= PART_CONCURRENCY {
-            let r = self.inflight.join_next().await.expect("parts are in flight");
+            let r = self
+                .inflight
+                .join_next()
+                .await
+                .expect("parts are in flight");
             self.record(r)?;
         }
         let n = self.next_part;
@@ -725,7 +729,10 @@ mod tests {
         Arc::get_mut(&mut spool).unwrap().keep_free = u64::MAX / 2;
         let client = Arc::new(Client::new(&options()).unwrap());
         let mut w = MultipartWriter::new(client, spool.clone(), "k".into());
-        let e = w.write(Bytes::from(vec![1u8; WRITE_BUF])).await.unwrap_err();
+        let e = w
+            .write(Bytes::from(vec![1u8; WRITE_BUF]))
+            .await
+            .unwrap_err();
         assert!(matches!(e, BlobError::NoSpace), "{e:?}");
     }
 
