@@ -554,7 +554,7 @@ impl MultipartWriter {
         self.len += chunk.len() as u64;
         if chunk.len() >= WRITE_BUF {
             self.flush_buf().await?;
-            self.to_file(chunk).await?;
+            self.spool_write(chunk).await?;
         } else {
             if self.buf.len() + chunk.len() > WRITE_BUF {
                 self.flush_buf().await?;
@@ -574,13 +574,13 @@ impl MultipartWriter {
             return Ok(());
         }
         let data = std::mem::take(&mut self.buf);
-        let mut back = self.to_file(data).await?;
+        let mut back = self.spool_write(data).await?;
         back.clear();
         self.buf = back;
         Ok(())
     }
 
-    async fn to_file<B: AsRef<[u8]> + Send + 'static>(&mut self, data: B) -> BlobResult<B> {
+    async fn spool_write<B: AsRef<[u8]> + Send + 'static>(&mut self, data: B) -> BlobResult<B> {
         if self.cur.is_none() {
             self.cur = Some(self.spool.create().await?);
         }
