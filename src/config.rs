@@ -1060,7 +1060,14 @@ impl Config {
                 .s3_secret_access_key
                 .as_ref()
                 .map(|s| s.expose().to_string()),
+            scratch: self.s3_spool_dir(),
         }
+    }
+
+    /// Where the object store spools parts of uploads in flight: inside the
+    /// volume's temp directory (a local disk in S3 mode too).
+    pub fn s3_spool_dir(&self) -> PathBuf {
+        self.storage_root.join(".tmp").join("s3-spool")
     }
 
     /// True when real token verification is configured (a PEM, a JWKS URL

@@ -73,13 +73,17 @@ impl Core {
             }
             BlobBackend::S3 => {
                 let o = config.s3_options();
-                Arc::new(S3Store::open(&o).with_context(|| {
+                let store = S3Store::open(&o).with_context(|| {
                     format!(
                         "opening bucket {} at {}",
                         o.bucket,
                         o.endpoint.as_deref().unwrap_or("AWS")
                     )
-                })?)
+                })?;
+                store.clean_scratch().with_context(|| {
+                    format!("cleaning the upload spool {}", o.scratch.display())
+                })?;
+                Arc::new(store)
             }
         };
         let allowed_mime = config

@@ -118,4 +118,8 @@ pub mod metrics {
     pub fn job_queue_depth(n: u64) {
         ::metrics::gauge!("stowage_job_queue_depth").set(n as f64);
     }
+    /// Bytes of object-store uploads spooled on local scratch now.
+    pub fn s3_spool_bytes(n: u64) {
+        ::metrics::gauge!("stowage_s3_spool_bytes").set(n as f64);
+    }
 }

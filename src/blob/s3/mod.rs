@@ -1,5 +1,8 @@
-//! Any S3-compatible object store (AWS S3, Garage, MinIO, R2…) through
-//! OpenDAL, which does the signing, retries and multipart protocol.
+//! Any S3-compatible object store (AWS S3, Garage, MinIO, R2…). Reads,
+//! listings, copies, deletes and small writes go through OpenDAL, which does
+//! the signing and retries; staged uploads go through [`multipart`], which
+//! spools parts to local scratch so that memory per upload stays small
+//! whatever the part size.
 //!
 //! Object stores cannot append or rename, so staging works differently from
 //! the local volume:
@@ -7,7 +10,7 @@
 //! * A staging object is a run of *segments* under `.staging/{id}/`, each a
 //!   whole object named by its starting offset (20 zero-padded digits, so
 //!   names sort by offset). Every [`BlobWriter`] writes one segment, as a
-//!   streamed multipart upload in parts of [`PART_SIZE`] bytes (S3 requires
+//!   multipart upload in parts of [`PART_SIZE`] bytes (S3 requires
 //!   ≥ 5 MiB), or one PUT when it is smaller. A tus PATCH is one segment, so
 //!   an upload resumes on any node: the segments are in the store, the
 //!   offset in the database.
@@ -18,9 +21,13 @@
 //!   Garage) or concatenates several by streaming them into one multipart
 //!   upload, then deletes the segments.
 //!
-//! Memory per writer is bounded by `PART_SIZE × (PART_CONCURRENCY + 1)`.
+//! Memory per writer is a few hundred KiB (see [`multipart`]); scratch disk
+//! per writer is at most `PART_SIZE × (PART_CONCURRENCY + 1)`.
 
-use std::{ops::Range, path::PathBuf, time::Duration};
+pub mod multipart;
+pub mod sigv4;
+
+use std::{ops::Range, path::PathBuf, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,11 +37,9 @@ use uuid::Uuid;
 
 use super::*;
 
-/// Multipart part size: above S3's 5 MiB minimum, small enough to bound
-/// memory per upload.
-pub const PART_SIZE: usize = 8 * 1024 * 1024;
-/// Parts of one upload in flight at once.
-const PART_CONCURRENCY: usize = 2;
+use self::multipart::{Client, MultipartWriter, Spool};
+pub use self::multipart::{PART_CONCURRENCY, PART_SIZE};
+
 /// S3's limit for a single-request CopyObject; larger single-segment blobs
 /// are published by streaming instead.
 const COPY_LIMIT: u64 = 5 * 1024 * 1024 * 1024;
@@ -51,10 +56,15 @@ pub struct S3Options {
     pub prefix: String,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// A local directory for parts waiting to be sent (see [`multipart`]);
+    /// only the blob store writes there.
+    pub scratch: PathBuf,
 }
 
 pub struct S3Store {
     op: Operator,
+    client: Arc<Client>,
+    spool: Arc<Spool>,
 }
 
 /// A client for the bucket and prefix of `o`, with the timeouts and retries
@@ -93,8 +103,19 @@ pub fn operator(o: &S3Options) -> BlobResult<Operator> {
 }
 
 impl S3Store {
+    /// A store for `o`. Touches no local disk until an upload does.
     pub fn open(o: &S3Options) -> BlobResult<S3Store> {
-        Ok(S3Store { op: operator(o)? })
+        Ok(S3Store {
+            op: operator(o)?,
+            client: Arc::new(Client::new(o)?),
+            spool: Spool::new(o.scratch.clone()),
+        })
+    }
+
+    /// Removes what a crashed process left in the scratch directory (done
+    /// once at start-up).
+    pub fn clean_scratch(&self) -> BlobResult<()> {
+        self.spool.clean()
     }
 
     fn segment_key(id: Uuid, start: u64) -> String {
@@ -184,28 +205,17 @@ impl S3Store {
     /// aborts the upload when reading or writing fails, so the old object
     /// at `key`, if any, stays as it was.
     async fn write_stream(&self, key: &str, mut src: ByteStream) -> BlobResult<()> {
-        let mut w = self.writer(key).await?;
-        let res = async {
-            while let Some(chunk) = src.next().await {
-                w.write(chunk?).await.map_err(to_blob)?;
-            }
-            w.close().await.map_err(to_blob)?;
-            Ok(())
+        // Dropped on an error, the writer aborts its upload.
+        let mut w = self.writer(key);
+        while let Some(chunk) = src.next().await {
+            w.write(chunk?).await?;
         }
-        .await;
-        if res.is_err() {
-            let _ = w.abort().await;
-        }
-        res
+        w.finish().await?;
+        Ok(())
     }
 
-    async fn writer(&self, key: &str) -> BlobResult<opendal::Writer> {
-        self.op
-            .writer_with(key)
-            .chunk(PART_SIZE)
-            .concurrent(PART_CONCURRENCY)
-            .await
-            .map_err(to_blob)
+    fn writer(&self, key: &str) -> MultipartWriter {
+        MultipartWriter::new(self.client.clone(), self.spool.clone(), key.to_string())
     }
 
     async fn delete_segments(
@@ -265,23 +275,21 @@ fn to_blob(e: opendal::Error) -> BlobError {
     }
 }
 
+/// One segment being written, starting at offset `start` of the upload.
 struct S3Writer {
-    w: opendal::Writer,
-    len: u64,
+    w: MultipartWriter,
+    start: u64,
 }
 
 #[async_trait]
 impl BlobWriter for S3Writer {
     async fn write(&mut self, chunk: Bytes) -> BlobResult<()> {
-        let n = chunk.len() as u64;
-        self.w.write(chunk).await.map_err(to_blob)?;
-        self.len += n;
-        Ok(())
+        self.w.write(chunk).await
     }
 
-    async fn finish(mut self: Box<Self>) -> BlobResult<u64> {
-        self.w.close().await.map_err(to_blob)?;
-        Ok(self.len)
+    async fn finish(self: Box<Self>) -> BlobResult<u64> {
+        let S3Writer { w, start } = *self;
+        Ok(start + w.finish().await?)
     }
 }
 
@@ -316,8 +324,8 @@ impl BlobStore for S3Store {
                 .map_err(to_blob)?;
             self.write_stream(&key, Box::pin(head)).await?;
         }
-        let w = self.writer(&Self::segment_key(id, offset)).await?;
-        Ok(Box::new(S3Writer { w, len: offset }))
+        let w = self.writer(&Self::segment_key(id, offset));
+        Ok(Box::new(S3Writer { w, start: offset }))
     }
 
     async fn staged_len(&self, id: Uuid) -> BlobResult<Option<u64>> {
