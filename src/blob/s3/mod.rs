@@ -69,7 +69,7 @@ pub struct S3Store {
 
 /// A client for the bucket and prefix of `o`, with the timeouts and retries
 /// the blob store uses; backups to an S3 destination go through it too
-/// (`ops::backup_dest`), so both reach a store the same way.
+/// (`ops::backup::dest`), so both reach a store the same way.
 pub fn operator(o: &S3Options) -> BlobResult<Operator> {
     let mut b = opendal::services::S3::default()
         .bucket(&o.bucket)

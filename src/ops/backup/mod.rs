@@ -24,7 +24,7 @@
 //! Upload reservations, tus uploads and jobs are not part of a backup.
 //!
 //! Archives are written to and read from a [`Dest`]: a directory, or a
-//! prefix in an S3-compatible bucket ([`super::backup_dest`]). Either way an
+//! prefix in an S3-compatible bucket ([`dest`]). Either way an
 //! archive is one stream, written once front to back and read once front to
 //! back, so memory stays bounded whatever its size and a remote archive is
 //! never copied to local disk; only the database rows are staged locally.
