@@ -373,7 +373,7 @@ async function main() {
     // ---- the IETF draft, chosen in the page
     if (transport === 'tus') {
       const ietfPng = makePng(80, 48, { noise: true, seed: 11 });
-      const ietfName = 'e2e-ietf-picture.png';
+      const ietfName = 'e2e-ietf.png';
       await step(`switch the uploader to the IETF draft and upload an image (${ietfPng.length} bytes)`, async () => {
         await page.getByLabel('Resumable protocol').selectOption('ietf');
         assert(new URL(page.url()).searchParams.get('protocol') === 'ietf', `the address is ${page.url()}`);
@@ -389,6 +389,10 @@ async function main() {
         const sent = uploadRequests.slice(before).filter((r) => r.includes('/api/uploads'));
         assert(sent.length > 0 && sent.every((r) => r.endsWith(' draft-6')), `requests: ${sent.join(', ')}`);
         await page.getByLabel('Resumable protocol').selectOption('tus');
+        // Leave the list as the later steps expect it.
+        await fileItem(ietfName).getByRole('button', { name: `Delete ${ietfName}` }).click();
+        await page.getByRole('alertdialog').getByRole('button', { name: 'Delete', exact: true }).click();
+        await fileItem(ietfName).waitFor({ state: 'detached' });
         return sent.join(', ');
       });
     }
