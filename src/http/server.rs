@@ -27,10 +27,11 @@
 //!   and the reset can destroy the answer before the client reads it (the
 //!   client sees a reset or EPIPE instead of the error). So every body is
 //!   watched ([`Tracked`]): when the answer is ready and the body was not
-//!   read to its end, a small rest ([`DRAIN_LIMIT`], within [`DRAIN_TIME`])
-//!   is read and dropped first, and the connection stays usable; a bigger
-//!   or slower rest (or a body the client holds back for `100 Continue`)
-//!   is not waited for, and the answer says `Connection: close`.
+//!   read to its end, a small rest ([`DRAIN_LIMIT`], within [`DRAIN_TIME`],
+//!   pausing no longer than [`DRAIN_PAUSE`]) is read and dropped first, and
+//!   the connection stays usable; a bigger, slower or stalled rest (or a
+//!   body the client holds back for `100 Continue`) is not waited for, and
+//!   the answer says `Connection: close`.
 //! * **Per-connection memory.** hyper's read buffer is capped at
 //!   [`MAX_BUF`], enough for the largest head the API accepts (32 KiB,
 //!   answered 431 above that).
@@ -391,13 +392,27 @@ async fn settle_body(watch: &BodyWatch, waits_for_continue: bool, res: &mut Resp
     }
 }
 
-/// Reads and drops up to [`DRAIN_LIMIT`] bytes within [`DRAIN_TIME`]; true
-/// when the body ended within both.
+/// A rest that pauses this long is not waited for (a stalled or taken-over
+/// client must not hold its answer back).
+pub const DRAIN_PAUSE: Duration = Duration::from_millis(250);
+
+/// Reads and drops up to [`DRAIN_LIMIT`] bytes within [`DRAIN_TIME`], as
+/// long as they keep coming ([`DRAIN_PAUSE`]); true when the body ended
+/// within all three. A rest known to be bigger is not read at all.
 async fn drain(body: &mut Pin<Box<RequestBody>>) -> bool {
     use http_body_util::BodyExt;
+    if body.size_hint().lower() > DRAIN_LIMIT {
+        return false;
+    }
     let mut seen = 0u64;
     let read = async {
-        while let Some(frame) = body.frame().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(DRAIN_PAUSE, body.frame()).await else {
+                return false;
+            };
+            let Some(frame) = next else {
+                break;
+            };
             let Ok(frame) = frame else {
                 return false;
             };
