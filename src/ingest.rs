@@ -9,7 +9,9 @@
 //! [`Stage`] is the streaming part every protocol shares (reservation
 //! growth, early content sniff, the running sha256, the staging write and
 //! its fsync); a tus PATCH runs one over its part of the upload, resuming
-//! the hash saved with the upload's offset ([`sha256`]).
+//! the hash saved with the upload's offset ([`sha256`]). [`append`] is the
+//! loop both resumable protocols (tus and the IETF draft) feed a request
+//! body through it with, under the request's lease.
 //!
 //! [`Ingest`] is a multipart upload's drop guard around a [`Stage`]: if it is
 //! dropped before [`Ingest::commit`] (client gone, error, panic), a background
@@ -17,6 +19,7 @@
 //! leaks and nothing half-written is listed. A crash that skips even that is
 //! caught by the reservation's expiry and `stowage cleanup`.
 
+pub mod append;
 pub mod error;
 pub mod sha256;
 

@@ -21,6 +21,17 @@
 //!   `body_idle_timeout` (the clock runs only while the handler waits for
 //!   data). Handlers see an ordinary body error: a multipart upload is
 //!   released by its drop guard, a tus PATCH keeps what it fsynced.
+//! * **Unread request bodies.** A handler may answer before it read the
+//!   whole body (a refusal from the headers, an error mid-body). Closing a
+//!   connection with request bytes still unread makes the kernel reset it,
+//!   and the reset can destroy the answer before the client reads it (the
+//!   client sees a reset or EPIPE instead of the error). So every body is
+//!   watched ([`Tracked`]): when the answer is ready and the body was not
+//!   read to its end, a small rest ([`DRAIN_LIMIT`], within [`DRAIN_TIME`],
+//!   pausing no longer than [`DRAIN_PAUSE`]) is read and dropped first, and
+//!   the connection stays usable; a bigger, slower or stalled rest (or a
+//!   body the client holds back for `100 Continue`) is not waited for, and
+//!   the answer says `Connection: close`.
 //! * **Per-connection memory.** hyper's read buffer is capped at
 //!   [`MAX_BUF`], enough for the largest head the API accepts (32 KiB,
 //!   answered 431 above that).
@@ -52,8 +63,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{body::Body, extract::ConnectInfo, Router};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn, Request};
+use axum::{
+    body::Body,
+    extract::ConnectInfo,
+    http::{header, HeaderValue},
+    response::Response,
+    Router,
+};
+use hyper::{
+    body::{Body as _, Frame, Incoming, SizeHint},
+    server::conn::http1,
+    service::service_fn,
+    Request,
+};
 use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -229,8 +251,23 @@ async fn serve_connection(
             let ip = client_ip::resolve(peer.ip(), req.headers(), &conf.trusted);
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(ClientIp(ip));
-            let req = req.map(|b| Body::new(TimeoutBody::new(conf.body_idle_timeout, b)));
-            router.clone().oneshot(req)
+            let watch = Arc::new(BodyWatch::default());
+            let waits_for_continue = req
+                .headers()
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            let req = req.map(|b| {
+                Body::new(Tracked::new(
+                    TimeoutBody::new(conf.body_idle_timeout, b),
+                    watch.clone(),
+                ))
+            });
+            let router = router.clone();
+            async move {
+                let mut res = router.oneshot(req).await?;
+                settle_body(&watch, waits_for_continue, &mut res).await;
+                Ok::<_, std::convert::Infallible>(res)
+            }
         })
     };
     let mut builder = http1::Builder::new();
@@ -260,6 +297,153 @@ async fn serve_connection(
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+// ------------------------------------------------------ unread bodies
+
+/// At most this much of a request body left unread by its handler is read
+/// before the answer goes out (see the module docs).
+pub const DRAIN_LIMIT: u64 = 1024 * 1024;
+/// ... and for at most this long.
+pub const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+type RequestBody = TimeoutBody<Incoming>;
+
+/// What became of one request's body.
+#[derive(Default)]
+struct BodyWatch {
+    /// Read to its end (or it had none).
+    ended: std::sync::atomic::AtomicBool,
+    /// Polled at least once (a `100 Continue` went out if one was due).
+    polled: std::sync::atomic::AtomicBool,
+    /// The unread rest, handed back when the handler dropped the body.
+    rest: Mutex<Option<Pin<Box<RequestBody>>>>,
+}
+
+/// A request body that reports to its [`BodyWatch`], and hands what is
+/// left of it back there when dropped unfinished.
+struct Tracked {
+    inner: Option<Pin<Box<RequestBody>>>,
+    watch: Arc<BodyWatch>,
+}
+
+impl Tracked {
+    fn new(body: RequestBody, watch: Arc<BodyWatch>) -> Tracked {
+        Tracked {
+            inner: Some(Box::pin(body)),
+            watch,
+        }
+    }
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = <RequestBody as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        this.watch.polled.store(true, Ordering::Release);
+        let r = inner.as_mut().poll_frame(cx);
+        if matches!(r, Poll::Ready(None)) {
+            this.watch.ended.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Some(b) => b.is_end_stream(),
+            None => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        if self.watch.ended.load(Ordering::Acquire) || inner.is_end_stream() {
+            self.watch.ended.store(true, Ordering::Release);
+            return;
+        }
+        *self.watch.rest.lock().unwrap_or_else(|p| p.into_inner()) = Some(inner);
+    }
+}
+
+/// Once the answer is ready: reads a small unread rest of the request body
+/// (so closing or reusing the connection cannot destroy the answer), or
+/// marks the answer `Connection: close` when the rest is big, slow, or not
+/// sent yet (the client waits for `100 Continue`). A body still held by
+/// someone (a task that goes on reading it) is left alone.
+async fn settle_body(watch: &BodyWatch, waits_for_continue: bool, res: &mut Response) {
+    if watch.ended.load(Ordering::Acquire) {
+        return;
+    }
+    let rest = watch.rest.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let Some(mut rest) = rest else {
+        return;
+    };
+    let read_all = if waits_for_continue && !watch.polled.load(Ordering::Acquire) {
+        // Reading would ask the client for a body nobody wants.
+        false
+    } else {
+        drain(&mut rest).await
+    };
+    if !read_all {
+        res.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+/// A rest that pauses this long is not waited for (a stalled or taken-over
+/// client must not hold its answer back).
+pub const DRAIN_PAUSE: Duration = Duration::from_millis(250);
+
+/// Reads and drops up to [`DRAIN_LIMIT`] bytes within [`DRAIN_TIME`], as
+/// long as they keep coming ([`DRAIN_PAUSE`]); true when the body ended
+/// within all three. A rest known to be bigger is not read at all.
+async fn drain(body: &mut Pin<Box<RequestBody>>) -> bool {
+    use http_body_util::BodyExt;
+    if body.size_hint().lower() > DRAIN_LIMIT {
+        return false;
+    }
+    let mut seen = 0u64;
+    let read = async {
+        loop {
+            let Ok(next) = tokio::time::timeout(DRAIN_PAUSE, body.frame()).await else {
+                return false;
+            };
+            let Some(frame) = next else {
+                break;
+            };
+            let Ok(frame) = frame else {
+                return false;
+            };
+            if let Some(d) = frame.data_ref() {
+                seen += d.len() as u64;
+                if seen > DRAIN_LIMIT {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIME, read)
+        .await
+        .unwrap_or(false)
 }
 
 /// Writes the fixed 503 without waiting and closes. Bytes the client

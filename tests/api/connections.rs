@@ -364,3 +364,104 @@ local!(
         assert!(r.headers().contains_key("stowage-file-id"));
     }
 );
+
+/// Reads one answer on `r`: its status and lowercased head (the body, of
+/// `Content-Length` bytes, is read too).
+async fn read_answer(r: &mut tokio::net::tcp::OwnedReadHalf) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), r.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .expect("no reset before the answer");
+        assert!(n > 0, "closed before a whole answer: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end].to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return (head[9..12].parse().unwrap(), head);
+            }
+        }
+    }
+}
+
+/// Sends `head` and `body` on a new connection from a task of its own (so
+/// a server that stops reading cannot block the test); the read half and
+/// the task, which hands the write half back.
+async fn send_in_background(
+    app: &TestApp,
+    head: String,
+    body: Vec<u8>,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::task::JoinHandle<Option<tokio::net::tcp::OwnedWriteHalf>>,
+) {
+    let (r, mut w) = connect(app).await.into_split();
+    let task = tokio::spawn(async move {
+        w.write_all(head.as_bytes()).await.ok()?;
+        w.write_all(&body).await.ok()?;
+        Some(w)
+    });
+    (r, task)
+}
+
+fn multipart_without_session(len: usize) -> String {
+    format!(
+        "POST /api/files/upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\nContent-Length: {len}\r\n\r\n"
+    )
+}
+
+// A request refused before its body was read (a tus PATCH of an unknown
+// upload: 404; a multipart upload without a session: 401), with a body of
+// a few hundred KiB: the server reads that rest before answering, so the
+// answer arrives whole and the connection stays usable for the next
+// request. Without it the server closes the connection with the body
+// unread (the next request finds it gone, and the reset that such a close
+// sends can destroy the answer itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_refused_body_is_read_and_the_connection_kept() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let body = vec![7u8; 400 * 1024];
+    let requests = [
+        format!(
+            "PATCH /api/uploads/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\nContent-Type: application/offset+octet-stream\r\nContent-Length: {}\r\n\r\n",
+            uuid::Uuid::new_v4(),
+            token("drain"),
+            body.len()
+        ),
+        multipart_without_session(body.len()),
+    ];
+    for (head, want) in requests.into_iter().zip([404, 401]) {
+        let (mut r, task) = send_in_background(&app, head, body.clone()).await;
+        let (status, head) = read_answer(&mut r).await;
+        assert_eq!(status, want, "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+        let mut w = task.await.unwrap().expect("the whole body was taken");
+        w.write_all(get("/healthz").as_bytes()).await.unwrap();
+        let (status, head) = read_answer(&mut r).await;
+        assert_eq!(status, 200, "the connection was kept: {head}");
+    }
+}
+
+// A refused body bigger than the server reads before answering: the
+// answer still arrives, and says `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_refused_body_gets_its_answer_and_connection_close() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let body = vec![7u8; 8 * 1024 * 1024];
+    let (mut r, task) = send_in_background(&app, multipart_without_session(body.len()), body).await;
+    let started = Instant::now();
+    let (status, head) = read_answer(&mut r).await;
+    assert_eq!(status, 401, "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(2) + MARGIN);
+    drop(r);
+    task.abort();
+}

@@ -13,7 +13,9 @@ use sha2::Digest as _;
 use crate::{
     both,
     helpers::*,
+    local,
     tus::{clients_dir, create_ok, reserved, run_client},
+    tus_takeover::{statuses, stop_mid_upload, Stop},
 };
 
 const PROBLEM_TYPES: &str = "https://iana.org/assignments/http-problem-types#";
@@ -122,6 +124,11 @@ both!(draft8_creation_with_length_and_104, |b| async move {
     assert_eq!(res["error"], Value::Null, "{res}");
     let info = &res["informational"][0];
     assert_eq!(info["status"], 104, "{res}");
+    // The draft: the 104 names the interop version (clients ignore it else).
+    assert_eq!(
+        info["headers"]["upload-draft-interop-version"], "8",
+        "{res}"
+    );
     assert_eq!(res["info_before_body_end"], true, "{res}");
     let loc = info["headers"]["location"].as_str().unwrap();
     assert!(loc.starts_with("/api/uploads/"), "{res}");
@@ -443,6 +450,10 @@ both!(draft_versions, |b| async move {
     }))
     .await;
     assert_eq!(v3["informational"][0]["status"], 104, "{v3}");
+    assert_eq!(
+        v3["informational"][0]["headers"]["upload-draft-interop-version"], "3",
+        "{v3}"
+    );
     assert_eq!(v3["status"], 201, "{v3}");
     assert_eq!(h(&v3, "upload-incomplete"), Some("?0"));
     assert_eq!(h(&v3, "upload-complete"), None);
@@ -630,4 +641,269 @@ both!(mixed_draft_and_tus_never_pass_the_quota, |b| async move {
     }
     assert_eq!(reserved(&app, "hal").await, 0);
     app.assert_consistent("hal").await;
+});
+
+fn max_age(limit: &str) -> u64 {
+    limit
+        .split(',')
+        .find_map(|m| m.trim().strip_prefix("max-age="))
+        .unwrap_or_else(|| panic!("no max-age in {limit:?}"))
+        .parse()
+        .unwrap()
+}
+
+// OPTIONS on the upload endpoint reveals the limits (the draft: a server
+// whose resource supports creating uploads MUST send Upload-Limit there):
+// without a session the per-file limit, with one the smaller of it and the
+// user's room; max-age is the upload lifetime.
+local!(options_reveal_the_upload_limit, |b| async move {
+    let app = spawn_app_with(b, |c| c.max_file_size = 5 * MIB as u64).await;
+    app.admin_set_quota("ivy", 3 * MIB as u64).await;
+    let options = |user: Option<&str>| {
+        let mut rb = app
+            .client
+            .request(reqwest::Method::OPTIONS, app.url("/api/uploads"));
+        if let Some(u) = user {
+            rb = rb.bearer_auth(token(u));
+        }
+        rb.send()
+    };
+    let anon = options(None).await.unwrap();
+    assert!(anon.status().is_success(), "{}", anon.status());
+    let limit = anon.headers()["upload-limit"].to_str().unwrap().to_string();
+    assert_eq!(max_size(&limit), 5 * MIB as u64, "{limit}");
+    assert_eq!(max_age(&limit), app.state.config.upload_expiry.as_secs());
+    // tus discovery is still there.
+    assert_eq!(anon.headers()["tus-version"], "1.0.0");
+    let ivy = options(Some("ivy")).await.unwrap();
+    let limit = ivy.headers()["upload-limit"].to_str().unwrap().to_string();
+    assert_eq!(max_size(&limit), 3 * MIB as u64, "{limit}");
+    // What an upload in progress holds is not room any more.
+    let created = node(json!({
+        "method": "POST", "url": app.url("/api/uploads"),
+        "headers": headers("ivy", 8, &[("Upload-Complete", "?0"), ("Upload-Length", &MIB.to_string())]),
+    }))
+    .await;
+    assert_eq!(created["status"], 201, "{created}");
+    let ivy = options(Some("ivy")).await.unwrap();
+    let limit = ivy.headers()["upload-limit"].to_str().unwrap().to_string();
+    assert_eq!(max_size(&limit), 2 * MIB as u64, "{limit}");
+});
+
+// An upload created without a length learns it later: from Upload-Length
+// on an append, or from the Content-Length of an append that completes it.
+// Either way it is written to the upload, so HEAD reports it and later
+// appends are held to it, even when the request that told it was cut.
+local!(draft8_a_length_learned_later_is_kept, |b| async move {
+    let app = spawn_app(b).await;
+    app.admin_set_quota("jon", 64 * MIB as u64).await;
+    let data = png_bytes(300 * KIB);
+    let file = write_file(app.dir.path(), "j.png", &data);
+    let create = || {
+        node(json!({
+            "method": "POST", "url": app.url("/api/uploads"),
+            "headers": headers("jon", 8, &[("Upload-Complete", "?0")]),
+        }))
+    };
+    let created = create().await;
+    assert_eq!(created["status"], 201, "{created}");
+    let loc = h(&created, "location").unwrap().to_string();
+    let url = app.url(&loc);
+    assert_eq!(
+        h(&head_v(&app, "jon", &loc, 8).await, "upload-length"),
+        None
+    );
+    let part = |start: usize, end: usize, complete: &str, extra: &[(&str, &str)]| {
+        let mut hs = vec![
+            ("Upload-Complete", complete.to_string()),
+            ("Upload-Offset", start.to_string()),
+            ("Content-Type", PARTIAL.to_string()),
+        ];
+        hs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let hs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        json!({"method": "PATCH", "url": url, "file": file, "start": start, "end": end,
+               "headers": headers("jon", 8, &hs)})
+    };
+    let len = data.len().to_string();
+    let first = node(part(0, 100 * KIB, "?0", &[("Upload-Length", &len)])).await;
+    assert_eq!(first["status"], 204, "{first}");
+    let at = head_v(&app, "jon", &loc, 8).await;
+    assert_eq!(h(&at, "upload-length"), Some(len.as_str()), "{at}");
+    assert_eq!(reserved(&app, "jon").await, data.len() as i64);
+    // Held to it from then on.
+    let other = node(part(
+        100 * KIB,
+        110 * KIB,
+        "?0",
+        &[("Upload-Length", "999999")],
+    ))
+    .await;
+    assert_eq!(other["status"], 400, "{other}");
+    assert_eq!(
+        problem(&other)["type"],
+        format!("{PROBLEM_TYPES}inconsistent-upload-length")
+    );
+    let bigger = write_file(app.dir.path(), "j-big.png", &png_bytes(400 * KIB));
+    let mut past = part(100 * KIB, 400 * KIB, "?0", &[]);
+    past["file"] = json!(bigger);
+    let past = node(past).await;
+    assert_eq!(past["status"], 400, "{past}");
+    assert_eq!(
+        problem(&past)["type"],
+        format!("{PROBLEM_TYPES}inconsistent-upload-length")
+    );
+    let done = node(part(100 * KIB, data.len(), "?1", &[])).await;
+    assert_eq!(done["status"], 200, "{done}");
+    let id = h(&done, "stowage-file-id").unwrap().to_string();
+    assert!(file_bytes(&app, "jon", &id).await == data);
+
+    // A completing append of known Content-Length, cut: the length it
+    // told is kept.
+    let created = create().await;
+    let loc = h(&created, "location").unwrap().to_string();
+    let url = app.url(&loc);
+    let res = node(
+        json!({"method": "PATCH", "url": url, "file": file, "cut_after": 100 * KIB,
+        "headers": headers("jon", 8, &[("Upload-Complete", "?1"), ("Upload-Offset", "0"),
+            ("Content-Type", PARTIAL)])}),
+    )
+    .await;
+    assert_eq!(res["cut"], true, "{res}");
+    let at = head_v(&app, "jon", &loc, 8).await;
+    assert_eq!(at["status"], 204, "{at}");
+    assert_eq!(h(&at, "upload-length"), Some(len.as_str()), "{at}");
+    assert_eq!(h(&at, "upload-complete"), Some("?0"));
+    let offset: usize = h(&at, "upload-offset").unwrap().parse().unwrap();
+    assert!(offset <= 100 * KIB, "{at}");
+    let done = node(
+        json!({"method": "PATCH", "url": url, "file": file, "start": offset,
+        "headers": headers("jon", 8, &[("Upload-Complete", "?1"),
+            ("Upload-Offset", &offset.to_string()), ("Content-Type", PARTIAL)])}),
+    )
+    .await;
+    assert_eq!(done["status"], 200, "{done}");
+    let id = h(&done, "stowage-file-id").unwrap().to_string();
+    assert!(file_bytes(&app, "jon", &id).await == data);
+    assert_eq!(reserved(&app, "jon").await, 0);
+    app.assert_consistent("jon").await;
+});
+
+const PARTIAL: &str = "application/partial-upload";
+
+// An upload left incomplete past its lifetime (max-age in Upload-Limit,
+// 2 s here): HEAD and PATCH find no upload (404, as problem details);
+// cleanup drops it, its reservation is released and its staged bytes
+// removed; usage counts nothing of it, and the room is whole again.
+local!(
+    draft8_an_upload_left_past_its_expiry_is_gone,
+    |b| async move {
+        let app = spawn_app_with(b, |c| c.upload_expiry = Duration::from_secs(2)).await;
+        app.admin_set_quota("kim", 2 * MIB as u64).await;
+        let data = png_bytes(MIB);
+        let file = write_file(app.dir.path(), "k.png", &data);
+        let created = node(json!({
+            "method": "POST", "url": app.url("/api/uploads"), "file": file, "end": 300 * KIB,
+            "headers": headers("kim", 8, &[("Upload-Complete", "?0"),
+                ("Upload-Length", &data.len().to_string())]),
+        }))
+        .await;
+        assert_eq!(created["status"], 201, "{created}");
+        assert_eq!(
+            h(&created, "upload-offset"),
+            Some((300 * KIB).to_string().as_str())
+        );
+        let limit = created["informational"][0]["headers"]["upload-limit"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{created}"));
+        assert!(max_age(limit) <= 2, "{limit}");
+        let loc = h(&created, "location").unwrap().to_string();
+        let at = head_v(&app, "kim", &loc, 8).await;
+        assert!(max_age(h(&at, "upload-limit").unwrap()) <= 2, "{at}");
+        assert_eq!(reserved(&app, "kim").await, MIB as i64);
+
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let gone = head_v(&app, "kim", &loc, 8).await;
+        assert_eq!(gone["status"], 404, "{gone}");
+        assert_eq!(h(&gone, "content-type"), Some("application/problem+json"));
+        let late = node(
+            json!({"method": "PATCH", "url": app.url(&loc), "file": file,
+        "start": 300 * KIB,
+        "headers": headers("kim", 8, &[("Upload-Complete", "?1"),
+            ("Upload-Offset", &(300 * KIB).to_string()), ("Content-Type", PARTIAL)])}),
+        )
+        .await;
+        assert_eq!(late["status"], 404, "{late}");
+        problem(&late);
+        let report = stowage::jobs::cleanup::run(&app.state, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(report.expired_uploads, 1);
+        assert_eq!(reserved(&app, "kim").await, 0);
+        assert!(
+            app.temp_files().await.is_empty(),
+            "{:?}",
+            app.temp_files().await
+        );
+        let usage = app.usage("kim").await;
+        assert_eq!(usage["total_bytes"], 0, "{usage}");
+        assert!(app.list_all("kim", "").await.is_empty());
+        // The whole room is there again: a new upload of the file is stored,
+        // and counted exactly once.
+        let again = node(json!({
+            "method": "POST", "url": app.url("/api/uploads"), "file": file,
+            "headers": headers("kim", 8, &[("Upload-Complete", "?1")]),
+        }))
+        .await;
+        assert_eq!(again["status"], 201, "{again}");
+        let usage = app.usage("kim").await;
+        assert_eq!(usage["total_bytes"], data.len() as u64, "{usage}");
+        app.assert_consistent("kim").await;
+    }
+);
+
+// tus-js-client's IETF protocols (interop versions 5 and 6), one request
+// for the whole 50 MiB file, paced to ~6 MiB/s: the `stowage serve` child
+// is stopped once 6 MiB are staged (SIGKILL for one, SIGTERM for the other)
+// and started again on the same port, data and database; the client's own
+// retries (HEAD, then the rest from the server's offset) finish the upload
+// there; the bytes and sha256 are compared against the restarted server.
+async fn js_ietf_across_a_restart(b: Backend, protocol: &str, stop: Stop) {
+    let (res, _site) = stop_mid_upload(b, stop, 50 * MIB, |endpoint, file| {
+        let mut c = crate::tus::js_cmd(endpoint, "killed", file, &["--retry-delays", "default"]);
+        c.args(["--protocol", protocol]);
+        c
+    })
+    .await;
+    assert_eq!(res["ok"], true, "{res}");
+    let seen = statuses(&res);
+    assert!(
+        seen.iter().any(|s| s.starts_with("HEAD ")),
+        "resumed: {seen:?}"
+    );
+    // A stopping server (SIGTERM) records what it made durable; a killed
+    // one records nothing of the request it was in (the offset moves when a
+    // request's bytes are fsynced, at its end), so the retry starts over
+    // from the offset the database holds.
+    if stop == Stop::Term {
+        assert!(
+            res["head_offsets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o.as_u64().unwrap() >= 6 * MIB as u64),
+            "resumed from what the stopped server kept: {res}"
+        );
+    }
+    assert!(
+        !seen.iter().any(|s| s.ends_with(" 423")),
+        "no 423: {seen:?}"
+    );
+}
+
+local!(tus_js_ietf_draft_03_across_a_sigkill, |b| async move {
+    js_ietf_across_a_restart(b, "ietf-draft-03", Stop::Kill).await
+});
+
+local!(tus_js_ietf_draft_05_across_a_sigterm, |b| async move {
+    js_ietf_across_a_restart(b, "ietf-draft-05", Stop::Term).await
 });

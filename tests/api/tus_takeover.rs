@@ -515,7 +515,7 @@ both!(hash_state_travels_with_the_offset, |b| async move {
 /// A data dir and database for `stowage serve` children and, for the
 /// object-store variant, the environment that keeps their blobs in Garage
 /// under a prefix of their own.
-struct Site {
+pub(crate) struct Site {
     scratch: Scratch,
     blobs: Vec<(String, String)>,
     /// The key prefix in the bucket (object-store variant only).
@@ -575,7 +575,7 @@ impl Site {
 
 /// How a test stops the server mid-upload.
 #[derive(Clone, Copy, PartialEq)]
-enum Stop {
+pub(crate) enum Stop {
     Kill,
     Term,
 }
@@ -609,7 +609,7 @@ async fn kill_mid_upload(
 /// through the proxy) and restarts it on the same port, data dir and
 /// database. Returns the client's report; the file's sha256 and bytes are
 /// checked against the restarted server.
-async fn stop_mid_upload(
+pub(crate) async fn stop_mid_upload(
     backend: Backend,
     stop: Stop,
     size: usize,
@@ -678,7 +678,7 @@ async fn stop_mid_upload(
     (res, site)
 }
 
-fn statuses(res: &Value) -> Vec<String> {
+pub(crate) fn statuses(res: &Value) -> Vec<String> {
     res["statuses"]
         .as_array()
         .unwrap()

@@ -93,6 +93,21 @@ describe('FileUploader', () => {
     expect(calls.filter((c) => c.path === '/api/storage/usage').length).toBeGreaterThanOrEqual(3);
   });
 
+  it('speaks tus 1.0 by default and the IETF draft when asked', async () => {
+    const { client } = clientWith({ 'GET /api/storage/usage': usageOf(0, 10 * MiB) });
+    const { rerender } = render(<FileUploader client={client} />);
+    await choose([fileOfSize('t.png', 10)]);
+    await waitFor(() => expect(tusState.uploads).toHaveLength(1));
+    expect(tusState.uploads[0].options.protocol).toBe('tus-v1');
+    rerender(<FileUploader client={client} protocol="ietf" />);
+    await choose([fileOfSize('i.png', 10)]);
+    await waitFor(() => expect(tusState.uploads).toHaveLength(2));
+    expect(tusState.uploads[1].options.protocol).toBe('ietf-draft-05');
+    expect(tusState.uploads[1].options.endpoint).toBe('/api/uploads');
+    // The upload already under way keeps its protocol.
+    expect(tusState.uploads[0].options.protocol).toBe('tus-v1');
+  });
+
   it('adds the bearer token to every tus request', async () => {
     const { client } = clientWith({ 'GET /api/storage/usage': usageOf(0, 10 * MiB) }, async () => 'tok');
     render(<FileUploader client={client} />);

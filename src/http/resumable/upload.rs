@@ -28,16 +28,14 @@ use axum::{
 };
 use base64::{engine::general_purpose::STANDARD, Engine};
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use uuid::Uuid;
 
 use super::{
-    problem::Problem, Version, META_LENGTH_UNKNOWN, META_PROTOCOL, META_SHA256, NEWEST,
-    PARTIAL_UPLOAD, REPR_DIGEST, UPLOAD_LENGTH, UPLOAD_LIMIT, UPLOAD_OFFSET, VERSIONS,
+    problem::Problem, Version, INTEROP_VERSION, META_LENGTH_UNKNOWN, META_PROTOCOL, META_SHA256,
+    NEWEST, PARTIAL_UPLOAD, REPR_DIGEST, UPLOAD_LENGTH, UPLOAD_LIMIT, UPLOAD_OFFSET, VERSIONS,
 };
 use crate::{
     app::AppState,
-    blob::BlobError,
     domain::filetype::SNIFF_LEN,
     http::{
         error::AppError,
@@ -45,14 +43,19 @@ use crate::{
         interim::Interim,
         tus::{
             self,
-            core::{content_length, expiry_from, file_meta, id_value},
+            core::{content_length, expiry_from, file_meta, id_value, Found},
             headers::{metadata_from_json, metadata_to_json, parse_metadata, parse_u64},
-            lease::{self, Acquired, Ended, Lease},
+            lease::{self, Acquired, Lease},
             BODY_IDLE, LEASE, STOWAGE_FILE_ID,
         },
     },
-    ingest::{self, sha256::RunningSha256, FileMeta, IngestError, SizeHint, Stage},
-    meta::{FileRecord, FileView, TusProgress, TusUpload},
+    ingest::{
+        self,
+        append::{self, Cut, End},
+        sha256::RunningSha256,
+        FileMeta, IngestError, SizeHint,
+    },
+    meta::{FileRecord, FileView, TusUpload},
 };
 
 type Metadata = std::collections::BTreeMap<String, Option<Vec<u8>>>;
@@ -191,12 +194,15 @@ async fn create_inner(
         v.set_complete(&mut h, false);
         return Ok((StatusCode::CREATED, h).into_response());
     }
-    // Where to resume, before a byte of the body is read.
+    // Where to resume, before a byte of the body is read. The draft: a
+    // 104 names the interop version (clients ignore one that does not).
     if let Some(i) = &interim {
+        let mut info = h.clone();
+        info.insert(INTEROP_VERSION.clone(), HeaderValue::from_static(v.name()));
         i.send(
             StatusCode::from_u16(104).expect("valid status"),
             "Upload Resumption Supported",
-            &h,
+            &info,
         );
     }
     let job = Job {
@@ -237,53 +243,40 @@ pub async fn offset(
         Ok(v) => v,
         Err(r) => return r,
     };
-    match offset_inner(&state, &user, id).await {
-        Ok(r) => {
-            let (mut parts, body) = r.into_parts();
-            if let Some(c) = parts.extensions.get::<Completion>() {
-                v.set_complete(&mut parts.headers, c.0);
-            }
-            Response::from_parts(parts, body)
-        }
+    match offset_inner(&state, &user, id, v).await {
+        Ok(r) => r,
         Err(p) => p.respond(v),
     }
 }
 
-/// Marks a response with its `Upload-Complete` value (set in the
-/// request's header names by the caller).
-#[derive(Clone, Copy)]
-struct Completion(bool);
-
-async fn offset_inner(state: &AppState, user: &str, id: Uuid) -> Result<Response, Problem> {
-    let mut up = state.meta.get_tus_upload(user, id, Utc::now()).await?;
-    if up.is_some() && lease::end_writer(state, id).await? == Ended::Ended {
-        up = state.meta.get_tus_upload(user, id, Utc::now()).await?;
-    }
+/// The answer to an offset retrieval, in the request's version.
+async fn offset_inner(
+    state: &AppState,
+    user: &str,
+    id: Uuid,
+    v: Version,
+) -> Result<Response, Problem> {
     let mut h = HeaderMap::new();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let complete = if let Some(up) = up {
-        let meta = metadata_from_json(&up.metadata);
-        h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(up.upload_offset));
-        let known = !meta.contains_key(META_LENGTH_UNKNOWN);
-        if known {
-            h.insert(UPLOAD_LENGTH.clone(), HeaderValue::from(up.upload_length));
+    let complete = match tus::core::find(state, user, id).await? {
+        Found::InProgress(up) => {
+            h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(up.upload_offset));
+            if !metadata_from_json(&up.metadata).contains_key(META_LENGTH_UNKNOWN) {
+                h.insert(UPLOAD_LENGTH.clone(), HeaderValue::from(up.upload_length));
+            }
+            let own = state.meta.reservation_bytes(id).await?.unwrap_or(0);
+            if let Some(l) = limit_value(state, user, own, secs_until(up.expires_at)).await {
+                h.insert(UPLOAD_LIMIT.clone(), l);
+            }
+            false
         }
-        let own = state.meta.reservation_bytes(id).await?.unwrap_or(0);
-        if let Some(l) = limit_value(state, user, own, secs_until(up.expires_at)).await {
-            h.insert(UPLOAD_LIMIT.clone(), l);
+        Found::Finished(f) => {
+            tus::core::finished_headers(&mut h, &f);
+            true
         }
-        false
-    } else if let Some(f) = state.meta.get_file(user, id).await? {
-        h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(f.file_size));
-        h.insert(UPLOAD_LENGTH.clone(), HeaderValue::from(f.file_size));
-        h.insert(STOWAGE_FILE_ID.clone(), id_value(f.id));
-        true
-    } else {
-        return Err(AppError::NotFound.into());
     };
-    let mut r = (StatusCode::NO_CONTENT, h).into_response();
-    r.extensions_mut().insert(Completion(complete));
-    Ok(r)
+    v.set_complete(&mut h, complete);
+    Ok((StatusCode::NO_CONTENT, h).into_response())
 }
 
 /// `PATCH` of an upload: appends the body at `Upload-Offset`.
@@ -302,40 +295,13 @@ pub async fn append(
         Ok(v) => v,
         Err(r) => return r,
     };
-    let mut body = Some(body);
-    match append_inner(&state, &user, id, v, &headers, &mut body).await {
+    // A body left unread by a refusal is settled by the server (see
+    // crate::http::server).
+    match append_inner(&state, &user, id, v, &headers, body).await {
         Ok(r) => r,
-        Err(p) => {
-            if let Some(unread) = body {
-                drain_unread(unread).await;
-            }
-            p.respond(v)
-        }
+        Err(p) => p.respond(v),
     }
 }
-
-/// Reads and drops what is left of a small body refused before it was
-/// read. Closing a connection with unread request bytes makes the
-/// kernel reset it, and the reset can discard the error answer before
-/// the client reads it; so up to [`DRAIN_LIMIT`] bytes, for at most
-/// [`DRAIN_TIME`], are read first. A bigger or slower body is cut.
-async fn drain_unread(body: Body) {
-    let mut stream = body.into_data_stream();
-    let mut seen = 0usize;
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        while let Some(Ok(chunk)) = stream.next().await {
-            seen += chunk.len();
-            if seen > DRAIN_LIMIT {
-                break;
-            }
-        }
-    })
-    .await;
-}
-
-/// See [`drain_unread`].
-const DRAIN_LIMIT: usize = 1024 * 1024;
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn append_inner(
     state: &AppState,
@@ -343,7 +309,7 @@ async fn append_inner(
     id: Uuid,
     v: Version,
     headers: &HeaderMap,
-    body: &mut Option<Body>,
+    body: Body,
 ) -> Result<Response, Problem> {
     if v.needs_partial_upload() && !is_partial_upload(headers) {
         return Err(Problem::new(
@@ -436,9 +402,6 @@ async fn append_inner(
         meta: fm,
     };
     let (st, u) = (state.clone(), user.to_string());
-    let Some(body) = body.take() else {
-        return Err(AppError::internal(anyhow::anyhow!("the body was already taken")).into());
-    };
     let w = tokio::spawn(async move { write(&st, &u, lease, &up, job, body).await })
         .await
         .map_err(|e| Problem::from(AppError::internal(e)))??;
@@ -709,7 +672,12 @@ fn percent_decode(s: &str) -> Option<String> {
 /// `Upload-Limit: max-size=…, max-age=…`: `max-size` is the smaller of the
 /// per-file limit and the user's room (counting `own`, what this upload
 /// already holds); `max-age` the seconds the upload lives without activity.
-async fn limit_value(state: &AppState, user: &str, own: u64, max_age: u64) -> Option<HeaderValue> {
+pub(crate) async fn limit_value(
+    state: &AppState,
+    user: &str,
+    own: u64,
+    max_age: u64,
+) -> Option<HeaderValue> {
     let room = match state.meta.get_user(user).await {
         Ok(Some(u)) => (u.max_bytes - u.total_bytes - u.reserved_bytes).max(0) as u64,
         Ok(None) => state.config.default_quota,
@@ -762,14 +730,6 @@ struct Written {
     file: Option<FileRecord>,
 }
 
-/// Why a body stopped before its end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cut {
-    Disconnected,
-    TakenOver,
-    Shutdown,
-}
-
 /// Streams `body` onto upload `up` (whose offset the caller checked) under
 /// `lease`, records the new offset, and completes the upload when the
 /// request said its content ends it. Consumes the lease.
@@ -796,17 +756,6 @@ async fn write_inner(
 ) -> Result<Written, Problem> {
     let id = up.id;
     let start = up.upload_offset.max(0) as u64;
-    let writer = match state.blobs.stage(id, start).await {
-        Ok(w) => w,
-        Err(BlobError::NotFound) => {
-            tracing::error!(upload = %id, start, "staging data of a resumable upload is missing; dropping the upload");
-            if lease.finish_row().await {
-                ingest::abandon(state, id).await;
-            }
-            return Err(AppError::NotFound.into());
-        }
-        Err(e) => return Err(AppError::from(e).into()),
-    };
     // What the reservation holds: the length when it was known at
     // creation; else what was granted so far, topped up to the length once
     // a request says it (refused with 507 at once when it does not fit).
@@ -829,101 +778,54 @@ async fn write_inner(
     } else {
         (job.length.unwrap_or(up.upload_length.max(0) as u64), false)
     };
-    let before = up
-        .hash_state
-        .as_deref()
-        .and_then(RunningSha256::from_bytes)
-        .filter(|h| h.len() == start)
-        .or_else(|| (start == 0).then(RunningSha256::new));
-    let mut stage = Stage::resume(
-        state,
+    if let (true, Some(l)) = (job.grows, job.length) {
+        // Learned now: HEAD reports it and later appends are held to it.
+        record_length(state, lease, up, l).await?;
+    }
+    let mut stage = tus::core::open_stage(state, lease, up, reserved, growable).await?;
+    let watch = append::Watch {
         id,
-        writer,
-        start,
-        before,
-        reserved,
-        growable,
-        state.config.upload_expiry,
-    )
-    .await;
+        protocol: "ietf-draft",
+        idle: BODY_IDLE,
+        shutdown: &state.shutdown,
+        limit: job.length,
+    };
+    let end = append::run(&mut stage, lease, body.into_data_stream(), watch, |_| {}).await?;
     let mut cut = None;
     let mut out_of_room = None;
-    let mut stream = body.into_data_stream();
-    let idle = tokio::time::sleep(BODY_IDLE);
-    let check = tokio::time::sleep(lease.check_due());
-    tokio::pin!(idle, check);
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = state.shutdown.cancelled() => {
-                cut = Some(Cut::Shutdown);
-                break;
+    match end {
+        End::Done => {}
+        End::Cut(c) => cut = Some(c),
+        End::PastLimit => {
+            // The draft: an upload whose offset would pass its length is
+            // invalid from then on.
+            drop(stage);
+            if lease.finish_row().await {
+                ingest::abandon(state, id).await;
             }
-            _ = lease.stopped() => None,
-            _ = &mut check => None,
-            _ = &mut idle => {
-                tracing::info!(upload = %id, written = stage.len() - start, "resumable upload body stalled");
-                cut = Some(Cut::Disconnected);
-                break;
-            }
-            c = stream.next() => Some(c),
-        };
-        if !lease.keep().await? {
-            tracing::info!(upload = %id, written = stage.len() - start, "resumable upload body ended: another request took the upload over");
-            cut = Some(Cut::TakenOver);
-            break;
+            return Err(Problem::inconsistent_length(format!(
+                "the content runs past the upload's length {}; the upload is dropped",
+                job.length.unwrap_or_default()
+            )));
         }
-        if check.is_elapsed() {
-            check
-                .as_mut()
-                .reset(tokio::time::Instant::now() + lease.check_due());
+        // Out of room: keep what is in (it may resume once there is
+        // room), answer 507.
+        End::Refused(e @ IngestError::QuotaExceeded { .. }) => {
+            out_of_room = Some(AppError::from(e))
         }
-        let chunk = match next {
-            None => continue,
-            Some(None) => break,
-            Some(Some(Ok(c))) => c,
-            Some(Some(Err(e))) => {
-                tracing::info!(upload = %id, error = %e, written = stage.len() - start, "resumable upload body ended early");
-                cut = Some(Cut::Disconnected);
-                break;
-            }
-        };
-        idle.as_mut().reset(tokio::time::Instant::now() + BODY_IDLE);
-        if let Some(l) = job.length {
-            if stage.len() + chunk.len() as u64 > l {
-                // The draft: an upload whose offset would pass its length
-                // is invalid from then on.
-                drop(stage);
+        End::Refused(e) => {
+            drop(stage);
+            if matches!(
+                e,
+                IngestError::UnsupportedType(_) | IngestError::TooLarge(_)
+            ) {
+                // It can never complete.
+                ingest::record_ingest_refusal(state, user, id, None, &e).await;
                 if lease.finish_row().await {
                     ingest::abandon(state, id).await;
                 }
-                return Err(Problem::inconsistent_length(format!(
-                    "the content runs past the upload's length {l}; the upload is dropped"
-                )));
             }
-        }
-        match stage.write(chunk).await {
-            Ok(()) => {}
-            Err(e @ IngestError::QuotaExceeded { .. }) => {
-                // Out of room: keep what is in (it may resume once there
-                // is room), answer 507.
-                out_of_room = Some(AppError::from(e));
-                break;
-            }
-            Err(e) => {
-                drop(stage);
-                if matches!(
-                    e,
-                    IngestError::UnsupportedType(_) | IngestError::TooLarge(_)
-                ) {
-                    // It can never complete.
-                    ingest::record_ingest_refusal(state, user, id, None, &e).await;
-                    if lease.finish_row().await {
-                        ingest::abandon(state, id).await;
-                    }
-                }
-                return Err(refused(state, user, 0, e.into()).await);
-            }
+            return Err(refused(state, user, 0, e.into()).await);
         }
     }
     let staged = stage.finish().await.map_err(AppError::from)?;
@@ -937,29 +839,8 @@ async fn write_inner(
             Some(l) => l == new_offset,
             None => job.complete,
         };
-    let expires_at = expiry_from(state, Utc::now());
     if written > 0 || whole {
-        let progress = TusProgress {
-            offset: new_offset,
-            hash_state: staged.hash.as_ref().map(RunningSha256::to_bytes),
-            expires_at,
-            completing: whole,
-        };
-        if !state
-            .meta
-            .set_tus_offset(id, lease.owner(), &progress)
-            .await?
-        {
-            lease.mark_lost();
-            return Err(AppError::Conflict("another request took this upload over".into()).into());
-        }
-        if let Err(e) = state
-            .meta
-            .touch_reservation(id, state.config.upload_expiry)
-            .await
-        {
-            tracing::warn!(error = %e, upload = %id, "could not extend the upload's reservation");
-        }
+        tus::core::record(state, lease, id, new_offset, staged.hash.as_ref(), whole).await?;
     }
     if !whole {
         lease.release().await;
@@ -1007,6 +888,46 @@ async fn write_inner(
         offset: new_offset,
         file: Some(file),
     })
+}
+
+/// Writes the length of an upload created without one, learned from a
+/// later append (its `Upload-Length`, or the offset plus the
+/// `Content-Length` of an append that completes it), into the upload row,
+/// whose reservation already covers it. The store updates a row's offset
+/// only, so the row is written again under the same lease: deleted and
+/// inserted with the length and without the unknown-length mark. A request
+/// arriving between the two finds no upload (404) for that moment.
+async fn record_length(
+    state: &AppState,
+    lease: &mut Lease,
+    up: &TusUpload,
+    length: u64,
+) -> Result<(), Problem> {
+    let mut meta = metadata_from_json(&up.metadata);
+    meta.remove(META_LENGTH_UNKNOWN);
+    let row = TusUpload {
+        upload_length: length as i64,
+        metadata: metadata_to_json(&meta),
+        ..up.clone()
+    };
+    let owner = lease.owner();
+    if !state.meta.finish_tus_upload(up.id, owner).await? {
+        lease.mark_lost();
+        return Err(AppError::Conflict("another request took this upload over".into()).into());
+    }
+    let until = Utc::now() + lease_len();
+    if let Err(e) = state
+        .meta
+        .create_tus_upload(&row, Some((owner, until)))
+        .await
+    {
+        tracing::error!(error = %e, upload = %up.id, "could not write the upload row back; dropping the upload");
+        lease.mark_lost();
+        ingest::abandon(state, up.id).await;
+        return Err(AppError::from(e).into());
+    }
+    tracing::info!(upload = %up.id, length, "resumable upload length learned");
+    Ok(())
 }
 
 /// The upload is whole (`len` bytes): sha256 over all of it (from the saved

@@ -21,7 +21,6 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use uuid::Uuid;
 
 use super::{
@@ -41,7 +40,12 @@ use crate::{
         error::AppResult,
         extract::{AuthUser, FileId},
     },
-    ingest::{self, sha256::RunningSha256, FileMeta, IngestError, Stage},
+    ingest::{
+        self,
+        append::{self, Cut, End},
+        sha256::RunningSha256,
+        FileMeta, IngestError, Stage,
+    },
     meta::{FileRecord, TusProgress, TusUpload},
 };
 
@@ -55,29 +59,55 @@ pub async fn head(
     FileId(id): FileId,
 ) -> AppResult<Response> {
     let mut h = HeaderMap::new();
-    let mut up = state.meta.get_tus_upload(&user.0, id, Utc::now()).await?;
-    if up.is_some() && lease::end_writer(&state, id).await? == Ended::Ended {
-        up = state.meta.get_tus_upload(&user.0, id, Utc::now()).await?;
-    }
-    if let Some(up) = up {
-        h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(up.upload_offset));
-        h.insert(UPLOAD_LENGTH.clone(), HeaderValue::from(up.upload_length));
-        h.insert(UPLOAD_EXPIRES.clone(), date_value(up.expires_at));
-        let meta = headers::format_metadata(&metadata_from_json(&up.metadata));
-        if !meta.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&meta) {
-                h.insert(UPLOAD_METADATA.clone(), v);
+    match find(&state, &user.0, id).await? {
+        Found::InProgress(up) => {
+            h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(up.upload_offset));
+            h.insert(UPLOAD_LENGTH.clone(), HeaderValue::from(up.upload_length));
+            h.insert(UPLOAD_EXPIRES.clone(), date_value(up.expires_at));
+            let meta = headers::format_metadata(&metadata_from_json(&up.metadata));
+            if !meta.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&meta) {
+                    h.insert(UPLOAD_METADATA.clone(), v);
+                }
             }
         }
-    } else if let Some(f) = state.meta.get_file(&user.0, id).await? {
-        h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(f.file_size));
-        h.insert(UPLOAD_LENGTH.clone(), HeaderValue::from(f.file_size));
-        h.insert(STOWAGE_FILE_ID.clone(), id_value(f.id));
-    } else {
-        return Err(AppError::NotFound);
+        Found::Finished(f) => finished_headers(&mut h, &f),
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok((StatusCode::OK, h).into_response())
+}
+
+/// What an offset retrieval finds of one of the user's uploads.
+pub enum Found {
+    /// In progress, its offset final (see [`find`]).
+    InProgress(TusUpload),
+    /// Completed: the file it became (the file id is the upload id).
+    Finished(FileRecord),
+}
+
+/// The user's upload `id` for an offset retrieval (tus `HEAD`, the draft's
+/// `HEAD`): a request still writing to it is ended first, so the offset is
+/// final; a finished upload is its file; anything else is 404.
+pub async fn find(state: &AppState, user: &str, id: Uuid) -> AppResult<Found> {
+    let mut up = state.meta.get_tus_upload(user, id, Utc::now()).await?;
+    if up.is_some() && lease::end_writer(state, id).await? == Ended::Ended {
+        up = state.meta.get_tus_upload(user, id, Utc::now()).await?;
+    }
+    if let Some(up) = up {
+        return Ok(Found::InProgress(up));
+    }
+    match state.meta.get_file(user, id).await? {
+        Some(f) => Ok(Found::Finished(f)),
+        None => Err(AppError::NotFound),
+    }
+}
+
+/// The offset, length and file id of a finished upload, as both protocols
+/// answer them.
+pub fn finished_headers(h: &mut HeaderMap, f: &FileRecord) {
+    h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(f.file_size));
+    h.insert(UPLOAD_LENGTH.clone(), HeaderValue::from(f.file_size));
+    h.insert(STOWAGE_FILE_ID.clone(), id_value(f.id));
 }
 
 /// `GET /api/uploads/{id}` of a finished upload: the file's bytes, exactly as
@@ -105,19 +135,12 @@ pub async fn patch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut res = patch_inner(state, user, id, headers, body)
+    // A body a refusal left unread is settled by the server: a small rest
+    // is read, else the answer says `Connection: close` (see
+    // crate::http::server).
+    patch_inner(state, user, id, headers, body)
         .await
-        .into_response();
-    // A refused or cut PATCH may leave part of its body unread, and the
-    // server then closes the connection; saying so keeps a client from
-    // sending its next request on a connection that is going away.
-    if !res.status().is_success() {
-        res.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            axum::http::HeaderValue::from_static("close"),
-        );
-    }
-    res
+        .into_response()
 }
 
 async fn patch_inner(
@@ -291,17 +314,6 @@ pub struct Appended {
     pub file: Option<FileRecord>,
 }
 
-/// Why a body stopped before its end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cut {
-    /// The client went away, or sent nothing for [`BODY_IDLE`].
-    Disconnected,
-    /// A later request took the upload over.
-    TakenOver,
-    /// The server is stopping (SIGTERM past its grace period).
-    Shutdown,
-}
-
 /// Streams `body` onto upload `up` (whose offset the caller checked) under
 /// `lease`, then records the new offset, or completes the upload when it is
 /// whole. Consumes the lease, released before this returns.
@@ -343,97 +355,32 @@ async fn append_inner(
             )));
         }
     }
-    // One call opens the staged data at the offset and checks it holds
-    // that many bytes (on an object store, a listing plus a probe).
-    let writer = match state.blobs.stage(id, start).await {
-        Ok(w) => w,
-        Err(BlobError::NotFound) => {
-            // The staged bytes the offset counts are gone: nothing to resume.
-            tracing::error!(upload = %id, start, "staging data of a tus upload is missing; dropping the upload");
-            if lease.finish_row().await {
-                ingest::abandon(state, id).await;
-            }
-            return Err(AppError::NotFound);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // The hash over the bytes before `start`, saved with the offset.
-    let before = up
-        .hash_state
-        .as_deref()
-        .and_then(RunningSha256::from_bytes)
-        .filter(|h| h.len() == start)
-        .or_else(|| (start == 0).then(RunningSha256::new));
-    let mut stage = Stage::resume(
-        state,
-        id,
-        writer,
-        start,
-        before,
-        length,
-        false,
-        state.config.upload_expiry,
-    )
-    .await;
+    let mut stage = open_stage(state, lease, up, length, false).await?;
     let mut body_hash = checksum.as_ref().map(|c| BodyHasher::new(c.algo));
-    let mut cut = None;
-    let mut stream = body.into_data_stream();
-    let idle = tokio::time::sleep(BODY_IDLE);
-    let check = tokio::time::sleep(lease.check_due());
-    tokio::pin!(idle, check);
-    loop {
-        // A chunk, or a reason to look at the lease first: a takeover on
-        // this node, or a check due (another node's takeover, renewal). A
-        // stopping server ends the PATCH like a disconnect: what arrived is
-        // kept, its offset recorded and the lease released.
-        let next = tokio::select! {
-            biased;
-            _ = state.shutdown.cancelled() => {
-                tracing::info!(upload = %id, written = stage.len() - start, "server stopping; keeping what arrived");
-                cut = Some(Cut::Shutdown);
-                break;
-            }
-            _ = lease.stopped() => None,
-            _ = &mut check => None,
-            _ = &mut idle => {
-                tracing::info!(upload = %id, written = stage.len() - start, "tus body stalled");
-                cut = Some(Cut::Disconnected);
-                break;
-            }
-            c = stream.next() => Some(c),
-        };
-        if !lease.keep().await? {
-            tracing::info!(upload = %id, written = stage.len() - start, "tus body ended: another request took the upload over");
-            cut = Some(Cut::TakenOver);
-            break;
+    let watch = append::Watch {
+        id,
+        protocol: "tus",
+        idle: BODY_IDLE,
+        shutdown: &state.shutdown,
+        limit: Some(length),
+    };
+    let end = append::run(&mut stage, lease, body.into_data_stream(), watch, |c| {
+        if let Some(h) = body_hash.as_mut() {
+            h.update(c);
         }
-        if check.is_elapsed() {
-            check
-                .as_mut()
-                .reset(tokio::time::Instant::now() + lease.check_due());
-        }
-        let chunk = match next {
-            None => continue,
-            Some(None) => break,
-            Some(Some(Ok(c))) => c,
-            Some(Some(Err(e))) => {
-                tracing::info!(upload = %id, error = %e, written = stage.len() - start, "tus body ended early");
-                cut = Some(Cut::Disconnected);
-                break;
-            }
-        };
-        idle.as_mut().reset(tokio::time::Instant::now() + BODY_IDLE);
-        if stage.len() + chunk.len() as u64 > length {
+    })
+    .await?;
+    let cut = match end {
+        End::Done => None,
+        End::Cut(c) => Some(c),
+        End::PastLimit => {
             drop(stage);
             rollback(state, id, start).await;
             return Err(AppError::TooLarge(format!(
                 "the body goes past Upload-Length {length}"
             )));
         }
-        if let Some(h) = body_hash.as_mut() {
-            h.update(&chunk);
-        }
-        if let Err(e) = stage.write(chunk).await {
+        End::Refused(e) => {
             drop(stage);
             if matches!(e, IngestError::UnsupportedType(_)) {
                 // Refused by its first bytes: it can never complete.
@@ -443,7 +390,7 @@ async fn append_inner(
             }
             return Err(e.into());
         }
-    }
+    };
     let staged = stage.finish().await?;
     let new_offset = staged.len;
     let written = new_offset - start;
@@ -462,33 +409,12 @@ async fn append_inner(
             )));
         }
     }
-    let expires_at = expiry_from(state, Utc::now());
     let whole = new_offset == length;
-    if written > 0 || whole {
-        let progress = TusProgress {
-            offset: new_offset,
-            hash_state: staged.hash.as_ref().map(RunningSha256::to_bytes),
-            expires_at,
-            completing: whole,
-        };
-        if !state
-            .meta
-            .set_tus_offset(id, lease.owner(), &progress)
-            .await?
-        {
-            lease.mark_lost();
-            return Err(AppError::Conflict(
-                "another request took this upload over".into(),
-            ));
-        }
-        if let Err(e) = state
-            .meta
-            .touch_reservation(id, state.config.upload_expiry)
-            .await
-        {
-            tracing::warn!(error = %e, upload = %id, "could not extend the upload's reservation");
-        }
-    }
+    let expires_at = if written > 0 || whole {
+        record(state, lease, id, new_offset, staged.hash.as_ref(), whole).await?
+    } else {
+        expiry_from(state, Utc::now())
+    };
     if !whole {
         lease.release().await;
         return match cut {
@@ -512,6 +438,91 @@ async fn append_inner(
         expires_at,
         file: Some(file),
     })
+}
+
+/// Opens upload `up`'s staged data at its offset for an append, with the
+/// sha256 state saved with that offset, against a reservation of
+/// `reserved` bytes (`growable`: grown as bytes arrive). One call opens the
+/// data and checks it holds that many bytes (on an object store, a listing
+/// plus a probe); when they are gone there is nothing to resume: the upload
+/// is dropped and the answer is 404.
+pub async fn open_stage(
+    state: &AppState,
+    lease: &mut Lease,
+    up: &TusUpload,
+    reserved: u64,
+    growable: bool,
+) -> AppResult<Stage> {
+    let id = up.id;
+    let start = up.upload_offset.max(0) as u64;
+    let writer = match state.blobs.stage(id, start).await {
+        Ok(w) => w,
+        Err(BlobError::NotFound) => {
+            tracing::error!(upload = %id, start, "staging data of an upload is missing; dropping the upload");
+            if lease.finish_row().await {
+                ingest::abandon(state, id).await;
+            }
+            return Err(AppError::NotFound);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let before = up
+        .hash_state
+        .as_deref()
+        .and_then(RunningSha256::from_bytes)
+        .filter(|h| h.len() == start)
+        .or_else(|| (start == 0).then(RunningSha256::new));
+    Ok(Stage::resume(
+        state,
+        id,
+        writer,
+        start,
+        before,
+        reserved,
+        growable,
+        state.config.upload_expiry,
+    )
+    .await)
+}
+
+/// Records an append's new offset (with the sha256 state over the bytes
+/// up to it, and whether the holder goes on to complete the upload) under
+/// the lease, after the data is durable, and pushes the upload's and its
+/// reservation's expiry forward. Returns the new expiry; a lease lost
+/// meanwhile is a 409.
+pub async fn record(
+    state: &AppState,
+    lease: &mut Lease,
+    id: Uuid,
+    offset: u64,
+    hash: Option<&RunningSha256>,
+    completing: bool,
+) -> AppResult<DateTime<Utc>> {
+    let expires_at = expiry_from(state, Utc::now());
+    let progress = TusProgress {
+        offset,
+        hash_state: hash.map(RunningSha256::to_bytes),
+        expires_at,
+        completing,
+    };
+    if !state
+        .meta
+        .set_tus_offset(id, lease.owner(), &progress)
+        .await?
+    {
+        lease.mark_lost();
+        return Err(AppError::Conflict(
+            "another request took this upload over".into(),
+        ));
+    }
+    if let Err(e) = state
+        .meta
+        .touch_reservation(id, state.config.upload_expiry)
+        .await
+    {
+        tracing::warn!(error = %e, upload = %id, "could not extend the upload's reservation");
+    }
+    Ok(expires_at)
 }
 
 /// Cuts the staged data back to `offset` (nothing of a refused PATCH stays;

@@ -138,6 +138,24 @@ pub enum Ended {
     Completing,
 }
 
+/// The shared append loop keeps the lease while a body streams.
+impl crate::ingest::append::Hold for Lease {
+    type Error = AppError;
+
+    /// Resolves when a later request on this node asks this one to stop.
+    fn asked_to_stop(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.stop.cancelled()
+    }
+
+    fn next_check(&self) -> Duration {
+        self.check_due()
+    }
+
+    fn still_ours(&mut self) -> impl std::future::Future<Output = AppResult<bool>> + Send {
+        self.keep()
+    }
+}
+
 /// A request's hold on an upload row. Released explicitly, or (error,
 /// panic) by a background task on drop; a crashed process's lease is taken
 /// over by the next request, or runs out.
@@ -192,11 +210,6 @@ impl Lease {
 
     pub fn owner(&self) -> Uuid {
         self.owner
-    }
-
-    /// Resolves when a later request on this node asks this one to stop.
-    pub async fn stopped(&self) {
-        self.stop.cancelled().await
     }
 
     /// Time until the lease is due for a check.

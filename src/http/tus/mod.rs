@@ -32,8 +32,9 @@ use axum::{
     Router,
 };
 
-use super::error::AppError;
+use super::{error::AppError, extract::AuthUser};
 use crate::app::AppState;
+use axum::extract::FromRequestParts;
 
 pub const TUS_VERSION: &str = "1.0.0";
 pub const TUS_EXTENSIONS: &str = "creation,creation-with-upload,termination,expiration,checksum";
@@ -71,12 +72,29 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `OPTIONS /api/uploads`: what this server offers. No session needed.
-async fn discover(State(state): State<AppState>) -> Response {
-    discovery(&state)
+async fn discover(State(state): State<AppState>, user: Result<AuthUser, AppError>) -> Response {
+    discovery(&state, user.ok()).await
 }
 
-fn discovery(state: &AppState) -> Response {
+/// tus discovery, and the draft's limits (`Upload-Limit`; with a session,
+/// `max-size` counts the user's room).
+async fn discovery(state: &AppState, user: Option<AuthUser>) -> Response {
+    let max_age = state.config.upload_expiry.as_secs();
+    let limit = match user {
+        Some(u) => crate::http::resumable::upload::limit_value(state, &u.0, 0, max_age).await,
+        None => None,
+    }
+    .or_else(|| {
+        HeaderValue::from_str(&format!(
+            "max-size={}, max-age={max_age}",
+            state.config.max_file_size
+        ))
+        .ok()
+    });
     let mut h = HeaderMap::new();
+    if let Some(l) = limit {
+        h.insert(crate::http::resumable::UPLOAD_LIMIT.clone(), l);
+    }
     h.insert("tus-version", HeaderValue::from_static(TUS_VERSION));
     h.insert("tus-extension", HeaderValue::from_static(TUS_EXTENSIONS));
     h.insert(
@@ -106,7 +124,10 @@ pub async fn discovery_before_cors(
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
-        let mut r = discovery(&state);
+        let (mut parts, body) = req.into_parts();
+        let user = AuthUser::from_request_parts(&mut parts, &state).await.ok();
+        drop(body);
+        let mut r = discovery(&state, user).await;
         r.headers_mut()
             .insert(TUS_RESUMABLE.clone(), HeaderValue::from_static(TUS_VERSION));
         return r;

@@ -9,6 +9,7 @@ import {
   StowageProvider,
   describeError,
   type StorageUsage,
+  type UploadProtocol,
   type UploadTransport,
 } from '../lib';
 
@@ -23,6 +24,39 @@ type State =
 function transportFromUrl(): UploadTransport {
   const t = new URLSearchParams(window.location.search).get('transport');
   return t === 'multipart' ? 'multipart' : 'tus';
+}
+
+/** `?protocol=ietf` starts with the IETF draft instead of tus; the setting beside the uploader changes it. */
+function protocolFromUrl(): UploadProtocol {
+  return new URLSearchParams(window.location.search).get('protocol') === 'ietf' ? 'ietf' : 'tus';
+}
+
+/** The uploader's resumable protocol, switchable in the page (and kept in the address). */
+function ResumableUploader({ transport }: { transport: UploadTransport }) {
+  const [protocol, setProtocol] = useState<UploadProtocol>(protocolFromUrl);
+  const id = useId();
+  const change = (p: UploadProtocol) => {
+    setProtocol(p);
+    const url = new URL(window.location.href);
+    if (p === 'tus') url.searchParams.delete('protocol');
+    else url.searchParams.set('protocol', p);
+    window.history.replaceState(null, '', url);
+  };
+  return (
+    <>
+      {transport === 'tus' && (
+        <p className="demo-protocol">
+          <label htmlFor={id}>Resumable protocol </label>
+          <select id={id} value={protocol} onChange={(e) => change(e.target.value === 'ietf' ? 'ietf' : 'tus')}>
+            <option value="tus">tus 1.0</option>
+            <option value="ietf">IETF Resumable Uploads (draft)</option>
+          </select>
+        </p>
+      )}
+      {/* Each upload keeps the protocol it started with. */}
+      <FileUploader transport={transport} protocol={protocol} />
+    </>
+  );
 }
 
 export function App() {
@@ -105,7 +139,7 @@ export function App() {
                 <StorageWarning />
                 <section className="demo-card" aria-labelledby="upload-title">
                   <h2 id="upload-title">Upload</h2>
-                  <FileUploader transport={transportFromUrl()} />
+                  <ResumableUploader transport={transportFromUrl()} />
                 </section>
               </aside>
               <section className="demo-card demo-files" aria-labelledby="files-title">

@@ -7,9 +7,24 @@ import { UploadProgress, type UploadItem } from './UploadProgress';
 
 export type UploadTransport = 'tus' | 'multipart';
 
+/**
+ * The resumable protocol of the `tus` transport: `tus` (tus 1.0.0, the
+ * default) or `ietf` (the IETF draft "Resumable Uploads for HTTP", as
+ * tus-js-client's `ietf-draft-05` speaks it: interop version 6).
+ */
+export type UploadProtocol = 'tus' | 'ietf';
+
+/** tus-js-client's name of each protocol. */
+const TUS_JS_PROTOCOL = { tus: 'tus-v1', ietf: 'ietf-draft-05' } as const;
+
+/** tus-js-client 4.3 reads `protocol`, but its type declarations leave it out. */
+type UploadOptions = tus.UploadOptions & { protocol?: 'tus-v1' | 'ietf-draft-03' | 'ietf-draft-05' };
+
 export interface FileUploaderProps {
   /** `tus` (resumable, default) or `multipart` (POST /api/files/upload, no pause). */
   transport?: UploadTransport;
+  /** Resumable protocol of the `tus` transport: `tus` (default) or `ietf` (the IETF draft). */
+  protocol?: UploadProtocol;
   /** Per-file limit checked before sending; default from the provider (2 GiB). */
   maxFileSize?: number;
   /** Declared type sent with each upload; omit to let the server decide from content. */
@@ -80,6 +95,7 @@ function uploadErrorMessage(err: unknown, file: File, limit: number): string {
 
 function FileUploaderInner({
   transport = 'tus',
+  protocol = 'tus',
   maxFileSize,
   fileType,
   tags,
@@ -177,8 +193,9 @@ function FileUploaderInner({
         };
         if (fileType) metadata.file_type = fileType;
         if (tags && tags.length) metadata.tags = tags.join(',');
-        c.upload = new tus.Upload(c.file, {
+        const options: UploadOptions = {
           endpoint: client.url('/api/uploads'),
+          protocol: TUS_JS_PROTOCOL[protocol] ?? 'tus-v1',
           metadata,
           retryDelays,
           chunkSize: chunkSize ?? Infinity,
@@ -202,7 +219,8 @@ function FileUploaderInner({
             finish(key, id);
           },
           onError: (err) => fail(key, err),
-        });
+        };
+        c.upload = new tus.Upload(c.file, options);
         const up = c.upload;
         up.findPreviousUploads()
           .then((prev) => {
@@ -220,7 +238,7 @@ function FileUploaderInner({
       }
       patch(key, { status: 'uploading', error: undefined });
     },
-    [client, fileType, tags, retryDelays, chunkSize, onProgress, finish, fail, patch],
+    [client, protocol, fileType, tags, retryDelays, chunkSize, onProgress, finish, fail, patch],
   );
 
   const startMultipart = useCallback(

@@ -21,6 +21,6 @@ export {
   type StorageWarningProps,
 } from './storage';
 export { UploadProgress, formatDuration, type UploadItem, type UploadStatus, type UploadProgressProps } from './UploadProgress';
-export { FileUploader, type FileUploaderProps, type UploadTransport } from './FileUploader';
+export { FileUploader, type FileUploaderProps, type UploadProtocol, type UploadTransport } from './FileUploader';
 export { FileManager, type FileManagerProps, type ViewMode } from './FileManager';
 export { Dialog, type DialogProps } from './Dialog';
