@@ -154,30 +154,57 @@ impl Drop for MyDb {
     }
 }
 
+/// A throwaway server database of either kind, dropped with the guard.
+pub enum DbGuard {
+    Pg(PgDb),
+    My(MyDb),
+}
+
+impl DbGuard {
+    pub fn url(&self) -> &str {
+        match self {
+            DbGuard::Pg(d) => &d.url,
+            DbGuard::My(d) => &d.url,
+        }
+    }
+}
+
+/// The metadata engine a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
 /// A data directory and a database for child processes: SQLite in the
-/// directory, or a PostgreSQL database of its own (`pg`).
+/// directory, or a PostgreSQL or MariaDB database of its own.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
     pub db_url: String,
-    _pg: Option<PgDb>,
+    _db: Option<DbGuard>,
 }
 
 impl Scratch {
+    /// SQLite, or PostgreSQL when `pg`.
     pub async fn new(pg: bool) -> Scratch {
+        Scratch::on(if pg { Engine::Postgres } else { Engine::Sqlite }).await
+    }
+
+    pub async fn on(engine: Engine) -> Scratch {
         let dir = tempfile::tempdir().unwrap();
-        if pg {
-            let db = PgDb::create().await;
-            Scratch {
-                dir,
-                db_url: db.url.clone(),
-                _pg: Some(db),
-            }
-        } else {
-            Scratch {
-                db_url: format!("sqlite://{}/data/stowage.db", dir.path().display()),
-                dir,
-                _pg: None,
-            }
+        let db = match engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(DbGuard::Pg(PgDb::create().await)),
+            Engine::MariaDb => Some(DbGuard::My(MyDb::create().await)),
+        };
+        Scratch {
+            db_url: match &db {
+                Some(g) => g.url().to_string(),
+                None => format!("sqlite://{}/data/stowage.db", dir.path().display()),
+            },
+            dir,
+            _db: db,
         }
     }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use sqlx::{mysql::MySqlRow, Acquire, Executor, Row};
+use sqlx::{mysql::MySqlRow, Connection, Row};
 
 use super::{opt_text, tags_in, tags_out, text, MySqlStore};
 use crate::meta::{
@@ -65,9 +65,10 @@ impl SnapshotStore for MySqlStore {
         let mut conn = self.pool.acquire().await.map_err(MetaError::from_sqlx)?;
         // Applies to the next transaction only; the session stays at READ
         // COMMITTED afterwards.
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut *conn)
             .await?;
-        let mut tx = conn
+        let mut tx = (*conn)
             .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .await?;
         let at: DateTime<Utc> = sqlx::query("SELECT UTC_TIMESTAMP(6) AS t")
