@@ -313,7 +313,14 @@ both!(backup_restores_across_backends, |b| async move {
         Backend::MariaDb => &[Backend::Postgres, Backend::Sqlite],
     };
     for other in others {
-        restore_and_check(*other, &made.path, &files, &skipped_keys(&manifest), &quotas).await;
+        restore_and_check(
+            *other,
+            &made.path,
+            &files,
+            &skipped_keys(&manifest),
+            &quotas,
+        )
+        .await;
     }
     if b == Backend::Sqlite && crate::garage::available() {
         restore_and_check(

@@ -19,7 +19,7 @@ use crate::{
     both,
     helpers::*,
     netproxy::{Balancer, NetProxy},
-    serve::{free_port, Engine, Scratch, Launch, Serve},
+    serve::{free_port, Engine, Launch, Scratch, Serve},
     tus::{
         create_ok, download, hdr, head, js_cmd, patch, py_cmd, require_clients, reserved,
         run_client,
@@ -204,7 +204,10 @@ async fn exec(app: &TestApp, sql: &str) {
         sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
     } else if app.db_url.starts_with("mysql") {
         let mut c = sqlx::MySqlConnection::connect(&app.db_url).await.unwrap();
-        sqlx::raw_sql(&mysql_dialect(sql)).execute(&mut c).await.unwrap();
+        sqlx::raw_sql(&mysql_dialect(sql))
+            .execute(&mut c)
+            .await
+            .unwrap();
     } else {
         let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
         sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
@@ -217,7 +220,10 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
     } else if app.db_url.starts_with("mysql") {
         let mut c = sqlx::MySqlConnection::connect(&app.db_url).await.unwrap();
-        sqlx::query_scalar(&mysql_dialect(sql)).fetch_one(&mut c).await.unwrap()
+        sqlx::query_scalar(&mysql_dialect(sql))
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
     } else {
         let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
         sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()

@@ -29,8 +29,8 @@ mod leases;
 mod mysql;
 mod snapshot;
 
-pub use mysql::MySqlStore;
 pub(crate) use mysql::transient_number as mysql_transient;
+pub use mysql::MySqlStore;
 
 /// PostgreSQL backend.
 pub struct PgStore {

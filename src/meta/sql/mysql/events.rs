@@ -218,12 +218,11 @@ impl EventStore for MySqlStore {
     }
 
     async fn event_counts(&self) -> MetaResult<EventCounts> {
-        let rows = sqlx::query(
-            "SELECT status, CAST(COUNT(*) AS SIGNED) AS n FROM events GROUP BY status",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(MetaError::from_sqlx)?;
+        let rows =
+            sqlx::query("SELECT status, CAST(COUNT(*) AS SIGNED) AS n FROM events GROUP BY status")
+                .fetch_all(self.pool())
+                .await
+                .map_err(MetaError::from_sqlx)?;
         let mut c = EventCounts::default();
         for r in rows {
             let n = r.try_get::<i64, _>("n")?.max(0) as u64;

@@ -11,16 +11,24 @@ use uuid::Uuid;
 use super::super::{Param, FILE_COLS};
 use super::{file_from_row, like_pattern, MySqlStore, Tx};
 use crate::meta::{
-    FileRecord, ListQuery, MediaUpdate, MetaError, MetaResult, NewEvent, Rename, SortKey,
-    SortOrder,
+    FileRecord, ListQuery, MediaUpdate, MetaError, MetaResult, NewEvent, Rename, SortKey, SortOrder,
 };
 
 impl MySqlStore {
-    pub(super) async fn file(&self, user_id: Option<&str>, id: Uuid) -> MetaResult<Option<FileRecord>> {
+    pub(super) async fn file(
+        &self,
+        user_id: Option<&str>,
+        id: Uuid,
+    ) -> MetaResult<Option<FileRecord>> {
         let row = match user_id {
             Some(u) => {
-                let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE id = ? AND user_id = ?");
-                sqlx::query(&sql).bind(id).bind(u).fetch_optional(&self.pool).await
+                let sql =
+                    format!("SELECT {FILE_COLS} FROM user_files WHERE id = ? AND user_id = ?");
+                sqlx::query(&sql)
+                    .bind(id)
+                    .bind(u)
+                    .fetch_optional(&self.pool)
+                    .await
             }
             None => {
                 let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE id = ?");
@@ -32,14 +40,26 @@ impl MySqlStore {
     }
 
     /// The file row `id` of `user_id` as `tx` sees it (after a change).
-    async fn file_in(tx: &mut Tx, user_id: &str, id: Uuid) -> Result<Option<MySqlRow>, sqlx::Error> {
+    async fn file_in(
+        tx: &mut Tx,
+        user_id: &str,
+        id: Uuid,
+    ) -> Result<Option<MySqlRow>, sqlx::Error> {
         let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE id = ? AND user_id = ?");
-        sqlx::query(&sql).bind(id).bind(user_id).fetch_optional(&mut **tx).await
+        sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&mut **tx)
+            .await
     }
 
     /// One page of the user's files. Parameters are pushed in the order
     /// their `?` appear in the text.
-    pub(super) async fn file_page(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
+    pub(super) async fn file_page(
+        &self,
+        user_id: &str,
+        q: &ListQuery,
+    ) -> MetaResult<Vec<FileRecord>> {
         let mut sql = format!("SELECT {FILE_COLS} FROM user_files WHERE user_id = ?");
         let mut params = vec![Param::Str(user_id.to_string())];
         if let Some(t) = q.file_type {
@@ -98,14 +118,18 @@ impl MySqlStore {
                 Param::Time(t) => query.bind(t),
             };
         }
-        let rows = query.fetch_all(&self.pool).await.map_err(MetaError::from_sqlx)?;
+        let rows = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(MetaError::from_sqlx)?;
         Ok(rows.iter().map(file_from_row).collect::<Result<_, _>>()?)
     }
 
     pub(super) async fn every_file(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>> {
         let rows = match user_id {
             Some(u) => {
-                let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE user_id = ? ORDER BY id");
+                let sql =
+                    format!("SELECT {FILE_COLS} FROM user_files WHERE user_id = ? ORDER BY id");
                 sqlx::query(&sql).bind(u).fetch_all(&self.pool).await
             }
             None => {
@@ -117,7 +141,11 @@ impl MySqlStore {
         Ok(rows.iter().map(file_from_row).collect::<Result<_, _>>()?)
     }
 
-    pub(super) async fn delete_one_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
+    pub(super) async fn delete_one_file(
+        &self,
+        user_id: &str,
+        id: Uuid,
+    ) -> MetaResult<Option<FileRecord>> {
         let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
         // The user row before the file row, the order every change of
         // usage takes them in (the delete trigger writes the user row).
@@ -125,8 +153,14 @@ impl MySqlStore {
             .bind(user_id)
             .fetch_optional(&mut *tx)
             .await?;
-        let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE id = ? AND user_id = ? FOR UPDATE");
-        let Some(row) = sqlx::query(&sql).bind(id).bind(user_id).fetch_optional(&mut *tx).await? else {
+        let sql =
+            format!("SELECT {FILE_COLS} FROM user_files WHERE id = ? AND user_id = ? FOR UPDATE");
+        let Some(row) = sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
             return Ok(None);
         };
         let rec = file_from_row(&row)?;
@@ -141,20 +175,29 @@ impl MySqlStore {
         Ok(Some(rec))
     }
 
-    pub(super) async fn favorite(&self, user_id: &str, id: Uuid, fav: Option<bool>) -> MetaResult<Option<FileRecord>> {
+    pub(super) async fn favorite(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        fav: Option<bool>,
+    ) -> MetaResult<Option<FileRecord>> {
         let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
         let n = match fav {
-            Some(v) => sqlx::query("UPDATE user_files SET is_favorite = ? WHERE id = ? AND user_id = ?")
-                .bind(v)
-                .bind(id)
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?,
-            None => sqlx::query("UPDATE user_files SET is_favorite = NOT is_favorite WHERE id = ? AND user_id = ?")
-                .bind(id)
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?,
+            Some(v) => {
+                sqlx::query("UPDATE user_files SET is_favorite = ? WHERE id = ? AND user_id = ?")
+                    .bind(v)
+                    .bind(id)
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?
+            }
+            None => sqlx::query(
+                "UPDATE user_files SET is_favorite = NOT is_favorite WHERE id = ? AND user_id = ?",
+            )
+            .bind(id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?,
         }
         .rows_affected();
         if n == 0 {
@@ -169,7 +212,12 @@ impl MySqlStore {
         Ok(Some(rec))
     }
 
-    pub(super) async fn tags(&self, user_id: &str, id: Uuid, tags: &[String]) -> MetaResult<Option<FileRecord>> {
+    pub(super) async fn tags(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        tags: &[String],
+    ) -> MetaResult<Option<FileRecord>> {
         let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
         let n = sqlx::query("UPDATE user_files SET tags = ? WHERE id = ? AND user_id = ?")
             .bind(super::tags_in(tags))
@@ -217,7 +265,12 @@ impl MySqlStore {
         Ok(true)
     }
 
-    pub(super) async fn rename(&self, user_id: &str, id: Uuid, c: &Rename) -> MetaResult<Option<FileRecord>> {
+    pub(super) async fn rename(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        c: &Rename,
+    ) -> MetaResult<Option<FileRecord>> {
         let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
         let n = sqlx::query(
             "UPDATE user_files SET file_name = COALESCE(?, file_name), \
@@ -253,7 +306,11 @@ impl MySqlStore {
         Ok(Some(rec))
     }
 
-    pub(super) async fn package(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>> {
+    pub(super) async fn package(
+        &self,
+        user_id: &str,
+        package: &str,
+    ) -> MetaResult<Vec<FileRecord>> {
         let sql = format!(
             "SELECT {FILE_COLS} FROM user_files WHERE user_id = ? AND package_name = ? \
              ORDER BY upload_date, id"

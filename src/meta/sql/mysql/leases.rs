@@ -24,14 +24,13 @@ impl LeaseStore for MySqlStore {
     async fn try_acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> MetaResult<bool> {
         let t = self.now();
         let until = plus(t, ttl);
-        let inserted = sqlx::query(
-            "INSERT INTO task_leases (name, holder, expires_at) VALUES (?, ?, ?)",
-        )
-        .bind(name)
-        .bind(holder)
-        .bind(until)
-        .execute(&self.pool)
-        .await;
+        let inserted =
+            sqlx::query("INSERT INTO task_leases (name, holder, expires_at) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(holder)
+                .bind(until)
+                .execute(&self.pool)
+                .await;
         match inserted {
             Ok(_) => return Ok(true),
             // The name has a row: whether we may take it is the UPDATE's to say.

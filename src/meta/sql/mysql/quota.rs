@@ -99,12 +99,14 @@ impl MySqlStore {
             return Err(MetaError::NotFound);
         };
         let user_id = text(&row, "user_id")?;
-        sqlx::query("UPDATE upload_reservations SET bytes = bytes + ?, expires_at = ? WHERE id = ?")
-            .bind(to_i64(extra))
-            .bind(plus(self.now(), ttl))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE upload_reservations SET bytes = bytes + ?, expires_at = ? WHERE id = ?",
+        )
+        .bind(to_i64(extra))
+        .bind(plus(self.now(), ttl))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let granted = sqlx::query(
             "UPDATE user_storage SET reserved_bytes = reserved_bytes + ? \
              WHERE user_id = ? AND total_bytes + reserved_bytes + ? <= max_bytes",
@@ -211,11 +213,13 @@ impl MySqlStore {
 
     /// Lowers `reserved_bytes` of `user` by `bytes`.
     async fn give_back(tx: &mut Tx, user: &str, bytes: i64) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE user_storage SET reserved_bytes = reserved_bytes - ? WHERE user_id = ?")
-            .bind(bytes)
-            .bind(user)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "UPDATE user_storage SET reserved_bytes = reserved_bytes - ? WHERE user_id = ?",
+        )
+        .bind(bytes)
+        .bind(user)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 

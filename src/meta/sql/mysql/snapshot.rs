@@ -17,7 +17,8 @@ use crate::meta::{
     DumpFile, DumpUser, MetaError, MetaResult, RowSource, SnapshotSink, SnapshotStore,
 };
 
-const USERS_SQL: &str = "SELECT user_id, max_bytes, total_bytes, CAST(file_count AS SIGNED) AS file_count, \
+const USERS_SQL: &str =
+    "SELECT user_id, max_bytes, total_bytes, CAST(file_count AS SIGNED) AS file_count, \
      created_at, updated_at FROM user_storage ORDER BY user_id";
 const FILES_SQL: &str = "SELECT id, user_id, file_name, file_type, mime_type, file_size, file_path, \
      thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date, created_at \

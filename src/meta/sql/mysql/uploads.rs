@@ -39,7 +39,11 @@ impl MySqlStore {
         Ok(())
     }
 
-    pub(super) async fn claim_signed(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<SignedClaim> {
+    pub(super) async fn claim_signed(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> MetaResult<SignedClaim> {
         let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
         let n = sqlx::query(
             "UPDATE signed_uploads SET used_at = ? \
@@ -95,7 +99,11 @@ impl MySqlStore {
         Ok(n)
     }
 
-    pub(super) async fn insert_tus(&self, up: &TusUpload, lock: Option<(Uuid, DateTime<Utc>)>) -> MetaResult<()> {
+    pub(super) async fn insert_tus(
+        &self,
+        up: &TusUpload,
+        lock: Option<(Uuid, DateTime<Utc>)>,
+    ) -> MetaResult<()> {
         sqlx::query(
             "INSERT INTO tus_uploads (id, user_id, upload_length, upload_offset, metadata, \
              lock_owner, locked_until, expires_at, created_at, hash_state) \
@@ -117,8 +125,15 @@ impl MySqlStore {
         Ok(())
     }
 
-    pub(super) async fn tus(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> MetaResult<Option<TusUpload>> {
-        let sql = format!("SELECT {TUS_COLS} FROM tus_uploads WHERE id = ? AND user_id = ? AND expires_at > ?");
+    pub(super) async fn tus(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> MetaResult<Option<TusUpload>> {
+        let sql = format!(
+            "SELECT {TUS_COLS} FROM tus_uploads WHERE id = ? AND user_id = ? AND expires_at > ?"
+        );
         let row = sqlx::query(&sql)
             .bind(id)
             .bind(user_id)
@@ -187,7 +202,11 @@ impl MySqlStore {
     }
 
     /// The live lease holder of tus upload `id` at `t`.
-    pub(super) async fn holder_of(&self, id: Uuid, t: DateTime<Utc>) -> MetaResult<Option<TusHolder>> {
+    pub(super) async fn holder_of(
+        &self,
+        id: Uuid,
+        t: DateTime<Utc>,
+    ) -> MetaResult<Option<TusHolder>> {
         let row = sqlx::query(
             "SELECT lock_owner, CAST(takeover AS SIGNED) AS takeover, completing FROM tus_uploads \
              WHERE id = ? AND lock_owner IS NOT NULL AND locked_until >= ?",
@@ -219,7 +238,12 @@ impl MySqlStore {
         Ok(n == 1)
     }
 
-    pub(super) async fn break_lock(&self, id: Uuid, holder: Uuid, at: DateTime<Utc>) -> MetaResult<bool> {
+    pub(super) async fn break_lock(
+        &self,
+        id: Uuid,
+        holder: Uuid,
+        at: DateTime<Utc>,
+    ) -> MetaResult<bool> {
         let n = sqlx::query(
             "UPDATE tus_uploads SET lock_owner = NULL, locked_until = NULL, takeover = 0, completing = FALSE \
              WHERE id = ? AND lock_owner = ? AND (completing = FALSE OR locked_until < ?)",
@@ -240,7 +264,8 @@ impl MySqlStore {
         owner: Uuid,
         renew_until: Option<DateTime<Utc>>,
     ) -> MetaResult<LeaseCheck> {
-        let read = "SELECT CAST(takeover AS SIGNED) FROM tus_uploads WHERE id = ? AND lock_owner = ?";
+        let read =
+            "SELECT CAST(takeover AS SIGNED) FROM tus_uploads WHERE id = ? AND lock_owner = ?";
         let takeover: Option<i64> = match renew_until {
             Some(until) => {
                 let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
@@ -295,7 +320,12 @@ impl MySqlStore {
         })
     }
 
-    pub(super) async fn set_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool> {
+    pub(super) async fn set_offset(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        p: &TusProgress,
+    ) -> MetaResult<bool> {
         let n = sqlx::query(
             "UPDATE tus_uploads SET upload_offset = ?, hash_state = ?, expires_at = ?, completing = ? \
              WHERE id = ? AND lock_owner = ?",
@@ -357,7 +387,12 @@ impl MySqlStore {
         self.commit_file_in(tx, reservation, f).await
     }
 
-    pub(super) async fn terminate(&self, user_id: &str, id: Uuid, at: DateTime<Utc>) -> MetaResult<TusLock> {
+    pub(super) async fn terminate(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> MetaResult<TusLock> {
         let sql = format!(
             "SELECT {TUS_COLS} FROM tus_uploads WHERE id = ? AND user_id = ? AND {LEASE_FREE} FOR UPDATE"
         );
@@ -398,9 +433,14 @@ impl MySqlStore {
     }
 
     pub(super) async fn expire_tus(&self, at: DateTime<Utc>) -> MetaResult<Vec<Uuid>> {
-        let sql = format!("SELECT id FROM tus_uploads WHERE expires_at < ? AND {LEASE_FREE} FOR UPDATE");
+        let sql =
+            format!("SELECT id FROM tus_uploads WHERE expires_at < ? AND {LEASE_FREE} FOR UPDATE");
         let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
-        let rows = sqlx::query(&sql).bind(at).bind(at).fetch_all(&mut *tx).await?;
+        let rows = sqlx::query(&sql)
+            .bind(at)
+            .bind(at)
+            .fetch_all(&mut *tx)
+            .await?;
         let mut ids = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: Uuid = r.try_get("id")?;
