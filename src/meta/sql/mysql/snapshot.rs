@@ -56,6 +56,20 @@ fn dump_file(row: &MySqlRow) -> Result<DumpFile, sqlx::Error> {
     })
 }
 
+/// Streams every user, then every file, from `conn` into `sink`.
+async fn dump_in(conn: &mut sqlx::MySqlConnection, sink: &mut dyn SnapshotSink) -> MetaResult<()> {
+    let mut rows = sqlx::query(USERS_SQL).fetch(&mut *conn);
+    while let Some(r) = rows.try_next().await? {
+        sink.user(dump_user(&r)?).await?;
+    }
+    drop(rows);
+    let mut rows = sqlx::query(FILES_SQL).fetch(&mut *conn);
+    while let Some(r) = rows.try_next().await? {
+        sink.file(dump_file(&r)?).await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl SnapshotStore for MySqlStore {
     async fn snapshot(
@@ -63,29 +77,21 @@ impl SnapshotStore for MySqlStore {
         _scratch: &Path,
         sink: &mut dyn SnapshotSink,
     ) -> MetaResult<DateTime<Utc>> {
-        let mut conn = self.pool.acquire().await.map_err(MetaError::from_sqlx)?;
+        let mut pooled = self.pool.acquire().await.map_err(MetaError::from_sqlx)?;
+        let conn: &mut sqlx::MySqlConnection = &mut pooled;
         // Applies to the next transaction only; the session stays at READ
         // COMMITTED afterwards.
-        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .execute(&mut *conn)
             .await?;
-        let mut tx = (*conn)
+        let mut tx = conn
             .begin_with("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
             .await?;
         let at: DateTime<Utc> = sqlx::query("SELECT UTC_TIMESTAMP(6) AS t")
             .fetch_one(&mut *tx)
             .await?
             .try_get("t")?;
-        let mut rows = sqlx::query(USERS_SQL).fetch(&mut *tx);
-        while let Some(r) = rows.try_next().await? {
-            sink.user(dump_user(&r)?).await?;
-        }
-        drop(rows);
-        let mut rows = sqlx::query(FILES_SQL).fetch(&mut *tx);
-        while let Some(r) = rows.try_next().await? {
-            sink.file(dump_file(&r)?).await?;
-        }
-        drop(rows);
+        dump_in(&mut tx, sink).await?;
         tx.commit().await?;
         Ok(at)
     }
