@@ -14,6 +14,10 @@ ROOT=$PWD
 log() { printf '\n==> %s\n' "$*"; }
 SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
+# Throwaway database servers started below stop when the script exits.
+CLEANUP=()
+cleanup() { local c; for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
+trap cleanup EXIT
 
 # --- system packages ---------------------------------------------------------
 need=()
@@ -48,8 +52,40 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   if [ "$(id -u)" = 0 ]; then chown postgres "$PGDIR"; RUNAS=(runuser -u postgres --); fi
   "${RUNAS[@]}" "$PGBIN/initdb" -D "$PGDIR/data" -U postgres -A trust >/dev/null
   "${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1" -l "$PGDIR/log" -w start >/dev/null
-  trap '"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1 || true; rm -rf "$PGDIR"' EXIT
+  CLEANUP+=('"${RUNAS[@]}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1; rm -rf "$PGDIR"')
   export STOWAGE_TEST_PG_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+fi
+
+# --- MySQL/MariaDB -------------------------------------------------------------
+# Likewise on the server at STOWAGE_TEST_MYSQL_URL (default
+# mysql://root@127.0.0.1:3306/, user root without a password). When nothing
+# answers at its host and port, a throwaway MariaDB (Debian's mariadb-server)
+# is started for this run, with its own data directory, port and socket.
+export STOWAGE_TEST_MYSQL_URL="${STOWAGE_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/}"
+my_hostport=${STOWAGE_TEST_MYSQL_URL#*://}; my_hostport=${my_hostport#*@}; my_hostport=${my_hostport%%/*}
+my_host=${my_hostport%%:*}; my_port=${my_hostport##*:}; [ "$my_port" = "$my_hostport" ] && my_port=3306
+tcp_answers() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+if ! tcp_answers "$my_host" "$my_port"; then
+  log "no MySQL/MariaDB on $my_host:$my_port; starting a throwaway MariaDB"
+  if ! command -v mariadb-install-db >/dev/null || ! [ -x /usr/sbin/mariadbd ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mariadb-server >/dev/null
+  fi
+  MYDIR=$(mktemp -d /tmp/stowage-my.XXXXXX)
+  MYPORT=33069
+  MYUSER=()
+  if [ "$(id -u)" = 0 ]; then chown mysql "$MYDIR"; MYUSER=(--user=mysql); fi
+  mariadb-install-db --no-defaults --datadir="$MYDIR/data" "${MYUSER[@]}" \
+    --auth-root-authentication-method=normal --skip-test-db >"$MYDIR/install.log" 2>&1
+  /usr/sbin/mariadbd --no-defaults --datadir="$MYDIR/data" "${MYUSER[@]}" \
+    --port=$MYPORT --bind-address=127.0.0.1 --socket="$MYDIR/mysqld.sock" \
+    --pid-file="$MYDIR/mysqld.pid" --log-error="$MYDIR/error.log" --skip-log-bin \
+    --innodb-buffer-pool-size=128M --max-connections=500 &
+  MYPID=$!
+  CLEANUP+=('kill "$MYPID" 2>/dev/null; wait "$MYPID" 2>/dev/null; rm -rf "$MYDIR"')
+  for _ in $(seq 60); do tcp_answers 127.0.0.1 $MYPORT && break; sleep 0.5; done
+  tcp_answers 127.0.0.1 $MYPORT || { cat "$MYDIR/error.log" >&2; exit 1; }
+  export STOWAGE_TEST_MYSQL_URL="mysql://root@127.0.0.1:$MYPORT/"
 fi
 
 # --- JavaScript dependencies (lockfiles pinned) ------------------------------------

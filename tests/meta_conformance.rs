@@ -56,12 +56,19 @@ fn open_sqlite() -> Pin<Box<dyn Future<Output = Db> + Send>> {
     })
 }
 
-/// Base URL of the PostgreSQL server the suite creates databases on.
 fn open_postgres() -> Pin<Box<dyn Future<Output = Db> + Send>> {
     Box::pin(async {
         let pg = serve::PgDb::create().await;
         let url = pg.url.clone();
         with_store(&url, Box::new(pg)).await
+    })
+}
+
+fn open_mariadb() -> Pin<Box<dyn Future<Output = Db> + Send>> {
+    Box::pin(async {
+        let my = serve::MyDb::create().await;
+        let url = my.url.clone();
+        with_store(&url, Box::new(my)).await
     })
 }
 
@@ -97,6 +104,7 @@ macro_rules! stories {
 
 engine!(sqlite, open_sqlite);
 engine!(postgres, open_postgres);
+engine!(mariadb, open_mariadb);
 
 // ---------------------------------------------------------------- helpers
 

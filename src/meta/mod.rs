@@ -1,7 +1,8 @@
 //! The metadata store: users and their quotas, file rows, quota reservations.
 //!
-//! One trait, [`MetaStore`], two backends (PostgreSQL and SQLite) generated
-//! from the same SQL in [`sql`], chosen from the database URL at start-up.
+//! One trait, [`MetaStore`], three backends chosen from the database URL at
+//! start-up: PostgreSQL and SQLite generated from the same SQL in [`sql`],
+//! and MySQL/MariaDB in `sql::mysql`, one module per concern.
 //! Quota rules live here in one place: a reservation is taken with a single
 //! conditional `UPDATE` (atomic on both engines, and across processes), and a
 //! file row is committed in the same transaction that releases its
@@ -24,7 +25,7 @@ use crate::domain::filetype::FileType;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{Event, EventCounts, EventQuery, EventStatus, EventStore, EventType, NewEvent};
-pub use sql::{connect, connect_with_clock, PgStore, SqliteStore};
+pub use sql::{connect, connect_with_clock, MySqlStore, PgStore, SqliteStore};
 pub use view::FileView;
 
 /// Errors of the metadata layer; `NotFound` and `QuotaExceeded` are expected
@@ -70,6 +71,15 @@ impl MetaError {
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(db) => {
+                if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                    // MySQL's SQLSTATE is too coarse (HY000 for most):
+                    // its error numbers tell.
+                    return if sql::mysql_transient(my.number()) {
+                        MetaError::Unavailable(e.to_string())
+                    } else {
+                        MetaError::Db(e)
+                    };
+                }
                 let code = db.code().unwrap_or_default();
                 // PostgreSQL: connection exceptions (08…), operator
                 // intervention/shutdown (57P…), insufficient resources (53…),
@@ -484,7 +494,7 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     async fn migrate(&self) -> MetaResult<()>;
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> MetaResult<()>;
-    /// "postgres" or "sqlite".
+    /// "postgres", "mysql" or "sqlite".
     fn backend(&self) -> &'static str;
 
     /// Creates the user with `default_quota` if new; returns the row.

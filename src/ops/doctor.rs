@@ -21,8 +21,9 @@ use std::{
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{
-    migrate::Migrator, postgres::PgConnectOptions, sqlite::SqliteConnectOptions, ConnectOptions,
-    Connection, PgConnection, Row, SqliteConnection,
+    migrate::Migrator, mysql::MySqlConnectOptions, postgres::PgConnectOptions,
+    sqlite::SqliteConnectOptions, ConnectOptions, Connection, MySqlConnection, PgConnection, Row,
+    SqliteConnection,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -46,6 +47,7 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
 
 static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 
 /// How one check ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -227,6 +229,7 @@ fn config_check(config: &Config, source: &str) -> Check {
 /// database file created where there is none.
 enum Db {
     Pg(PgConnection),
+    My(MySqlConnection),
     Sqlite(SqliteConnection),
 }
 
@@ -240,6 +243,16 @@ async fn connect(url: &str) -> Result<Db, String> {
             .map_err(|_| fail(&"timed out"))?
             .map_err(|e| fail(&e))?;
         Ok(Db::Pg(conn))
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        let url = url.replacen("mariadb://", "mysql://", 1);
+        let opts = MySqlConnectOptions::from_str(&url)
+            .map_err(|e| fail(&e))?
+            .timezone(Some("+00:00".into()));
+        let conn = tokio::time::timeout(DB_CONNECT_TIMEOUT, opts.connect())
+            .await
+            .map_err(|_| fail(&"timed out"))?
+            .map_err(|e| fail(&e))?;
+        Ok(Db::My(conn))
     } else if url.starts_with("sqlite:") {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| fail(&e))?
@@ -258,7 +271,7 @@ async fn connect(url: &str) -> Result<Db, String> {
         Ok(Db::Sqlite(conn))
     } else {
         Err(format!(
-            "unsupported database URL {redacted:?}: expected postgres://… or sqlite://…"
+            "unsupported database URL {redacted:?}: expected postgres://…, mysql://… or sqlite://…"
         ))
     }
 }
@@ -274,6 +287,7 @@ impl Db {
     fn backend(&self) -> &'static str {
         match self {
             Db::Pg(_) => "postgres",
+            Db::My(_) => "mysql",
             Db::Sqlite(_) => "sqlite",
         }
     }
@@ -281,6 +295,7 @@ impl Db {
     fn migrator(&self) -> &'static Migrator {
         match self {
             Db::Pg(_) => &PG_MIGRATIONS,
+            Db::My(_) => &MYSQL_MIGRATIONS,
             Db::Sqlite(_) => &SQLITE_MIGRATIONS,
         }
     }
@@ -298,6 +313,27 @@ impl Db {
                 .fetch_one(&mut *c)
                 .await?;
                 if !exists {
+                    return Ok(Vec::new());
+                }
+                let rows = sqlx::query(LIST).fetch_all(&mut *c).await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(Applied {
+                            version: r.try_get(0)?,
+                            checksum: r.try_get(1)?,
+                            success: r.try_get(2)?,
+                        })
+                    })
+                    .collect()
+            }
+            Db::My(c) => {
+                let exists: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM information_schema.tables \
+                     WHERE table_name = '_sqlx_migrations' AND table_schema = DATABASE()",
+                )
+                .fetch_one(&mut *c)
+                .await?;
+                if exists == 0 {
                     return Ok(Vec::new());
                 }
                 let rows = sqlx::query(LIST).fetch_all(&mut *c).await?;
@@ -337,14 +373,18 @@ impl Db {
     /// The database's clock minus ours, seconds, and how precise that is
     /// (half the round trip); `None` for SQLite, which reads our clock.
     async fn clock(&mut self) -> Result<Option<(f64, f64)>, String> {
-        let Db::Pg(c) = self else {
-            return Ok(None);
-        };
         let before = Utc::now();
-        let theirs: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-            .fetch_one(&mut *c)
-            .await
-            .map_err(|e| format!("SELECT now(): {e}"))?;
+        let theirs: DateTime<Utc> = match self {
+            Db::Pg(c) => sqlx::query_scalar("SELECT now()")
+                .fetch_one(&mut *c)
+                .await
+                .map_err(|e| format!("SELECT now(): {e}"))?,
+            Db::My(c) => sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
+                .fetch_one(&mut *c)
+                .await
+                .map_err(|e| format!("SELECT UTC_TIMESTAMP(6): {e}"))?,
+            Db::Sqlite(_) => return Ok(None),
+        };
         let after = Utc::now();
         let half = (after - before) / 2;
         let ours = before + half;
@@ -357,6 +397,7 @@ impl Db {
     async fn close(self) {
         let _ = match self {
             Db::Pg(c) => c.close().await,
+            Db::My(c) => c.close().await,
             Db::Sqlite(c) => c.close().await,
         };
     }

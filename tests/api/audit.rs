@@ -56,6 +56,9 @@ pub async fn exec(app: &TestApp, sql: &str) {
     if app.state.meta.backend() == "postgres" {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
         sqlx::query(sql).execute(&mut c).await.unwrap();
+    } else if app.state.meta.backend() == "mysql" {
+        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
     } else {
         let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
         sqlx::query(sql).execute(&mut c).await.unwrap();

@@ -304,13 +304,24 @@ both!(backup_restores_across_backends, |b| async move {
         .iter()
         .map(|u| (u.user_id.clone(), u.max_bytes))
         .collect();
-    // SQLite to PostgreSQL, PostgreSQL to SQLite, and a bucket to a volume;
-    // then the volume's archive back into a bucket.
-    let other = match b {
-        Backend::Sqlite => Backend::Postgres,
-        Backend::Postgres | Backend::S3 => Backend::Sqlite,
+    // SQLite to PostgreSQL and MariaDB, PostgreSQL to SQLite, MariaDB to
+    // both others, and a bucket to a volume; then the volume's archive back
+    // into a bucket.
+    let others: &[Backend] = match b {
+        Backend::Sqlite => &[Backend::Postgres, Backend::MariaDb],
+        Backend::Postgres | Backend::S3 => &[Backend::Sqlite],
+        Backend::MariaDb => &[Backend::Postgres, Backend::Sqlite],
     };
-    restore_and_check(other, &made.path, &files, &skipped_keys(&manifest), &quotas).await;
+    for other in others {
+        restore_and_check(
+            *other,
+            &made.path,
+            &files,
+            &skipped_keys(&manifest),
+            &quotas,
+        )
+        .await;
+    }
     if b == Backend::Sqlite && crate::garage::available() {
         restore_and_check(
             Backend::S3,

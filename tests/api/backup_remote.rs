@@ -457,7 +457,11 @@ local!(restore_drill, |b| async move {
     let (db_url, _pg) = match b {
         Backend::Postgres => {
             let db = PgDb::create().await;
-            (db.url.clone(), Some(db))
+            (db.url.clone(), Some(DbGuard::Pg(db)))
+        }
+        Backend::MariaDb => {
+            let db = MyDb::create().await;
+            (db.url.clone(), Some(DbGuard::My(db)))
         }
         _ => (
             format!("sqlite://{}/data/stowage.db", fresh.path().display()),

@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! `spawn_app()`: a real server on port 0 with a fresh database and volume,
-//! on SQLite or PostgreSQL. Every behaviour test runs on both through
-//! [`both!`].
+//! on SQLite, PostgreSQL or MariaDB. Every behaviour test runs on each
+//! through [`both!`].
 
 use std::{
     path::PathBuf,
@@ -20,13 +20,15 @@ pub enum Backend {
     Sqlite,
     /// PostgreSQL metadata, local volume.
     Postgres,
+    /// MySQL/MariaDB metadata, local volume.
+    MariaDb,
     /// SQLite metadata, blobs in the shared Garage cluster (see
     /// [`crate::garage`]).
     S3,
 }
 
 /// Runs a test body once per metadata backend on the local volume, and once
-/// with blobs in Garage: three `#[tokio::test]`s.
+/// with blobs in Garage: four `#[tokio::test]`s.
 #[macro_export]
 macro_rules! both {
     ($name:ident, $body:expr) => {
@@ -42,6 +44,10 @@ macro_rules! both {
                 ($body)($crate::helpers::Backend::Postgres).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                ($body)($crate::helpers::Backend::MariaDb).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn s3() {
                 if $crate::garage::available() {
                     ($body)($crate::helpers::Backend::S3).await
@@ -53,7 +59,7 @@ macro_rules! both {
 
 /// Like [`both!`] for behaviour that belongs to the local volume (its
 /// files, permissions, temp directory, disk-full injection, backups):
-/// SQLite and PostgreSQL only.
+/// SQLite, PostgreSQL and MariaDB only.
 #[macro_export]
 macro_rules! local {
     ($name:ident, $body:expr) => {
@@ -68,6 +74,10 @@ macro_rules! local {
             async fn postgres() {
                 ($body)($crate::helpers::Backend::Postgres).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                ($body)($crate::helpers::Backend::MariaDb).await
+            }
         }
     };
 }
@@ -79,7 +89,7 @@ pub const EC_PRIVATE: &str = include_str!("../fixtures/ec_private.pem");
 pub const EC_PUBLIC: &str = include_str!("../fixtures/ec_public.pem");
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-pub use crate::serve::{pg_admin_url, PgDb};
+pub use crate::serve::{mysql_admin_url, pg_admin_url, DbGuard, MyDb, PgDb};
 
 /// A multipart form with one file part, `data` named `name`.
 pub fn file_form(name: &str, data: Vec<u8>) -> reqwest::multipart::Form {
@@ -99,7 +109,7 @@ pub struct TestApp {
     pub db_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
-    _pg: Option<PgDb>,
+    _db: Option<DbGuard>,
 }
 
 /// Default test configuration: RS256 auth with the fixture key, admin token,
@@ -129,7 +139,11 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
         ),
         Backend::Postgres => {
             let db = PgDb::create().await;
-            (db.url.clone(), Some(db))
+            (db.url.clone(), Some(DbGuard::Pg(db)))
+        }
+        Backend::MariaDb => {
+            let db = MyDb::create().await;
+            (db.url.clone(), Some(DbGuard::My(db)))
         }
     };
     let mut config = test_config(dir.path(), &db_url);
@@ -201,7 +215,7 @@ async fn start(
     config: Config,
     backend: Backend,
     db_url: String,
-    pg: Option<PgDb>,
+    db: Option<DbGuard>,
 ) -> TestApp {
     let state = AppState::build(config).await.expect("build state");
     state.meta.migrate().await.expect("migrate");
@@ -226,7 +240,7 @@ async fn start(
         db_url,
         stop: Some(tx),
         server: Some(server),
-        _pg: pg,
+        _db: db,
     }
 }
 

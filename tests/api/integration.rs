@@ -664,6 +664,8 @@ both!(
         // Its time passes (the rows say so) and cleanup runs.
         let past_time = if b == Backend::Postgres {
             "'2000-01-01T00:00:00Z'".to_string()
+        } else if b == Backend::MariaDb {
+            "'2000-01-01 00:00:00'".to_string()
         } else {
             "'2000-01-01T00:00:00.000000Z'".to_string()
         };

@@ -48,6 +48,9 @@ async fn scalar(app: &TestApp, sql: &str) -> i64 {
     if app.state.meta.backend() == "postgres" {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
         sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+    } else if app.state.meta.backend() == "mysql" {
+        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
     } else {
         let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
         sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
@@ -60,6 +63,9 @@ async fn exec(app: &TestApp, sql: &str) {
     let url = &app.state.config.database_url;
     if app.state.meta.backend() == "postgres" {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    } else if app.state.meta.backend() == "mysql" {
+        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
         sqlx::query(sql).execute(&mut c).await.unwrap();
     } else {
         let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();

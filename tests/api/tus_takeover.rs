@@ -19,7 +19,7 @@ use crate::{
     both,
     helpers::*,
     netproxy::{Balancer, NetProxy},
-    serve::{free_port, Launch, Scratch, Serve},
+    serve::{free_port, Engine, Launch, Scratch, Serve},
     tus::{
         create_ok, download, hdr, head, js_cmd, patch, py_cmd, require_clients, reserved,
         run_client,
@@ -202,6 +202,12 @@ async fn exec(app: &TestApp, sql: &str) {
     if app.db_url.starts_with("postgres") {
         let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
         sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+    } else if app.db_url.starts_with("mysql") {
+        let mut c = sqlx::MySqlConnection::connect(&app.db_url).await.unwrap();
+        sqlx::raw_sql(&mysql_dialect(sql))
+            .execute(&mut c)
+            .await
+            .unwrap();
     } else {
         let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
         sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
@@ -212,10 +218,23 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
     if app.db_url.starts_with("postgres") {
         let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
         sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+    } else if app.db_url.starts_with("mysql") {
+        let mut c = sqlx::MySqlConnection::connect(&app.db_url).await.unwrap();
+        sqlx::query_scalar(&mysql_dialect(sql))
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
     } else {
         let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
         sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
     }
+}
+
+/// The statements above in MySQL's spelling: its integer cast is `SIGNED`,
+/// and a DATETIME literal has no zone.
+fn mysql_dialect(sql: &str) -> String {
+    sql.replace("AS BIGINT", "AS SIGNED")
+        .replace("T00:00:00Z'", " 00:00:00'")
 }
 
 /// Makes every `event` (`DELETE`, `INSERT`) on `table` fail, by a trigger.
@@ -233,6 +252,15 @@ async fn inject_failure(app: &TestApp, table: &str, event: &str) {
         exec(
             app,
             &format!("CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"),
+        )
+        .await;
+    } else if app.backend == Backend::MariaDb {
+        exec(
+            app,
+            &format!(
+                "CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW \
+                 SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected failure'"
+            ),
         )
         .await;
     } else {
@@ -524,7 +552,12 @@ pub(crate) struct Site {
 
 impl Site {
     async fn new(backend: Backend) -> Site {
-        let scratch = Scratch::new(backend == Backend::Postgres).await;
+        let scratch = Scratch::on(match backend {
+            Backend::Postgres => Engine::Postgres,
+            Backend::MariaDb => Engine::MariaDb,
+            Backend::Sqlite | Backend::S3 => Engine::Sqlite,
+        })
+        .await;
         let (blobs, prefix) = if backend == Backend::S3 {
             let (env, prefix) = garage_env().await;
             (env, Some(prefix))

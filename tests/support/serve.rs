@@ -1,7 +1,7 @@
 //! Shared by the integration test crates (`#[path = "support/serve.rs"] mod
 //! serve;`): the real `stowage serve` as a child process (a free port, its
 //! environment, waiting until it is ready, SIGKILL and SIGTERM, its log), and
-//! throwaway PostgreSQL databases.
+//! throwaway PostgreSQL and MySQL/MariaDB databases.
 #![allow(dead_code)]
 
 use std::{
@@ -88,30 +88,123 @@ impl Drop for PgDb {
     }
 }
 
+/// Base URL of the MySQL/MariaDB server tests create databases on.
+pub fn mysql_admin_url() -> String {
+    std::env::var("STOWAGE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/".into())
+}
+
+/// A throwaway MySQL/MariaDB database, dropped with the guard.
+pub struct MyDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl MyDb {
+    pub async fn create() -> MyDb {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!(
+            "stowage_test_{}_{}_{}",
+            std::process::id(),
+            nanos % 1_000_000_000,
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin = mysql_admin_url();
+        let mut conn = sqlx::MySqlConnection::connect(&admin).await.unwrap_or_else(|e| {
+            panic!("MySQL/MariaDB is required for the test suite ({admin}): {e}. Run scripts/test.sh, which starts one.")
+        });
+        sqlx::query(&format!(
+            "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        ))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+        let _ = conn.close().await;
+        MyDb {
+            url: format!("{}/{name}", admin.trim_end_matches('/')),
+            name,
+        }
+    }
+}
+
+impl Drop for MyDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin = mysql_admin_url();
+        // Dropped from sync code inside a runtime: use a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::MySqlConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                        .execute(&mut c)
+                        .await;
+                    let _ = c.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A throwaway server database of either kind, dropped with the guard.
+pub enum DbGuard {
+    Pg(PgDb),
+    My(MyDb),
+}
+
+impl DbGuard {
+    pub fn url(&self) -> &str {
+        match self {
+            DbGuard::Pg(d) => &d.url,
+            DbGuard::My(d) => &d.url,
+        }
+    }
+}
+
+/// The metadata engine a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+    MariaDb,
+}
+
 /// A data directory and a database for child processes: SQLite in the
-/// directory, or a PostgreSQL database of its own (`pg`).
+/// directory, or a PostgreSQL or MariaDB database of its own.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
     pub db_url: String,
-    _pg: Option<PgDb>,
+    _db: Option<DbGuard>,
 }
 
 impl Scratch {
+    /// SQLite, or PostgreSQL when `pg`.
     pub async fn new(pg: bool) -> Scratch {
+        Scratch::on(if pg { Engine::Postgres } else { Engine::Sqlite }).await
+    }
+
+    pub async fn on(engine: Engine) -> Scratch {
         let dir = tempfile::tempdir().unwrap();
-        if pg {
-            let db = PgDb::create().await;
-            Scratch {
-                dir,
-                db_url: db.url.clone(),
-                _pg: Some(db),
-            }
-        } else {
-            Scratch {
-                db_url: format!("sqlite://{}/data/stowage.db", dir.path().display()),
-                dir,
-                _pg: None,
-            }
+        let db = match engine {
+            Engine::Sqlite => None,
+            Engine::Postgres => Some(DbGuard::Pg(PgDb::create().await)),
+            Engine::MariaDb => Some(DbGuard::My(MyDb::create().await)),
+        };
+        Scratch {
+            db_url: match &db {
+                Some(g) => g.url().to_string(),
+                None => format!("sqlite://{}/data/stowage.db", dir.path().display()),
+            },
+            dir,
+            _db: db,
         }
     }
 

@@ -26,7 +26,11 @@ use super::clock::{self, Clock, SystemClock};
 use super::*;
 
 mod leases;
+mod mysql;
 mod snapshot;
+
+pub(crate) use mysql::transient_number as mysql_transient;
+pub use mysql::MySqlStore;
 
 /// PostgreSQL backend.
 pub struct PgStore {
@@ -77,7 +81,8 @@ impl SqliteStore {
     }
 }
 
-/// Opens the store named by `url` (`postgres://…` or `sqlite://…`).
+/// Opens the store named by `url` (`postgres://…`, `mysql://…` (or
+/// `mariadb://…`) or `sqlite://…`).
 pub async fn connect(url: &str) -> MetaResult<Arc<dyn MetaStore>> {
     connect_with_clock(url, Arc::new(SystemClock)).await
 }
@@ -96,6 +101,8 @@ pub async fn connect_with_clock(
             .await
             .map_err(MetaError::from_sqlx)?;
         Ok(Arc::new(PgStore { pool, clock }))
+    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+        Ok(Arc::new(MySqlStore::open(url, clock).await?))
     } else if url.starts_with("sqlite:") {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -119,7 +126,7 @@ pub async fn connect_with_clock(
         Ok(Arc::new(SqliteStore { pool, clock }))
     } else {
         Err(MetaError::Unavailable(format!(
-            "unsupported database URL {url:?}: expected postgres://… or sqlite://…"
+            "unsupported database URL {url:?}: expected postgres://…, mysql://… or sqlite://…"
         )))
     }
 }
