@@ -689,6 +689,16 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     ) -> MetaResult<LeaseCheck>;
     /// Records progress while `owner` holds the lease; false otherwise.
     async fn set_tus_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool>;
+    /// Writes the length (and metadata) of an upload created without one,
+    /// learned later, while `owner` holds the lease; false otherwise. The
+    /// reservation must already cover `length`.
+    async fn set_tus_length(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        length: u64,
+        metadata: &str,
+    ) -> MetaResult<bool>;
     /// Gives up `owner`'s lease (no-op when not held).
     async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()>;
     /// Deletes the row of an upload that `owner` holds (failure).

@@ -892,11 +892,10 @@ async fn write_inner(
 
 /// Writes the length of an upload created without one, learned from a
 /// later append (its `Upload-Length`, or the offset plus the
-/// `Content-Length` of an append that completes it), into the upload row,
-/// whose reservation already covers it. The store updates a row's offset
-/// only, so the row is written again under the same lease: deleted and
-/// inserted with the length and without the unknown-length mark. A request
-/// arriving between the two finds no upload (404) for that moment.
+/// `Content-Length` of an append that completes it), into the upload row
+/// (one conditional `UPDATE` under this request's lease), whose
+/// reservation already covers it; the unknown-length mark is dropped from
+/// its metadata.
 async fn record_length(
     state: &AppState,
     lease: &mut Lease,
@@ -905,26 +904,14 @@ async fn record_length(
 ) -> Result<(), Problem> {
     let mut meta = metadata_from_json(&up.metadata);
     meta.remove(META_LENGTH_UNKNOWN);
-    let row = TusUpload {
-        upload_length: length as i64,
-        metadata: metadata_to_json(&meta),
-        ..up.clone()
-    };
-    let owner = lease.owner();
-    if !state.meta.finish_tus_upload(up.id, owner).await? {
+    let metadata = metadata_to_json(&meta);
+    if !state
+        .meta
+        .set_tus_length(up.id, lease.owner(), length, &metadata)
+        .await?
+    {
         lease.mark_lost();
         return Err(AppError::Conflict("another request took this upload over".into()).into());
-    }
-    let until = Utc::now() + lease_len();
-    if let Err(e) = state
-        .meta
-        .create_tus_upload(&row, Some((owner, until)))
-        .await
-    {
-        tracing::error!(error = %e, upload = %up.id, "could not write the upload row back; dropping the upload");
-        lease.mark_lost();
-        ingest::abandon(state, up.id).await;
-        return Err(AppError::from(e).into());
     }
     tracing::info!(upload = %up.id, length, "resumable upload length learned");
     Ok(())

@@ -1496,6 +1496,28 @@ macro_rules! impl_store {
                 Ok(n == 1)
             }
 
+            async fn set_tus_length(
+                &self,
+                id: Uuid,
+                owner: Uuid,
+                length: u64,
+                metadata: &str,
+            ) -> MetaResult<bool> {
+                let n = sqlx::query(
+                    "UPDATE tus_uploads SET upload_length = $3, metadata = $4 \
+                     WHERE id = $1 AND lock_owner = $2",
+                )
+                .bind(id)
+                .bind(owner)
+                .bind(to_i64(length))
+                .bind(metadata)
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
             async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()> {
                 sqlx::query(
                     "UPDATE tus_uploads SET lock_owner = NULL, locked_until = NULL, takeover = 0, completing = FALSE \

@@ -427,6 +427,15 @@ impl MetaStore for MySqlStore {
     async fn set_tus_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool> {
         self.set_offset(id, owner, p).await
     }
+    async fn set_tus_length(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        length: u64,
+        metadata: &str,
+    ) -> MetaResult<bool> {
+        self.set_length(id, owner, length, metadata).await
+    }
     async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()> {
         self.unlock(id, owner).await
     }

@@ -343,6 +343,27 @@ impl MySqlStore {
         Ok(n == 1)
     }
 
+    pub(super) async fn set_length(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        length: u64,
+        metadata: &str,
+    ) -> MetaResult<bool> {
+        let n = sqlx::query(
+            "UPDATE tus_uploads SET upload_length = ?, metadata = ? WHERE id = ? AND lock_owner = ?",
+        )
+        .bind(to_i64(length))
+        .bind(metadata)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(MetaError::from_sqlx)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     pub(super) async fn unlock(&self, id: Uuid, owner: Uuid) -> MetaResult<()> {
         sqlx::query(
             "UPDATE tus_uploads SET lock_owner = NULL, locked_until = NULL, takeover = 0, completing = FALSE \
