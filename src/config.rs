@@ -85,6 +85,10 @@ pub struct Config {
     /// Downloads answer 302 to a short-lived presigned URL of the object
     /// store instead of streaming through stowage.
     pub s3_downloads_redirect: bool,
+    /// `STOWAGE_DIRECT_IO`: uploads to the local volume are written with
+    /// direct I/O (`auto`, the default; buffered where the filesystem
+    /// refuses it) or always through the page cache (`off`).
+    pub direct_io: bool,
     /// `STOWAGE_ACCEL_REDIRECT`: behind nginx, downloads and signed links are
     /// authorized here and answered with `X-Accel-Redirect: {prefix}{key}`
     /// and no body, and nginx sends the bytes from an `internal` location
@@ -358,6 +362,7 @@ struct FileConfig {
     s3_region: Option<String>,
     s3_prefix: Option<String>,
     s3_downloads: Option<String>,
+    direct_io: Option<String>,
     accel_redirect: Option<String>,
     rate_limit_user_per_sec: Option<u32>,
     rate_limit_ip_per_sec: Option<u32>,
@@ -884,6 +889,21 @@ impl Config {
             }
         };
 
+        let direct_io = match env_any(&["STOWAGE_DIRECT_IO"])
+            .or(fc.direct_io)
+            .as_deref()
+            .unwrap_or("auto")
+        {
+            "auto" => true,
+            "off" => false,
+            other => {
+                return Err(invalid(
+                    "STOWAGE_DIRECT_IO",
+                    format!("{other}: expected auto or off"),
+                ))
+            }
+        };
+
         let num = |name: &'static str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
             v.map(|s| s.parse::<u64>().map_err(|e| invalid(name, e.to_string())))
                 .transpose()
@@ -940,6 +960,7 @@ impl Config {
             s3_access_key_id: env_any(&["AWS_ACCESS_KEY_ID"]),
             s3_secret_access_key: env_any(&["AWS_SECRET_ACCESS_KEY"]).map(Secret),
             s3_downloads_redirect,
+            direct_io,
             accel_redirect: env_any(&["STOWAGE_ACCEL_REDIRECT"])
                 .or(fc.accel_redirect)
                 .filter(|s| !s.is_empty()),
