@@ -89,6 +89,9 @@ pub struct Config {
     /// direct I/O (`auto`, the default; buffered where the filesystem
     /// refuses it) or always through the page cache (`off`).
     pub direct_io: bool,
+    /// `STOWAGE_UPLOAD_BUFFER`: bytes of each of an upload's two write
+    /// buffers on the local volume (256 KiB; 16 KiB to 16 MiB).
+    pub upload_buffer: u64,
     /// `STOWAGE_ACCEL_REDIRECT`: behind nginx, downloads and signed links are
     /// authorized here and answered with `X-Accel-Redirect: {prefix}{key}`
     /// and no body, and nginx sends the bytes from an `internal` location
@@ -363,6 +366,7 @@ struct FileConfig {
     s3_prefix: Option<String>,
     s3_downloads: Option<String>,
     direct_io: Option<String>,
+    upload_buffer: Option<toml::Value>,
     accel_redirect: Option<String>,
     rate_limit_user_per_sec: Option<u32>,
     rate_limit_ip_per_sec: Option<u32>,
@@ -904,6 +908,20 @@ impl Config {
             }
         };
 
+        let upload_buffer = match env_any(&["STOWAGE_UPLOAD_BUFFER"]) {
+            Some(s) => parse_size(&s).map_err(|e| invalid("STOWAGE_UPLOAD_BUFFER", e))?,
+            None => match &fc.upload_buffer {
+                Some(v) => size_value("upload_buffer", v)?,
+                None => 256 * 1024,
+            },
+        };
+        if !(16 * 1024..=16 * 1024 * 1024).contains(&upload_buffer) {
+            return Err(invalid(
+                "STOWAGE_UPLOAD_BUFFER",
+                format!("{upload_buffer}: expected 16 KiB to 16 MiB"),
+            ));
+        }
+
         let num = |name: &'static str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
             v.map(|s| s.parse::<u64>().map_err(|e| invalid(name, e.to_string())))
                 .transpose()
@@ -961,6 +979,7 @@ impl Config {
             s3_secret_access_key: env_any(&["AWS_SECRET_ACCESS_KEY"]).map(Secret),
             s3_downloads_redirect,
             direct_io,
+            upload_buffer,
             accel_redirect: env_any(&["STOWAGE_ACCEL_REDIRECT"])
                 .or(fc.accel_redirect)
                 .filter(|s| !s.is_empty()),

@@ -43,6 +43,8 @@ pub struct LocalStore {
     direct: AtomicBool,
     /// How a direct-I/O staging file is opened (tests simulate a refusal).
     direct_mode: writer::Mode,
+    /// Size of each of an upload's two write buffers.
+    buf_size: usize,
 }
 
 impl LocalStore {
@@ -55,7 +57,16 @@ impl LocalStore {
             root,
             direct: AtomicBool::new(true),
             direct_mode: writer::Mode::Direct,
+            buf_size: writer::BUF,
         })
+    }
+
+    /// Size of each of an upload's two write buffers: rounded up to a
+    /// multiple of 4 KiB and kept within 16 KiB..=16 MiB.
+    pub fn with_buffer_size(mut self, bytes: usize) -> LocalStore {
+        let b = bytes.clamp(writer::BUF_MIN, writer::BUF_MAX);
+        self.buf_size = b.div_ceil(writer::ALIGN) * writer::ALIGN;
+        self
     }
 
     /// Whether uploads are written with direct I/O (`O_DIRECT`, on by
@@ -79,7 +90,8 @@ impl LocalStore {
         } else {
             writer::Mode::Buffered
         };
-        let (w, refused) = writer::open(&self.staging_path(id), offset, mode).await?;
+        let (w, refused) =
+            writer::open(&self.staging_path(id), offset, mode, self.buf_size).await?;
         if refused && self.direct.swap(false, Ordering::Relaxed) {
             tracing::warn!(root = %self.root.display(), "the volume refuses direct I/O; uploads go through the page cache");
         }

@@ -52,7 +52,7 @@ both!(upload_list_get_delete, |b| async move {
     assert_eq!(e["error"]["code"], "not_found");
 });
 
-// Sizes around the volume writer's 4 KiB alignment and 128 KiB buffers
+// Sizes around the volume writer's 4 KiB alignment and 256 KiB buffers
 // (direct I/O; the tail of a file is written through the page cache) come
 // back byte for byte, with the right sha256, on every backend.
 both!(unaligned_sizes_round_trip, |b| async move {
@@ -61,8 +61,8 @@ both!(unaligned_sizes_round_trip, |b| async move {
         4095,
         4096,
         4097,
-        128 * 1024 - 1,
-        128 * 1024 + 1,
+        256 * 1024 - 1,
+        256 * 1024 + 1,
         (1 << 20) + 1,
     ] {
         let data = png_bytes(n);

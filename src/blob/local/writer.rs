@@ -48,8 +48,14 @@ use super::super::{BlobError, BlobResult, BlobWriter, SharedTap};
 /// Alignment of buffers, offsets and lengths for direct I/O: the page size,
 /// which is a multiple of every block device's logical block size in use.
 pub const ALIGN: usize = 4096;
-/// Size of each of an upload's two buffers (a multiple of [`ALIGN`]).
-pub const BUF: usize = 128 * 1024;
+/// Default size of each of an upload's two buffers (a multiple of
+/// [`ALIGN`]; `STOWAGE_UPLOAD_BUFFER`). Every buffer handed over costs a
+/// wake-up of the blocking pool, a device request and its completion, so
+/// larger buffers cost less CPU per byte and more memory per upload.
+pub const BUF: usize = 256 * 1024;
+/// Bounds of the buffer size.
+pub const BUF_MIN: usize = 16 * 1024;
+pub const BUF_MAX: usize = 16 * 1024 * 1024;
 /// Buffered mode only: writeback of written data is started every this many
 /// bytes (`sync_file_range`), so the final `fdatasync` waits only for the
 /// tail instead of the whole file.
@@ -154,8 +160,16 @@ pub enum Mode {
 /// Opens staging file `path` for appending at `offset` (0 creates or
 /// empties it; otherwise it is cut back to `offset`, and fewer bytes staged
 /// than that is `NotFound`). Returns the writer and whether the filesystem
-/// refused direct I/O at `open`.
-pub async fn open(path: &Path, offset: u64, mode: Mode) -> BlobResult<(LocalWriter, bool)> {
+/// refused direct I/O at `open`. `buf`: the size of each buffer, a
+/// multiple of [`ALIGN`] within [`BUF_MIN`]..=[`BUF_MAX`].
+pub async fn open(
+    path: &Path,
+    offset: u64,
+    mode: Mode,
+    buf: usize,
+) -> BlobResult<(LocalWriter, bool)> {
+    debug_assert!(buf % ALIGN == 0 && (BUF_MIN..=BUF_MAX).contains(&buf));
+    let buf_size = buf;
     let p = path.to_path_buf();
     let (file, direct, refused) = tokio::task::spawn_blocking(move || open_file(&p, offset, mode))
         .await
@@ -163,7 +177,7 @@ pub async fn open(path: &Path, offset: u64, mode: Mode) -> BlobResult<(LocalWrit
     let file = Arc::new(file);
     lock(&file).await?;
     let f = file.clone();
-    let (buf, direct) = tokio::task::spawn_blocking(move || prepare(&f, offset, direct))
+    let (buf, direct) = tokio::task::spawn_blocking(move || prepare(&f, offset, direct, buf_size))
         .await
         .map_err(std::io::Error::other)??;
     let buf_at = offset - buf.len as u64;
@@ -243,18 +257,23 @@ async fn lock(file: &File) -> BlobResult<()> {
 /// Under the lock: cuts the file to `offset` and, in direct mode at an
 /// unaligned offset, reads the partial block before it back into the first
 /// buffer. A filesystem that refuses that direct read drops to buffered.
-fn prepare(file: &File, offset: u64, direct: bool) -> std::io::Result<(AlignedBuf, bool)> {
-    if offset > 0 {
-        let have = file.metadata()?.len();
-        if offset > have {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("staged data is {have} bytes, shorter than its offset {offset}"),
-            ));
-        }
+fn prepare(
+    file: &File,
+    offset: u64,
+    direct: bool,
+    buf_size: usize,
+) -> std::io::Result<(AlignedBuf, bool)> {
+    let have = file.metadata()?.len();
+    if offset > have {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("staged data is {have} bytes, shorter than its offset {offset}"),
+        ));
     }
-    file.set_len(offset)?;
-    let mut buf = AlignedBuf::new(BUF);
+    if have != offset {
+        file.set_len(offset)?;
+    }
+    let mut buf = AlignedBuf::new(buf_size);
     let part = (offset % ALIGN as u64) as usize;
     if !direct || part == 0 {
         return Ok((buf, direct));
@@ -360,7 +379,8 @@ impl LocalWriter {
     /// other one.
     async fn submit(&mut self) -> BlobResult<()> {
         self.settle().await?;
-        let next = self.spare.take().unwrap_or_else(|| AlignedBuf::new(BUF));
+        let cap = self.buf.cap;
+        let next = self.spare.take().unwrap_or_else(|| AlignedBuf::new(cap));
         let buf = std::mem::replace(&mut self.buf, next);
         let at = self.buf_at;
         let end = at + buf.len as u64;

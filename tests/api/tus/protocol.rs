@@ -111,7 +111,7 @@ both!(patches_at_unaligned_offsets, |b| async move {
     let data = png_bytes((1 << 20) + 4097);
     let loc = create_ok(&app, "alice", data.len() as u64, "").await;
     let mut at = 0;
-    for cut in [1, 4095, 4097, 8191, 128 * 1024 + 3, 1 << 20, data.len()] {
+    for cut in [1, 4095, 4097, 8191, 256 * 1024 + 3, 1 << 20, data.len()] {
         let r = patch(&app, "alice", &loc, at as u64, data[at..cut].to_vec(), &[]).await;
         assert_eq!(r.status(), 204, "{at}..{cut}");
         assert_eq!(hdr(&r, "upload-offset"), Some(cut.to_string().as_str()));
