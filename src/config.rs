@@ -1457,6 +1457,29 @@ mod tests {
     }
 
     #[test]
+    fn direct_io_and_upload_buffer() {
+        let c = with_env(&[]).unwrap();
+        assert!(c.direct_io);
+        assert_eq!(c.upload_buffer, 256 * 1024);
+        let c = with_env(&[
+            ("STOWAGE_DIRECT_IO", "off"),
+            ("STOWAGE_UPLOAD_BUFFER", "1MiB"),
+        ])
+        .unwrap();
+        assert!(!c.direct_io);
+        assert_eq!(c.upload_buffer, 1024 * 1024);
+        for (k, v) in [
+            ("STOWAGE_DIRECT_IO", "yes"),
+            ("STOWAGE_UPLOAD_BUFFER", "1KiB"),
+            ("STOWAGE_UPLOAD_BUFFER", "1GiB"),
+            ("STOWAGE_UPLOAD_BUFFER", "lots"),
+        ] {
+            let e = with_env(&[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
+    }
+
+    #[test]
     fn accel_redirect_needs_the_local_volume_and_a_location_path() {
         let c = with_env(&[("STOWAGE_ACCEL_REDIRECT", "/_stowage_blobs/")]).unwrap();
         assert_eq!(c.accel_redirect.as_deref(), Some("/_stowage_blobs/"));

@@ -17,7 +17,10 @@ use std::{
     ops::Range,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
 use async_trait::async_trait;
@@ -35,6 +38,32 @@ const MAP_MIN: u64 = 1024 * 1024;
 /// Bytes mapped (and sent to the socket) at a time; two are mapped at once
 /// while the next is faulted in ahead of the socket.
 const MAP_SLICE: usize = 4 * 1024 * 1024;
+/// Writers that get the whole configured buffer size at once.
+const FULL_BUFFERS: usize = 4;
+
+/// One open writer of a store, counted until it is dropped.
+pub(crate) struct WriterCount {
+    writers: Arc<AtomicUsize>,
+    /// Writers open before this one.
+    before: usize,
+}
+
+impl WriterCount {
+    fn enter(writers: &Arc<AtomicUsize>) -> WriterCount {
+        let before = writers.fetch_add(1, Ordering::Relaxed);
+        WriterCount {
+            writers: writers.clone(),
+            before,
+        }
+    }
+}
+
+impl Drop for WriterCount {
+    fn drop(&mut self) {
+        self.writers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct LocalStore {
     root: PathBuf,
     /// Staging files are written with direct I/O ([`writer`]); turned off
@@ -45,6 +74,8 @@ pub struct LocalStore {
     direct_mode: writer::Mode,
     /// Size of each of an upload's two write buffers.
     buf_size: usize,
+    /// Writers open now; see [`LocalStore::buffer_for`].
+    writers: Arc<AtomicUsize>,
 }
 
 impl LocalStore {
@@ -58,7 +89,18 @@ impl LocalStore {
             direct: AtomicBool::new(true),
             direct_mode: writer::Mode::Direct,
             buf_size: writer::BUF,
+            writers: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The buffer size for a writer opened while `open` others are: the
+    /// configured size for the first [`FULL_BUFFERS`], half of it for as
+    /// many more, a quarter beyond, so that many uploads at once do not
+    /// multiply the memory the fastest single upload gets.
+    fn buffer_for(&self, open: usize) -> usize {
+        let shift = (open / FULL_BUFFERS).min(2);
+        let b = (self.buf_size >> shift) / writer::ALIGN * writer::ALIGN;
+        b.max(writer::BUF_MIN)
     }
 
     /// Size of each of an upload's two write buffers: rounded up to a
@@ -90,8 +132,10 @@ impl LocalStore {
         } else {
             writer::Mode::Buffered
         };
-        let (w, refused) =
-            writer::open(&self.staging_path(id), offset, mode, self.buf_size).await?;
+        let open = WriterCount::enter(&self.writers);
+        let size = self.buffer_for(open.before);
+        let (mut w, refused) = writer::open(&self.staging_path(id), offset, mode, size).await?;
+        w.count(open);
         if refused && self.direct.swap(false, Ordering::Relaxed) {
             tracing::warn!(root = %self.root.display(), "the volume refuses direct I/O; uploads go through the page cache");
         }
@@ -567,6 +611,34 @@ mod tests {
         assert!(w.is_direct(), "this volume takes O_DIRECT");
         let w = refusing.open_writer(Uuid::new_v4(), 0, true).await.unwrap();
         assert!(!w.is_direct());
+    }
+
+    /// Many writers at once get smaller buffers: full size for the first
+    /// four, half for the next four, a quarter beyond; never below the
+    /// minimum, always aligned.
+    #[tokio::test]
+    async fn many_writers_at_once_share_the_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("users")).unwrap();
+        let mut open = Vec::new();
+        for _ in 0..10 {
+            open.push(store.open_writer(Uuid::new_v4(), 0, true).await.unwrap());
+        }
+        let sizes: Vec<usize> = open.iter().map(|w| w.buffer_size()).collect();
+        let b = writer::BUF;
+        assert_eq!(
+            sizes,
+            [b, b, b, b, b / 2, b / 2, b / 2, b / 2, b / 4, b / 4]
+        );
+        drop(open);
+        assert_eq!(store.writers.load(Ordering::Relaxed), 0);
+        let w = store.open_writer(Uuid::new_v4(), 0, true).await.unwrap();
+        assert_eq!(w.buffer_size(), b);
+        let small = LocalStore::open(dir.path().join("small"))
+            .unwrap()
+            .with_buffer_size(20_000);
+        assert_eq!(small.buffer_for(0), 20_480);
+        assert_eq!(small.buffer_for(9), writer::BUF_MIN);
     }
 
     /// A resumed upload (tus) reopens its staging file at any offset,

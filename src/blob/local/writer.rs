@@ -143,6 +143,8 @@ pub struct LocalWriter {
     tap_skip: usize,
     /// Buffered mode: file offset up to which writeback has been started.
     written_back: u64,
+    /// Counts this writer among its store's open ones while it lives.
+    _count: Option<super::WriterCount>,
 }
 
 /// How [`open`] opens a staging file.
@@ -194,6 +196,7 @@ pub async fn open(
             tap: None,
             tap_skip: skip,
             written_back: offset,
+            _count: None,
         },
         refused,
     ))
@@ -401,6 +404,17 @@ impl LocalWriter {
             (buf, direct, res)
         }));
         Ok(())
+    }
+
+    /// Counts this writer among its store's open ones until it is dropped.
+    pub(crate) fn count(&mut self, c: super::WriterCount) {
+        self._count = Some(c);
+    }
+
+    /// Bytes in each of this writer's buffers (for tests).
+    #[cfg(test)]
+    pub fn buffer_size(&self) -> usize {
+        self.buf.cap
     }
 
     /// True while the file is written with direct I/O (for tests).
