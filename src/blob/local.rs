@@ -726,22 +726,26 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_writer_never_writes_over_the_next() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path().join("users")).unwrap();
+        // Writes start late, so the one left in flight would land after
+        // the next writer has cut the file back, unless that one waits.
+        let big = writer::BUF;
+        let mut store = LocalStore::open(dir.path().join("users")).unwrap();
+        store.direct_mode = writer::Mode::Slow;
         let id = Uuid::new_v4();
         let keep = pattern(4097, 1);
         let mut w = store.stage(id, 0).await.unwrap();
         w.write(Bytes::from(keep.clone())).await.unwrap();
         w.finish().await.unwrap();
-        for round in 0..20 {
+        for round in 0..3 {
             let mut w = store.stage(id, keep.len() as u64).await.unwrap();
             // Fills both buffers: one write in flight, one buffer full.
-            w.write(Bytes::from(vec![0xAA; 2 * writer::BUF + 1]))
-                .await
-                .unwrap();
+            w.write(Bytes::from(vec![0xAA; 2 * big + 1])).await.unwrap();
             drop(w);
             let mut w = store.stage(id, keep.len() as u64).await.unwrap();
             w.write(Bytes::from_static(b"tail")).await.unwrap();
             w.finish().await.unwrap();
+            // Long enough for a late write to have landed.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             let got = std::fs::read(store.staging_path(id)).unwrap();
             assert_eq!(got.len(), keep.len() + 4, "round {round}");
             assert!(got[..keep.len()] == keep[..] && &got[keep.len()..] == b"tail");

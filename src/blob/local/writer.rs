@@ -145,6 +145,8 @@ pub struct LocalWriter {
     written_back: u64,
     /// Counts this writer among its store's open ones while it lives.
     _count: Option<super::WriterCount>,
+    #[cfg(test)]
+    slow: bool,
 }
 
 /// How [`open`] opens a staging file.
@@ -157,6 +159,10 @@ pub enum Mode {
     /// As a filesystem that refuses `O_DIRECT` at `open` (`EINVAL`).
     #[cfg(test)]
     Refused,
+    /// Direct, each buffer's write starting 100 ms late (a busy blocking
+    /// pool), to show that a late write never lands after the next writer.
+    #[cfg(test)]
+    Slow,
 }
 
 /// Opens staging file `path` for appending at `offset` (0 creates or
@@ -197,6 +203,8 @@ pub async fn open(
             tap_skip: skip,
             written_back: offset,
             _count: None,
+            #[cfg(test)]
+            slow: mode == Mode::Slow,
         },
         refused,
     ))
@@ -395,7 +403,13 @@ impl LocalWriter {
         }
         let (file, direct, tap) = (self.file.clone(), self.direct, self.tap.clone());
         let skip = std::mem::take(&mut self.tap_skip);
+        #[cfg(test)]
+        let slow = self.slow;
         self.inflight = Some(tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            if slow {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             feed(&tap, &buf.filled()[skip..]);
             let (direct, res) = write_at(&file, buf.filled(), at, direct);
             if let (Some(from), Ok(()), false) = (wb, &res, direct) {
