@@ -85,6 +85,13 @@ pub struct Config {
     /// Downloads answer 302 to a short-lived presigned URL of the object
     /// store instead of streaming through stowage.
     pub s3_downloads_redirect: bool,
+    /// `STOWAGE_DIRECT_IO`: uploads to the local volume are written with
+    /// direct I/O (`auto`, the default; buffered where the filesystem
+    /// refuses it) or always through the page cache (`off`).
+    pub direct_io: bool,
+    /// `STOWAGE_UPLOAD_BUFFER`: bytes of each of an upload's two write
+    /// buffers on the local volume (256 KiB; 16 KiB to 16 MiB).
+    pub upload_buffer: u64,
     /// `STOWAGE_ACCEL_REDIRECT`: behind nginx, downloads and signed links are
     /// authorized here and answered with `X-Accel-Redirect: {prefix}{key}`
     /// and no body, and nginx sends the bytes from an `internal` location
@@ -358,6 +365,8 @@ struct FileConfig {
     s3_region: Option<String>,
     s3_prefix: Option<String>,
     s3_downloads: Option<String>,
+    direct_io: Option<String>,
+    upload_buffer: Option<toml::Value>,
     accel_redirect: Option<String>,
     rate_limit_user_per_sec: Option<u32>,
     rate_limit_ip_per_sec: Option<u32>,
@@ -884,6 +893,35 @@ impl Config {
             }
         };
 
+        let direct_io = match env_any(&["STOWAGE_DIRECT_IO"])
+            .or(fc.direct_io)
+            .as_deref()
+            .unwrap_or("auto")
+        {
+            "auto" => true,
+            "off" => false,
+            other => {
+                return Err(invalid(
+                    "STOWAGE_DIRECT_IO",
+                    format!("{other}: expected auto or off"),
+                ))
+            }
+        };
+
+        let upload_buffer = match env_any(&["STOWAGE_UPLOAD_BUFFER"]) {
+            Some(s) => parse_size(&s).map_err(|e| invalid("STOWAGE_UPLOAD_BUFFER", e))?,
+            None => match &fc.upload_buffer {
+                Some(v) => size_value("upload_buffer", v)?,
+                None => 256 * 1024,
+            },
+        };
+        if !(16 * 1024..=16 * 1024 * 1024).contains(&upload_buffer) {
+            return Err(invalid(
+                "STOWAGE_UPLOAD_BUFFER",
+                format!("{upload_buffer}: expected 16 KiB to 16 MiB"),
+            ));
+        }
+
         let num = |name: &'static str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
             v.map(|s| s.parse::<u64>().map_err(|e| invalid(name, e.to_string())))
                 .transpose()
@@ -940,6 +978,8 @@ impl Config {
             s3_access_key_id: env_any(&["AWS_ACCESS_KEY_ID"]),
             s3_secret_access_key: env_any(&["AWS_SECRET_ACCESS_KEY"]).map(Secret),
             s3_downloads_redirect,
+            direct_io,
+            upload_buffer,
             accel_redirect: env_any(&["STOWAGE_ACCEL_REDIRECT"])
                 .or(fc.accel_redirect)
                 .filter(|s| !s.is_empty()),
@@ -1421,6 +1461,29 @@ mod tests {
         assert_eq!(ok.webhook.retry_for, Duration::from_secs(86400));
         assert_eq!(ok.webhook.concurrency, 8);
         assert!(!format!("{:?}", ok.webhook).contains("whsec"));
+    }
+
+    #[test]
+    fn direct_io_and_upload_buffer() {
+        let c = with_env(&[]).unwrap();
+        assert!(c.direct_io);
+        assert_eq!(c.upload_buffer, 256 * 1024);
+        let c = with_env(&[
+            ("STOWAGE_DIRECT_IO", "off"),
+            ("STOWAGE_UPLOAD_BUFFER", "1MiB"),
+        ])
+        .unwrap();
+        assert!(!c.direct_io);
+        assert_eq!(c.upload_buffer, 1024 * 1024);
+        for (k, v) in [
+            ("STOWAGE_DIRECT_IO", "yes"),
+            ("STOWAGE_UPLOAD_BUFFER", "1KiB"),
+            ("STOWAGE_UPLOAD_BUFFER", "1GiB"),
+            ("STOWAGE_UPLOAD_BUFFER", "lots"),
+        ] {
+            let e = with_env(&[(k, v)]).unwrap_err().to_string();
+            assert!(e.contains(k), "{k}={v}: {e}");
+        }
     }
 
     #[test]

@@ -66,11 +66,13 @@ impl Core {
             .await
             .with_context(|| format!("opening database {}", redact_url(&config.database_url)))?;
         let blobs: Arc<dyn BlobStore> = match config.blob_store {
-            BlobBackend::Local => {
-                Arc::new(LocalStore::open(&config.storage_root).with_context(|| {
-                    format!("opening storage root {}", config.storage_root.display())
-                })?)
-            }
+            BlobBackend::Local => Arc::new(
+                LocalStore::open(&config.storage_root)
+                    .with_context(|| {
+                        format!("opening storage root {}", config.storage_root.display())
+                    })?
+                    .with_direct_io(config.direct_io),
+            ),
             BlobBackend::S3 => {
                 let o = config.s3_options();
                 let store = S3Store::open(&o).with_context(|| {

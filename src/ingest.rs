@@ -23,7 +23,10 @@ pub mod append;
 pub mod error;
 pub mod sha256;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt;
 use uuid::Uuid;
@@ -143,7 +146,7 @@ pub struct Stage {
     /// Reservation id; also the staging blob id.
     id: Uuid,
     writer: Option<Box<dyn BlobWriter>>,
-    hash: Option<RunningSha256>,
+    hash: Hash,
     head: Vec<u8>,
     /// The early type check is behind us (done by an earlier request, or
     /// impossible because the head could not be read back).
@@ -157,6 +160,23 @@ pub struct Stage {
     /// How far each touch pushes the reservation's expiry.
     touch_ttl: Duration,
     last_touch: Instant,
+}
+
+/// Where a [`Stage`]'s running sha256 is.
+enum Hash {
+    /// Unknown (the state before the start was lost): no hash.
+    None,
+    /// Updated here, chunk by chunk.
+    Inline(RunningSha256),
+    /// Fed by the writer on its own thread ([`crate::blob::Tap`]), so
+    /// hashing overlaps with receiving; complete once the writer finished.
+    Tapped(Arc<Mutex<RunningSha256>>),
+}
+
+impl crate::blob::Tap for RunningSha256 {
+    fn update(&mut self, data: &[u8]) {
+        RunningSha256::update(self, data)
+    }
 }
 
 /// What a [`Stage`] made durable.
@@ -193,11 +213,23 @@ impl Stage {
                 Err(_) => head_checked = true,
             }
         }
+        let mut writer = writer;
+        let hash = match hash.filter(|h| h.len() == start) {
+            None => Hash::None,
+            Some(h) => {
+                let shared = Arc::new(Mutex::new(h));
+                if writer.set_tap(shared.clone()) {
+                    Hash::Tapped(shared)
+                } else {
+                    Hash::Inline(unshare(shared))
+                }
+            }
+        };
         Stage {
             state: state.clone(),
             id,
             writer: Some(writer),
-            hash: hash.filter(|h| h.len() == start),
+            hash,
             head,
             head_checked,
             len: start,
@@ -249,7 +281,7 @@ impl Stage {
                 early_type_check(&self.state, &self.head)?;
             }
         }
-        if let Some(h) = self.hash.as_mut() {
+        if let Hash::Inline(h) = &mut self.hash {
             h.update(&chunk);
         }
         self.writer
@@ -308,11 +340,25 @@ impl Stage {
         let writer = self.writer.take().expect("writer open until finish");
         let staged = writer.finish().await?;
         debug_assert_eq!(staged, self.len);
+        let hash = match std::mem::replace(&mut self.hash, Hash::None) {
+            Hash::None => None,
+            Hash::Inline(h) => Some(h),
+            Hash::Tapped(shared) => Some(unshare(shared)),
+        };
         Ok(Staged {
             len: self.len,
-            hash: self.hash.take(),
+            hash,
             head: std::mem::take(&mut self.head),
         })
+    }
+}
+
+/// The hash out of its shared cell (a copy, if a writer's finished task
+/// were still holding the cell).
+fn unshare(shared: Arc<Mutex<RunningSha256>>) -> RunningSha256 {
+    match Arc::try_unwrap(shared) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(shared) => shared.lock().unwrap_or_else(|p| p.into_inner()).clone(),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The local volume: `{root}/{user}/{type dir}/{id}.{ext}`, staging files in
 //! `{root}/.tmp` on the same filesystem so publishing is one `rename`.
 //! Directories are created 0700 and files 0600; data and the directory entry
-//! are fsynced before a publish returns.
+//! are fsynced before a publish returns. Uploads are staged with direct I/O
+//! where the filesystem allows it, two buffers per upload ([`writer`]).
 //!
 //! A published blob is never written again (a new version is a new key), so
 //! downloads hand its open file to the connection, which sends it with
@@ -9,11 +10,17 @@
 //! are plain reads into buffers: never a memory mapping, whose pages would
 //! kill the process with `SIGBUS` if the file were truncated under it.
 
+mod writer;
+
 use std::{
     io::SeekFrom,
     ops::Range,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
 use async_trait::async_trait;
@@ -26,15 +33,44 @@ use super::*;
 
 /// Read chunk for downloads: large enough that per-chunk overhead vanishes.
 const READ_CHUNK: usize = 256 * 1024;
-/// Writes are gathered into buffers of this size before hitting the disk.
-const WRITE_BUF: usize = 256 * 1024;
-/// Written data is handed to the kernel's writeback every this many bytes
-/// (`sync_file_range`), so the final `fdatasync` waits only for the tail
-/// instead of the whole file.
-const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+/// Writers that get the whole configured buffer size at once.
+const FULL_BUFFERS: usize = 4;
+
+/// One open writer of a store, counted until it is dropped.
+pub(crate) struct WriterCount {
+    writers: Arc<AtomicUsize>,
+    /// Writers open before this one.
+    before: usize,
+}
+
+impl WriterCount {
+    fn enter(writers: &Arc<AtomicUsize>) -> WriterCount {
+        let before = writers.fetch_add(1, Ordering::Relaxed);
+        WriterCount {
+            writers: writers.clone(),
+            before,
+        }
+    }
+}
+
+impl Drop for WriterCount {
+    fn drop(&mut self) {
+        self.writers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 pub struct LocalStore {
     root: PathBuf,
+    /// Staging files are written with direct I/O ([`writer`]); turned off
+    /// by configuration, or for good the first time the filesystem refuses
+    /// it at `open`.
+    direct: AtomicBool,
+    /// How a direct-I/O staging file is opened (tests simulate a refusal).
+    direct_mode: writer::Mode,
+    /// Size of each of an upload's two write buffers.
+    buf_size: usize,
+    /// Writers open now; see [`LocalStore::buffer_for`].
+    writers: Arc<AtomicUsize>,
 }
 
 impl LocalStore {
@@ -43,7 +79,62 @@ impl LocalStore {
         let root = root.into();
         mkdirs(&root)?;
         mkdirs(&root.join(".tmp"))?;
-        Ok(LocalStore { root })
+        Ok(LocalStore {
+            root,
+            direct: AtomicBool::new(true),
+            direct_mode: writer::Mode::Direct,
+            buf_size: writer::BUF,
+            writers: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The buffer size for a writer opened while `open` others are: the
+    /// configured size for the first [`FULL_BUFFERS`], half of it for as
+    /// many more, a quarter beyond, so that many uploads at once do not
+    /// multiply the memory the fastest single upload gets.
+    fn buffer_for(&self, open: usize) -> usize {
+        let shift = (open / FULL_BUFFERS).min(2);
+        let b = (self.buf_size >> shift) / writer::ALIGN * writer::ALIGN;
+        b.max(writer::BUF_MIN)
+    }
+
+    /// Size of each of an upload's two write buffers: rounded up to a
+    /// multiple of 4 KiB and kept within 16 KiB..=16 MiB.
+    pub fn with_buffer_size(mut self, bytes: usize) -> LocalStore {
+        let b = bytes.clamp(writer::BUF_MIN, writer::BUF_MAX);
+        self.buf_size = b.div_ceil(writer::ALIGN) * writer::ALIGN;
+        self
+    }
+
+    /// Whether uploads are written with direct I/O (`O_DIRECT`, on by
+    /// default; the store falls back to buffered writes by itself where the
+    /// filesystem refuses it).
+    pub fn with_direct_io(self, on: bool) -> LocalStore {
+        self.direct.store(on, Ordering::Relaxed);
+        self
+    }
+
+    /// Opens staging file `id` at `offset` through [`writer::open`], with
+    /// direct I/O when `direct` and the store allows it.
+    async fn open_writer(
+        &self,
+        id: Uuid,
+        offset: u64,
+        direct: bool,
+    ) -> BlobResult<writer::LocalWriter> {
+        let mode = if direct && self.direct.load(Ordering::Relaxed) {
+            self.direct_mode
+        } else {
+            writer::Mode::Buffered
+        };
+        let open = WriterCount::enter(&self.writers);
+        let size = self.buffer_for(open.before);
+        let (mut w, refused) = writer::open(&self.staging_path(id), offset, mode, size).await?;
+        w.count(open);
+        if refused && self.direct.swap(false, Ordering::Relaxed) {
+            tracing::warn!(root = %self.root.display(), "the volume refuses direct I/O; uploads go through the page cache");
+        }
+        Ok(w)
     }
 
     pub fn root(&self) -> &Path {
@@ -78,92 +169,6 @@ async fn fsync_dir(dir: &Path) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?
 }
 
-/// Buffers small chunks and writes whole buffers from the blocking pool.
-/// The buffer moves into the blocking task and back (no copy), so an upload
-/// holds one buffer of [`WRITE_BUF`] bytes whatever its size.
-struct LocalWriter {
-    /// `None` only while a write is in flight on the blocking pool.
-    file: Option<std::fs::File>,
-    buf: Vec<u8>,
-    len: u64,
-    /// File offset up to which writeback has been started.
-    written_back: u64,
-    /// Bytes in the file (what `len` counts minus what is still buffered).
-    pos: u64,
-}
-
-impl LocalWriter {
-    /// Writes and empties the buffer.
-    async fn flush_buf(&mut self) -> BlobResult<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let mut file = self.file.take().expect("file present between writes");
-        let buf = std::mem::take(&mut self.buf);
-        // File position once this buffer is written.
-        let end = self.pos + buf.len() as u64;
-        self.pos = end;
-        let start_wb = self.written_back;
-        let kick = end - start_wb >= WRITEBACK_EVERY;
-        if kick {
-            self.written_back = end;
-        }
-        let (file, mut buf, res) = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            use std::os::fd::AsRawFd;
-            let res = file.write_all(&buf);
-            if kick && res.is_ok() {
-                // Start (not wait for) writeback of what is written so far;
-                // advisory, so a failure here changes nothing.
-                // SAFETY: plain syscall on a valid open descriptor.
-                unsafe {
-                    libc::sync_file_range(
-                        file.as_raw_fd(),
-                        start_wb as libc::off64_t,
-                        (end - start_wb) as libc::off64_t,
-                        libc::SYNC_FILE_RANGE_WRITE,
-                    );
-                }
-            }
-            (file, buf, res)
-        })
-        .await
-        .map_err(std::io::Error::other)?;
-        self.file = Some(file);
-        buf.clear();
-        self.buf = buf;
-        res?;
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl BlobWriter for LocalWriter {
-    async fn write(&mut self, chunk: Bytes) -> BlobResult<()> {
-        self.len += chunk.len() as u64;
-        let mut rest = &chunk[..];
-        while !rest.is_empty() {
-            let room = WRITE_BUF - self.buf.len();
-            let take = room.min(rest.len());
-            self.buf.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
-            if self.buf.len() >= WRITE_BUF {
-                self.flush_buf().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> BlobResult<u64> {
-        self.flush_buf().await?;
-        let file = self.file.take().expect("file present between writes");
-        tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(std::io::Error::other)??;
-        Ok(self.len)
-    }
-}
-
 fn range_stream(file: tokio::fs::File, len: u64) -> ByteStream {
     let reader = file.take(len);
     Box::pin(ReaderStream::with_capacity(reader, READ_CHUNK))
@@ -172,29 +177,14 @@ fn range_stream(file: tokio::fs::File, len: u64) -> ByteStream {
 #[async_trait]
 impl BlobStore for LocalStore {
     async fn stage(&self, id: Uuid, offset: u64) -> BlobResult<Box<dyn BlobWriter>> {
-        let path = self.staging_path(id);
-        let mut opts = tokio::fs::OpenOptions::new();
-        opts.write(true).mode(0o600);
-        if offset == 0 {
-            opts.create(true).truncate(true);
-        }
-        let mut file = opts.open(&path).await?;
-        if offset > 0 {
-            let have = file.metadata().await?.len();
-            if offset > have {
-                tracing::warn!(upload = %id, have, offset, "staged data is shorter than its offset");
-                return Err(BlobError::NotFound);
+        match self.open_writer(id, offset, true).await {
+            Ok(w) => Ok(Box::new(w)),
+            Err(BlobError::NotFound) if offset > 0 => {
+                tracing::warn!(upload = %id, offset, "staged data is missing or shorter than its offset");
+                Err(BlobError::NotFound)
             }
-            file.set_len(offset).await?;
-            file.seek(SeekFrom::Start(offset)).await?;
+            Err(e) => Err(e),
         }
-        Ok(Box::new(LocalWriter {
-            file: Some(file.into_std().await),
-            buf: Vec::with_capacity(WRITE_BUF),
-            len: offset,
-            written_back: offset,
-            pos: offset,
-        }))
     }
 
     async fn staged_len(&self, id: Uuid) -> BlobResult<Option<u64>> {
@@ -293,7 +283,8 @@ impl BlobStore for LocalStore {
 
     async fn put_small(&self, key: &str, data: Bytes) -> BlobResult<()> {
         let id = Uuid::new_v4();
-        let mut w = self.stage(id, 0).await?;
+        // Small: through the page cache, no direct I/O to set up.
+        let mut w: Box<dyn BlobWriter> = Box::new(self.open_writer(id, 0, false).await?);
         let res = async {
             w.write(data).await?;
             w.finish().await?;
@@ -467,6 +458,267 @@ mod tests {
             out.extend_from_slice(&c.unwrap());
         }
         out
+    }
+
+    fn pattern(n: usize, seed: usize) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i.wrapping_mul(31) ^ (i >> 12) ^ seed) as u8)
+            .collect()
+    }
+
+    /// Writes `data` as `chunks`-sized chunks into a new staging file and
+    /// returns what the file holds after `finish`.
+    async fn stage_all(store: &LocalStore, id: Uuid, data: &[u8], chunk: usize) -> Vec<u8> {
+        let mut w = store.stage(id, 0).await.unwrap();
+        for c in data.chunks(chunk.max(1)) {
+            w.write(Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        assert_eq!(w.finish().await.unwrap(), data.len() as u64);
+        std::fs::read(store.staging_path(id)).unwrap()
+    }
+
+    /// Sizes around the alignment and buffer boundaries come back byte for
+    /// byte, with direct I/O, buffered, and on a volume that refuses
+    /// `O_DIRECT` at open (which then stays buffered).
+    #[tokio::test]
+    async fn unaligned_sizes_are_stored_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let direct = LocalStore::open(dir.path().join("d")).unwrap();
+        let buffered = LocalStore::open(dir.path().join("b"))
+            .unwrap()
+            .with_direct_io(false);
+        let mut refusing = LocalStore::open(dir.path().join("r")).unwrap();
+        refusing.direct_mode = writer::Mode::Refused;
+        let sizes = [
+            0,
+            1,
+            4095,
+            4096,
+            4097,
+            writer::BUF - 1,
+            writer::BUF,
+            writer::BUF + 1,
+            (1 << 20) + 1,
+            3 * writer::BUF + 4097,
+        ];
+        for store in [&direct, &buffered, &refusing] {
+            for (i, &n) in sizes.iter().enumerate() {
+                let data = pattern(n, i);
+                for chunk in [1000, 65_536, 300_001] {
+                    let got = stage_all(store, Uuid::new_v4(), &data, chunk).await;
+                    assert!(got == data, "size {n}, chunks of {chunk}");
+                }
+            }
+        }
+        assert!(direct.direct.load(Ordering::Relaxed));
+        assert!(
+            !refusing.direct.load(Ordering::Relaxed),
+            "a refusal turns direct I/O off"
+        );
+        let w = direct.open_writer(Uuid::new_v4(), 0, true).await.unwrap();
+        assert!(w.is_direct(), "this volume takes O_DIRECT");
+        let w = refusing.open_writer(Uuid::new_v4(), 0, true).await.unwrap();
+        assert!(!w.is_direct());
+    }
+
+    /// Many writers at once get smaller buffers: full size for the first
+    /// four, half for the next four, a quarter beyond; never below the
+    /// minimum, always aligned.
+    #[tokio::test]
+    async fn many_writers_at_once_share_the_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().join("users")).unwrap();
+        let mut open = Vec::new();
+        for _ in 0..10 {
+            open.push(store.open_writer(Uuid::new_v4(), 0, true).await.unwrap());
+        }
+        let sizes: Vec<usize> = open.iter().map(|w| w.buffer_size()).collect();
+        let b = writer::BUF;
+        assert_eq!(
+            sizes,
+            [b, b, b, b, b / 2, b / 2, b / 2, b / 2, b / 4, b / 4]
+        );
+        drop(open);
+        assert_eq!(store.writers.load(Ordering::Relaxed), 0);
+        let w = store.open_writer(Uuid::new_v4(), 0, true).await.unwrap();
+        assert_eq!(w.buffer_size(), b);
+        let small = LocalStore::open(dir.path().join("small"))
+            .unwrap()
+            .with_buffer_size(20_000);
+        assert_eq!(small.buffer_for(0), 20_480);
+        assert_eq!(small.buffer_for(9), writer::BUF_MIN);
+    }
+
+    /// A resumed upload (tus) reopens its staging file at any offset,
+    /// aligned or not, cutting what lies past it, and the whole file is
+    /// what was sent.
+    #[tokio::test]
+    async fn resumes_at_unaligned_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let direct = LocalStore::open(dir.path().join("d")).unwrap();
+        let buffered = LocalStore::open(dir.path().join("b"))
+            .unwrap()
+            .with_direct_io(false);
+        let total = 2 * writer::BUF + 10_000;
+        let data = pattern(total, 7);
+        for store in [&direct, &buffered] {
+            let id = Uuid::new_v4();
+            let mut at = 0usize;
+            // Each "PATCH" writes a piece plus garbage past it that the next
+            // one cuts off (a body whose offset was never recorded).
+            for cut in [1, 4095, 4097, 8192, writer::BUF + 3, total] {
+                let mut w = store.stage(id, at as u64).await.unwrap();
+                w.write(Bytes::copy_from_slice(&data[at..cut]))
+                    .await
+                    .unwrap();
+                if cut < total {
+                    w.write(Bytes::from(vec![0xEE; 5000])).await.unwrap();
+                }
+                w.finish().await.unwrap();
+                at = cut;
+            }
+            assert_eq!(store.staged_len(id).await.unwrap(), Some(total as u64));
+            let got = std::fs::read(store.staging_path(id)).unwrap();
+            assert!(got == data);
+            // more than is staged: the bytes counted on are gone
+            assert!(matches!(
+                store.stage(id, total as u64 + 1).await,
+                Err(BlobError::NotFound)
+            ));
+        }
+    }
+
+    /// Keeps what it is fed.
+    struct Collect(Vec<u8>);
+
+    impl crate::blob::Tap for Collect {
+        fn update(&mut self, data: &[u8]) {
+            self.0.extend_from_slice(data);
+        }
+    }
+
+    /// A tap sees exactly the bytes written after it was set, in order and
+    /// before `finish` returns, whatever the offset the writer was opened
+    /// at (not the partial block read back) and the chunk sizes.
+    #[tokio::test]
+    async fn a_tap_sees_every_new_byte_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for direct in [true, false] {
+            let store = LocalStore::open(dir.path().join(format!("v{direct}")))
+                .unwrap()
+                .with_direct_io(direct);
+            let id = Uuid::new_v4();
+            let data = pattern(3 * writer::BUF + 777, 3);
+            let mut at = 0;
+            for cut in [0, 4097, 4097 + writer::BUF, data.len()] {
+                let tap = std::sync::Arc::new(std::sync::Mutex::new(Collect(Vec::new())));
+                let mut w = store.stage(id, at as u64).await.unwrap();
+                assert!(w.set_tap(tap.clone()));
+                for c in data[at..cut].chunks(50_000) {
+                    w.write(Bytes::copy_from_slice(c)).await.unwrap();
+                }
+                w.finish().await.unwrap();
+                assert!(tap.lock().unwrap().0 == data[at..cut], "{at}..{cut}");
+                at = cut;
+            }
+            // too late once bytes are buffered
+            let mut w = store.stage(id, 0).await.unwrap();
+            w.write(Bytes::from_static(b"x")).await.unwrap();
+            let tap = std::sync::Arc::new(std::sync::Mutex::new(Collect(Vec::new())));
+            assert!(!w.set_tap(tap));
+        }
+    }
+
+    /// A writer dropped with a write in flight (a refused or cut body) does
+    /// not let that write land after the next writer has cut the file back.
+    #[tokio::test]
+    async fn a_dropped_writer_never_writes_over_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        // Writes start late, so the one left in flight would land after
+        // the next writer has cut the file back, unless that one waits.
+        let big = writer::BUF;
+        let mut store = LocalStore::open(dir.path().join("users")).unwrap();
+        store.direct_mode = writer::Mode::Slow;
+        let id = Uuid::new_v4();
+        let keep = pattern(4097, 1);
+        let mut w = store.stage(id, 0).await.unwrap();
+        w.write(Bytes::from(keep.clone())).await.unwrap();
+        w.finish().await.unwrap();
+        for round in 0..3 {
+            let mut w = store.stage(id, keep.len() as u64).await.unwrap();
+            // Fills both buffers: one write in flight, one buffer full.
+            w.write(Bytes::from(vec![0xAA; 2 * big + 1])).await.unwrap();
+            drop(w);
+            let mut w = store.stage(id, keep.len() as u64).await.unwrap();
+            w.write(Bytes::from_static(b"tail")).await.unwrap();
+            w.finish().await.unwrap();
+            // Long enough for a late write to have landed.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let got = std::fs::read(store.staging_path(id)).unwrap();
+            assert_eq!(got.len(), keep.len() + 4, "round {round}");
+            assert!(got[..keep.len()] == keep[..] && &got[keep.len()..] == b"tail");
+        }
+    }
+
+    /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop;
+    /// `None` where this process may not mount (not root).
+    struct SmallFs(tempfile::TempDir);
+
+    impl SmallFs {
+        fn mount(size: &str) -> Option<SmallFs> {
+            let dir = tempfile::tempdir().ok()?;
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            ok.then_some(SmallFs(dir))
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    /// A volume that fills up: the write or the finish fails with
+    /// `NoSpace` (the HTTP layer's 507), both with direct I/O and
+    /// buffered, and discarding leaves the staging area empty.
+    #[tokio::test]
+    async fn a_full_volume_is_no_space() {
+        let Some(fs) = SmallFs::mount("1m") else {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return;
+        };
+        for direct in [true, false] {
+            let store = LocalStore::open(fs.0.path().join("users"))
+                .unwrap()
+                .with_direct_io(direct);
+            let id = Uuid::new_v4();
+            let mut w = store.stage(id, 0).await.unwrap();
+            let mut res = Ok(());
+            for _ in 0..64 {
+                res = w.write(Bytes::from(vec![7u8; 65_536])).await;
+                if res.is_err() {
+                    break;
+                }
+            }
+            let res = match res {
+                Ok(()) => w.finish().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            assert!(
+                matches!(res, Err(BlobError::NoSpace)),
+                "direct {direct}: {res:?}"
+            );
+            store.discard(id).await.unwrap();
+            assert!(store.list_staged().await.unwrap().is_empty());
+        }
     }
 
     #[tokio::test]

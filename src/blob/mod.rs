@@ -80,6 +80,16 @@ pub struct StagedEntry {
     pub modified: Modified,
 }
 
+/// Sees every byte a [`BlobWriter`] stores, in order, on the thread that
+/// writes them (the ingest's running sha256): the work then overlaps with
+/// receiving the next bytes instead of following it.
+pub trait Tap: Send {
+    fn update(&mut self, data: &[u8]);
+}
+
+/// A [`Tap`] shared between its owner and the writer feeding it.
+pub type SharedTap = std::sync::Arc<std::sync::Mutex<dyn Tap>>;
+
 /// A stream of chunks read from a blob.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
@@ -92,7 +102,14 @@ pub trait BlobWriter: Send {
     /// buffers on (an object store's multipart parts) need not copy it.
     async fn write(&mut self, chunk: Bytes) -> BlobResult<()>;
     /// Flushes and makes everything written durable; returns the staged length.
+    /// Once it returns `Ok`, a [`Tap`] given to this writer has seen every byte.
     async fn finish(self: Box<Self>) -> BlobResult<u64>;
+    /// Feeds `tap` every byte written from now on, before `finish` returns;
+    /// only before the first `write`. `false`: this writer does not (the
+    /// caller feeds the tap itself).
+    fn set_tap(&mut self, _tap: SharedTap) -> bool {
+        false
+    }
 }
 
 #[async_trait]

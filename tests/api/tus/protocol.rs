@@ -102,6 +102,31 @@ both!(create_head_patch_complete, |b| async move {
     app.assert_consistent("alice").await;
 });
 
+// PATCHes that end at offsets that are not multiples of the volume's 4 KiB
+// alignment: each resume reads back the partial block before its offset
+// (direct I/O) and the whole file, and its sha256 carried from PATCH to
+// PATCH, is what was sent.
+both!(patches_at_unaligned_offsets, |b| async move {
+    let app = spawn_app(b).await;
+    let data = png_bytes((1 << 20) + 4097);
+    let loc = create_ok(&app, "alice", data.len() as u64, "").await;
+    let mut at = 0;
+    for cut in [1, 4095, 4097, 8191, 256 * 1024 + 3, 1 << 20, data.len()] {
+        let r = patch(&app, "alice", &loc, at as u64, data[at..cut].to_vec(), &[]).await;
+        assert_eq!(r.status(), 204, "{at}..{cut}");
+        assert_eq!(hdr(&r, "upload-offset"), Some(cut.to_string().as_str()));
+        at = cut;
+    }
+    let (s, files) = app.get_json("alice", "/api/files").await;
+    assert_eq!(s, 200);
+    let f = &files["files"][0];
+    assert_eq!(f["sha256"], sha256_hex(&data));
+    let id = f["id"].as_str().unwrap();
+    assert!(download(&app, "alice", id).await == data);
+    assert!(app.temp_files().await.is_empty());
+    app.assert_consistent("alice").await;
+});
+
 both!(protocol_errors, |b| async move {
     let app = spawn_app(b).await;
     let loc = create_ok(&app, "alice", 1000, "").await;
