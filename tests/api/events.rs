@@ -410,14 +410,15 @@ local!(
             .collect();
         for u in uploads {
             // A multipart reservation is its Content-Length (a little more than
-            // the file), so a few may be refused near the top (at least 33 fit
-            // at once); none may slip past the quota.
+            // the file, under 1250 bytes), so a few may be refused near the top:
+            // at least 32 fit even when all 40 reserve before any commits (as on
+            // MariaDB); none may slip past the quota.
             let s = u.await.unwrap();
             assert!(s == 201 || s == 507, "{s}");
         }
         app.assert_consistent(user).await;
         let total = app.usage(user).await["total_bytes"].as_i64().unwrap();
-        assert!(total >= 33_000, "at least 33 files fit: {total}");
+        assert!(total >= 32_000, "at least 32 files fit: {total}");
         let events = all_events(app, "&type=quota.threshold").await;
         let p = percents(&events, user);
         assert_eq!(p.iter().filter(|x| **x == 80).count(), 1, "{events:#?}");

@@ -89,7 +89,7 @@ pub const EC_PRIVATE: &str = include_str!("../fixtures/ec_private.pem");
 pub const EC_PUBLIC: &str = include_str!("../fixtures/ec_public.pem");
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-pub use crate::serve::{mysql_admin_url, pg_admin_url, DbGuard, MyDb, PgDb};
+pub use crate::serve::{pg_admin_url, DbGuard, MyDb, PgDb};
 
 /// A multipart form with one file part, `data` named `name`.
 pub fn file_form(name: &str, data: Vec<u8>) -> reqwest::multipart::Form {
