@@ -28,6 +28,15 @@ pub use events::{Event, EventCounts, EventQuery, EventStatus, EventStore, EventT
 pub use sql::{connect, connect_with_clock, MySqlStore, PgStore, SqliteStore};
 pub use view::FileView;
 
+/// Every store trait, for callers that use a `dyn MetaStore` (trait methods
+/// need their trait in scope): `use crate::meta::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        EventStore, FileStore, JobStore, LeaseStore, MetaStore, NodeStore, QuotaStore,
+        SignedUploadStore, SnapshotStore, TusStore, UserStore,
+    };
+}
+
 /// Errors of the metadata layer; `NotFound` and `QuotaExceeded` are expected
 /// outcomes the HTTP layer maps to 404 and 507.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +187,7 @@ pub struct Cursor {
     pub id: Uuid,
 }
 
-/// Filters and page for [`MetaStore::list_files`].
+/// Filters and page for [`FileStore::list_files`].
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     pub file_type: Option<FileType>,
@@ -282,7 +291,7 @@ pub enum Gone {
     SilentSince(DateTime<Utc>),
 }
 
-/// Outcome of [`MetaStore::lock_tus_upload`].
+/// Outcome of [`TusStore::lock_tus_upload`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum TusLock {
     /// The caller holds the lease; the row as it is now.
@@ -307,7 +316,7 @@ pub struct SignedUpload {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Outcome of [`MetaStore::claim_signed_upload`].
+/// Outcome of [`SignedUploadStore::claim_signed_upload`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum SignedClaim {
     /// This call took the URL's single use.
@@ -318,7 +327,7 @@ pub enum SignedClaim {
     Missing,
 }
 
-/// A change of names for [`MetaStore::rename_file`]; `None` keeps a field.
+/// A change of names for [`FileStore::rename_file`]; `None` keeps a field.
 #[derive(Clone, Debug, Default)]
 pub struct Rename {
     pub file_name: Option<String>,
@@ -369,7 +378,7 @@ pub enum LeaseCheck {
     Lost,
 }
 
-/// What [`MetaStore::set_tus_offset`] records besides the offset.
+/// What [`TusStore::set_tus_offset`] records besides the offset.
 #[derive(Clone, Debug)]
 pub struct TusProgress {
     pub offset: u64,
@@ -486,17 +495,9 @@ pub trait SnapshotStore: Send + Sync {
     async fn restore_rows(&self, src: &mut dyn RowSource) -> MetaResult<()>;
 }
 
-/// The metadata store. Every method is one transaction; each that changes
-/// a user's files or usage records its event ([`events`]) in it.
+/// Users, their quotas and counters (`user_storage`).
 #[async_trait]
-pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'static {
-    /// Applies pending migrations.
-    async fn migrate(&self) -> MetaResult<()>;
-    /// Cheap round trip for `/readyz`.
-    async fn ping(&self) -> MetaResult<()>;
-    /// "postgres", "mysql" or "sqlite".
-    fn backend(&self) -> &'static str;
-
+pub trait UserStore: Send + Sync {
     /// Creates the user with `default_quota` if new; returns the row.
     async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage>;
     async fn get_user(&self, user_id: &str) -> MetaResult<Option<UserStorage>>;
@@ -505,7 +506,16 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     async fn set_quota(&self, user_id: &str, max_bytes: u64) -> MetaResult<UserStorage>;
     /// Removes the user and every row they own.
     async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>>;
+    /// Sum of rows per user (audit): `(user_id, bytes, count)`.
+    async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>>;
+    /// Sets counters to the row sums (audit --fix); returns users changed.
+    async fn repair_counters(&self) -> MetaResult<u64>;
+}
 
+/// Quota reservations (`upload_reservations`): the room an upload in
+/// flight holds.
+#[async_trait]
+pub trait QuotaStore: Send + Sync {
     /// Reserves `bytes` of the user's room (creating the user with
     /// `default_quota` if new), or answers `QuotaExceeded`; with
     /// `max_unfinished` live reservations already (one per unfinished
@@ -524,7 +534,7 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
         max_unfinished: u64,
         holder: Option<Holder>,
     ) -> MetaResult<Uuid>;
-    /// [`MetaStore::reserve_upload`] without a cap on unfinished uploads.
+    /// [`QuotaStore::reserve_upload`] without a cap on unfinished uploads.
     async fn reserve(
         &self,
         user_id: &str,
@@ -550,7 +560,12 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     async fn expired_reservations(&self, now: DateTime<Utc>) -> MetaResult<Vec<(Uuid, String)>>;
     /// Releases every reservation expired at `now`; returns how many.
     async fn expire_reservations(&self, now: DateTime<Utc>) -> MetaResult<u64>;
+}
 
+/// The registry of `serve` processes (`nodes`) and the reservations their
+/// requests in flight hold.
+#[async_trait]
+pub trait NodeStore: Send + Sync {
     /// Registers a `serve` process, or records its heartbeat at
     /// `node.heartbeat_at` (re-registering a row that was removed).
     async fn heartbeat_node(&self, node: &NodeRow) -> MetaResult<()>;
@@ -563,7 +578,12 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     async fn gone_reservations(&self, gone: &Gone) -> MetaResult<Vec<(Uuid, String)>>;
     /// Removes the rows of `gone` incarnations; returns how many.
     async fn forget_nodes(&self, gone: &Gone) -> MetaResult<u64>;
+}
 
+/// File rows (`user_files`): the commit that turns a reservation into a file,
+/// lookups, listings and changes.
+#[async_trait]
+pub trait FileStore: Send + Sync {
     /// Inserts the file row and releases `reservation` in one transaction.
     /// If the reservation is gone (expired), the row is inserted only when the
     /// room is still there.
@@ -600,7 +620,13 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     ) -> MetaResult<Option<FileRecord>>;
     /// The user's files in package `package`, oldest first (archives).
     async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>>;
+    /// Bytes and count per file type, summed from rows.
+    async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>>;
+}
 
+/// Signed upload URLs (`signed_uploads`), each usable once.
+#[async_trait]
+pub trait SignedUploadStore: Send + Sync {
     /// Records an issued signed upload URL (its reservation `up.id` taken).
     async fn create_signed_upload(&self, up: &SignedUpload) -> MetaResult<()>;
     /// Takes the single use of signed upload `id` if it is unused and
@@ -610,13 +636,11 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     /// Deletes signed upload rows expired at `now` (their reservations
     /// expire with them); returns how many.
     async fn expire_signed_uploads(&self, now: DateTime<Utc>) -> MetaResult<u64>;
-    /// Bytes and count per file type, summed from rows.
-    async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>>;
-    /// Sum of rows per user (audit): `(user_id, bytes, count)`.
-    async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>>;
-    /// Sets counters to the row sums (audit --fix); returns users changed.
-    async fn repair_counters(&self) -> MetaResult<u64>;
+}
 
+/// The durable job queue (`jobs`).
+#[async_trait]
+pub trait JobStore: Send + Sync {
     /// Queues a job to run at `run_at`.
     async fn enqueue_job(
         &self,
@@ -643,7 +667,12 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     async fn queue_depth(&self) -> MetaResult<u64>;
     /// Jobs that failed for good, newest first (admin view).
     async fn failed_jobs(&self, limit: u32) -> MetaResult<Vec<JobInfo>>;
+}
 
+/// Resumable uploads (`tus_uploads`), shared by tus and the IETF draft,
+/// with the lease that lets one process at a time append.
+#[async_trait]
+pub trait TusStore: Send + Sync {
     /// Inserts a tus upload row (its reservation `up.id` already taken).
     /// With `lock`, the row is created leased to `lock.0` until `lock.1`
     /// (creation-with-upload).
@@ -721,8 +750,35 @@ pub trait MetaStore: EventStore + LeaseStore + SnapshotStore + Send + Sync + 'st
     async fn expire_tus_uploads(&self, now: DateTime<Utc>) -> MetaResult<Vec<Uuid>>;
 }
 
+/// The metadata store: every concern's trait, and what the store as a
+/// whole answers. Every method is one transaction; each that changes a
+/// user's files or usage records its event ([`events`]) in it.
+#[async_trait]
+pub trait MetaStore:
+    UserStore
+    + QuotaStore
+    + NodeStore
+    + FileStore
+    + SignedUploadStore
+    + JobStore
+    + TusStore
+    + EventStore
+    + LeaseStore
+    + SnapshotStore
+    + Send
+    + Sync
+    + 'static
+{
+    /// Applies pending migrations.
+    async fn migrate(&self) -> MetaResult<()>;
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> MetaResult<()>;
+    /// "postgres", "mysql" or "sqlite".
+    fn backend(&self) -> &'static str;
+}
+
 /// Tables besides `user_files` whose rows belong to one user; emptied by
-/// [`MetaStore::delete_user`]. Later features add theirs here. `events` is
+/// [`UserStore::delete_user`]. Later features add theirs here. `events` is
 /// not one: the deletion's own `file.deleted` events must outlive it (they
 /// go with the retention, see [`crate::jobs::webhooks::prune`]).
 pub(crate) const USER_SCOPED_TABLES: &[&str] = &[

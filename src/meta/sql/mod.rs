@@ -25,9 +25,98 @@ use uuid::Uuid;
 use super::clock::{self, Clock, SystemClock};
 use super::*;
 
+pub(crate) mod commit;
+pub(crate) mod engine;
 mod leases;
 mod mysql;
+pub(crate) mod outbox;
+pub(crate) mod rows;
 mod snapshot;
+
+use engine::{Db, Engine};
+
+/// The store written once over [`engine`]: one SQL text per statement, the
+/// engine's differences answered by [`engine`]. Each concern (users, quota,
+/// files, uploads, jobs, leases, events, snapshot) implements its trait for
+/// every [`AsSqlStore`] in its own module.
+pub struct SqlStore {
+    db: Db,
+    #[allow(dead_code)] // read by the concerns as they land
+    clock: Arc<dyn Clock>,
+}
+
+impl SqlStore {
+    pub(crate) fn new(db: Db, clock: Arc<dyn Clock>) -> Self {
+        SqlStore { db, clock }
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub(crate) fn engine(&self) -> Engine {
+        self.db.engine()
+    }
+
+    /// The store clock's now, at the microsecond precision every engine keeps.
+    #[allow(dead_code)] // read by the concerns as they land
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        clock::micros(self.clock.as_ref())
+    }
+}
+
+/// The stores whose concerns are written over [`SqlStore`].
+pub(crate) trait AsSqlStore: Send + Sync + 'static {
+    fn sql(&self) -> &SqlStore;
+}
+
+#[async_trait]
+impl<S> MetaStore for S
+where
+    S: AsSqlStore
+        + UserStore
+        + QuotaStore
+        + NodeStore
+        + FileStore
+        + SignedUploadStore
+        + JobStore
+        + TusStore
+        + EventStore
+        + LeaseStore
+        + SnapshotStore,
+{
+    async fn migrate(&self) -> MetaResult<()> {
+        self.sql().db().migrate().await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> MetaResult<()> {
+        engine::query("SELECT 1").execute(self.sql().db()).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        self.sql().engine().name()
+    }
+}
+
+impl AsSqlStore for PgStore {
+    fn sql(&self) -> &SqlStore {
+        &self.sql
+    }
+}
+
+impl AsSqlStore for SqliteStore {
+    fn sql(&self) -> &SqlStore {
+        &self.sql
+    }
+}
+
+impl AsSqlStore for MySqlStore {
+    fn sql(&self) -> &SqlStore {
+        self.sql_store()
+    }
+}
 
 pub(crate) use mysql::transient_number as mysql_transient;
 pub use mysql::MySqlStore;
@@ -36,6 +125,7 @@ pub use mysql::MySqlStore;
 pub struct PgStore {
     pool: PgPool,
     clock: Arc<dyn Clock>,
+    sql: SqlStore,
 }
 
 /// SQLite backend (embedded, WAL, `synchronous=FULL` so a commit is durable
@@ -43,6 +133,7 @@ pub struct PgStore {
 pub struct SqliteStore {
     pool: SqlitePool,
     clock: Arc<dyn Clock>,
+    sql: SqlStore,
 }
 
 impl PgStore {
@@ -100,7 +191,8 @@ pub async fn connect_with_clock(
             .connect(url)
             .await
             .map_err(MetaError::from_sqlx)?;
-        Ok(Arc::new(PgStore { pool, clock }))
+        let sql = SqlStore::new(Db::Pg(pool.clone()), clock.clone());
+        Ok(Arc::new(PgStore { pool, clock, sql }))
     } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
         Ok(Arc::new(MySqlStore::open(url, clock).await?))
     } else if url.starts_with("sqlite:") {
@@ -123,7 +215,8 @@ pub async fn connect_with_clock(
             .connect_with(opts)
             .await
             .map_err(MetaError::from_sqlx)?;
-        Ok(Arc::new(SqliteStore { pool, clock }))
+        let sql = SqlStore::new(Db::Sqlite(pool.clone()), clock.clone());
+        Ok(Arc::new(SqliteStore { pool, clock, sql }))
     } else {
         Err(MetaError::Unavailable(format!(
             "unsupported database URL {url:?}: expected postgres://…, mysql://… or sqlite://…"
@@ -300,7 +393,7 @@ macro_rules! impl_store {
             }
 
             /// Inserts file row `f` and releases `reservation` inside `tx`,
-            /// then commits; see [`MetaStore::commit_file`].
+            /// then commits; see [`FileStore::commit_file`].
             async fn commit_file_in(
                 &self,
                 mut tx: sqlx::Transaction<'_, $db>,
@@ -444,24 +537,7 @@ macro_rules! impl_store {
         }
 
         #[async_trait]
-        impl MetaStore for $store {
-            async fn migrate(&self) -> MetaResult<()> {
-                $migrator.run(&self.pool).await?;
-                Ok(())
-            }
-
-            async fn ping(&self) -> MetaResult<()> {
-                sqlx::query("SELECT 1")
-                    .execute(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(())
-            }
-
-            fn backend(&self) -> &'static str {
-                $name
-            }
-
+        impl UserStore for $store {
             async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage> {
                 let sql = format!(
                     "INSERT INTO user_storage (user_id, max_bytes, created_at, updated_at) \
@@ -556,6 +632,42 @@ macro_rules! impl_store {
                 Ok(Some(out))
             }
 
+            async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>> {
+                let rows = sqlx::query(
+                    "SELECT s.user_id AS user_id, CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) AS bytes, \
+                     CAST(COUNT(f.id) AS BIGINT) AS n \
+                     FROM user_storage s LEFT JOIN user_files f ON f.user_id = s.user_id \
+                     GROUP BY s.user_id ORDER BY s.user_id",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("user_id")?, r.try_get("bytes")?, r.try_get("n")?)))
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(MetaError::from)
+            }
+
+            async fn repair_counters(&self) -> MetaResult<u64> {
+                let n = sqlx::query(
+                    "UPDATE user_storage SET \
+                       total_bytes = (SELECT CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) FROM user_files f WHERE f.user_id = user_storage.user_id), \
+                       file_count = (SELECT COUNT(*) FROM user_files f WHERE f.user_id = user_storage.user_id), \
+                       reserved_bytes = (SELECT CAST(COALESCE(SUM(r.bytes), 0) AS BIGINT) FROM upload_reservations r WHERE r.user_id = user_storage.user_id) \
+                     WHERE total_bytes <> (SELECT CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) FROM user_files f WHERE f.user_id = user_storage.user_id) \
+                        OR file_count <> (SELECT COUNT(*) FROM user_files f WHERE f.user_id = user_storage.user_id) \
+                        OR reserved_bytes <> (SELECT CAST(COALESCE(SUM(r.bytes), 0) AS BIGINT) FROM upload_reservations r WHERE r.user_id = user_storage.user_id)",
+                )
+                .execute(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?
+                .rows_affected();
+                Ok(n)
+            }
+        }
+
+        #[async_trait]
+        impl QuotaStore for $store {
             async fn reserve_upload(
                 &self,
                 user_id: &str,
@@ -725,7 +837,10 @@ macro_rules! impl_store {
                 tx.commit().await?;
                 Ok(rows.len() as u64)
             }
+        }
 
+        #[async_trait]
+        impl NodeStore for $store {
             async fn heartbeat_node(&self, n: &NodeRow) -> MetaResult<()> {
                 sqlx::query(
                     "INSERT INTO nodes (incarnation_id, node_id, host, pid, started_at, heartbeat_at) \
@@ -824,7 +939,10 @@ macro_rules! impl_store {
                 .rows_affected();
                 Ok(n)
             }
+        }
 
+        #[async_trait]
+        impl FileStore for $store {
             async fn commit_file(&self, reservation: Uuid, f: NewFile) -> MetaResult<FileRecord> {
                 let tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
                 self.commit_file_in(tx, reservation, f).await
@@ -1094,6 +1212,28 @@ macro_rules! impl_store {
                 Ok(rows.iter().map(Self::file_from_row).collect::<Result<_, _>>()?)
             }
 
+            async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
+                let rows = sqlx::query(
+                    "SELECT file_type, CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS bytes, \
+                     CAST(COUNT(*) AS BIGINT) AS n FROM user_files WHERE user_id = $1 GROUP BY file_type",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(MetaError::from_sqlx)?;
+                let mut out = Vec::new();
+                for r in rows {
+                    let t: String = r.try_get("file_type")?;
+                    if let Some(ft) = FileType::parse(&t) {
+                        out.push((ft, TypeUsage { bytes: r.try_get("bytes")?, count: r.try_get("n")? }));
+                    }
+                }
+                Ok(out)
+            }
+        }
+
+        #[async_trait]
+        impl SignedUploadStore for $store {
             async fn create_signed_upload(&self, up: &SignedUpload) -> MetaResult<()> {
                 sqlx::query(
                     "INSERT INTO signed_uploads (id, user_id, max_bytes, file_type, file_name, expires_at, created_at) \
@@ -1154,59 +1294,10 @@ macro_rules! impl_store {
                     .rows_affected();
                 Ok(n)
             }
+        }
 
-            async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
-                let rows = sqlx::query(
-                    "SELECT file_type, CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS bytes, \
-                     CAST(COUNT(*) AS BIGINT) AS n FROM user_files WHERE user_id = $1 GROUP BY file_type",
-                )
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(MetaError::from_sqlx)?;
-                let mut out = Vec::new();
-                for r in rows {
-                    let t: String = r.try_get("file_type")?;
-                    if let Some(ft) = FileType::parse(&t) {
-                        out.push((ft, TypeUsage { bytes: r.try_get("bytes")?, count: r.try_get("n")? }));
-                    }
-                }
-                Ok(out)
-            }
-
-            async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>> {
-                let rows = sqlx::query(
-                    "SELECT s.user_id AS user_id, CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) AS bytes, \
-                     CAST(COUNT(f.id) AS BIGINT) AS n \
-                     FROM user_storage s LEFT JOIN user_files f ON f.user_id = s.user_id \
-                     GROUP BY s.user_id ORDER BY s.user_id",
-                )
-                .fetch_all(&self.pool)
-                .await
-                .map_err(MetaError::from_sqlx)?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get("user_id")?, r.try_get("bytes")?, r.try_get("n")?)))
-                    .collect::<Result<_, sqlx::Error>>()
-                    .map_err(MetaError::from)
-            }
-
-            async fn repair_counters(&self) -> MetaResult<u64> {
-                let n = sqlx::query(
-                    "UPDATE user_storage SET \
-                       total_bytes = (SELECT CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) FROM user_files f WHERE f.user_id = user_storage.user_id), \
-                       file_count = (SELECT COUNT(*) FROM user_files f WHERE f.user_id = user_storage.user_id), \
-                       reserved_bytes = (SELECT CAST(COALESCE(SUM(r.bytes), 0) AS BIGINT) FROM upload_reservations r WHERE r.user_id = user_storage.user_id) \
-                     WHERE total_bytes <> (SELECT CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) FROM user_files f WHERE f.user_id = user_storage.user_id) \
-                        OR file_count <> (SELECT COUNT(*) FROM user_files f WHERE f.user_id = user_storage.user_id) \
-                        OR reserved_bytes <> (SELECT CAST(COALESCE(SUM(r.bytes), 0) AS BIGINT) FROM upload_reservations r WHERE r.user_id = user_storage.user_id)",
-                )
-                .execute(&self.pool)
-                .await
-                .map_err(MetaError::from_sqlx)?
-                .rows_affected();
-                Ok(n)
-            }
-
+        #[async_trait]
+        impl JobStore for $store {
             async fn enqueue_job(&self, kind: &str, payload: &str, user_id: Option<&str>, run_at: DateTime<Utc>) -> MetaResult<Uuid> {
                 let id = Uuid::now_v7();
                 sqlx::query(
@@ -1315,7 +1406,10 @@ macro_rules! impl_store {
                     .collect::<Result<_, sqlx::Error>>()
                     .map_err(MetaError::from)
             }
+        }
 
+        #[async_trait]
+        impl TusStore for $store {
             async fn create_tus_upload(&self, up: &TusUpload, lock: Option<(Uuid, DateTime<Utc>)>) -> MetaResult<()> {
                 sqlx::query(
                     "INSERT INTO tus_uploads (id, user_id, upload_length, upload_offset, metadata, \

@@ -45,11 +45,10 @@ use super::super::*;
 pub struct MySqlStore {
     pool: MySqlPool,
     clock: Arc<dyn Clock>,
+    sql: super::SqlStore,
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::MySql>;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
 
 impl MySqlStore {
     /// Opens a pool on `url` (`mysql://…` or `mariadb://…`).
@@ -74,7 +73,12 @@ impl MySqlStore {
             .connect_with(opts)
             .await
             .map_err(MetaError::from_sqlx)?;
-        Ok(MySqlStore { pool, clock })
+        let sql = super::SqlStore::new(super::engine::Db::MySql(pool.clone()), clock.clone());
+        Ok(MySqlStore { pool, clock, sql })
+    }
+
+    pub(super) fn sql_store(&self) -> &super::SqlStore {
+        &self.sql
     }
 
     pub(crate) fn pool(&self) -> &MySqlPool {
@@ -197,24 +201,7 @@ pub(crate) fn transient_number(n: u16) -> bool {
 }
 
 #[async_trait]
-impl MetaStore for MySqlStore {
-    async fn migrate(&self) -> MetaResult<()> {
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn ping(&self) -> MetaResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(MetaError::from_sqlx)?;
-        Ok(())
-    }
-
-    fn backend(&self) -> &'static str {
-        "mysql"
-    }
-
+impl UserStore for MySqlStore {
     async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage> {
         self.ensure_user_row(user_id, default_quota).await
     }
@@ -230,7 +217,16 @@ impl MetaStore for MySqlStore {
     async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>> {
         self.delete_user_rows(user_id).await
     }
+    async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>> {
+        self.totals().await
+    }
+    async fn repair_counters(&self) -> MetaResult<u64> {
+        self.repair().await
+    }
+}
 
+#[async_trait]
+impl QuotaStore for MySqlStore {
     async fn reserve_upload(
         &self,
         user_id: &str,
@@ -264,7 +260,10 @@ impl MetaStore for MySqlStore {
     async fn expire_reservations(&self, at: DateTime<Utc>) -> MetaResult<u64> {
         self.expire(at).await
     }
+}
 
+#[async_trait]
+impl NodeStore for MySqlStore {
     async fn heartbeat_node(&self, node: &NodeRow) -> MetaResult<()> {
         self.heartbeat(node).await
     }
@@ -280,7 +279,10 @@ impl MetaStore for MySqlStore {
     async fn forget_nodes(&self, gone: &Gone) -> MetaResult<u64> {
         self.forget(gone).await
     }
+}
 
+#[async_trait]
+impl FileStore for MySqlStore {
     async fn commit_file(&self, reservation: Uuid, file: NewFile) -> MetaResult<FileRecord> {
         let tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
         self.commit_file_in(tx, reservation, file).await
@@ -330,7 +332,13 @@ impl MetaStore for MySqlStore {
     async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>> {
         self.package(user_id, package).await
     }
+    async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
+        self.usage_per_type(user_id).await
+    }
+}
 
+#[async_trait]
+impl SignedUploadStore for MySqlStore {
     async fn create_signed_upload(&self, up: &SignedUpload) -> MetaResult<()> {
         self.insert_signed(up).await
     }
@@ -340,16 +348,10 @@ impl MetaStore for MySqlStore {
     async fn expire_signed_uploads(&self, now: DateTime<Utc>) -> MetaResult<u64> {
         self.expire_signed(now).await
     }
-    async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
-        self.usage_per_type(user_id).await
-    }
-    async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>> {
-        self.totals().await
-    }
-    async fn repair_counters(&self) -> MetaResult<u64> {
-        self.repair().await
-    }
+}
 
+#[async_trait]
+impl JobStore for MySqlStore {
     async fn enqueue_job(
         &self,
         kind: &str,
@@ -380,7 +382,10 @@ impl MetaStore for MySqlStore {
     async fn failed_jobs(&self, limit: u32) -> MetaResult<Vec<JobInfo>> {
         self.failed(limit).await
     }
+}
 
+#[async_trait]
+impl TusStore for MySqlStore {
     async fn create_tus_upload(
         &self,
         up: &TusUpload,

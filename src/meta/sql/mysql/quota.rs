@@ -235,7 +235,7 @@ impl MySqlStore {
     }
 
     /// Inserts file row `f` and releases `reservation` inside `tx`, then
-    /// commits; see [`crate::meta::MetaStore::commit_file`].
+    /// commits; see [`crate::meta::FileStore::commit_file`].
     pub(super) async fn commit_file_in(
         &self,
         mut tx: Tx,

@@ -1,0 +1,575 @@
+//! The one door between the store's SQL and the three engines.
+//!
+//! Every statement of the store is written once, in the SQL the three
+//! engines share, with `?` placeholders in bind order, and run through
+//! [`query`]. What differs between PostgreSQL, SQLite and MySQL/MariaDB is
+//! answered here and nowhere else:
+//!
+//! - **placeholders**: PostgreSQL numbers them, so `?` becomes `$1`, `$2`, …
+//!   (outside quoted literals); SQLite and MySQL take `?` as written;
+//! - **integer casts**: MySQL's `CAST` has no `BIGINT`, so `AS BIGINT)`
+//!   becomes `AS SIGNED)` there;
+//! - **value encodings** ([`Arg`], [`Col`]): tags are a `text[]` on
+//!   PostgreSQL and a JSON array in a text column elsewhere; MySQL's
+//!   `utf8mb4_bin` text columns arrive marked binary and are read as UTF-8
+//!   bytes; a narrower integer column widens to `i64`;
+//! - **transactions**: SQLite's writers begin with `BEGIN IMMEDIATE`
+//!   ([`Db::begin_write`]); `SELECT … FOR UPDATE` and `SKIP LOCKED` are
+//!   fragments ([`Engine::for_update`], [`Engine::skip_locked`]) that SQLite,
+//!   whose writer holds the whole database, leaves out.
+//!
+//! Statements that really differ (upserts, search indexes, snapshots) branch
+//! on [`Engine`] where they are written, so each concern's SQL stays in one
+//! file.
+
+// Callers land concern by concern; until the last one has.
+#![allow(dead_code)]
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use sqlx::{
+    mysql::MySqlRow, postgres::PgRow, sqlite::SqliteRow, MySqlPool, PgPool, Row as _, SqlitePool,
+};
+use uuid::Uuid;
+
+/// Which engine a [`Db`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Engine {
+    Postgres,
+    Sqlite,
+    MySql,
+}
+
+impl Engine {
+    /// The name `MetaStore::backend` reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Sqlite => "sqlite",
+            Engine::MySql => "mysql",
+        }
+    }
+
+    /// ` FOR UPDATE`, to lock the rows a transaction read; empty on SQLite,
+    /// where a writing transaction already holds the database.
+    pub(crate) fn for_update(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "",
+            _ => " FOR UPDATE",
+        }
+    }
+
+    /// ` FOR UPDATE SKIP LOCKED`, for claims that must not wait on each
+    /// other (jobs); empty on SQLite.
+    pub(crate) fn skip_locked(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "",
+            _ => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// `sql` as this engine reads it (see the module doc).
+    fn dialect<'a>(self, sql: &'a str) -> Cow<'a, str> {
+        match self {
+            Engine::Sqlite => Cow::Borrowed(sql),
+            Engine::MySql if sql.contains("AS BIGINT)") => {
+                Cow::Owned(sql.replace("AS BIGINT)", "AS SIGNED)"))
+            }
+            Engine::MySql => Cow::Borrowed(sql),
+            Engine::Postgres => numbered(sql),
+        }
+    }
+}
+
+/// `?` placeholders numbered `$1`, `$2`, … in order, skipping quoted
+/// literals and identifiers.
+fn numbered(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('?') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut quote: Option<char> = None;
+    let mut n = 0;
+    for c in sql.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '?') => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
+/// A connection pool on one of the engines.
+#[derive(Clone, Debug)]
+pub(crate) enum Db {
+    Pg(PgPool),
+    Sqlite(SqlitePool),
+    MySql(MySqlPool),
+}
+
+/// A transaction on one of the engines; rolled back when dropped uncommitted.
+pub(crate) enum Tx {
+    Pg(sqlx::Transaction<'static, sqlx::Postgres>),
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    MySql(sqlx::Transaction<'static, sqlx::MySql>),
+}
+
+impl Db {
+    pub(crate) fn engine(&self) -> Engine {
+        match self {
+            Db::Pg(_) => Engine::Postgres,
+            Db::Sqlite(_) => Engine::Sqlite,
+            Db::MySql(_) => Engine::MySql,
+        }
+    }
+
+    /// A transaction that reads only, or whose writes may wait for locks
+    /// statement by statement (PostgreSQL, MySQL; a plain `BEGIN` on SQLite).
+    pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Pg(p) => Tx::Pg(p.begin().await?),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Db::MySql(p) => Tx::MySql(p.begin().await?),
+        })
+    }
+
+    /// A transaction that writes. On SQLite it is `BEGIN IMMEDIATE`: it takes
+    /// the write lock up front, waiting out the busy timeout, where a
+    /// deferred `BEGIN` that has read and then writes would get "database is
+    /// locked" at once when another connection wrote meanwhile.
+    pub(crate) async fn begin_write(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Pg(p) => Tx::Pg(p.begin().await?),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Db::MySql(p) => Tx::MySql(p.begin().await?),
+        })
+    }
+
+    /// Applies the engine's pending migrations (`migrations/<engine>/`).
+    pub(crate) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            Db::Pg(p) => sqlx::migrate!("./migrations/postgres").run(p).await,
+            Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await,
+            Db::MySql(p) => sqlx::migrate!("./migrations/mysql").run(p).await,
+        }
+    }
+}
+
+impl Tx {
+    pub(crate) fn engine(&self) -> Engine {
+        match self {
+            Tx::Pg(_) => Engine::Postgres,
+            Tx::Sqlite(_) => Engine::Sqlite,
+            Tx::MySql(_) => Engine::MySql,
+        }
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Pg(t) => t.commit().await,
+            Tx::Sqlite(t) => t.commit().await,
+            Tx::MySql(t) => t.commit().await,
+        }
+    }
+
+    pub(crate) async fn rollback(self) -> Result<(), sqlx::Error> {
+        match self {
+            Tx::Pg(t) => t.rollback().await,
+            Tx::Sqlite(t) => t.rollback().await,
+            Tx::MySql(t) => t.rollback().await,
+        }
+    }
+}
+
+/// Where a [`Query`] runs: on a pooled connection (its own implicit
+/// transaction) or inside a [`Tx`].
+pub(crate) enum On<'a> {
+    Db(&'a Db),
+    Tx(&'a mut Tx),
+}
+
+impl<'a> From<&'a Db> for On<'a> {
+    fn from(db: &'a Db) -> Self {
+        On::Db(db)
+    }
+}
+
+impl<'a> From<&'a mut Tx> for On<'a> {
+    fn from(tx: &'a mut Tx) -> Self {
+        On::Tx(tx)
+    }
+}
+
+/// A value to bind. Nulls keep their type: PostgreSQL types every parameter.
+#[derive(Clone, Debug)]
+pub(crate) enum Arg {
+    I64(Option<i64>),
+    I32(Option<i32>),
+    F64(Option<f64>),
+    Bool(Option<bool>),
+    Text(Option<String>),
+    Bytes(Option<Vec<u8>>),
+    Uuid(Option<Uuid>),
+    Time(Option<DateTime<Utc>>),
+    /// A file's tags: `text[]` on PostgreSQL, a JSON array elsewhere.
+    Tags(Vec<String>),
+}
+
+macro_rules! arg_from {
+    ($($t:ty => $v:ident),* $(,)?) => {$(
+        impl From<$t> for Arg {
+            fn from(x: $t) -> Arg { Arg::$v(Some(x.into())) }
+        }
+        impl From<Option<$t>> for Arg {
+            fn from(x: Option<$t>) -> Arg { Arg::$v(x.map(Into::into)) }
+        }
+    )*};
+}
+
+arg_from!(
+    i64 => I64, u32 => I64, i32 => I32, f64 => F64, bool => Bool,
+    String => Text, &str => Text, &String => Text,
+    Vec<u8> => Bytes, &[u8] => Bytes,
+    Uuid => Uuid, DateTime<Utc> => Time,
+);
+
+impl From<&Option<String>> for Arg {
+    fn from(x: &Option<String>) -> Arg {
+        Arg::Text(x.clone())
+    }
+}
+
+impl From<&Option<Vec<u8>>> for Arg {
+    fn from(x: &Option<Vec<u8>>) -> Arg {
+        Arg::Bytes(x.clone())
+    }
+}
+
+/// One statement and its bound values; see [`query`].
+#[must_use = "a query does nothing until it is run"]
+pub(crate) struct Query {
+    sql: Cow<'static, str>,
+    args: Vec<Arg>,
+}
+
+/// A statement in the shared SQL, `?` placeholders in bind order.
+pub(crate) fn query(sql: impl Into<Cow<'static, str>>) -> Query {
+    Query {
+        sql: sql.into(),
+        args: Vec::new(),
+    }
+}
+
+/// Binds every [`Arg`] to an sqlx query of one engine; `$tags` turns a tag
+/// list into that engine's encoding.
+macro_rules! bind_args {
+    ($q:expr, $args:expr, $tags:expr) => {{
+        let mut q = $q;
+        for a in $args {
+            q = match a {
+                Arg::I64(v) => q.bind(v),
+                Arg::I32(v) => q.bind(v),
+                Arg::F64(v) => q.bind(v),
+                Arg::Bool(v) => q.bind(v),
+                Arg::Text(v) => q.bind(v),
+                Arg::Bytes(v) => q.bind(v),
+                Arg::Uuid(v) => q.bind(v),
+                Arg::Time(v) => q.bind(v),
+                Arg::Tags(t) => q.bind($tags(t)),
+            };
+        }
+        q
+    }};
+}
+
+fn tags_json(tags: Vec<String>) -> String {
+    serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into())
+}
+
+fn tags_array(tags: Vec<String>) -> Vec<String> {
+    tags
+}
+
+/// Runs `$method` of the bound query on whichever engine `$on` is, wrapping
+/// what comes back with `$wrap` (given the [`Row`] variant).
+macro_rules! run {
+    ($self:ident, $on:ident, $method:ident, $wrap:ident) => {{
+        let Query { sql, args } = $self;
+        match $on.into() {
+            On::Db(Db::Pg(p)) => {
+                let sql = Engine::Postgres.dialect(&sql);
+                $wrap!(
+                    Pg,
+                    bind_args!(sqlx::query(&sql), args, tags_array)
+                        .$method(p)
+                        .await
+                )
+            }
+            On::Tx(Tx::Pg(t)) => {
+                let sql = Engine::Postgres.dialect(&sql);
+                $wrap!(
+                    Pg,
+                    bind_args!(sqlx::query(&sql), args, tags_array)
+                        .$method(&mut **t)
+                        .await
+                )
+            }
+            On::Db(Db::Sqlite(p)) => $wrap!(
+                Sqlite,
+                bind_args!(sqlx::query(&sql), args, tags_json)
+                    .$method(p)
+                    .await
+            ),
+            On::Tx(Tx::Sqlite(t)) => $wrap!(
+                Sqlite,
+                bind_args!(sqlx::query(&sql), args, tags_json)
+                    .$method(&mut **t)
+                    .await
+            ),
+            On::Db(Db::MySql(p)) => {
+                let sql = Engine::MySql.dialect(&sql);
+                $wrap!(
+                    MySql,
+                    bind_args!(sqlx::query(&sql), args, tags_json)
+                        .$method(p)
+                        .await
+                )
+            }
+            On::Tx(Tx::MySql(t)) => {
+                let sql = Engine::MySql.dialect(&sql);
+                $wrap!(
+                    MySql,
+                    bind_args!(sqlx::query(&sql), args, tags_json)
+                        .$method(&mut **t)
+                        .await
+                )
+            }
+        }
+    }};
+}
+
+macro_rules! rows {
+    ($v:ident, $r:expr) => {
+        $r.map(|rows| rows.into_iter().map(Row::$v).collect())
+    };
+}
+macro_rules! opt_row {
+    ($v:ident, $r:expr) => {
+        $r.map(|row| row.map(Row::$v))
+    };
+}
+macro_rules! affected {
+    ($v:ident, $r:expr) => {
+        $r.map(|done| done.rows_affected())
+    };
+}
+
+impl Query {
+    /// Binds the next `?`.
+    pub(crate) fn bind(mut self, v: impl Into<Arg>) -> Query {
+        self.args.push(v.into());
+        self
+    }
+
+    /// Binds a file's tags (see [`Arg::Tags`]).
+    pub(crate) fn bind_tags(mut self, tags: &[String]) -> Query {
+        self.args.push(Arg::Tags(tags.to_vec()));
+        self
+    }
+
+    /// Binds every value of `args`, in order (dynamically built statements).
+    pub(crate) fn bind_all(mut self, args: impl IntoIterator<Item = Arg>) -> Query {
+        self.args.extend(args);
+        self
+    }
+
+    pub(crate) async fn fetch_all<'a>(
+        self,
+        on: impl Into<On<'a>>,
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        run!(self, on, fetch_all, rows)
+    }
+
+    pub(crate) async fn fetch_optional<'a>(
+        self,
+        on: impl Into<On<'a>>,
+    ) -> Result<Option<Row>, sqlx::Error> {
+        run!(self, on, fetch_optional, opt_row)
+    }
+
+    /// The one row (`sqlx::Error::RowNotFound` when there is none).
+    pub(crate) async fn fetch_one<'a>(self, on: impl Into<On<'a>>) -> Result<Row, sqlx::Error> {
+        self.fetch_optional(on)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// Runs the statement; returns how many rows it changed (MySQL counts
+    /// the rows matched, as the others do: the driver asks for found rows).
+    pub(crate) async fn execute<'a>(self, on: impl Into<On<'a>>) -> Result<u64, sqlx::Error> {
+        run!(self, on, execute, affected)
+    }
+}
+
+/// A result row of one of the engines.
+pub(crate) enum Row {
+    Pg(PgRow),
+    Sqlite(SqliteRow),
+    MySql(MySqlRow),
+}
+
+impl Row {
+    /// Column `name` as `T`.
+    pub(crate) fn get<T: Col>(&self, name: &str) -> Result<T, sqlx::Error> {
+        T::col(self, name)
+    }
+
+    /// A tags column (see [`Arg::Tags`]).
+    pub(crate) fn tags(&self, name: &str) -> Result<Vec<String>, sqlx::Error> {
+        match self {
+            Row::Pg(r) => r.try_get::<Vec<String>, _>(name),
+            _ => {
+                let s: String = self.get(name)?;
+                serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+            }
+        }
+    }
+}
+
+/// A Rust type a column can be read as, on every engine.
+pub(crate) trait Col: Sized {
+    fn col(row: &Row, name: &str) -> Result<Self, sqlx::Error>;
+}
+
+/// Types every engine's driver decodes as they are.
+macro_rules! col_direct {
+    ($($t:ty),* $(,)?) => {$(
+        impl Col for $t {
+            fn col(row: &Row, name: &str) -> Result<Self, sqlx::Error> {
+                match row {
+                    Row::Pg(r) => r.try_get(name),
+                    Row::Sqlite(r) => r.try_get(name),
+                    Row::MySql(r) => r.try_get(name),
+                }
+            }
+        }
+        impl Col for Option<$t> {
+            fn col(row: &Row, name: &str) -> Result<Self, sqlx::Error> {
+                match row {
+                    Row::Pg(r) => r.try_get(name),
+                    Row::Sqlite(r) => r.try_get(name),
+                    Row::MySql(r) => r.try_get(name),
+                }
+            }
+        }
+    )*};
+}
+
+col_direct!(i32, f64, bool, Vec<u8>, Uuid, DateTime<Utc>);
+
+/// An integer column of any width (an `INT` or `SMALLINT` column, a MySQL
+/// `COUNT`), widened to `i64`.
+fn wide_int<R: sqlx::Row>(r: &R, name: &str) -> Result<Option<i64>, sqlx::Error>
+where
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i32>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i16>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    match r.try_get::<Option<i64>, _>(name) {
+        Ok(v) => Ok(v),
+        Err(e @ sqlx::Error::ColumnDecode { .. }) => match r.try_get::<Option<i32>, _>(name) {
+            Ok(v) => Ok(v.map(i64::from)),
+            Err(_) => match r.try_get::<Option<i16>, _>(name) {
+                Ok(v) => Ok(v.map(i64::from)),
+                Err(_) => Err(e),
+            },
+        },
+        Err(e) => Err(e),
+    }
+}
+
+impl Col for Option<i64> {
+    fn col(row: &Row, name: &str) -> Result<Self, sqlx::Error> {
+        match row {
+            Row::Pg(r) => wide_int(r, name),
+            Row::Sqlite(r) => r.try_get(name),
+            Row::MySql(r) => match wide_int(r, name) {
+                Err(e @ sqlx::Error::ColumnDecode { .. }) => r
+                    .try_get::<Option<u64>, _>(name)
+                    .map(|v| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+                    .map_err(|_| e),
+                other => other,
+            },
+        }
+    }
+}
+
+impl Col for i64 {
+    fn col(row: &Row, name: &str) -> Result<Self, sqlx::Error> {
+        Option::<i64>::col(row, name)?.ok_or_else(|| null(name))
+    }
+}
+
+impl Col for Option<String> {
+    fn col(row: &Row, name: &str) -> Result<Self, sqlx::Error> {
+        match row {
+            Row::Pg(r) => r.try_get(name),
+            Row::Sqlite(r) => r.try_get(name),
+            // `utf8mb4_bin` columns come marked binary: read the bytes.
+            Row::MySql(r) => r
+                .try_get::<Option<Vec<u8>>, _>(name)?
+                .map(|b| String::from_utf8(b).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+                .transpose(),
+        }
+    }
+}
+
+impl Col for String {
+    fn col(row: &Row, name: &str) -> Result<Self, sqlx::Error> {
+        Option::<String>::col(row, name)?.ok_or_else(|| null(name))
+    }
+}
+
+fn null(name: &str) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: name.to_string(),
+        source: "unexpected NULL".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_placeholders_are_numbered_outside_literals() {
+        assert_eq!(
+            Engine::Postgres.dialect("SELECT a FROM t WHERE b = ? AND c = '?' AND d = ?"),
+            "SELECT a FROM t WHERE b = $1 AND c = '?' AND d = $2"
+        );
+        assert_eq!(
+            Engine::Postgres.dialect("SELECT \"x?\" FROM t WHERE b = ?"),
+            "SELECT \"x?\" FROM t WHERE b = $1"
+        );
+        assert_eq!(Engine::Sqlite.dialect("a = ?"), "a = ?");
+    }
+
+    #[test]
+    fn mysql_casts_to_signed() {
+        assert_eq!(
+            Engine::MySql.dialect("SELECT CAST(COUNT(*) AS BIGINT) AS n, ? AS x"),
+            "SELECT CAST(COUNT(*) AS SIGNED) AS n, ? AS x"
+        );
+    }
+}
