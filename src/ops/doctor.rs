@@ -14,23 +14,18 @@ use std::{
     io::Write as _,
     os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    str::FromStr,
     time::Duration,
 };
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{
-    migrate::Migrator, mysql::MySqlConnectOptions, postgres::PgConnectOptions,
-    sqlite::SqliteConnectOptions, ConnectOptions, Connection, MySqlConnection, PgConnection, Row,
-    SqliteConnection,
-};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
     blob::BlobStore as _,
     config::{BlobBackend, Config, TokenKeys},
     domain::size::format_size,
+    meta::{Probe, ProbeError},
 };
 
 /// Tokens carry `nbf`/`exp` checked with this leeway, seconds; a clock off by
@@ -44,10 +39,6 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 const DB_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a clamd or ffmpeg exchange may take here (a scan may take longer).
 const TOOL_TIMEOUT: Duration = Duration::from_secs(10);
-
-static PG_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mysql");
 
 /// How one check ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -144,7 +135,7 @@ pub async fn run(config: &Config, source: &str) -> Report {
                 "not checked: the database is unreachable",
             ));
         }
-        Ok(mut db) => {
+        Ok(db) => {
             checks.push(check(
                 "database",
                 Status::Ok,
@@ -155,11 +146,11 @@ pub async fn run(config: &Config, source: &str) -> Report {
                 ),
             ));
             checks.push(
-                bounded("migrations", migrations(&mut db))
+                bounded("migrations", migrations(&db))
                     .await
                     .unwrap_or_else(|c| c),
             );
-            match bounded("clock", db.clock()).await {
+            match bounded("clock", clock_skew(&db)).await {
                 Ok(Some(skew)) => clocks.push(("database".into(), skew.0, skew.1)),
                 Ok(None) => {}
                 Err(c) => checks.push(c),
@@ -225,196 +216,31 @@ fn config_check(config: &Config, source: &str) -> Check {
 
 // ---- database ----
 
-/// A connection of the doctor's own: no pool, no migrations, and no
-/// database file created where there is none.
-enum Db {
-    Pg(PgConnection),
-    My(MySqlConnection),
-    Sqlite(SqliteConnection),
-}
-
-async fn connect(url: &str) -> Result<Db, String> {
-    let redacted = crate::config::redact_url(url);
-    let fail = |e: &dyn std::fmt::Display| format!("cannot connect to {redacted}: {e}");
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let opts = PgConnectOptions::from_str(url).map_err(|e| fail(&e))?;
-        let conn = tokio::time::timeout(DB_CONNECT_TIMEOUT, opts.connect())
-            .await
-            .map_err(|_| fail(&"timed out"))?
-            .map_err(|e| fail(&e))?;
-        Ok(Db::Pg(conn))
-    } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-        let url = url.replacen("mariadb://", "mysql://", 1);
-        let opts = MySqlConnectOptions::from_str(&url)
-            .map_err(|e| fail(&e))?
-            .timezone(Some("+00:00".into()));
-        let conn = tokio::time::timeout(DB_CONNECT_TIMEOUT, opts.connect())
-            .await
-            .map_err(|_| fail(&"timed out"))?
-            .map_err(|e| fail(&e))?;
-        Ok(Db::My(conn))
-    } else if url.starts_with("sqlite:") {
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| fail(&e))?
-            .create_if_missing(false);
-        let file = opts.get_filename();
-        if !file.exists() {
-            return Err(format!(
-                "{} does not exist; `stowage migrate` creates it",
-                file.display()
-            ));
-        }
-        let conn = tokio::time::timeout(DB_CONNECT_TIMEOUT, opts.connect())
-            .await
-            .map_err(|_| fail(&"timed out"))?
-            .map_err(|e| fail(&e))?;
-        Ok(Db::Sqlite(conn))
-    } else {
-        Err(format!(
-            "unsupported database URL {redacted:?}: expected postgres://…, mysql://… or sqlite://…"
-        ))
-    }
-}
-
-/// An applied migration as `_sqlx_migrations` records it.
-struct Applied {
-    version: i64,
-    checksum: Vec<u8>,
-    success: bool,
-}
-
-impl Db {
-    fn backend(&self) -> &'static str {
-        match self {
-            Db::Pg(_) => "postgres",
-            Db::My(_) => "mysql",
-            Db::Sqlite(_) => "sqlite",
-        }
-    }
-
-    fn migrator(&self) -> &'static Migrator {
-        match self {
-            Db::Pg(_) => &PG_MIGRATIONS,
-            Db::My(_) => &MYSQL_MIGRATIONS,
-            Db::Sqlite(_) => &SQLITE_MIGRATIONS,
-        }
-    }
-
-    /// The migrations recorded in the database (none when the table is missing).
-    async fn applied(&mut self) -> Result<Vec<Applied>, sqlx::Error> {
-        const LIST: &str =
-            "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version";
-        match self {
-            Db::Pg(c) => {
-                let exists: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM information_schema.tables \
-                     WHERE table_name = '_sqlx_migrations' AND table_schema = current_schema())",
-                )
-                .fetch_one(&mut *c)
-                .await?;
-                if !exists {
-                    return Ok(Vec::new());
-                }
-                let rows = sqlx::query(LIST).fetch_all(&mut *c).await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Applied {
-                            version: r.try_get(0)?,
-                            checksum: r.try_get(1)?,
-                            success: r.try_get(2)?,
-                        })
-                    })
-                    .collect()
-            }
-            Db::My(c) => {
-                let exists: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM information_schema.tables \
-                     WHERE table_name = '_sqlx_migrations' AND table_schema = DATABASE()",
-                )
-                .fetch_one(&mut *c)
-                .await?;
-                if exists == 0 {
-                    return Ok(Vec::new());
-                }
-                let rows = sqlx::query(LIST).fetch_all(&mut *c).await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Applied {
-                            version: r.try_get(0)?,
-                            checksum: r.try_get(1)?,
-                            success: r.try_get(2)?,
-                        })
-                    })
-                    .collect()
-            }
-            Db::Sqlite(c) => {
-                let exists: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-                )
-                .fetch_one(&mut *c)
-                .await?;
-                if exists == 0 {
-                    return Ok(Vec::new());
-                }
-                let rows = sqlx::query(LIST).fetch_all(&mut *c).await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Applied {
-                            version: r.try_get(0)?,
-                            checksum: r.try_get(1)?,
-                            success: r.try_get(2)?,
-                        })
-                    })
-                    .collect()
-            }
-        }
-    }
-
-    /// The database's clock minus ours, seconds, and how precise that is
-    /// (half the round trip); `None` for SQLite, which reads our clock.
-    async fn clock(&mut self) -> Result<Option<(f64, f64)>, String> {
-        let before = Utc::now();
-        let theirs: DateTime<Utc> = match self {
-            Db::Pg(c) => sqlx::query_scalar("SELECT now()")
-                .fetch_one(&mut *c)
-                .await
-                .map_err(|e| format!("SELECT now(): {e}"))?,
-            Db::My(c) => sqlx::query_scalar("SELECT UTC_TIMESTAMP(6)")
-                .fetch_one(&mut *c)
-                .await
-                .map_err(|e| format!("SELECT UTC_TIMESTAMP(6): {e}"))?,
-            Db::Sqlite(_) => return Ok(None),
-        };
-        let after = Utc::now();
-        let half = (after - before) / 2;
-        let ours = before + half;
-        Ok(Some((
-            secs(theirs - ours),
-            half.num_microseconds().unwrap_or(0) as f64 / 1e6,
-        )))
-    }
-
-    async fn close(self) {
-        let _ = match self {
-            Db::Pg(c) => c.close().await,
-            Db::My(c) => c.close().await,
-            Db::Sqlite(c) => c.close().await,
-        };
-    }
+/// Opens the doctor's look at the database ([`Probe`]: no pool, no
+/// migrations, and no database file created where there is none).
+async fn connect(url: &str) -> Result<Probe, String> {
+    Probe::open(url, DB_CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| match e {
+            ProbeError::NoFile(_) | ProbeError::Unsupported => e.to_string(),
+            e => format!("cannot connect to {}: {e}", crate::config::redact_url(url)),
+        })
 }
 
 fn secs(d: chrono::TimeDelta) -> f64 {
     d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
 }
 
-async fn migrations(db: &mut Db) -> Result<Check, String> {
-    let known: Vec<_> = db
-        .migrator()
-        .iter()
-        .filter(|m| !m.migration_type.is_down_migration())
-        .collect();
+async fn clock_skew(db: &Probe) -> Result<Option<(f64, f64)>, String> {
+    db.clock_skew()
+        .await
+        .map_err(|e| format!("reading the database's clock: {e}"))
+}
+
+async fn migrations(db: &Probe) -> Result<Check, String> {
+    let known = db.known_migrations();
     let applied = db
-        .applied()
+        .applied_migrations()
         .await
         .map_err(|e| format!("cannot read _sqlx_migrations: {e}"))?;
     if let Some(a) = applied.iter().find(|a| !a.success) {
@@ -447,7 +273,7 @@ async fn migrations(db: &mut Db) -> Result<Check, String> {
         .filter(|m| {
             applied
                 .iter()
-                .any(|a| a.version == m.version && a.checksum != *m.checksum)
+                .any(|a| a.version == m.version && a.checksum != m.checksum)
         })
         .map(|m| m.version.to_string())
         .collect();

@@ -28,6 +28,7 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
 use sqlx::{
     mysql::MySqlRow, postgres::PgRow, sqlite::SqliteRow, MySqlPool, PgPool, Row as _, SqlitePool,
 };
@@ -155,12 +156,33 @@ impl Db {
         })
     }
 
-    /// Applies the engine's pending migrations (`migrations/<engine>/`).
+    /// The engine's migrations (`migrations/<engine>/`, built in).
+    pub(crate) fn migrator(&self) -> &'static Migrator {
+        static PG: Migrator = sqlx::migrate!("./migrations/postgres");
+        static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+        static MYSQL: Migrator = sqlx::migrate!("./migrations/mysql");
+        match self {
+            Db::Pg(_) => &PG,
+            Db::Sqlite(_) => &SQLITE,
+            Db::MySql(_) => &MYSQL,
+        }
+    }
+
+    /// Applies the engine's pending migrations.
     pub(crate) async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {
-            Db::Pg(p) => sqlx::migrate!("./migrations/postgres").run(p).await,
-            Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await,
-            Db::MySql(p) => sqlx::migrate!("./migrations/mysql").run(p).await,
+            Db::Pg(p) => self.migrator().run(p).await,
+            Db::Sqlite(p) => self.migrator().run(p).await,
+            Db::MySql(p) => self.migrator().run(p).await,
+        }
+    }
+
+    /// Closes every connection of the pool.
+    pub(crate) async fn close(&self) {
+        match self {
+            Db::Pg(p) => p.close().await,
+            Db::Sqlite(p) => p.close().await,
+            Db::MySql(p) => p.close().await,
         }
     }
 }

@@ -30,6 +30,7 @@ pub(crate) mod engine;
 mod leases;
 mod mysql;
 pub(crate) mod outbox;
+pub(crate) mod probe;
 pub(crate) mod rows;
 mod snapshot;
 
