@@ -485,12 +485,18 @@ impl Ingest {
     /// Makes the data durable, checks the type, publishes and commits.
     pub async fn commit(mut self, meta: FileMeta) -> IngestResult<FileRecord> {
         let stage = self.stage.take().expect("stage open until commit");
-        let staged = stage.finish().await?;
+        let staged = match stage.finish().await {
+            Ok(staged) => staged,
+            Err(e) => {
+                self.abandon().await;
+                return Err(e);
+            }
+        };
         let sha256 = staged
             .hash
             .expect("a multipart upload hashes from its first byte")
             .finish_hex();
-        let rec = publish_and_commit(
+        let committed = publish_and_commit(
             &self.state,
             &self.user,
             self.id,
@@ -500,9 +506,29 @@ impl Ingest {
             meta,
             None,
         )
-        .await?;
+        .await;
+        match committed {
+            Ok(rec) => {
+                self.done = true;
+                Ok(rec)
+            }
+            Err(e) => {
+                self.abandon().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Ingest {
+    /// Gives the upload up now: removes the staging blob and releases the
+    /// reservation before the caller answers, so that the usage a client
+    /// reads right after a refusal is already exact. (The drop guard does
+    /// the same, but in the background, after the answer has gone.)
+    pub async fn abandon(mut self) {
+        drop(self.stage.take());
         self.done = true;
-        Ok(rec)
+        abandon(&self.state, self.id).await;
     }
 }
 

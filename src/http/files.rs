@@ -188,6 +188,7 @@ pub async fn multipart_upload(
     };
     if let SizeHint::AtMost(n) = hint {
         if received.load(Ordering::Relaxed) < n {
+            up.abandon().await;
             return Err(AppError::BadRequest(format!(
                 "body ended after {} of its {n} bytes",
                 received.load(Ordering::Relaxed)
@@ -208,11 +209,13 @@ pub async fn multipart_upload(
         }
     }
     if let Some(d) = declared.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
-        meta.declared_type = Some(FileType::parse(d).ok_or_else(|| {
-            AppError::BadRequest(format!(
+        let Some(t) = FileType::parse(d) else {
+            up.abandon().await;
+            return Err(AppError::BadRequest(format!(
                 "file_type must be one of video, image, audio, scene, project (got {d:?})"
-            ))
-        })?);
+            )));
+        };
+        meta.declared_type = Some(t);
     }
     meta.file_name = sanitize_file_name(&client_name);
     let bytes = up.len();
@@ -262,14 +265,35 @@ struct FormFields {
 
 /// Reads the form: streams part `file` into `up`, collects the small fields.
 /// Returns `None` when there was no file part.
-/// A stopping server (`stop` cancelled) ends the upload with 503: the
-/// ingest's drop guard releases it.
+/// A stopping server (`stop` cancelled) ends the upload with 503. On any
+/// refusal the upload is abandoned (staging blob removed, reservation
+/// released) before the answer goes out.
 async fn read_form(
     mut up: Ingest,
     form: &mut multer::Multipart<'_>,
     out: &mut FormFields,
     stop: &CancellationToken,
 ) -> AppResult<Option<Ingest>> {
+    match read_fields(&mut up, form, out, stop).await {
+        Ok(true) => Ok(Some(up)),
+        Ok(false) => {
+            up.abandon().await;
+            Ok(None)
+        }
+        Err(e) => {
+            up.abandon().await;
+            Err(e)
+        }
+    }
+}
+
+/// [`read_form`]'s loop over the parts; true when there was a file part.
+async fn read_fields(
+    up: &mut Ingest,
+    form: &mut multer::Multipart<'_>,
+    out: &mut FormFields,
+    stop: &CancellationToken,
+) -> AppResult<bool> {
     let mut seen_file = false;
     while let Some(mut field) = form.next_field().await.map_err(bad_form)? {
         match field.name().unwrap_or("") {
@@ -303,7 +327,7 @@ async fn read_form(
             }
         }
     }
-    Ok(seen_file.then_some(up))
+    Ok(seen_file)
 }
 
 #[derive(Debug, Deserialize)]
