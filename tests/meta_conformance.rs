@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use stowage::{
     domain::filetype::FileType,
     meta::{
-        connect_with_clock, DumpFile, DumpUser, ManualClock, MediaUpdate, MetaError, MetaResult,
-        MetaStore, NewFile, RowSource, SnapshotSink,
+        connect_with_clock, DumpFile, DumpUser, Gone, Holder, ManualClock, MediaUpdate, MetaError,
+        MetaResult, MetaStore, NewFile, NodeRow, RowSource, SignedClaim, SignedUpload,
+        SnapshotSink,
     },
 };
 use uuid::Uuid;
@@ -85,7 +86,10 @@ macro_rules! engine {
                 triggers_keep_usage_exact,
                 task_lease_is_exclusive_and_expires,
                 job_claims_are_exclusive,
-                snapshot_round_trip
+                snapshot_round_trip,
+                unfinished_uploads_are_capped,
+                signed_upload_is_used_once,
+                gone_holders_are_named
             );
         }
     };
@@ -449,6 +453,216 @@ async fn job_claims_are_exclusive(open: Open) {
     db.clock.advance(HOUR);
     let later = db.store.claim_job(HOUR).await.unwrap().expect("due now");
     assert_eq!(later.kind, "later");
+}
+
+/// Of many concurrent reservations with a cap on unfinished uploads,
+/// exactly the cap's worth win though the room would take them all; a
+/// released or expired reservation no longer counts.
+async fn unfinished_uploads_are_capped(open: Open) {
+    let db = open().await;
+    let cap = 5u64;
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .reserve_upload("hana", 1 << 30, 10, HOUR, cap, None)
+                .await
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(id) => won.push(id),
+            Err(MetaError::TooManyUploads { limit }) => assert_eq!(limit, cap),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(won.len() as u64, cap);
+    assert_eq!(usage(&db, "hana").await, (0, 10 * cap as i64, 0));
+    let capped = |r: MetaResult<_>| matches!(r, Err(MetaError::TooManyUploads { .. }));
+    assert!(capped(
+        db.store
+            .reserve_upload("hana", 1, 10, HOUR, cap, None)
+            .await
+    ));
+    // Released: one more fits, and the cap holds again.
+    assert!(db.store.release(won[0]).await.unwrap());
+    let short = db
+        .store
+        .reserve_upload("hana", 1, 10, Duration::from_secs(60), cap, None)
+        .await
+        .unwrap();
+    assert!(capped(
+        db.store
+            .reserve_upload("hana", 1, 10, HOUR, cap, None)
+            .await
+    ));
+    // Expired (not yet swept): it no longer counts.
+    db.clock.advance(Duration::from_secs(61));
+    db.store
+        .reserve_upload("hana", 1, 10, HOUR, cap, None)
+        .await
+        .unwrap();
+    assert!(db.store.reservation_exists(short).await.unwrap());
+    // Another user has a cap of their own.
+    db.store
+        .reserve_upload("ivan", 1 << 30, 10, HOUR, cap, None)
+        .await
+        .unwrap();
+}
+
+/// Of concurrent uses of one signed upload URL exactly one takes it; the
+/// rest see it used, and once expired it is gone.
+async fn signed_upload_is_used_once(open: Open) {
+    let db = open().await;
+    let id = db.store.reserve("jon", 1 << 30, 100, HOUR).await.unwrap();
+    let up = SignedUpload {
+        id,
+        user_id: "jon".into(),
+        max_bytes: 100,
+        file_type: Some(FileType::Image),
+        file_name: Some("ünï.png".into()),
+        expires_at: db.clock.now_at_micros() + chrono::Duration::minutes(10),
+    };
+    db.store.create_signed_upload(&up).await.unwrap();
+    let now = db.clock.now_at_micros();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.claim_signed_upload(id, now).await.unwrap()
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            SignedClaim::Claimed(u) => claimed.push(u),
+            SignedClaim::Used => {}
+            SignedClaim::Missing => panic!("a live URL reported missing"),
+        }
+    }
+    assert_eq!(claimed, vec![up.clone()]);
+    assert_eq!(
+        db.store
+            .claim_signed_upload(Uuid::now_v7(), now)
+            .await
+            .unwrap(),
+        SignedClaim::Missing
+    );
+    // An unused URL past its expiry cannot be used, and is swept.
+    let late = SignedUpload {
+        id: Uuid::now_v7(),
+        file_type: None,
+        file_name: None,
+        ..up.clone()
+    };
+    db.store.create_signed_upload(&late).await.unwrap();
+    let after = up.expires_at + chrono::Duration::seconds(1);
+    assert_eq!(
+        db.store.claim_signed_upload(late.id, after).await.unwrap(),
+        SignedClaim::Missing
+    );
+    assert_eq!(db.store.expire_signed_uploads(now).await.unwrap(), 0);
+    assert_eq!(db.store.expire_signed_uploads(after).await.unwrap(), 2);
+    assert_eq!(
+        db.store.claim_signed_upload(id, now).await.unwrap(),
+        SignedClaim::Missing
+    );
+}
+
+/// The reservations of a node's earlier incarnations, and of incarnations
+/// whose heartbeat went silent, are named (and only theirs); forgetting
+/// them removes their rows.
+async fn gone_holders_are_named(open: Open) {
+    let db = open().await;
+    let node = Uuid::now_v7();
+    let (old, new, other) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let t0 = db.clock.now_at_micros();
+    let row = |incarnation: Uuid, node: Uuid| NodeRow {
+        holder: Holder { node, incarnation },
+        host: "host-ü".into(),
+        pid: 4_000_000_123,
+        started_at: t0,
+        heartbeat_at: t0,
+    };
+    let other_node = Uuid::now_v7();
+    for n in [row(old, node), row(new, node), row(other, other_node)] {
+        db.store.heartbeat_node(&n).await.unwrap();
+    }
+    let held = |node, incarnation| Some(Holder { node, incarnation });
+    let r_old = db
+        .store
+        .reserve_upload("kai", 1 << 30, 1, HOUR, u64::MAX, held(node, old))
+        .await
+        .unwrap();
+    let r_new = db
+        .store
+        .reserve_upload("kai", 1 << 30, 1, HOUR, u64::MAX, held(node, new))
+        .await
+        .unwrap();
+    let r_other = db
+        .store
+        .reserve_upload("kai", 1 << 30, 1, HOUR, u64::MAX, held(other_node, other))
+        .await
+        .unwrap();
+    // A tus upload's reservation has no holder and is never named.
+    db.store.reserve("kai", 1 << 30, 1, HOUR).await.unwrap();
+    let kai = |ids: &[Uuid]| -> Vec<(Uuid, String)> {
+        ids.iter().map(|id| (*id, "kai".to_string())).collect()
+    };
+    let restart = Gone::Node {
+        node,
+        except: Some(new),
+    };
+    assert_eq!(
+        db.store.gone_reservations(&restart).await.unwrap(),
+        kai(&[r_old])
+    );
+    let mut all = db
+        .store
+        .gone_reservations(&Gone::Node { node, except: None })
+        .await
+        .unwrap();
+    all.sort();
+    let mut want = kai(&[r_old, r_new]);
+    want.sort();
+    assert_eq!(all, want);
+    // Only `new` keeps beating; `other` goes silent.
+    db.clock.advance(Duration::from_secs(30));
+    let t1 = db.clock.now_at_micros();
+    db.store
+        .heartbeat_node(&NodeRow {
+            heartbeat_at: t1,
+            ..row(new, node)
+        })
+        .await
+        .unwrap();
+    let silent = Gone::SilentSince(t1);
+    let mut quiet = db.store.gone_reservations(&silent).await.unwrap();
+    quiet.sort();
+    want = kai(&[r_old, r_other]);
+    want.sort();
+    assert_eq!(quiet, want);
+    let nodes = db.store.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 3);
+    let beat = nodes.iter().find(|n| n.holder.incarnation == new).unwrap();
+    assert_eq!(
+        beat,
+        &NodeRow {
+            heartbeat_at: t1,
+            ..row(new, node)
+        }
+    );
+    assert_eq!(db.store.forget_nodes(&restart).await.unwrap(), 1);
+    assert_eq!(db.store.forget_nodes(&silent).await.unwrap(), 1);
+    let left: Vec<_> = db.store.list_nodes().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].holder.incarnation, new);
+    db.store.remove_node(new).await.unwrap();
+    assert!(db.store.list_nodes().await.unwrap().is_empty());
+    // With its row gone, `new`'s reservation is silent too.
+    assert_eq!(db.store.gone_reservations(&silent).await.unwrap().len(), 3);
 }
 
 #[derive(Default)]

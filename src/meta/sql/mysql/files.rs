@@ -324,3 +324,34 @@ impl MySqlStore {
         Ok(rows.iter().map(file_from_row).collect::<Result<_, _>>()?)
     }
 }
+
+impl MySqlStore {
+    pub(super) async fn usage_per_type(
+        &self,
+        user_id: &str,
+    ) -> MetaResult<Vec<(crate::domain::filetype::FileType, crate::meta::TypeUsage)>> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT file_type, CAST(COALESCE(SUM(file_size), 0) AS SIGNED) AS bytes, \
+             CAST(COUNT(*) AS SIGNED) AS n FROM user_files WHERE user_id = ? GROUP BY file_type",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(MetaError::from_sqlx)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let t = super::text(&r, "file_type")?;
+            if let Some(ft) = crate::domain::filetype::FileType::parse(&t) {
+                out.push((
+                    ft,
+                    crate::meta::TypeUsage {
+                        bytes: r.try_get("bytes")?,
+                        count: r.try_get("n")?,
+                    },
+                ));
+            }
+        }
+        Ok(out)
+    }
+}

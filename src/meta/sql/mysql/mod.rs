@@ -1,7 +1,6 @@
 //! MySQL 8 / MariaDB ≥ 10.6 backend ([`MySqlStore`]), one module per
-//! concern: `users` (user rows and counters), `quota` (reservations, the
-//! file commit, process registry), `files` (file rows), `uploads` (signed
-//! URLs and tus), `jobs`, `events`, `leases` and `snapshot`.
+//! concern not yet written over `sql::engine`: `quota` (the file commit),
+//! `files` (file rows), `uploads` (tus), `events`, `leases` and `snapshot`.
 //!
 //! The SQL differs from the other engines' in ways a shared template would
 //! have to hide: `?` placeholders; no `UPDATE … RETURNING` (and MySQL 8 has
@@ -21,12 +20,10 @@
 
 mod events;
 mod files;
-mod jobs;
 mod leases;
 mod quota;
 mod snapshot;
 mod uploads;
-mod users;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -119,21 +116,6 @@ fn tags_out(row: &MySqlRow) -> Result<Vec<String>, sqlx::Error> {
     serde_json::from_str(&text(row, "tags")?).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-const USER_COLS: &str = "user_id, total_bytes, reserved_bytes, max_bytes, \
-     CAST(file_count AS SIGNED) AS file_count, created_at, updated_at";
-
-fn user_from_row(row: &MySqlRow) -> Result<UserStorage, sqlx::Error> {
-    Ok(UserStorage {
-        user_id: text(row, "user_id")?,
-        total_bytes: row.try_get("total_bytes")?,
-        reserved_bytes: row.try_get("reserved_bytes")?,
-        max_bytes: row.try_get("max_bytes")?,
-        file_count: row.try_get("file_count")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
 fn file_from_row(row: &MySqlRow) -> Result<FileRecord, sqlx::Error> {
     let ft = text(row, "file_type")?;
     Ok(FileRecord {
@@ -169,14 +151,6 @@ fn tus_from_row(row: &MySqlRow) -> Result<TusUpload, sqlx::Error> {
     })
 }
 
-/// `(id, user_id)` pairs of reservation rows.
-fn id_user_pairs(rows: &[MySqlRow]) -> MetaResult<Vec<(Uuid, String)>> {
-    rows.iter()
-        .map(|r| Ok((r.try_get("id")?, text(r, "user_id")?)))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(MetaError::from)
-}
-
 /// Escapes `%`, `_` and `!` for a LIKE pattern with `ESCAPE '!'` (not `\`,
 /// which a server in `NO_BACKSLASH_ESCAPES` mode reads differently), and
 /// case-folds it: a substring match of `lower(name)`.
@@ -198,87 +172,6 @@ fn like_pattern(q: &str) -> String {
 /// connections, server shutting down, connection killed.
 pub(crate) fn transient_number(n: u16) -> bool {
     matches!(n, 1205 | 1213 | 1040 | 1053 | 1927 | 2002 | 2006 | 2013)
-}
-
-#[async_trait]
-impl UserStore for MySqlStore {
-    async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage> {
-        self.ensure_user_row(user_id, default_quota).await
-    }
-    async fn get_user(&self, user_id: &str) -> MetaResult<Option<UserStorage>> {
-        self.user_row(user_id).await
-    }
-    async fn list_users(&self) -> MetaResult<Vec<UserStorage>> {
-        self.user_rows().await
-    }
-    async fn set_quota(&self, user_id: &str, max_bytes: u64) -> MetaResult<UserStorage> {
-        self.set_user_quota(user_id, max_bytes).await
-    }
-    async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>> {
-        self.delete_user_rows(user_id).await
-    }
-    async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>> {
-        self.totals().await
-    }
-    async fn repair_counters(&self) -> MetaResult<u64> {
-        self.repair().await
-    }
-}
-
-#[async_trait]
-impl QuotaStore for MySqlStore {
-    async fn reserve_upload(
-        &self,
-        user_id: &str,
-        default_quota: u64,
-        bytes: u64,
-        ttl: Duration,
-        max_unfinished: u64,
-        holder: Option<Holder>,
-    ) -> MetaResult<Uuid> {
-        self.take_reservation(user_id, default_quota, bytes, ttl, max_unfinished, holder)
-            .await
-    }
-    async fn grow_reservation(&self, id: Uuid, extra: u64, ttl: Duration) -> MetaResult<()> {
-        self.grow(id, extra, ttl).await
-    }
-    async fn touch_reservation(&self, id: Uuid, ttl: Duration) -> MetaResult<()> {
-        self.touch(id, ttl).await
-    }
-    async fn release(&self, id: Uuid) -> MetaResult<bool> {
-        self.release_one(id).await
-    }
-    async fn reservation_exists(&self, id: Uuid) -> MetaResult<bool> {
-        Ok(self.reservation_bytes_of(id).await?.is_some())
-    }
-    async fn reservation_bytes(&self, id: Uuid) -> MetaResult<Option<u64>> {
-        self.reservation_bytes_of(id).await
-    }
-    async fn expired_reservations(&self, at: DateTime<Utc>) -> MetaResult<Vec<(Uuid, String)>> {
-        self.expired(at).await
-    }
-    async fn expire_reservations(&self, at: DateTime<Utc>) -> MetaResult<u64> {
-        self.expire(at).await
-    }
-}
-
-#[async_trait]
-impl NodeStore for MySqlStore {
-    async fn heartbeat_node(&self, node: &NodeRow) -> MetaResult<()> {
-        self.heartbeat(node).await
-    }
-    async fn remove_node(&self, incarnation: Uuid) -> MetaResult<()> {
-        self.remove_incarnation(incarnation).await
-    }
-    async fn list_nodes(&self) -> MetaResult<Vec<NodeRow>> {
-        self.nodes().await
-    }
-    async fn gone_reservations(&self, gone: &Gone) -> MetaResult<Vec<(Uuid, String)>> {
-        self.held_by_gone(gone).await
-    }
-    async fn forget_nodes(&self, gone: &Gone) -> MetaResult<u64> {
-        self.forget(gone).await
-    }
 }
 
 #[async_trait]
@@ -334,53 +227,6 @@ impl FileStore for MySqlStore {
     }
     async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
         self.usage_per_type(user_id).await
-    }
-}
-
-#[async_trait]
-impl SignedUploadStore for MySqlStore {
-    async fn create_signed_upload(&self, up: &SignedUpload) -> MetaResult<()> {
-        self.insert_signed(up).await
-    }
-    async fn claim_signed_upload(&self, id: Uuid, now: DateTime<Utc>) -> MetaResult<SignedClaim> {
-        self.claim_signed(id, now).await
-    }
-    async fn expire_signed_uploads(&self, now: DateTime<Utc>) -> MetaResult<u64> {
-        self.expire_signed(now).await
-    }
-}
-
-#[async_trait]
-impl JobStore for MySqlStore {
-    async fn enqueue_job(
-        &self,
-        kind: &str,
-        payload: &str,
-        user_id: Option<&str>,
-        run_at: DateTime<Utc>,
-    ) -> MetaResult<Uuid> {
-        self.enqueue(kind, payload, user_id, run_at).await
-    }
-    async fn claim_job(&self, lease: Duration) -> MetaResult<Option<Job>> {
-        self.claim(lease).await
-    }
-    async fn complete_job(&self, id: Uuid) -> MetaResult<()> {
-        self.complete(id).await
-    }
-    async fn fail_job(
-        &self,
-        id: Uuid,
-        error: &str,
-        retry_at: Option<DateTime<Utc>>,
-        event: Option<&NewEvent>,
-    ) -> MetaResult<()> {
-        self.fail(id, error, retry_at, event).await
-    }
-    async fn queue_depth(&self) -> MetaResult<u64> {
-        self.depth().await
-    }
-    async fn failed_jobs(&self, limit: u32) -> MetaResult<Vec<JobInfo>> {
-        self.failed(limit).await
     }
 }
 
