@@ -1,7 +1,8 @@
 //! MySQL 8 / MariaDB ≥ 10.6 backend ([`MySqlStore`]), one module per
 //! concern: `users` (user rows and counters), `quota` (reservations, the
-//! file commit, process registry), `files` (file rows), `uploads` (signed
-//! URLs and tus), `jobs`, `events`, `leases` and `snapshot`.
+//! file commit, process registry), `uploads` (signed URLs and tus), `jobs`,
+//! `events`, `leases` and `snapshot`. File rows are written once for every
+//! engine (`super::files`).
 //!
 //! The SQL differs from the other engines' in ways a shared template would
 //! have to hide: `?` placeholders; no `UPDATE … RETURNING` (and MySQL 8 has
@@ -20,7 +21,6 @@
 //! strings are read as bytes and checked as UTF-8 ([`text`]).
 
 mod events;
-mod files;
 mod jobs;
 mod leases;
 mod quota;
@@ -177,22 +177,6 @@ fn id_user_pairs(rows: &[MySqlRow]) -> MetaResult<Vec<(Uuid, String)>> {
         .map_err(MetaError::from)
 }
 
-/// Escapes `%`, `_` and `!` for a LIKE pattern with `ESCAPE '!'` (not `\`,
-/// which a server in `NO_BACKSLASH_ESCAPES` mode reads differently), and
-/// case-folds it: a substring match of `lower(name)`.
-fn like_pattern(q: &str) -> String {
-    let mut p = String::with_capacity(q.len() + 2);
-    p.push('%');
-    for c in q.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '!') {
-            p.push('!');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
-}
-
 /// MySQL error numbers that mean "try again later" rather than a bug:
 /// lock wait timeout, deadlock (the transaction was rolled back), too many
 /// connections, server shutting down, connection killed.
@@ -278,62 +262,6 @@ impl NodeStore for MySqlStore {
     }
     async fn forget_nodes(&self, gone: &Gone) -> MetaResult<u64> {
         self.forget(gone).await
-    }
-}
-
-#[async_trait]
-impl FileStore for MySqlStore {
-    async fn commit_file(&self, reservation: Uuid, file: NewFile) -> MetaResult<FileRecord> {
-        let tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
-        self.commit_file_in(tx, reservation, file).await
-    }
-    async fn get_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
-        self.file(Some(user_id), id).await
-    }
-    async fn get_file_any(&self, id: Uuid) -> MetaResult<Option<FileRecord>> {
-        self.file(None, id).await
-    }
-    async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
-        self.file_page(user_id, q).await
-    }
-    async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>> {
-        self.every_file(user_id).await
-    }
-    async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
-        self.delete_one_file(user_id, id).await
-    }
-    async fn set_favorite(
-        &self,
-        user_id: &str,
-        id: Uuid,
-        fav: Option<bool>,
-    ) -> MetaResult<Option<FileRecord>> {
-        self.favorite(user_id, id, fav).await
-    }
-    async fn set_tags(
-        &self,
-        user_id: &str,
-        id: Uuid,
-        tags: &[String],
-    ) -> MetaResult<Option<FileRecord>> {
-        self.tags(user_id, id, tags).await
-    }
-    async fn set_media(&self, id: Uuid, media: &MediaUpdate) -> MetaResult<bool> {
-        self.media(id, media).await
-    }
-    async fn rename_file(
-        &self,
-        user_id: &str,
-        id: Uuid,
-        change: &Rename,
-    ) -> MetaResult<Option<FileRecord>> {
-        self.rename(user_id, id, change).await
-    }
-    async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>> {
-        self.package(user_id, package).await
-    }
-    async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
-        self.usage_per_type(user_id).await
     }
 }
 

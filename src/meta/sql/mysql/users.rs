@@ -5,10 +5,7 @@ use sqlx::Row;
 
 use super::super::to_i64;
 use super::{file_from_row, text, user_from_row, MySqlStore, USER_COLS};
-use crate::domain::filetype::FileType;
-use crate::meta::{
-    DeletedUser, MetaError, MetaResult, NewEvent, TypeUsage, UserStorage, USER_SCOPED_TABLES,
-};
+use crate::meta::{DeletedUser, MetaError, MetaResult, NewEvent, UserStorage, USER_SCOPED_TABLES};
 
 /// Creates the user row if it is missing. `ON DUPLICATE KEY UPDATE` (not
 /// `INSERT IGNORE`, which would turn a too-long id into a truncated one)
@@ -124,33 +121,6 @@ impl MySqlStore {
             .await?;
         tx.commit().await?;
         Ok(Some(out))
-    }
-
-    pub(super) async fn usage_per_type(
-        &self,
-        user_id: &str,
-    ) -> MetaResult<Vec<(FileType, TypeUsage)>> {
-        let rows = sqlx::query(
-            "SELECT file_type, CAST(COALESCE(SUM(file_size), 0) AS SIGNED) AS bytes, \
-             CAST(COUNT(*) AS SIGNED) AS n FROM user_files WHERE user_id = ? GROUP BY file_type",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(MetaError::from_sqlx)?;
-        let mut out = Vec::new();
-        for r in rows {
-            if let Some(ft) = FileType::parse(&text(&r, "file_type")?) {
-                out.push((
-                    ft,
-                    TypeUsage {
-                        bytes: r.try_get("bytes")?,
-                        count: r.try_get("n")?,
-                    },
-                ));
-            }
-        }
-        Ok(out)
     }
 
     pub(super) async fn totals(&self) -> MetaResult<Vec<(String, i64, i64)>> {
