@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use stowage::{
     domain::filetype::FileType,
     meta::{
-        connect_with_clock, DumpFile, DumpUser, Gone, Holder, ManualClock, MediaUpdate, MetaError,
-        MetaResult, MetaStore, NewFile, NodeRow, RowSource, SignedClaim, SignedUpload,
-        SnapshotSink,
+        connect_with_clock, Cursor, DumpFile, DumpUser, FileRecord, Gone, Holder, ListQuery,
+        ManualClock, MediaUpdate, MetaError, MetaResult, MetaStore, NewFile, NodeRow, Rename,
+        RowSource, SignedClaim, SignedUpload, SnapshotSink, SortKey, SortOrder,
     },
 };
 use uuid::Uuid;
@@ -89,7 +89,9 @@ macro_rules! engine {
                 snapshot_round_trip,
                 unfinished_uploads_are_capped,
                 signed_upload_is_used_once,
-                gone_holders_are_named
+                gone_holders_are_named,
+                file_changes_race_cleanly,
+                listing_pages_filters_and_search
             );
         }
     };
@@ -792,4 +794,278 @@ impl AtMicros for ManualClock {
         let n = self.now();
         DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap()
     }
+}
+
+/// Concurrent changes of one file: every toggle of the favourite flag
+/// applies (an even number leaves it as it was); of many deletes exactly one
+/// returns the row; a change of a deleted or another user's file answers
+/// nothing; the counters stay exact.
+async fn file_changes_race_cleanly(open: Open) {
+    let db = open().await;
+    let gone = put(&db, "fay", 100).await;
+    let keep = put(&db, "fay", 50).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.set_favorite("fay", keep, None).await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap().is_some());
+    }
+    let f = db.store.get_file("fay", keep).await.unwrap().unwrap();
+    assert!(!f.is_favorite);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(
+            async move { store.delete_file("fay", gone).await },
+        ));
+    }
+    let mut won = 0;
+    for t in tasks {
+        if let Some(rec) = t.await.unwrap().unwrap() {
+            assert_eq!((rec.id, rec.file_size), (gone, 100));
+            won += 1;
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(usage(&db, "fay").await, (50, 0, 1));
+    let rename = Rename {
+        file_name: Some("y.bin".into()),
+        package_name: Some(Some("p".into())),
+    };
+    let s = &db.store;
+    assert!(s.get_file("fay", gone).await.unwrap().is_none());
+    assert!(s
+        .set_tags("fay", gone, &["x".into()])
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.rename_file("fay", gone, &rename).await.unwrap().is_none());
+    assert!(!s.set_media(gone, &MediaUpdate::default()).await.unwrap());
+    assert!(s
+        .set_favorite("gil", keep, Some(true))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.rename_file("gil", keep, &rename).await.unwrap().is_none());
+    assert!(s.delete_file("gil", keep).await.unwrap().is_none());
+    assert!(s.get_file("gil", keep).await.unwrap().is_none());
+    // The owner's changes come back as the row now is.
+    let f = s.rename_file("fay", keep, &rename).await.unwrap().unwrap();
+    assert_eq!(
+        (f.file_name.as_str(), f.package_name.as_deref()),
+        ("y.bin", Some("p"))
+    );
+    let f = s
+        .set_tags("fay", keep, &["t".into()])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (f.tags, f.file_name),
+        (vec!["t".to_string()], "y.bin".to_string())
+    );
+    let media = MediaUpdate {
+        resolution: Some("1x1".into()),
+        ..Default::default()
+    };
+    assert!(s.set_media(keep, &media).await.unwrap());
+    let f = s.get_file_any(keep).await.unwrap().unwrap();
+    assert_eq!(
+        (f.resolution.as_deref(), f.is_favorite),
+        (Some("1x1"), false)
+    );
+    let clear = Rename {
+        file_name: None,
+        package_name: Some(None),
+    };
+    let f = s.rename_file("fay", keep, &clear).await.unwrap().unwrap();
+    assert_eq!((f.file_name.as_str(), f.package_name), ("y.bin", None));
+    assert_eq!(usage(&db, "fay").await, (50, 0, 1));
+}
+
+/// The user's files, `limit` at a time by keyset cursor, in `sort`/`order`.
+async fn pages(db: &Db, q: &ListQuery, limit: u32) -> Vec<FileRecord> {
+    let mut out: Vec<FileRecord> = Vec::new();
+    loop {
+        let after = out.last().map(|f| Cursor {
+            k: match q.sort {
+                SortKey::UploadDate => f.upload_date.to_rfc3339(),
+                SortKey::FileName => f.file_name.clone(),
+                SortKey::FileSize => f.file_size.to_string(),
+            },
+            id: f.id,
+        });
+        let page = db
+            .store
+            .list_files(
+                "hal",
+                &ListQuery {
+                    limit,
+                    after,
+                    ..q.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(page.len() <= limit as usize);
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// Every sort and order visits each file once by keyset pages, in the order
+/// of one whole page; the filters narrow the listing; `q=` is a
+/// case-insensitive substring with `%` and `_` literal, short and non-ASCII
+/// texts included.
+async fn listing_pages_filters_and_search(open: Open) {
+    let db = open().await;
+    let names = [
+        "Beach_1.png",
+        "beach%2.png",
+        "BEACH 3.png",
+        "mountain.png",
+        "b_ach.png",
+        "Été.png",
+        "x",
+    ];
+    let mut ids = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let id = put(&db, "hal", 10 + i as i64).await;
+        let to = Rename {
+            file_name: Some(n.to_string()),
+            package_name: None,
+        };
+        db.store.rename_file("hal", id, &to).await.unwrap().unwrap();
+        ids.push(id);
+        db.clock.advance(Duration::from_secs(1));
+    }
+    put(&db, "ivy", 5).await;
+    for sort in [SortKey::UploadDate, SortKey::FileName, SortKey::FileSize] {
+        for order in [SortOrder::Asc, SortOrder::Desc] {
+            let q = ListQuery {
+                sort,
+                order,
+                ..Default::default()
+            };
+            let whole = pages(&db, &q, 100).await;
+            let paged = pages(&db, &q, 2).await;
+            let ids_of = |v: &[FileRecord]| v.iter().map(|f| f.id).collect::<Vec<_>>();
+            assert_eq!(ids_of(&paged), ids_of(&whole), "{sort:?} {order:?}");
+            assert_eq!(whole.len(), names.len());
+            if sort != SortKey::FileName {
+                // Sizes and dates grow with the order of the puts.
+                let mut want = ids.clone();
+                if order == SortOrder::Desc {
+                    want.reverse();
+                }
+                assert_eq!(ids_of(&whole), want, "{sort:?} {order:?}");
+            }
+        }
+    }
+    let s = &db.store;
+    s.set_favorite("hal", ids[0], Some(true)).await.unwrap();
+    s.set_tags("hal", ids[1], &["sun".into()]).await.unwrap();
+    let dbr = &db;
+    let list = |q: ListQuery| async move {
+        let mut got: Vec<String> = pages(dbr, &q, 3)
+            .await
+            .into_iter()
+            .map(|f| f.file_name)
+            .collect();
+        got.sort();
+        got
+    };
+    let search = |text: &str| ListQuery {
+        q: Some(text.into()),
+        ..Default::default()
+    };
+    let sorted = |v: &[&str]| {
+        let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    let cases: &[(&str, &[&str])] = &[
+        ("beach", &["BEACH 3.png", "Beach_1.png", "beach%2.png"]),
+        ("EACH", &["BEACH 3.png", "Beach_1.png", "beach%2.png"]),
+        ("b_", &["b_ach.png"]),
+        ("_", &["Beach_1.png", "b_ach.png"]),
+        ("h%2", &["beach%2.png"]),
+        ("%", &["beach%2.png"]),
+        ("h 3", &["BEACH 3.png"]),
+        ("été", &["Été.png"]),
+        ("ÉT", &["Été.png"]),
+        ("x", &["x"]),
+        ("zzz", &[]),
+        ("b!a", &[]),
+    ];
+    for (text, want) in cases {
+        assert_eq!(list(search(text)).await, sorted(want), "q={text:?}");
+    }
+    let fav = ListQuery {
+        favorite: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(list(fav).await, sorted(&["Beach_1.png"]));
+    let sun = ListQuery {
+        tag: Some("sun".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(sun).await, sorted(&["beach%2.png"]));
+    let spaced = ListQuery {
+        tag: Some("b c".into()),
+        q: Some("BEACH".into()),
+        ..Default::default()
+    };
+    assert_eq!(list(spaced).await, sorted(&["BEACH 3.png", "Beach_1.png"]));
+    let images = ListQuery {
+        file_type: Some(FileType::Image),
+        ..Default::default()
+    };
+    assert!(list(images).await.is_empty());
+    let projects = ListQuery {
+        file_type: Some(FileType::Project),
+        favorite: Some(false),
+        ..Default::default()
+    };
+    assert_eq!(list(projects).await.len(), names.len() - 1);
+    let bad = ListQuery {
+        sort: SortKey::FileSize,
+        after: Some(Cursor {
+            k: "ten".into(),
+            id: ids[0],
+        }),
+        limit: 5,
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.list_files("hal", &bad).await,
+        Err(MetaError::Conflict(_))
+    ));
+    let by_type = s.usage_by_type("hal").await.unwrap();
+    let total: i64 = (0..names.len() as i64).map(|i| 10 + i).sum();
+    assert_eq!(by_type.len(), 1);
+    assert_eq!(by_type[0].0, FileType::Project);
+    assert_eq!(
+        (by_type[0].1.bytes, by_type[0].1.count),
+        (total, names.len() as i64)
+    );
+    assert_eq!(s.all_files(Some("hal")).await.unwrap().len(), names.len());
+    assert_eq!(s.all_files(None).await.unwrap().len(), names.len() + 1);
+    let to = Rename {
+        file_name: None,
+        package_name: Some(Some("trip".into())),
+    };
+    s.rename_file("hal", ids[2], &to).await.unwrap().unwrap();
+    s.rename_file("hal", ids[0], &to).await.unwrap().unwrap();
+    let pkg: Vec<_> = s.package_files("hal", "trip").await.unwrap();
+    assert_eq!(
+        pkg.iter().map(|f| f.id).collect::<Vec<_>>(),
+        [ids[0], ids[2]]
+    );
 }

@@ -109,7 +109,7 @@ start_server() {  # NAME DB_URL: sets SERVER_PID and TOKEN
   log "$1: stowage up (pid $SERVER_PID)"
 }
 
-# The SQL of src/meta/sql.rs list_files, spelled out for EXPLAIN (user
+# The SQL of list_files (src/meta/sql/files.rs, search.rs), spelled out for EXPLAIN (user
 # 'bench', limit 51, a cursor for the keyset comparisons).
 SORT_COLS="upload_date file_name file_size"
 sqlite_plans() {  # DB_PATH
@@ -118,7 +118,7 @@ sqlite_plans() {  # DB_PATH
     for dir in ASC DESC; do
       cmp='>'; [ $dir = DESC ] && cmp='<'
       for extra in "" " AND ($col, id) $cmp ((SELECT $col FROM user_files LIMIT 1), x'00')" \
-                   " AND lower(file_name) LIKE '%beach%' ESCAPE '\\\\'"; do
+                   " AND lower(file_name) LIKE '%beach%' ESCAPE '!'"; do
         plan=$($PY - "$db" <<PYEOF
 import sqlite3, sys
 con = sqlite3.connect(sys.argv[1])
@@ -170,12 +170,12 @@ pg_plans() {  # DB_URL
     done
   done
   for q in nomatch 000123; do
-    local sql="SELECT id FROM user_files WHERE user_id = 'bench' AND lower(file_name) LIKE '%$q%' ESCAPE '\\' ORDER BY upload_date DESC, id DESC LIMIT 51"
+    local sql="SELECT id FROM user_files WHERE user_id = 'bench' AND lower(file_name) LIKE '%$q%' ESCAPE '!' ORDER BY upload_date DESC, id DESC LIMIT 51"
     plan=$(psql "$db" -qXAt -c "EXPLAIN $sql")
     printf '%s\n%s\n' "$sql" "$(echo "$plan" | sed 's/^/    /')"
     echo "$plan" | grep -q 'idx_user_files_name_trgm' || { echo "    ^^^ trigram index not used"; bad=1; }
   done
-  local sql="SELECT id FROM user_files WHERE user_id = 'bench' AND lower(file_name) LIKE '%beach%' ESCAPE '\\' ORDER BY upload_date DESC, id DESC LIMIT 51"
+  local sql="SELECT id FROM user_files WHERE user_id = 'bench' AND lower(file_name) LIKE '%beach%' ESCAPE '!' ORDER BY upload_date DESC, id DESC LIMIT 51"
   printf '%s\n%s\n' "$sql" "$(psql "$db" -qXAt -c "EXPLAIN $sql" | sed 's/^/    /')"
   return $bad
 }

@@ -282,6 +282,8 @@ impl From<&Option<Vec<u8>>> for Arg {
 pub(crate) struct Query {
     sql: Cow<'static, str>,
     args: Vec<Arg>,
+    /// Kept as a prepared statement (see [`Query::planned_each_time`]).
+    persistent: bool,
 }
 
 /// A statement in the shared SQL, `?` placeholders in bind order.
@@ -289,6 +291,7 @@ pub(crate) fn query(sql: impl Into<Cow<'static, str>>) -> Query {
     Query {
         sql: sql.into(),
         args: Vec::new(),
+        persistent: true,
     }
 }
 
@@ -326,13 +329,17 @@ fn tags_array(tags: Vec<String>) -> Vec<String> {
 /// what comes back with `$wrap` (given the [`Row`] variant).
 macro_rules! run {
     ($self:ident, $on:ident, $method:ident, $wrap:ident) => {{
-        let Query { sql, args } = $self;
+        let Query {
+            sql,
+            args,
+            persistent,
+        } = $self;
         match $on.into() {
             On::Db(Db::Pg(p)) => {
                 let sql = Engine::Postgres.dialect(&sql);
                 $wrap!(
                     Pg,
-                    bind_args!(sqlx::query(&sql), args, tags_array)
+                    bind_args!(sqlx::query(&sql).persistent(persistent), args, tags_array)
                         .$method(p)
                         .await
                 )
@@ -341,7 +348,7 @@ macro_rules! run {
                 let sql = Engine::Postgres.dialect(&sql);
                 $wrap!(
                     Pg,
-                    bind_args!(sqlx::query(&sql), args, tags_array)
+                    bind_args!(sqlx::query(&sql).persistent(persistent), args, tags_array)
                         .$method(&mut **t)
                         .await
                 )
@@ -406,6 +413,18 @@ impl Query {
     /// Binds a file's tags (see [`Arg::Tags`]).
     pub(crate) fn bind_tags(mut self, tags: &[String]) -> Query {
         self.args.push(Arg::Tags(tags.to_vec()));
+        self
+    }
+
+    /// Plans the statement with its values every time it runs. PostgreSQL
+    /// may plan a kept prepared statement once for any values (a generic
+    /// plan), which for a statement whose best plan depends on them (a
+    /// search pattern: trigram index or sort order's index) is the wrong
+    /// one; there the statement is sent unprepared. It stays prepared on
+    /// MySQL, which optimizes every execution with its values, and on
+    /// SQLite, whose listing plans are chosen by the statement's text.
+    pub(crate) fn planned_each_time(mut self) -> Query {
+        self.persistent = false;
         self
     }
 

@@ -28,6 +28,7 @@ use super::*;
 pub(crate) mod commit;
 pub(crate) mod engine;
 mod jobs;
+mod files;
 mod leases;
 mod mysql;
 mod nodes;
@@ -36,6 +37,7 @@ pub(crate) mod probe;
 mod quota;
 pub(crate) mod rows;
 mod signed;
+mod search;
 mod snapshot;
 mod users;
 
@@ -239,83 +241,12 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Escapes `%`, `_` and `\` for a LIKE pattern with `ESCAPE '\'`.
-fn like_pattern(q: &str) -> String {
-    let mut p = String::with_capacity(q.len() + 2);
-    p.push('%');
-    for c in q.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            p.push('\\');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
-}
-
-/// A `q=` text, prepared for each way a name can be matched: case-folded
-/// for `LIKE`, quoted for an FTS5 phrase, or spelled out in every case variant.
-struct NameSearch {
-    text: String,
-    lower: String,
-    ascii: bool,
-}
-
-impl NameSearch {
-    fn new(text: &str) -> Self {
-        NameSearch {
-            text: text.to_string(),
-            lower: text.to_lowercase(),
-            ascii: text.is_ascii(),
-        }
-    }
-
-    /// Long enough for a trigram index (three characters, not bytes).
-    fn trigrams(&self) -> bool {
-        self.text.chars().nth(2).is_some()
-    }
-
-    /// An FTS5 phrase matching the text as a substring, every character
-    /// literal (a double quote is doubled).
-    fn phrase(&self) -> String {
-        format!("\"{}\"", self.text.replace('"', "\"\""))
-    }
-
-    /// Every spelling of the text with each character in its lower, upper
-    /// or own case: at most 3^n strings, used for texts under three characters.
-    fn variants(&self) -> Vec<String> {
-        let mut out = vec![String::new()];
-        for c in self.text.chars() {
-            let mut forms = vec![
-                c.to_string(),
-                c.to_lowercase().collect(),
-                c.to_uppercase().collect(),
-            ];
-            forms.sort();
-            forms.dedup();
-            out = out
-                .iter()
-                .flat_map(|p| forms.iter().map(move |f| format!("{p}{f}")))
-                .collect();
-        }
-        out
-    }
-}
-
 const FILE_COLS: &str = "id, user_id, file_name, file_type, mime_type, file_size, file_path, \
      thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date";
 
 const TUS_COLS: &str =
     "id, user_id, upload_length, upload_offset, metadata, expires_at, created_at, hash_state";
 
-/// A bind value for dynamically built queries.
-enum Param {
-    Str(String),
-    I64(i64),
-    Bool(bool),
-    Id(Uuid),
-    Time(DateTime<Utc>),
-}
 
 fn pg_tags_in(tags: &[String]) -> Vec<String> {
     tags.to_vec()
@@ -335,8 +266,7 @@ macro_rules! impl_store {
     (
         $store:ident, $db:ty, $row:ty, $name:literal, $migrator:expr,
         tags_in = $tags_in:path, tags_out = $tags_out:path,
-        tag_filter = $tag_filter:literal, skip_locked = $skip_locked:literal,
-        fts = $fts:literal, persistent_lists = $persistent_lists:literal
+        skip_locked = $skip_locked:literal
     ) => {
         impl $store {
             fn file_from_row(row: &$row) -> Result<FileRecord, sqlx::Error> {
@@ -360,26 +290,6 @@ macro_rules! impl_store {
                     sha256: row.try_get::<String, _>("sha256")?.trim().to_string(),
                     upload_date: row.try_get("upload_date")?,
                 })
-            }
-
-            /// Whether at least `10 × limit` of `user`'s names contain
-            /// `search` (SQLite's trigram index). Then matches are dense
-            /// enough that walking the sort order's index and testing each
-            /// name finds a page sooner than sorting every match would.
-            async fn dense_hits(&self, user: &str, search: &NameSearch, limit: u32) -> MetaResult<bool> {
-                let cap = i64::from(limit.max(1)).saturating_mul(10).min(10_000);
-                let row = sqlx::query(
-                    "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT 1 FROM user_file_names_fts \
-                     JOIN user_file_names m ON m.seq = user_file_names_fts.rowid \
-                     WHERE user_file_names_fts MATCH $1 AND m.user_id = $2 LIMIT $3)",
-                )
-                .bind(search.phrase())
-                .bind(user)
-                .bind(cap)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(MetaError::from_sqlx)?;
-                Ok(row.try_get::<i64, _>("n")? >= cap)
             }
 
             fn tus_from_row(row: &$row) -> Result<TusUpload, sqlx::Error> {
@@ -519,293 +429,6 @@ macro_rules! impl_store {
         }
 
         #[async_trait]
-        impl FileStore for $store {
-            async fn commit_file(&self, reservation: Uuid, f: NewFile) -> MetaResult<FileRecord> {
-                let tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
-                self.commit_file_in(tx, reservation, f).await
-            }
-
-            async fn get_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
-                let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE id = $1 AND user_id = $2");
-                let row = sqlx::query(&sql)
-                    .bind(id)
-                    .bind(user_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
-            }
-
-            async fn get_file_any(&self, id: Uuid) -> MetaResult<Option<FileRecord>> {
-                let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE id = $1");
-                let row = sqlx::query(&sql)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(row.map(|r| Self::file_from_row(&r)).transpose()?)
-            }
-
-            async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
-                let search = q.q.as_deref().filter(|s| !s.is_empty()).map(NameSearch::new);
-                let via_index = match &search {
-                    Some(s) if $fts && s.trigrams() => !s.ascii || !self.dense_hits(user_id, s, q.limit).await?,
-                    _ => false,
-                };
-                let mut sql = format!("SELECT {FILE_COLS} FROM user_files WHERE user_id = $1");
-                let mut params = vec![Param::Str(user_id.to_string())];
-                let next = |params: &mut Vec<Param>, p: Param| {
-                    params.push(p);
-                    params.len()
-                };
-                if let Some(t) = q.file_type {
-                    let n = next(&mut params, Param::Str(t.as_str().into()));
-                    sql.push_str(&format!(" AND file_type = ${n}"));
-                }
-                if let Some(f) = q.favorite {
-                    let n = next(&mut params, Param::Bool(f));
-                    sql.push_str(&format!(" AND is_favorite = ${n}"));
-                }
-                if let Some(tag) = &q.tag {
-                    let n = next(&mut params, Param::Str(tag.clone()));
-                    sql.push_str(&format!($tag_filter, n = n));
-                }
-                if let Some(search) = &search {
-                    if via_index {
-                        // The trigram index names the candidates, all of them
-                        // this user's; they are few (see `dense_hits`), so
-                        // they drive the join and are sorted afterwards.
-                        let n = next(&mut params, Param::Str(search.phrase()));
-                        sql = format!(
-                            "SELECT {FILE_COLS} FROM (SELECT m.file_id AS hit FROM user_file_names_fts \
-                             JOIN user_file_names m ON m.seq = user_file_names_fts.rowid \
-                             WHERE user_file_names_fts MATCH ${n} AND m.user_id = $1) AS hits \
-                             CROSS JOIN user_files ON user_files.id = hits.hit{}",
-                            sql.split_once(" FROM user_files").map(|(_, w)| w).unwrap_or_default()
-                        );
-                    } else if $fts && !search.ascii {
-                        // SQLite folds only ASCII: every case variant of a
-                        // short query is looked for as it is.
-                        let mut any = Vec::new();
-                        for v in search.variants() {
-                            let n = next(&mut params, Param::Str(v));
-                            any.push(format!("instr(file_name, ${n}) > 0"));
-                        }
-                        sql.push_str(&format!(" AND ({})", any.join(" OR ")));
-                    } else if !$fts && !search.trigrams() {
-                        // Too short for the trigram index: read the user's
-                        // rows in sort order (the planner must not pick a
-                        // full scan of the trigram index instead).
-                        let n = next(&mut params, Param::Str(search.lower.clone()));
-                        sql.push_str(&format!(" AND strpos(lower(file_name), ${n}) > 0"));
-                    } else {
-                        let n = next(&mut params, Param::Str(like_pattern(&search.lower)));
-                        sql.push_str(&format!(" AND lower(file_name) LIKE ${n} ESCAPE '\\'"));
-                    }
-                }
-                let col = match q.sort {
-                    SortKey::UploadDate => "upload_date",
-                    SortKey::FileName => "file_name",
-                    SortKey::FileSize => "file_size",
-                };
-                let (cmp, dir) = match q.order {
-                    SortOrder::Asc => (">", "ASC"),
-                    SortOrder::Desc => ("<", "DESC"),
-                };
-                if let Some(c) = &q.after {
-                    let key = match q.sort {
-                        SortKey::UploadDate => Param::Time(
-                            DateTime::parse_from_rfc3339(&c.k)
-                                .map_err(|_| MetaError::Conflict("bad cursor".into()))?
-                                .with_timezone(&Utc),
-                        ),
-                        SortKey::FileName => Param::Str(c.k.clone()),
-                        SortKey::FileSize => Param::I64(
-                            c.k.parse().map_err(|_| MetaError::Conflict("bad cursor".into()))?,
-                        ),
-                    };
-                    let a = next(&mut params, key);
-                    let b = next(&mut params, Param::Id(c.id));
-                    sql.push_str(&format!(" AND ({col}, id) {cmp} (${a}, ${b})"));
-                }
-                let n = next(&mut params, Param::I64(i64::from(q.limit)));
-                sql.push_str(&format!(" ORDER BY {col} {dir}, id {dir} LIMIT ${n}"));
-                let mut query = sqlx::query(&sql).persistent($persistent_lists);
-                for p in params {
-                    query = match p {
-                        Param::Str(s) => query.bind(s),
-                        Param::I64(i) => query.bind(i),
-                        Param::Bool(b) => query.bind(b),
-                        Param::Id(u) => query.bind(u),
-                        Param::Time(t) => query.bind(t),
-                    };
-                }
-                let rows = query.fetch_all(&self.pool).await.map_err(MetaError::from_sqlx)?;
-                Ok(rows.iter().map(Self::file_from_row).collect::<Result<_, _>>()?)
-            }
-
-            async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>> {
-                let rows = match user_id {
-                    Some(u) => {
-                        let sql = format!("SELECT {FILE_COLS} FROM user_files WHERE user_id = $1 ORDER BY id");
-                        sqlx::query(&sql).bind(u).fetch_all(&self.pool).await
-                    }
-                    None => {
-                        let sql = format!("SELECT {FILE_COLS} FROM user_files ORDER BY user_id, id");
-                        sqlx::query(&sql).fetch_all(&self.pool).await
-                    }
-                }
-                .map_err(MetaError::from_sqlx)?;
-                Ok(rows.iter().map(Self::file_from_row).collect::<Result<_, _>>()?)
-            }
-
-            async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
-                let sql = format!("DELETE FROM user_files WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
-                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
-                let row = sqlx::query(&sql)
-                    .bind(id)
-                    .bind(user_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let rec = Self::file_from_row(&row)?;
-                Self::record_event_in(&mut tx, &NewEvent::file_deleted(&rec, "deleted")).await?;
-                // The delete trigger wrote the user row: its lock is ours, and
-                // usage back below a threshold re-arms it.
-                Self::check_threshold_in(&mut tx, user_id).await?;
-                tx.commit().await?;
-                Ok(Some(rec))
-            }
-
-            async fn set_favorite(&self, user_id: &str, id: Uuid, fav: Option<bool>) -> MetaResult<Option<FileRecord>> {
-                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
-                let row = match fav {
-                    Some(v) => {
-                        let sql = format!("UPDATE user_files SET is_favorite = $3 WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
-                        sqlx::query(&sql).bind(id).bind(user_id).bind(v).fetch_optional(&mut *tx).await?
-                    }
-                    None => {
-                        let sql = format!("UPDATE user_files SET is_favorite = NOT is_favorite WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
-                        sqlx::query(&sql).bind(id).bind(user_id).fetch_optional(&mut *tx).await?
-                    }
-                };
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let rec = Self::file_from_row(&row)?;
-                Self::record_event_in(&mut tx, &NewEvent::file_updated(&rec, &["is_favorite"])).await?;
-                tx.commit().await?;
-                Ok(Some(rec))
-            }
-
-            async fn set_tags(&self, user_id: &str, id: Uuid, tags: &[String]) -> MetaResult<Option<FileRecord>> {
-                let sql = format!("UPDATE user_files SET tags = $3 WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}");
-                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
-                let row = sqlx::query(&sql)
-                    .bind(id)
-                    .bind(user_id)
-                    .bind($tags_in(tags))
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let rec = Self::file_from_row(&row)?;
-                Self::record_event_in(&mut tx, &NewEvent::file_updated(&rec, &["tags"])).await?;
-                tx.commit().await?;
-                Ok(Some(rec))
-            }
-
-            async fn set_media(&self, id: Uuid, m: &MediaUpdate) -> MetaResult<bool> {
-                let sql = format!(
-                    "UPDATE user_files SET resolution = COALESCE($2, resolution), \
-                     duration = COALESCE($3, duration), thumbnail_path = COALESCE($4, thumbnail_path) \
-                     WHERE id = $1 RETURNING {FILE_COLS}"
-                );
-                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
-                let row = sqlx::query(&sql)
-                    .bind(id)
-                    .bind(&m.resolution)
-                    .bind(&m.duration)
-                    .bind(&m.thumbnail_path)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(false);
-                };
-                let rec = Self::file_from_row(&row)?;
-                Self::record_event_in(&mut tx, &NewEvent::media_ready(&rec)).await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-
-            async fn rename_file(&self, user_id: &str, id: Uuid, c: &Rename) -> MetaResult<Option<FileRecord>> {
-                let sql = format!(
-                    "UPDATE user_files SET file_name = COALESCE($3, file_name), \
-                     package_name = CASE WHEN $4 THEN $5 ELSE package_name END \
-                     WHERE id = $1 AND user_id = $2 RETURNING {FILE_COLS}"
-                );
-                let mut tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
-                let row = sqlx::query(&sql)
-                    .bind(id)
-                    .bind(user_id)
-                    .bind(&c.file_name)
-                    .bind(c.package_name.is_some())
-                    .bind(c.package_name.clone().flatten())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                let rec = Self::file_from_row(&row)?;
-                let mut changed = Vec::new();
-                if c.file_name.is_some() {
-                    changed.push("file_name");
-                }
-                if c.package_name.is_some() {
-                    changed.push("package_name");
-                }
-                if !changed.is_empty() {
-                    Self::record_event_in(&mut tx, &NewEvent::file_updated(&rec, &changed)).await?;
-                }
-                tx.commit().await?;
-                Ok(Some(rec))
-            }
-
-            async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>> {
-                let sql = format!(
-                    "SELECT {FILE_COLS} FROM user_files WHERE user_id = $1 AND package_name = $2 \
-                     ORDER BY upload_date, id"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(user_id)
-                    .bind(package)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(rows.iter().map(Self::file_from_row).collect::<Result<_, _>>()?)
-            }
-
-            async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
-                let rows = sqlx::query(
-                    "SELECT file_type, CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS bytes, \
-                     CAST(COUNT(*) AS BIGINT) AS n FROM user_files WHERE user_id = $1 GROUP BY file_type",
-                )
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(MetaError::from_sqlx)?;
-                let mut out = Vec::new();
-                for r in rows {
-                    let t: String = r.try_get("file_type")?;
-                    if let Some(ft) = FileType::parse(&t) {
-                        out.push((ft, TypeUsage { bytes: r.try_get("bytes")?, count: r.try_get("n")? }));
-                    }
-                }
-                Ok(out)
             }
         }
 
@@ -1114,10 +737,7 @@ impl_store!(
     sqlx::migrate!("./migrations/postgres"),
     tags_in = pg_tags_in,
     tags_out = pg_tags_out,
-    tag_filter = " AND ${n} = ANY(tags)",
-    skip_locked = " FOR UPDATE SKIP LOCKED",
-    fts = false,
-    persistent_lists = false
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 );
 
 impl_store!(
@@ -1128,9 +748,5 @@ impl_store!(
     sqlx::migrate!("./migrations/sqlite"),
     tags_in = sqlite_tags_in,
     tags_out = sqlite_tags_out,
-    tag_filter =
-        " AND EXISTS (SELECT 1 FROM json_each(user_files.tags) WHERE json_each.value = ${n})",
-    skip_locked = "",
-    fts = true,
-    persistent_lists = true
+    skip_locked = ""
 );

@@ -19,7 +19,6 @@
 //! strings are read as bytes and checked as UTF-8 ([`text`]).
 
 mod events;
-mod files;
 mod leases;
 mod quota;
 mod snapshot;
@@ -151,20 +150,6 @@ fn tus_from_row(row: &MySqlRow) -> Result<TusUpload, sqlx::Error> {
     })
 }
 
-/// Escapes `%`, `_` and `!` for a LIKE pattern with `ESCAPE '!'` (not `\`,
-/// which a server in `NO_BACKSLASH_ESCAPES` mode reads differently), and
-/// case-folds it: a substring match of `lower(name)`.
-fn like_pattern(q: &str) -> String {
-    let mut p = String::with_capacity(q.len() + 2);
-    p.push('%');
-    for c in q.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '!') {
-            p.push('!');
-        }
-        p.push(c);
-    }
-    p.push('%');
-    p
 }
 
 /// MySQL error numbers that mean "try again later" rather than a bug:
@@ -175,58 +160,6 @@ pub(crate) fn transient_number(n: u16) -> bool {
 }
 
 #[async_trait]
-impl FileStore for MySqlStore {
-    async fn commit_file(&self, reservation: Uuid, file: NewFile) -> MetaResult<FileRecord> {
-        let tx = self.begin_write().await.map_err(MetaError::from_sqlx)?;
-        self.commit_file_in(tx, reservation, file).await
-    }
-    async fn get_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
-        self.file(Some(user_id), id).await
-    }
-    async fn get_file_any(&self, id: Uuid) -> MetaResult<Option<FileRecord>> {
-        self.file(None, id).await
-    }
-    async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
-        self.file_page(user_id, q).await
-    }
-    async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>> {
-        self.every_file(user_id).await
-    }
-    async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
-        self.delete_one_file(user_id, id).await
-    }
-    async fn set_favorite(
-        &self,
-        user_id: &str,
-        id: Uuid,
-        fav: Option<bool>,
-    ) -> MetaResult<Option<FileRecord>> {
-        self.favorite(user_id, id, fav).await
-    }
-    async fn set_tags(
-        &self,
-        user_id: &str,
-        id: Uuid,
-        tags: &[String],
-    ) -> MetaResult<Option<FileRecord>> {
-        self.tags(user_id, id, tags).await
-    }
-    async fn set_media(&self, id: Uuid, media: &MediaUpdate) -> MetaResult<bool> {
-        self.media(id, media).await
-    }
-    async fn rename_file(
-        &self,
-        user_id: &str,
-        id: Uuid,
-        change: &Rename,
-    ) -> MetaResult<Option<FileRecord>> {
-        self.rename(user_id, id, change).await
-    }
-    async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>> {
-        self.package(user_id, package).await
-    }
-    async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
-        self.usage_per_type(user_id).await
     }
 }
 

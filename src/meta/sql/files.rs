@@ -1,0 +1,373 @@
+//! File rows (`user_files`) on every engine: the commit that turns a
+//! reservation into a file, lookups, the listing (filters, `q=` through
+//! [`super::search`], keyset pages on each sort order's index), and the
+//! changes a user makes to a file, each recording its event in its own
+//! transaction.
+//!
+//! A change is a conditional `UPDATE` whose rows affected tell whether the
+//! file is there, then the row is read back in the same transaction, which
+//! still holds its lock (MySQL has no `UPDATE … RETURNING`).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::commit::insert_file_in;
+use super::engine::{query, Arg, Engine, Query, Row, Tx};
+use super::outbox::{check_threshold_in, record_event_in};
+use super::rows::{file_from_row, FILE_COLS};
+use super::search::{name_match, NameMatch};
+use super::AsSqlStore;
+use crate::domain::filetype::FileType;
+use crate::meta::{
+    Cursor, FileRecord, FileStore, ListQuery, MediaUpdate, MetaError, MetaResult, NewEvent,
+    NewFile, Rename, SortKey, SortOrder, TypeUsage,
+};
+
+#[async_trait]
+impl<S: AsSqlStore> FileStore for S {
+    async fn commit_file(&self, reservation: Uuid, file: NewFile) -> MetaResult<FileRecord> {
+        let s = self.sql();
+        let mut tx = s.db().begin_write().await?;
+        let rec = insert_file_in(&mut tx, s.now(), reservation, file).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    async fn get_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
+        let s = self.sql();
+        let row = select_file(id, Some(user_id))
+            .fetch_optional(s.db())
+            .await?;
+        Ok(row.as_ref().map(file_from_row).transpose()?)
+    }
+
+    async fn get_file_any(&self, id: Uuid) -> MetaResult<Option<FileRecord>> {
+        let s = self.sql();
+        let row = select_file(id, None).fetch_optional(s.db()).await?;
+        Ok(row.as_ref().map(file_from_row).transpose()?)
+    }
+
+    async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
+        let s = self.sql();
+        let name = match q.q.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => Some(name_match(s, user_id, t, q.limit).await?),
+            None => None,
+        };
+        let rows = listing(s.engine(), user_id, q, name)?
+            .planned_each_time()
+            .fetch_all(s.db())
+            .await?;
+        records(&rows)
+    }
+
+    async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>> {
+        let s = self.sql();
+        let all = match user_id {
+            Some(u) => query(format!(
+                "SELECT {FILE_COLS} FROM user_files WHERE user_id = ? ORDER BY id"
+            ))
+            .bind(u),
+            None => query(format!(
+                "SELECT {FILE_COLS} FROM user_files ORDER BY user_id, id"
+            )),
+        };
+        records(&all.fetch_all(s.db()).await?)
+    }
+
+    async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
+        let s = self.sql();
+        let lock = s.engine().for_update();
+        let mut tx = s.db().begin_write().await?;
+        // The user row before the file row, the order every change of usage
+        // takes them in (the delete trigger writes the user row).
+        query(format!(
+            "SELECT 1 AS one FROM user_storage WHERE user_id = ?{lock}"
+        ))
+        .bind(user_id)
+        .fetch_optional(&mut tx)
+        .await?;
+        let row = query(format!(
+            "SELECT {FILE_COLS} FROM user_files WHERE id = ? AND user_id = ?{lock}"
+        ))
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&mut tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let rec = file_from_row(&row)?;
+        query("DELETE FROM user_files WHERE id = ?")
+            .bind(id)
+            .execute(&mut tx)
+            .await?;
+        record_event_in(&mut tx, &NewEvent::file_deleted(&rec, "deleted")).await?;
+        // Usage back below a threshold re-arms it.
+        check_threshold_in(&mut tx, user_id).await?;
+        tx.commit().await?;
+        Ok(Some(rec))
+    }
+
+    async fn set_favorite(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        fav: Option<bool>,
+    ) -> MetaResult<Option<FileRecord>> {
+        let s = self.sql();
+        let change = match fav {
+            Some(v) => {
+                query("UPDATE user_files SET is_favorite = ? WHERE id = ? AND user_id = ?").bind(v)
+            }
+            None => query(
+                "UPDATE user_files SET is_favorite = NOT is_favorite WHERE id = ? AND user_id = ?",
+            ),
+        }
+        .bind(id)
+        .bind(user_id);
+        let mut tx = s.db().begin_write().await?;
+        let Some(rec) = update_in(&mut tx, change, id, Some(user_id)).await? else {
+            return Ok(None);
+        };
+        record_event_in(&mut tx, &NewEvent::file_updated(&rec, &["is_favorite"])).await?;
+        tx.commit().await?;
+        Ok(Some(rec))
+    }
+
+    async fn set_tags(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        tags: &[String],
+    ) -> MetaResult<Option<FileRecord>> {
+        let s = self.sql();
+        let change = query("UPDATE user_files SET tags = ? WHERE id = ? AND user_id = ?")
+            .bind_tags(tags)
+            .bind(id)
+            .bind(user_id);
+        let mut tx = s.db().begin_write().await?;
+        let Some(rec) = update_in(&mut tx, change, id, Some(user_id)).await? else {
+            return Ok(None);
+        };
+        record_event_in(&mut tx, &NewEvent::file_updated(&rec, &["tags"])).await?;
+        tx.commit().await?;
+        Ok(Some(rec))
+    }
+
+    async fn set_media(&self, id: Uuid, m: &MediaUpdate) -> MetaResult<bool> {
+        let s = self.sql();
+        let change = query(
+            "UPDATE user_files SET resolution = COALESCE(?, resolution), \
+             duration = COALESCE(?, duration), thumbnail_path = COALESCE(?, thumbnail_path) \
+             WHERE id = ?",
+        )
+        .bind(&m.resolution)
+        .bind(&m.duration)
+        .bind(&m.thumbnail_path)
+        .bind(id);
+        let mut tx = s.db().begin_write().await?;
+        let Some(rec) = update_in(&mut tx, change, id, None).await? else {
+            return Ok(false);
+        };
+        record_event_in(&mut tx, &NewEvent::media_ready(&rec)).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn rename_file(
+        &self,
+        user_id: &str,
+        id: Uuid,
+        c: &Rename,
+    ) -> MetaResult<Option<FileRecord>> {
+        let s = self.sql();
+        let change = query(
+            "UPDATE user_files SET file_name = COALESCE(?, file_name), \
+             package_name = CASE WHEN ? THEN ? ELSE package_name END \
+             WHERE id = ? AND user_id = ?",
+        )
+        .bind(&c.file_name)
+        .bind(c.package_name.is_some())
+        .bind(c.package_name.clone().flatten())
+        .bind(id)
+        .bind(user_id);
+        let mut tx = s.db().begin_write().await?;
+        let Some(rec) = update_in(&mut tx, change, id, Some(user_id)).await? else {
+            return Ok(None);
+        };
+        let mut changed = Vec::new();
+        if c.file_name.is_some() {
+            changed.push("file_name");
+        }
+        if c.package_name.is_some() {
+            changed.push("package_name");
+        }
+        if !changed.is_empty() {
+            record_event_in(&mut tx, &NewEvent::file_updated(&rec, &changed)).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(rec))
+    }
+
+    async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>> {
+        let s = self.sql();
+        let rows = query(format!(
+            "SELECT {FILE_COLS} FROM user_files WHERE user_id = ? AND package_name = ? \
+             ORDER BY upload_date, id"
+        ))
+        .bind(user_id)
+        .bind(package)
+        .fetch_all(s.db())
+        .await?;
+        records(&rows)
+    }
+
+    async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
+        let s = self.sql();
+        let rows = query(
+            "SELECT file_type, CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS bytes, \
+             CAST(COUNT(*) AS BIGINT) AS n FROM user_files WHERE user_id = ? GROUP BY file_type",
+        )
+        .bind(user_id)
+        .fetch_all(s.db())
+        .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(ft) = FileType::parse(&r.get::<String>("file_type")?) {
+                let usage = TypeUsage {
+                    bytes: r.get("bytes")?,
+                    count: r.get("n")?,
+                };
+                out.push((ft, usage));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// File `id`, of `user_id` when given.
+fn select_file(id: Uuid, user_id: Option<&str>) -> Query {
+    match user_id {
+        Some(u) => query(format!(
+            "SELECT {FILE_COLS} FROM user_files WHERE id = ? AND user_id = ?"
+        ))
+        .bind(id)
+        .bind(u),
+        None => query(format!("SELECT {FILE_COLS} FROM user_files WHERE id = ?")).bind(id),
+    }
+}
+
+/// Runs `change`, an `UPDATE` of file `id` (of `user_id` when given), in
+/// `tx`; the row as `tx` now sees it, or `None` when the change matched no
+/// row.
+async fn update_in(
+    tx: &mut Tx,
+    change: Query,
+    id: Uuid,
+    user_id: Option<&str>,
+) -> MetaResult<Option<FileRecord>> {
+    if change.execute(&mut *tx).await? == 0 {
+        return Ok(None);
+    }
+    let row = select_file(id, user_id).fetch_optional(&mut *tx).await?;
+    Ok(row.as_ref().map(file_from_row).transpose()?)
+}
+
+fn records(rows: &[Row]) -> MetaResult<Vec<FileRecord>> {
+    Ok(rows.iter().map(file_from_row).collect::<Result<_, _>>()?)
+}
+
+/// The statement of one page of `user_id`'s files: filters, then the names
+/// matched by `name`, then the keyset condition and order of the sort key's
+/// index (`(user_id, key, id)`), so that every sort and order walks it from
+/// the cursor without sorting. Values are bound in the order their `?`
+/// appear.
+fn listing(
+    engine: Engine,
+    user_id: &str,
+    q: &ListQuery,
+    name: Option<NameMatch>,
+) -> MetaResult<Query> {
+    let mut sql = format!("SELECT {FILE_COLS} FROM ");
+    let mut args: Vec<Arg> = Vec::new();
+    let mut test = None;
+    match name {
+        // The trigram index names the candidates, all of them this user's;
+        // they are few, so they drive the join and are sorted afterwards.
+        Some(NameMatch::Hits { sql: hits, args: a }) => {
+            sql.push_str(&format!(
+                "({hits}) AS hits CROSS JOIN user_files ON user_files.id = hits.hit"
+            ));
+            args.extend(a);
+        }
+        Some(NameMatch::Test { sql: t, args: a }) => {
+            sql.push_str("user_files");
+            test = Some((t, a));
+        }
+        None => sql.push_str("user_files"),
+    }
+    sql.push_str(" WHERE user_id = ?");
+    args.push(user_id.into());
+    if let Some(t) = q.file_type {
+        sql.push_str(" AND file_type = ?");
+        args.push(t.as_str().into());
+    }
+    if let Some(f) = q.favorite {
+        sql.push_str(" AND is_favorite = ?");
+        args.push(f.into());
+    }
+    if let Some(tag) = &q.tag {
+        sql.push_str(" AND ");
+        sql.push_str(has_tag(engine));
+        args.push(tag.into());
+    }
+    if let Some((t, a)) = test {
+        sql.push_str(" AND ");
+        sql.push_str(&t);
+        args.extend(a);
+    }
+    let col = match q.sort {
+        SortKey::UploadDate => "upload_date",
+        SortKey::FileName => "file_name",
+        SortKey::FileSize => "file_size",
+    };
+    let (cmp, dir) = match q.order {
+        SortOrder::Asc => (">", "ASC"),
+        SortOrder::Desc => ("<", "DESC"),
+    };
+    if let Some(c) = &q.after {
+        sql.push_str(&format!(" AND ({col}, id) {cmp} (?, ?)"));
+        args.push(cursor_key(q.sort, c)?);
+        args.push(c.id.into());
+    }
+    sql.push_str(&format!(" ORDER BY {col} {dir}, id {dir} LIMIT ?"));
+    args.push(q.limit.into());
+    Ok(query(sql).bind_all(args))
+}
+
+/// The cursor's sort key value, typed as its column.
+fn cursor_key(sort: SortKey, c: &Cursor) -> MetaResult<Arg> {
+    let bad = || MetaError::Conflict("bad cursor".into());
+    Ok(match sort {
+        SortKey::UploadDate => DateTime::parse_from_rfc3339(&c.k)
+            .map_err(|_| bad())?
+            .with_timezone(&Utc)
+            .into(),
+        SortKey::FileName => c.k.as_str().into(),
+        SortKey::FileSize => c.k.parse::<i64>().map_err(|_| bad())?.into(),
+    })
+}
+
+/// "The file has tag `?`". Tags are a `text[]` on PostgreSQL and a JSON
+/// array elsewhere ([`super::engine::Arg::Tags`]); each engine tests
+/// membership in its own syntax.
+fn has_tag(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgres => "? = ANY(tags)",
+        Engine::Sqlite => {
+            "EXISTS (SELECT 1 FROM json_each(user_files.tags) WHERE json_each.value = ?)"
+        }
+        Engine::MySql => "JSON_CONTAINS(tags, JSON_QUOTE(?))",
+    }
+}
