@@ -14,9 +14,10 @@ use chrono::{DateTime, Utc};
 use stowage::{
     domain::filetype::FileType,
     meta::{
-        connect_with_clock, Cursor, DumpFile, DumpUser, FileRecord, Gone, Holder, ListQuery,
-        ManualClock, MediaUpdate, MetaError, MetaResult, MetaStore, NewFile, NodeRow, Rename,
-        RowSource, SignedClaim, SignedUpload, SnapshotSink, SortKey, SortOrder,
+        connect_with_clock, Cursor, DumpFile, DumpUser, FileRecord, Gone, Holder, LeaseCheck,
+        ListQuery, ManualClock, MediaUpdate, MetaError, MetaResult, MetaStore, NewFile, NodeRow,
+        Rename, RowSource, SignedClaim, SignedUpload, SnapshotSink, SortKey, SortOrder, Takeover,
+        TusHolder, TusLock, TusProgress, TusUpload,
     },
 };
 use uuid::Uuid;
@@ -91,7 +92,9 @@ macro_rules! engine {
                 signed_upload_is_used_once,
                 gone_holders_are_named,
                 file_changes_race_cleanly,
-                listing_pages_filters_and_search
+                listing_pages_filters_and_search,
+                tus_lease_is_exclusive,
+                tus_upload_completes_once
             );
         }
     };
@@ -1067,5 +1070,427 @@ async fn listing_pages_filters_and_search(open: Open) {
     assert_eq!(
         pkg.iter().map(|f| f.id).collect::<Vec<_>>(),
         [ids[0], ids[2]]
+    );
+}
+
+/// Reserves `size` for `user` and creates a resumable upload on that
+/// reservation (same id), unleased unless `lock` is given, expiring in `ttl`.
+async fn new_upload(
+    db: &Db,
+    user: &str,
+    size: i64,
+    ttl: Duration,
+    lock: Option<(Uuid, DateTime<Utc>)>,
+) -> TusUpload {
+    let id = db
+        .store
+        .reserve(user, 1 << 40, size as u64, HOUR)
+        .await
+        .expect("reserve");
+    let now = db.clock.now_at_micros();
+    let up = TusUpload {
+        id,
+        user_id: user.into(),
+        upload_length: size,
+        upload_offset: 0,
+        metadata: "{\"filename\":\"a.bin\"}".into(),
+        expires_at: now + chrono::Duration::from_std(ttl).unwrap(),
+        created_at: now,
+        hash_state: None,
+    };
+    db.store.create_tus_upload(&up, lock).await.expect("create");
+    up
+}
+
+fn progress(db: &Db, offset: u64, completing: bool) -> TusProgress {
+    TusProgress {
+        offset,
+        hash_state: Some(vec![1, 2, 3]),
+        expires_at: db.clock.now_at_micros() + chrono::Duration::hours(1),
+        completing,
+    }
+}
+
+/// Of many concurrent requests one takes an upload's lease; the others see
+/// it busy. A takeover request is acknowledged by the holder's check; a
+/// completing holder keeps its lease against takeover and break; a lease
+/// that ran out (the clock moves) is taken by the next request, and the old
+/// holder's writes then change nothing.
+async fn tus_lease_is_exclusive(open: Open) {
+    let db = open().await;
+    let up = new_upload(&db, "dora", 1000, HOUR, None).await;
+    let now = db.clock.now_at_micros();
+    assert_eq!(
+        db.store.get_tus_upload("dora", up.id, now).await.unwrap(),
+        Some(up.clone())
+    );
+    assert_eq!(
+        db.store.get_tus_upload("eve", up.id, now).await.unwrap(),
+        None
+    );
+    let lease = now + chrono::Duration::seconds(60);
+    let expires = now + chrono::Duration::hours(2);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let me = Uuid::now_v7();
+            let got = store
+                .lock_tus_upload("dora", up.id, me, lease, expires)
+                .await;
+            (me, got.unwrap())
+        }));
+    }
+    let (mut winners, mut busy) = (Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await.unwrap() {
+            (me, TusLock::Acquired(row)) => {
+                assert_eq!(row.expires_at, expires);
+                winners.push(me);
+            }
+            (_, TusLock::Busy(h)) => busy.push(h.owner),
+            (_, TusLock::Missing) => panic!("the upload went missing"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let a = winners[0];
+    assert!(
+        busy.iter().all(|&o| o == a),
+        "busy with {busy:?}, held by {a}"
+    );
+    let held = |takeover, completing| TusHolder {
+        owner: a,
+        takeover,
+        completing,
+    };
+    assert_eq!(
+        db.store.tus_holder(up.id, now).await.unwrap(),
+        Some(held(Takeover::None, false))
+    );
+    assert_eq!(
+        db.store
+            .lock_tus_upload("eve", up.id, Uuid::now_v7(), lease, expires)
+            .await
+            .unwrap(),
+        TusLock::Missing
+    );
+    // Only the holder writes.
+    let b = Uuid::now_v7();
+    assert!(!db
+        .store
+        .set_tus_offset(up.id, b, &progress(&db, 10, false))
+        .await
+        .unwrap());
+    assert!(!db.store.set_tus_length(up.id, b, 900, "{}").await.unwrap());
+    assert!(db
+        .store
+        .set_tus_offset(up.id, a, &progress(&db, 10, false))
+        .await
+        .unwrap());
+    let row = db
+        .store
+        .get_tus_upload("dora", up.id, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.upload_offset, row.hash_state),
+        (10, Some(vec![1, 2, 3]))
+    );
+    assert_eq!(
+        db.store.check_tus_lock(up.id, b, None).await.unwrap(),
+        LeaseCheck::Lost
+    );
+    assert_eq!(
+        db.store.check_tus_lock(up.id, a, None).await.unwrap(),
+        LeaseCheck::Held
+    );
+
+    // A takeover request is seen by the holder's next check, once acknowledged.
+    assert!(!db.store.request_tus_takeover(up.id, b).await.unwrap());
+    assert!(db.store.request_tus_takeover(up.id, a).await.unwrap());
+    assert!(db.store.request_tus_takeover(up.id, a).await.unwrap());
+    assert_eq!(
+        db.store.tus_holder(up.id, now).await.unwrap(),
+        Some(held(Takeover::Requested, false))
+    );
+    assert_eq!(
+        db.store.check_tus_lock(up.id, a, None).await.unwrap(),
+        LeaseCheck::TakeoverRequested
+    );
+    assert_eq!(
+        db.store.tus_holder(up.id, now).await.unwrap(),
+        Some(held(Takeover::Releasing, false))
+    );
+    db.store.unlock_tus_upload(up.id, b).await.unwrap();
+    assert!(db.store.tus_holder(up.id, now).await.unwrap().is_some());
+    db.store.unlock_tus_upload(up.id, a).await.unwrap();
+    assert_eq!(db.store.tus_holder(up.id, now).await.unwrap(), None);
+
+    // Retaken, renewed past its first deadline, then completing: neither a
+    // takeover request nor a break takes it while it is live.
+    let TusLock::Acquired(_) = db
+        .store
+        .lock_tus_upload("dora", up.id, a, lease, expires)
+        .await
+        .unwrap()
+    else {
+        panic!("a free lease is taken");
+    };
+    db.clock.advance(Duration::from_secs(50));
+    let renewed = lease + chrono::Duration::seconds(60);
+    assert_eq!(
+        db.store
+            .check_tus_lock(up.id, a, Some(renewed))
+            .await
+            .unwrap(),
+        LeaseCheck::Held
+    );
+    assert_eq!(
+        db.store
+            .check_tus_lock(up.id, b, Some(renewed))
+            .await
+            .unwrap(),
+        LeaseCheck::Lost
+    );
+    db.clock.advance(Duration::from_secs(50));
+    let now = db.clock.now_at_micros();
+    assert!(matches!(
+        db.store.lock_tus_upload("dora", up.id, b, renewed, expires).await.unwrap(),
+        TusLock::Busy(h) if h.owner == a
+    ));
+    assert!(db
+        .store
+        .set_tus_offset(up.id, a, &progress(&db, 1000, true))
+        .await
+        .unwrap());
+    assert!(!db.store.request_tus_takeover(up.id, a).await.unwrap());
+    assert!(!db.store.break_tus_lock(up.id, a, now).await.unwrap());
+    assert_eq!(
+        db.store.tus_holder(up.id, now).await.unwrap(),
+        Some(held(Takeover::None, true))
+    );
+    // A renewal acknowledges a request made before the holder was completing.
+    assert!(db
+        .store
+        .set_tus_offset(up.id, a, &progress(&db, 1000, false))
+        .await
+        .unwrap());
+    assert!(db.store.request_tus_takeover(up.id, a).await.unwrap());
+    assert_eq!(
+        db.store
+            .check_tus_lock(up.id, a, Some(renewed))
+            .await
+            .unwrap(),
+        LeaseCheck::TakeoverRequested
+    );
+    assert_eq!(
+        db.store.tus_holder(up.id, now).await.unwrap(),
+        Some(held(Takeover::Releasing, false))
+    );
+
+    // The lease runs out: the next request takes it; the old holder's
+    // progress is refused and its check finds the lease lost.
+    db.clock.advance(Duration::from_secs(21));
+    let now = db.clock.now_at_micros();
+    assert_eq!(db.store.tus_holder(up.id, now).await.unwrap(), None);
+    let later = now + chrono::Duration::seconds(60);
+    let TusLock::Acquired(row) = db
+        .store
+        .lock_tus_upload("dora", up.id, b, later, expires)
+        .await
+        .unwrap()
+    else {
+        panic!("a lease that ran out is taken");
+    };
+    assert_eq!(row.upload_offset, 1000);
+    assert_eq!(
+        db.store.tus_holder(up.id, now).await.unwrap(),
+        Some(TusHolder {
+            owner: b,
+            takeover: Takeover::None,
+            completing: false
+        })
+    );
+    assert!(!db
+        .store
+        .set_tus_offset(up.id, a, &progress(&db, 5, false))
+        .await
+        .unwrap());
+    assert_eq!(
+        db.store.check_tus_lock(up.id, a, None).await.unwrap(),
+        LeaseCheck::Lost
+    );
+    // A live holder taken for dead loses it to a break.
+    assert!(!db.store.break_tus_lock(up.id, a, now).await.unwrap());
+    assert!(db.store.break_tus_lock(up.id, b, now).await.unwrap());
+    assert_eq!(db.store.tus_holder(up.id, now).await.unwrap(), None);
+    assert_eq!(
+        db.store.check_tus_lock(up.id, b, None).await.unwrap(),
+        LeaseCheck::Lost
+    );
+    // The length learned late is written under the lease.
+    let TusLock::Acquired(_) = db
+        .store
+        .lock_tus_upload("dora", up.id, a, later, expires)
+        .await
+        .unwrap()
+    else {
+        panic!("a broken lease is free");
+    };
+    assert!(db
+        .store
+        .set_tus_length(up.id, a, 1000, "{\"x\":1}")
+        .await
+        .unwrap());
+    let row = db
+        .store
+        .get_tus_upload("dora", up.id, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.upload_length, row.metadata.as_str()),
+        (1000, "{\"x\":1}")
+    );
+}
+
+/// Of concurrent completions of one upload exactly one commits its file
+/// (in the transaction that deletes the row under the lease and releases
+/// the reservation); a completion whose lease was lost changes nothing.
+/// Termination and expiry leave a leased upload alone.
+async fn tus_upload_completes_once(open: Open) {
+    let db = open().await;
+    let now = db.clock.now_at_micros();
+    let owner = Uuid::now_v7();
+    let lease = now + chrono::Duration::seconds(60);
+    let up = new_upload(&db, "fay", 400, HOUR, Some((owner, lease))).await;
+    assert_eq!(usage(&db, "fay").await, (0, 400, 0));
+    // Not the holder: refused, nothing changes.
+    match db
+        .store
+        .complete_tus_upload(Uuid::now_v7(), new_file(up.id, "fay", 400))
+        .await
+    {
+        Err(MetaError::Conflict(_)) => {}
+        other => panic!("completion without the lease: {other:?}"),
+    }
+    assert!(db
+        .store
+        .get_tus_upload("fay", up.id, now)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(usage(&db, "fay").await, (0, 400, 0));
+    // Termination and expiry wait for the lease.
+    assert!(matches!(
+        db.store.terminate_tus_upload("fay", up.id, now).await.unwrap(),
+        TusLock::Busy(h) if h.owner == owner
+    ));
+    let far = now + chrono::Duration::hours(2);
+    assert!(db.store.expire_tus_uploads(now).await.unwrap().is_empty());
+    assert!(db.store.expire_tus_uploads(lease).await.unwrap().is_empty());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .complete_tus_upload(owner, new_file(up.id, "fay", 400))
+                .await
+        }));
+    }
+    let (mut done, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(rec) => {
+                assert_eq!((rec.id, rec.file_size), (up.id, 400));
+                done += 1;
+            }
+            Err(MetaError::Conflict(_)) => refused += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!((done, refused), (1, 7));
+    assert_eq!(usage(&db, "fay").await, (400, 0, 1));
+    assert!(!db.store.reservation_exists(up.id).await.unwrap());
+    assert!(db.store.get_file("fay", up.id).await.unwrap().is_some());
+    assert_eq!(
+        db.store
+            .terminate_tus_upload("fay", up.id, now)
+            .await
+            .unwrap(),
+        TusLock::Missing
+    );
+
+    // A completion that does not fit rolls back whole: the row and its
+    // lease stay.
+    db.store.set_quota("fay", 600).await.unwrap();
+    let big = new_upload(&db, "fay", 100, HOUR, Some((owner, lease))).await;
+    match db
+        .store
+        .complete_tus_upload(owner, new_file(big.id, "fay", 300))
+        .await
+    {
+        Err(MetaError::QuotaExceeded { needed, available }) => {
+            assert_eq!(needed, 300);
+            assert!(available < 300, "refused with {available} bytes free");
+        }
+        other => panic!("completion past the room: {other:?}"),
+    }
+    assert!(db.store.get_file("fay", big.id).await.unwrap().is_none());
+    assert!(db.store.reservation_exists(big.id).await.unwrap());
+    assert_eq!(
+        db.store
+            .tus_holder(big.id, now)
+            .await
+            .unwrap()
+            .map(|h| h.owner),
+        Some(owner)
+    );
+    db.store.release(big.id).await.unwrap();
+    assert!(db.store.finish_tus_upload(big.id, owner).await.unwrap());
+    assert!(!db.store.finish_tus_upload(big.id, owner).await.unwrap());
+
+    // Unleased uploads are terminated at once, and expire once their time
+    // has passed; a leased one stays until its lease has run out too.
+    let gone = new_upload(&db, "fay", 10, Duration::from_secs(30), None).await;
+    let idle = new_upload(&db, "fay", 10, Duration::from_secs(30), None).await;
+    let held = new_upload(&db, "fay", 10, Duration::from_secs(30), Some((owner, far))).await;
+    match db
+        .store
+        .terminate_tus_upload("fay", gone.id, now)
+        .await
+        .unwrap()
+    {
+        TusLock::Acquired(row) => assert_eq!(row, gone),
+        other => panic!("terminating an idle upload: {other:?}"),
+    }
+    assert_eq!(
+        db.store
+            .terminate_tus_upload("fay", gone.id, now)
+            .await
+            .unwrap(),
+        TusLock::Missing
+    );
+    assert!(db.store.expire_tus_uploads(now).await.unwrap().is_empty());
+    db.clock.advance(Duration::from_secs(31));
+    let now = db.clock.now_at_micros();
+    assert!(db
+        .store
+        .get_tus_upload("fay", idle.id, now)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        db.store.expire_tus_uploads(now).await.unwrap(),
+        vec![idle.id]
+    );
+    assert!(db.store.expire_tus_uploads(now).await.unwrap().is_empty());
+    assert_eq!(
+        db.store
+            .expire_tus_uploads(far + chrono::Duration::seconds(1))
+            .await
+            .unwrap(),
+        vec![held.id]
     );
 }

@@ -22,7 +22,6 @@ mod events;
 mod leases;
 mod quota;
 mod snapshot;
-mod uploads;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -137,19 +136,6 @@ fn file_from_row(row: &MySqlRow) -> Result<FileRecord, sqlx::Error> {
     })
 }
 
-fn tus_from_row(row: &MySqlRow) -> Result<TusUpload, sqlx::Error> {
-    Ok(TusUpload {
-        id: row.try_get("id")?,
-        user_id: text(row, "user_id")?,
-        upload_length: row.try_get("upload_length")?,
-        upload_offset: row.try_get("upload_offset")?,
-        metadata: text(row, "metadata")?,
-        expires_at: row.try_get("expires_at")?,
-        created_at: row.try_get("created_at")?,
-        hash_state: row.try_get("hash_state")?,
-    })
-}
-
 }
 
 /// MySQL error numbers that mean "try again later" rather than a bug:
@@ -160,84 +146,5 @@ pub(crate) fn transient_number(n: u16) -> bool {
 }
 
 #[async_trait]
-    }
-}
-
-#[async_trait]
-impl TusStore for MySqlStore {
-    async fn create_tus_upload(
-        &self,
-        up: &TusUpload,
-        lock: Option<(Uuid, DateTime<Utc>)>,
-    ) -> MetaResult<()> {
-        self.insert_tus(up, lock).await
-    }
-    async fn get_tus_upload(
-        &self,
-        user_id: &str,
-        id: Uuid,
-        now: DateTime<Utc>,
-    ) -> MetaResult<Option<TusUpload>> {
-        self.tus(user_id, id, now).await
-    }
-    async fn lock_tus_upload(
-        &self,
-        user_id: &str,
-        id: Uuid,
-        owner: Uuid,
-        lease_until: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-    ) -> MetaResult<TusLock> {
-        self.lock_tus(user_id, id, owner, lease_until, expires_at)
-            .await
-    }
-    async fn tus_holder(&self, id: Uuid, now: DateTime<Utc>) -> MetaResult<Option<TusHolder>> {
-        self.holder_of(id, now).await
-    }
-    async fn request_tus_takeover(&self, id: Uuid, holder: Uuid) -> MetaResult<bool> {
-        self.request_takeover(id, holder).await
-    }
-    async fn break_tus_lock(&self, id: Uuid, holder: Uuid, now: DateTime<Utc>) -> MetaResult<bool> {
-        self.break_lock(id, holder, now).await
-    }
-    async fn check_tus_lock(
-        &self,
-        id: Uuid,
-        owner: Uuid,
-        renew_until: Option<DateTime<Utc>>,
-    ) -> MetaResult<LeaseCheck> {
-        self.check_lock(id, owner, renew_until).await
-    }
-    async fn set_tus_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool> {
-        self.set_offset(id, owner, p).await
-    }
-    async fn set_tus_length(
-        &self,
-        id: Uuid,
-        owner: Uuid,
-        length: u64,
-        metadata: &str,
-    ) -> MetaResult<bool> {
-        self.set_length(id, owner, length, metadata).await
-    }
-    async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()> {
-        self.unlock(id, owner).await
-    }
-    async fn finish_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<bool> {
-        self.finish(id, owner).await
-    }
-    async fn complete_tus_upload(&self, owner: Uuid, file: NewFile) -> MetaResult<FileRecord> {
-        self.complete_tus(owner, file).await
-    }
-    async fn terminate_tus_upload(
-        &self,
-        user_id: &str,
-        id: Uuid,
-        now: DateTime<Utc>,
-    ) -> MetaResult<TusLock> {
-        self.terminate(user_id, id, now).await
-    }
-    async fn expire_tus_uploads(&self, now: DateTime<Utc>) -> MetaResult<Vec<Uuid>> {
-        self.expire_tus(now).await
     }
 }
