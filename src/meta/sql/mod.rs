@@ -27,9 +27,11 @@ use super::*;
 
 pub(crate) mod commit;
 pub(crate) mod engine;
+mod events;
 mod leases;
 mod mysql;
 pub(crate) mod outbox;
+mod outbox_legacy;
 pub(crate) mod rows;
 mod snapshot;
 
@@ -142,10 +144,6 @@ impl PgStore {
         self.pool.begin().await
     }
 
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// The store clock's now, at the microsecond precision both engines keep.
     fn now(&self) -> DateTime<Utc> {
         clock::micros(self.clock.as_ref())
@@ -160,10 +158,6 @@ impl SqliteStore {
     /// wrote meanwhile.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
     }
 
     /// The store clock's now, at the microsecond precision both engines keep.

@@ -1,7 +1,7 @@
 //! MySQL 8 / MariaDB ≥ 10.6 backend ([`MySqlStore`]), one module per
 //! concern: `users` (user rows and counters), `quota` (reservations, the
 //! file commit, process registry), `files` (file rows), `uploads` (signed
-//! URLs and tus), `jobs`, `events`, `leases` and `snapshot`.
+//! URLs and tus), `jobs` and `events` (the in-transaction outbox steps).
 //!
 //! The SQL differs from the other engines' in ways a shared template would
 //! have to hide: `?` placeholders; no `UPDATE … RETURNING` (and MySQL 8 has
@@ -22,9 +22,7 @@
 mod events;
 mod files;
 mod jobs;
-mod leases;
 mod quota;
-mod snapshot;
 mod uploads;
 mod users;
 
@@ -79,10 +77,6 @@ impl MySqlStore {
 
     pub(super) fn sql_store(&self) -> &super::SqlStore {
         &self.sql
-    }
-
-    pub(crate) fn pool(&self) -> &MySqlPool {
-        &self.pool
     }
 
     /// A transaction (InnoDB: row locks taken as statements run).
