@@ -86,6 +86,7 @@ macro_rules! engine {
                 commit_rechecks_the_room,
                 triggers_keep_usage_exact,
                 task_lease_is_exclusive_and_expires,
+                an_expired_lease_goes_to_one_taker,
                 job_claims_are_exclusive,
                 snapshot_round_trip,
                 unfinished_uploads_are_capped,
@@ -94,7 +95,8 @@ macro_rules! engine {
                 file_changes_race_cleanly,
                 listing_pages_filters_and_search,
                 tus_lease_is_exclusive,
-                tus_upload_completes_once
+                tus_upload_completes_once,
+                a_snapshot_is_one_moment
             );
         }
     };
@@ -394,6 +396,37 @@ async fn task_lease_is_exclusive_and_expires(open: Open) {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].outcome.as_deref(), Some("ok"));
     assert_eq!(runs[0].finished_at, Some(db.clock.now_at_micros()));
+}
+
+/// An expired lease goes to exactly one of many concurrent takers, and
+/// its old holder can no longer renew it.
+async fn an_expired_lease_goes_to_one_taker(open: Open) {
+    let db = open().await;
+    let ttl = Duration::from_secs(60);
+    assert!(db.store.try_acquire_lease("audit", "old", ttl).await.unwrap());
+    db.clock.advance(Duration::from_secs(61));
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let me = format!("holder-{i}");
+            let got = store.try_acquire_lease("audit", &me, ttl).await.unwrap();
+            (me, got)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (me, got) = t.await.unwrap();
+        if got {
+            winners.push(me);
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    assert_eq!(
+        db.store.lease_holder("audit").await.unwrap(),
+        winners.pop()
+    );
+    assert!(!db.store.try_acquire_lease("audit", "old", ttl).await.unwrap());
 }
 
 /// Concurrent claimers never get one job twice; a job whose lease expired
@@ -737,7 +770,7 @@ async fn snapshot_round_trip(open: Open) {
     let before = snapshot_of(&db).await;
     assert_eq!(before.users.len(), 3);
     assert_eq!(before.files.len(), 3);
-    assert_eq!(before.files[1].tags, vec!["x", "ünï", ""]);
+    assert_eq!(before.files[1].file.tags, vec!["x", "ünï", ""]);
 
     let fresh = open().await;
     assert!(!fresh.store.has_files().await.unwrap());
@@ -783,6 +816,60 @@ async fn snapshot_round_trip(open: Open) {
     assert!(other.store.restore_rows(&mut bad).await.is_err());
     assert!(!other.store.has_files().await.unwrap());
     assert!(other.store.list_users().await.unwrap().is_empty());
+}
+
+/// A sink that changes the database while the snapshot streams: at the
+/// first user row, a new user and a new file appear and a file is deleted.
+struct Meddling {
+    rows: Rows,
+    store: Arc<dyn MetaStore>,
+    delete: (&'static str, Uuid),
+    meddled: bool,
+}
+
+#[async_trait::async_trait]
+impl SnapshotSink for Meddling {
+    async fn user(&mut self, row: DumpUser) -> MetaResult<()> {
+        if !self.meddled {
+            self.meddled = true;
+            for (user, size) in [("zed", 5), ("frank", 6)] {
+                let r = self.store.reserve(user, 1 << 40, size as u64, HOUR).await?;
+                self.store.commit_file(r, new_file(r, user, size)).await?;
+            }
+            let (user, id) = self.delete;
+            assert!(self.store.delete_file(user, id).await?.is_some());
+        }
+        self.rows.user(row).await
+    }
+    async fn file(&mut self, row: DumpFile) -> MetaResult<()> {
+        self.rows.file(row).await
+    }
+}
+
+/// A snapshot sees one moment: what commits while it streams (here, after
+/// its first row) is not in it, and what is deleted meanwhile still is.
+async fn a_snapshot_is_one_moment(open: Open) {
+    let db = open().await;
+    let a = put(&db, "frank", 10).await;
+    put(&db, "frank", 20).await;
+    put(&db, "gina", 30).await;
+    let before = snapshot_of(&db).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let mut sink = Meddling {
+        rows: Rows::default(),
+        store: db.store.clone(),
+        delete: ("frank", a),
+        meddled: false,
+    };
+    db.store.snapshot(scratch.path(), &mut sink).await.unwrap();
+    assert!(sink.meddled);
+    assert_eq!(sink.rows.users, before.users);
+    assert_eq!(sink.rows.files, before.files);
+    // The changes did commit.
+    let now = snapshot_of(&db).await;
+    assert_eq!(now.users.len(), 3);
+    assert_eq!(now.files.len(), 4);
+    assert!(now.files.iter().all(|f| f.file.id != a));
 }
 
 /// The clock's now at the precision the engines keep (a [`ManualClock`]

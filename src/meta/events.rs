@@ -2,26 +2,25 @@
 //! transaction as the change itself, for the webhook worker
 //! ([`crate::jobs::webhooks`]) to deliver at least once.
 //!
-//! A store operation that changes something calls
-//! `Self::record_event_in(&mut tx, &NewEvent::…)` inside its open
-//! transaction, so the event exists exactly when the change committed.
+//! A store operation that changes something records its `NewEvent::…`
+//! inside its open transaction (`meta::sql::outbox`), so the event exists
+//! exactly when the change committed.
 //! Refusals that change nothing (`upload.failed`) go through
 //! [`EventStore::record_event`], one insert of their own.
 //!
 //! `quota.threshold` is decided here too: `user_storage.last_threshold`
 //! remembers the highest threshold reached, and every change of
 //! `total_bytes` or `max_bytes` compares it with the new usage while it
-//! holds the user row's lock (PostgreSQL) or the write lock (SQLite), so
+//! holds the user row's lock (PostgreSQL, MySQL) or the write lock (SQLite), so
 //! however many uploads cross 80 % at once, one of them records the event.
 
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sqlx::{postgres::PgRow, sqlite::SqliteRow, Row};
 use uuid::Uuid;
 
-use super::{FileRecord, FileView, MetaError, MetaResult, PgStore, SqliteStore};
+use super::{FileRecord, FileView, MetaResult};
 
 /// The event types of SPEC §11 (their names on the wire are fixed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,266 +314,6 @@ pub trait EventStore: Send + Sync {
         any_before: Option<DateTime<Utc>>,
     ) -> MetaResult<u64>;
 }
-
-const EVENT_COLS: &str = "seq, id, event_type, user_id, created_at, body, status, \
-     CAST(attempts AS BIGINT) AS attempts, next_attempt_at, queued_at, last_error, delivered_at";
-
-/// Now, at the microsecond precision both engines keep.
-fn now() -> DateTime<Utc> {
-    let n = Utc::now();
-    DateTime::from_timestamp_micros(n.timestamp_micros()).unwrap_or(n)
-}
-
-macro_rules! impl_events {
-    ($store:ident, $db:ty, $row:ty) => {
-        impl $store {
-            fn event_from_row(row: &$row) -> Result<Event, sqlx::Error> {
-                let status: String = row.try_get("status")?;
-                Ok(Event {
-                    seq: row.try_get("seq")?,
-                    id: row.try_get("id")?,
-                    event_type: row.try_get("event_type")?,
-                    user_id: row.try_get("user_id")?,
-                    created_at: row.try_get("created_at")?,
-                    body: row.try_get("body")?,
-                    status: EventStatus::parse(&status).ok_or_else(|| {
-                        sqlx::Error::Decode(format!("unknown event status {status:?}").into())
-                    })?,
-                    attempts: row.try_get("attempts")?,
-                    next_attempt_at: row.try_get("next_attempt_at")?,
-                    queued_at: row.try_get("queued_at")?,
-                    last_error: row.try_get("last_error")?,
-                    delivered_at: row.try_get("delivered_at")?,
-                })
-            }
-
-            /// Records `ev` inside the open transaction `tx`, so it commits
-            /// (or rolls back) with the change it describes. Every store
-            /// operation that changes a user's files or usage calls this;
-            /// returns the event's id.
-            pub(crate) async fn record_event_in(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                ev: &NewEvent,
-            ) -> Result<Uuid, sqlx::Error> {
-                let id = Uuid::now_v7();
-                let t = now();
-                sqlx::query(
-                    "INSERT INTO events (id, event_type, user_id, created_at, body, status, \
-                     attempts, next_attempt_at, queued_at) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $4, $4)",
-                )
-                .bind(id)
-                .bind(ev.event_type.as_str())
-                .bind(&ev.user_id)
-                .bind(t)
-                .bind(ev.body(id, t))
-                .execute(&mut **tx)
-                .await?;
-                Ok(id)
-            }
-
-            /// Compares the user's usage with `last_threshold` and records a
-            /// `quota.threshold` per threshold crossed upwards; a drop below
-            /// re-arms the lower ones. The caller must already have written
-            /// the user's `user_storage` row in `tx` (so it holds the row's
-            /// lock on PostgreSQL and the write lock on SQLite): concurrent
-            /// changes then see each other's `last_threshold`.
-            pub(crate) async fn check_threshold_in(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                user_id: &str,
-            ) -> Result<(), sqlx::Error> {
-                let Some(row) = sqlx::query(
-                    "SELECT total_bytes, max_bytes, CAST(last_threshold AS BIGINT) AS last_threshold \
-                     FROM user_storage WHERE user_id = $1",
-                )
-                .bind(user_id)
-                .fetch_optional(&mut **tx)
-                .await?
-                else {
-                    return Ok(());
-                };
-                let total: i64 = row.try_get("total_bytes")?;
-                let max: i64 = row.try_get("max_bytes")?;
-                let last: i64 = row.try_get("last_threshold")?;
-                let level = threshold_level(total, max);
-                if level == last {
-                    return Ok(());
-                }
-                sqlx::query("UPDATE user_storage SET last_threshold = $2 WHERE user_id = $1")
-                    .bind(user_id)
-                    .bind(level as i32)
-                    .execute(&mut **tx)
-                    .await?;
-                for p in crossed(last, level) {
-                    Self::record_event_in(tx, &NewEvent::quota_threshold(user_id, p, total, max))
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-
-        #[async_trait]
-        impl EventStore for $store {
-            async fn record_event(&self, ev: &NewEvent) -> MetaResult<Uuid> {
-                let mut tx = self.pool().begin().await.map_err(MetaError::from_sqlx)?;
-                let id = Self::record_event_in(&mut tx, ev).await?;
-                tx.commit().await?;
-                Ok(id)
-            }
-
-            async fn get_event(&self, id: Uuid) -> MetaResult<Option<Event>> {
-                let sql = format!("SELECT {EVENT_COLS} FROM events WHERE id = $1");
-                let row = sqlx::query(&sql)
-                    .bind(id)
-                    .fetch_optional(self.pool())
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(row.map(|r| Self::event_from_row(&r)).transpose()?)
-            }
-
-            async fn list_events(&self, q: &EventQuery) -> MetaResult<Vec<Event>> {
-                let sql = format!(
-                    "SELECT {EVENT_COLS} FROM events \
-                     WHERE (CAST($1 AS TEXT) IS NULL OR event_type = CAST($1 AS TEXT)) \
-                       AND (CAST($2 AS TEXT) IS NULL OR status = CAST($2 AS TEXT)) \
-                       AND seq < $3 \
-                     ORDER BY seq DESC LIMIT $4"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(q.event_type.map(|t| t.as_str()))
-                    .bind(q.status.map(|s| s.as_str()))
-                    .bind(q.before_seq.unwrap_or(i64::MAX))
-                    .bind(i64::from(q.limit))
-                    .fetch_all(self.pool())
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(rows.iter().map(Self::event_from_row).collect::<Result<_, _>>()?)
-            }
-
-            async fn due_events(&self, at: DateTime<Utc>, limit: u32) -> MetaResult<Vec<Event>> {
-                let sql = format!(
-                    "SELECT {EVENT_COLS} FROM events WHERE status = 'pending' AND next_attempt_at <= $1 \
-                     ORDER BY seq LIMIT $2"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(at)
-                    .bind(i64::from(limit))
-                    .fetch_all(self.pool())
-                    .await
-                    .map_err(MetaError::from_sqlx)?;
-                Ok(rows.iter().map(Self::event_from_row).collect::<Result<_, _>>()?)
-            }
-
-            async fn next_due(&self) -> MetaResult<Option<DateTime<Utc>>> {
-                let row = sqlx::query(
-                    "SELECT next_attempt_at FROM events WHERE status = 'pending' \
-                     ORDER BY next_attempt_at LIMIT 1",
-                )
-                .fetch_optional(self.pool())
-                .await
-                .map_err(MetaError::from_sqlx)?;
-                Ok(row.map(|r| r.try_get("next_attempt_at")).transpose()?)
-            }
-
-            async fn mark_delivered(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<()> {
-                sqlx::query(
-                    "UPDATE events SET status = 'delivered', attempts = attempts + 1, \
-                     delivered_at = $2, last_error = NULL WHERE id = $1",
-                )
-                .bind(id)
-                .bind(at)
-                .execute(self.pool())
-                .await
-                .map_err(MetaError::from_sqlx)?;
-                Ok(())
-            }
-
-            async fn mark_attempt_failed(
-                &self,
-                id: Uuid,
-                error: &str,
-                retry_at: Option<DateTime<Utc>>,
-            ) -> MetaResult<()> {
-                let (status, next) = match retry_at {
-                    Some(t) => ("pending", t),
-                    None => ("failed", now()),
-                };
-                sqlx::query(
-                    "UPDATE events SET status = $2, attempts = attempts + 1, next_attempt_at = $3, \
-                     last_error = $4 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(status)
-                .bind(next)
-                .bind(error)
-                .execute(self.pool())
-                .await
-                .map_err(MetaError::from_sqlx)?;
-                Ok(())
-            }
-
-            async fn replay_event(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<bool> {
-                let n = sqlx::query(
-                    "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = $2, \
-                     queued_at = $2, delivered_at = NULL WHERE id = $1",
-                )
-                .bind(id)
-                .bind(at)
-                .execute(self.pool())
-                .await
-                .map_err(MetaError::from_sqlx)?
-                .rows_affected();
-                Ok(n == 1)
-            }
-
-            async fn event_counts(&self) -> MetaResult<EventCounts> {
-                let rows = sqlx::query(
-                    "SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM events GROUP BY status",
-                )
-                .fetch_all(self.pool())
-                .await
-                .map_err(MetaError::from_sqlx)?;
-                let mut c = EventCounts::default();
-                for r in rows {
-                    let n = r.try_get::<i64, _>("n")?.max(0) as u64;
-                    match EventStatus::parse(&r.try_get::<String, _>("status")?) {
-                        Some(EventStatus::Pending) => c.pending = n,
-                        Some(EventStatus::Delivered) => c.delivered = n,
-                        Some(EventStatus::Failed) => c.failed = n,
-                        None => {}
-                    }
-                }
-                Ok(c)
-            }
-
-            async fn prune_events(
-                &self,
-                delivered_before: DateTime<Utc>,
-                any_before: Option<DateTime<Utc>>,
-            ) -> MetaResult<u64> {
-                let mut n = sqlx::query(
-                    "DELETE FROM events WHERE status = 'delivered' AND created_at < $1",
-                )
-                .bind(delivered_before)
-                .execute(self.pool())
-                .await
-                .map_err(MetaError::from_sqlx)?
-                .rows_affected();
-                if let Some(t) = any_before {
-                    n += sqlx::query("DELETE FROM events WHERE created_at < $1")
-                        .bind(t)
-                        .execute(self.pool())
-                        .await
-                        .map_err(MetaError::from_sqlx)?
-                        .rows_affected();
-                }
-                Ok(n)
-            }
-        }
-    };
-}
-
-impl_events!(PgStore, sqlx::Postgres, PgRow);
-impl_events!(SqliteStore, sqlx::Sqlite, SqliteRow);
 
 #[cfg(test)]
 mod tests {

@@ -127,8 +127,9 @@ pub struct UserStorage {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A committed file's row.
-#[derive(Clone, Debug, PartialEq)]
+/// A committed file's row (also, with its `created_at`, a backup's line:
+/// [`DumpFile`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
     pub id: Uuid,
     pub user_id: String,
@@ -428,7 +429,9 @@ pub trait LeaseStore: Send + Sync {
 }
 
 /// A `user_storage` row as a snapshot holds it (one line of a backup's
-/// `db/user_storage.jsonl`).
+/// `db/user_storage.jsonl`). Not a [`UserStorage`]: reservations are not
+/// backed up (a restore starts with none), and the line keeps its own
+/// field order, while `UserStorage` is also what the admin API shows.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DumpUser {
     pub user_id: String,
@@ -441,25 +444,26 @@ pub struct DumpUser {
 }
 
 /// A `user_files` row as a snapshot holds it (one line of a backup's
-/// `db/user_files.jsonl`).
+/// `db/user_files.jsonl`): the [`FileRecord`] and when the row was written.
+/// Flattened, the line is the record's fields in order, then `created_at`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DumpFile {
-    pub id: Uuid,
-    pub user_id: String,
-    pub file_name: String,
-    pub file_type: String,
-    pub mime_type: String,
-    pub file_size: i64,
-    pub file_path: String,
-    pub thumbnail_path: Option<String>,
-    pub resolution: Option<String>,
-    pub duration: Option<String>,
-    pub package_name: Option<String>,
-    pub tags: Vec<String>,
-    pub is_favorite: bool,
-    pub sha256: String,
-    pub upload_date: DateTime<Utc>,
+    #[serde(flatten)]
+    pub file: FileRecord,
     pub created_at: DateTime<Utc>,
+}
+
+impl From<UserStorage> for DumpUser {
+    fn from(u: UserStorage) -> Self {
+        DumpUser {
+            user_id: u.user_id,
+            max_bytes: u.max_bytes,
+            total_bytes: u.total_bytes,
+            file_count: u.file_count,
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
 }
 
 /// Where [`SnapshotStore::snapshot`] streams its rows: every user (by
@@ -482,8 +486,8 @@ pub trait RowSource: Send {
 #[async_trait]
 pub trait SnapshotStore: Send + Sync {
     /// Streams a consistent snapshot into `sink`; returns its moment.
-    /// `scratch` is a directory the store may use meanwhile (SQLite copies
-    /// the database there).
+    /// `scratch` is a directory the store may use meanwhile (the SQL
+    /// engines read in one transaction and need none).
     async fn snapshot(
         &self,
         scratch: &Path,

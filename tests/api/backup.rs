@@ -9,6 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
+use stowage::meta::FileRecord;
 use stowage::ops::{
     backup::dest::{Dest, Location},
     backup::{self, CreateOptions, DumpFile, ManifestLine},
@@ -69,13 +70,14 @@ pub(crate) async fn restore_from_and_check(
     let rep = backup::restore_from(&app2.state, archive, Progress::off())
         .await
         .unwrap();
-    let expected: Vec<&DumpFile> = dumped
+    let expected: Vec<&FileRecord> = dumped
         .iter()
+        .map(|d| &d.file)
         .filter(|f| !skipped.contains(&f.file_path))
         .collect();
     assert_eq!(rep.files as usize, expected.len());
     assert_eq!(rep.rows_skipped as usize, dumped.len() - expected.len());
-    let mut by_user: HashMap<&str, Vec<&DumpFile>> = HashMap::new();
+    let mut by_user: HashMap<&str, Vec<&FileRecord>> = HashMap::new();
     for f in &expected {
         by_user.entry(f.user_id.as_str()).or_default().push(f);
     }
@@ -215,7 +217,8 @@ both!(
         assert_eq!(header.files as usize, files.len());
         assert_eq!(header.users as usize, users.len());
         assert_eq!(header.source_backend, app.state.meta.backend());
-        let ids: HashSet<String> = files.iter().map(|f| f.id.to_string()).collect();
+        let records: Vec<&FileRecord> = files.iter().map(|d| &d.file).collect();
+        let ids: HashSet<String> = records.iter().map(|f| f.id.to_string()).collect();
         for id in &kept {
             assert!(ids.contains(id), "a file never deleted is in the snapshot");
         }
@@ -224,7 +227,7 @@ both!(
             assert!(
                 initial.contains(id)
                     || uploaded.contains(id)
-                    || files
+                    || records
                         .iter()
                         .any(|f| f.user_id == "bk2" && f.id.to_string() == *id)
             );
@@ -240,7 +243,7 @@ both!(
                 _ => None,
             })
             .collect();
-        for f in &files {
+        for f in &records {
             assert!(
                 archived.contains(&f.file_path) ^ skipped.contains(&f.file_path),
                 "{}",
@@ -248,7 +251,7 @@ both!(
             );
         }
         for k in &skipped {
-            let f = files.iter().find(|f| &f.file_path == k).unwrap();
+            let f = records.iter().find(|f| &f.file_path == k).unwrap();
             assert!(
                 to_delete.contains(&f.id.to_string()),
                 "only deleted files are skipped"

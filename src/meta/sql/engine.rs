@@ -16,7 +16,8 @@
 //! - **transactions**: SQLite's writers begin with `BEGIN IMMEDIATE`
 //!   ([`Db::begin_write`]); `SELECT … FOR UPDATE` and `SKIP LOCKED` are
 //!   fragments ([`Engine::for_update`], [`Engine::skip_locked`]) that SQLite,
-//!   whose writer holds the whole database, leaves out.
+//!   whose writer holds the whole database, leaves out; a consistent read
+//!   of many statements begins the engine's own way ([`Db::begin_snapshot`]).
 //!
 //! Statements that really differ (upserts, search indexes, snapshots) branch
 //! on [`Engine`] where they are written, so each concern's SQL stays in one
@@ -29,6 +30,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use sqlx::migrate::Migrator;
+use futures::TryStreamExt;
 use sqlx::{
     mysql::MySqlRow, postgres::PgRow, sqlite::SqliteRow, MySqlPool, PgPool, Row as _, SqlitePool,
 };
@@ -153,6 +155,29 @@ impl Db {
             Db::Pg(p) => Tx::Pg(p.begin().await?),
             Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
             Db::MySql(p) => Tx::MySql(p.begin().await?),
+        })
+    }
+
+    /// A transaction that reads one consistent snapshot from its first
+    /// statement to its end, and writes nothing (backups). PostgreSQL:
+    /// `REPEATABLE READ, READ ONLY`. MySQL: `REPEATABLE READ` (the pool's
+    /// sessions run at `READ COMMITTED`, so it is set for this transaction)
+    /// started `WITH CONSISTENT SNAPSHOT`. SQLite: a deferred `BEGIN`; in WAL
+    /// mode its first read fixes its view while writers go on.
+    pub(crate) async fn begin_snapshot(&self) -> Result<Tx, sqlx::Error> {
+        Ok(match self {
+            Db::Pg(p) => Tx::Pg(
+                p.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?,
+            ),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
+            Db::MySql(p) => Tx::MySql(
+                p.begin_with(
+                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+                     START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY",
+                )
+                .await?,
+            ),
         })
     }
 
@@ -460,6 +485,36 @@ impl Query {
     pub(crate) async fn execute<'a>(self, on: impl Into<On<'a>>) -> Result<u64, sqlx::Error> {
         run!(self, on, execute, affected)
     }
+
+    /// Runs the statement in `tx` and hands each row to `each` as it comes
+    /// off the connection, so a result of any size is never held whole.
+    pub(crate) async fn for_each<E>(self, tx: &mut Tx, each: &mut dyn EachRow<E>) -> Result<(), E>
+    where
+        E: From<sqlx::Error> + Send,
+    {
+        let Query { sql, args } = self;
+        let sql = tx.engine().dialect(&sql);
+        macro_rules! each_row {
+            ($v:ident, $t:expr, $tags:expr) => {{
+                let mut rows = bind_args!(sqlx::query(&sql), args, $tags).fetch(&mut **$t);
+                while let Some(r) = rows.try_next().await? {
+                    each.row(Row::$v(r)).await?;
+                }
+            }};
+        }
+        match tx {
+            Tx::Pg(t) => each_row!(Pg, t, tags_array),
+            Tx::Sqlite(t) => each_row!(Sqlite, t, tags_json),
+            Tx::MySql(t) => each_row!(MySql, t, tags_json),
+        }
+        Ok(())
+    }
+}
+
+/// What [`Query::for_each`] hands the rows to, one at a time.
+#[async_trait::async_trait]
+pub(crate) trait EachRow<E>: Send {
+    async fn row(&mut self, row: Row) -> Result<(), E>;
 }
 
 /// A result row of one of the engines.

@@ -29,12 +29,14 @@ pub(crate) mod commit;
 pub(crate) mod engine;
 mod jobs;
 mod files;
+mod events;
 mod leases;
 mod mysql;
 mod nodes;
 pub(crate) mod outbox;
 pub(crate) mod probe;
 mod quota;
+mod outbox_legacy;
 pub(crate) mod rows;
 mod signed;
 mod search;
@@ -151,10 +153,6 @@ impl PgStore {
         self.pool.begin().await
     }
 
-    pub(crate) fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// The store clock's now, at the microsecond precision both engines keep.
     fn now(&self) -> DateTime<Utc> {
         clock::micros(self.clock.as_ref())
@@ -169,10 +167,6 @@ impl SqliteStore {
     /// wrote meanwhile.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         self.pool.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
     }
 
     /// The store clock's now, at the microsecond precision both engines keep.

@@ -236,4 +236,28 @@ mod tests {
             assert_eq!(parse_archive_name(other), None, "{other}");
         }
     }
+
+    /// A file row's line in `db/user_files.jsonl` is the one backups have
+    /// always held: an old line reads, and writes back byte for byte.
+    #[test]
+    fn file_rows_keep_their_line() {
+        let line = concat!(
+            r#"{"id":"0191d6a0-5c3e-7b21-9a4f-2d7c1e0b3a55","user_id":"ta","#,
+            r#""file_name":"a b.png","file_type":"image","mime_type":"image/png","#,
+            r#""file_size":42,"file_path":"ta/images/0191d6a0-5c3e-7b21-9a4f-2d7c1e0b3a55.png","#,
+            r#""thumbnail_path":null,"resolution":"10x10","duration":null,"package_name":"p","#,
+            r#""tags":["x","ünï",""],"is_favorite":true,"#,
+            r#""sha256":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","#,
+            r#""upload_date":"2026-01-24T10:15:00.123456Z","#,
+            r#""created_at":"2026-01-24T10:15:00.123457Z"}"#
+        );
+        let row: DumpFile = serde_json::from_str(line).unwrap();
+        assert_eq!(row.file.file_type, crate::domain::filetype::FileType::Image);
+        assert_eq!(row.file.tags, ["x", "ünï", ""]);
+        assert_eq!(row.created_at.timestamp_subsec_micros(), 123457);
+        assert_eq!(serde_json::to_string(&row).unwrap(), line);
+        // A file type the store does not know is refused, as it always was.
+        let odd = line.replace(r#""image""#, r#""images""#);
+        assert!(serde_json::from_str::<DumpFile>(&odd).is_err());
+    }
 }

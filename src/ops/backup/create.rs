@@ -49,7 +49,7 @@ impl SnapshotSink for JsonlSink {
     async fn file(&mut self, row: DumpFile) -> MetaResult<()> {
         Self::line(&mut self.files, &row).await?;
         self.counts.files += 1;
-        self.counts.bytes += row.file_size.max(0) as u64;
+        self.counts.bytes += row.file.file_size.max(0) as u64;
         Ok(())
     }
 }
@@ -233,7 +233,7 @@ pub(super) fn write_archive(mut p: Pack) -> anyhow::Result<Packed> {
     let rows = BufReader::new(File::open(&p.files)?);
     let mut done = 0u64;
     for l in rows.lines() {
-        let row: DumpFile = serde_json::from_str(&l?)?;
+        let row = serde_json::from_str::<DumpFile>(&l?)?.file;
         let mut keys = vec![(row.file_path.as_str(), "file")];
         if let Some(t) = &row.thumbnail_path {
             keys.push((t.as_str(), "thumbnail"));

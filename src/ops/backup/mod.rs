@@ -49,7 +49,7 @@ use super::progress::Progress;
 use crate::{
     blob::{BlobError, BlobStore},
     core::Core,
-    meta::{MetaError, MetaResult, RowSource, SnapshotSink},
+    meta::{FileRecord, MetaError, MetaResult, RowSource, SnapshotSink},
 };
 use dest::{ArchiveSink, Dest, Location};
 

@@ -133,11 +133,11 @@ pub(super) fn is_blob_key_in(key: &str, dir: &str, id: Uuid) -> bool {
 /// Checks one snapshot row's blob keys against the layout of SPEC §5 and
 /// records them in `owners`; a key claimed twice is refused.
 pub(super) fn claim_keys(
-    f: &DumpFile,
+    f: &FileRecord,
     users: &HashSet<String>,
     owners: &mut HashMap<String, Owner>,
 ) -> anyhow::Result<()> {
-    use crate::domain::{filetype::FileType, names::user_dir_name};
+    use crate::domain::names::user_dir_name;
     if !users.contains(&f.user_id) {
         bail!(
             "row {}: its user {:?} is not in the snapshot",
@@ -145,9 +145,8 @@ pub(super) fn claim_keys(
             f.user_id
         );
     }
-    let ft = FileType::parse(&f.file_type)
-        .filter(|t| t.as_str() == f.file_type)
-        .with_context(|| format!("row {}: unknown file type {:?}", f.id, f.file_type))?;
+    // The row's file type was checked when it was read.
+    let ft = f.file_type;
     let user_dir = user_dir_name(&f.user_id);
     let mut claim = |key: &str, kind: BlobKind, dir: String| -> anyhow::Result<()> {
         crate::blob::check_key(key).map_err(|e| anyhow::anyhow!("row {}: {e}", f.id))?;
@@ -240,7 +239,7 @@ pub(super) fn unpack(
     let mut ar = archive_from(archive.open(None, rt)?)?;
     let mut header: Option<BackupHeader> = None;
     let mut users: Option<HashSet<String>> = None;
-    let mut rows: Option<Vec<DumpFile>> = None;
+    let mut rows: Option<Vec<FileRecord>> = None;
     // blob key -> what its row says it is
     let mut owners: HashMap<String, Owner> = HashMap::new();
     // archive path -> (size, sha256) as read
@@ -285,7 +284,7 @@ pub(super) fn unpack(
                     if !l.trim().is_empty() {
                         if name == FILES_ENTRY {
                             let f: DumpFile = serde_json::from_str(l.trim_end())?;
-                            seen_rows.push(f);
+                            seen_rows.push(f.file);
                         } else {
                             let u: DumpUser = serde_json::from_str(l.trim_end())?;
                             if !seen_users.insert(u.user_id.clone()) {
@@ -448,15 +447,16 @@ impl RowSource for JsonlSource<'_> {
     }
 
     async fn next_file(&mut self) -> MetaResult<Option<DumpFile>> {
-        while let Some(mut f) = Self::next::<DumpFile>(&mut self.files).await? {
+        while let Some(mut row) = Self::next::<DumpFile>(&mut self.files).await? {
+            let f = &mut row.file;
             if !self.restored.contains(&f.file_path) {
                 self.rep.rows_skipped += 1;
                 continue;
             }
-            f.thumbnail_path = f.thumbnail_path.filter(|t| self.restored.contains(t));
+            f.thumbnail_path = f.thumbnail_path.take().filter(|t| self.restored.contains(t));
             self.rep.files += 1;
             self.rep.bytes += f.file_size.max(0) as u64;
-            return Ok(Some(f));
+            return Ok(Some(row));
         }
         Ok(None)
     }

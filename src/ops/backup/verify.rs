@@ -71,7 +71,7 @@ pub(super) fn verify_archive(
                             Err(e) => rep.problems.push(format!("bad user row: {e}")),
                         },
                         FILES_ENTRY => match serde_json::from_str::<DumpFile>(t) {
-                            Ok(f) => {
+                            Ok(DumpFile { file: f, .. }) => {
                                 rows += 1;
                                 row_bytes += f.file_size.max(0) as u64;
                                 if let Some(th) = f.thumbnail_path {

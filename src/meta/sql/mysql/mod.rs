@@ -19,9 +19,7 @@
 //! strings are read as bytes and checked as UTF-8 ([`text`]).
 
 mod events;
-mod leases;
 mod quota;
-mod snapshot;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -74,10 +72,6 @@ impl MySqlStore {
 
     pub(super) fn sql_store(&self) -> &super::SqlStore {
         &self.sql
-    }
-
-    pub(crate) fn pool(&self) -> &MySqlPool {
-        &self.pool
     }
 
     /// A transaction (InnoDB: row locks taken as statements run).
