@@ -26,7 +26,7 @@ use crate::domain::filetype::FileType;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use events::{Event, EventCounts, EventQuery, EventStatus, EventStore, EventType, NewEvent};
 pub use sql::probe::{AppliedMigration, KnownMigration, Probe, ProbeError};
-pub use sql::{connect, connect_with_clock, MySqlStore, PgStore, SqliteStore};
+pub use sql::{connect, connect_with_clock, SqlStore};
 pub use view::FileView;
 
 /// Every store trait, for callers that use a `dyn MetaStore` (trait methods

@@ -4,9 +4,6 @@
 //! ([`crate::meta::TusStore::complete_tus_upload`]), each inside the
 //! caller's transaction.
 
-// Callers land concern by concern; until the last one has.
-#![allow(dead_code)]
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 

@@ -23,14 +23,11 @@
 //! on [`Engine`] where they are written, so each concern's SQL stays in one
 //! file.
 
-// Callers land concern by concern; until the last one has.
-#![allow(dead_code)]
-
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use sqlx::migrate::Migrator;
 use futures::TryStreamExt;
+use sqlx::migrate::Migrator;
 use sqlx::{
     mysql::MySqlRow, postgres::PgRow, sqlite::SqliteRow, MySqlPool, PgPool, Row as _, SqlitePool,
 };
@@ -134,16 +131,6 @@ impl Db {
             Db::Sqlite(_) => Engine::Sqlite,
             Db::MySql(_) => Engine::MySql,
         }
-    }
-
-    /// A transaction that reads only, or whose writes may wait for locks
-    /// statement by statement (PostgreSQL, MySQL; a plain `BEGIN` on SQLite).
-    pub(crate) async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        Ok(match self {
-            Db::Pg(p) => Tx::Pg(p.begin().await?),
-            Db::Sqlite(p) => Tx::Sqlite(p.begin().await?),
-            Db::MySql(p) => Tx::MySql(p.begin().await?),
-        })
     }
 
     /// A transaction that writes. On SQLite it is `BEGIN IMMEDIATE`: it takes
@@ -492,7 +479,9 @@ impl Query {
     where
         E: From<sqlx::Error> + Send,
     {
-        let Query { sql, args } = self;
+        // A snapshot's statements are few; whether they stay prepared does
+        // not matter.
+        let Query { sql, args, .. } = self;
         let sql = tx.engine().dialect(&sql);
         macro_rules! each_row {
             ($v:ident, $t:expr, $tags:expr) => {{

@@ -9,11 +9,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::engine::{query, Row};
-use super::{outbox, AsSqlStore};
+use super::{outbox, SqlStore};
 use crate::meta::clock::{self, SystemClock};
-use crate::meta::{
-    Event, EventCounts, EventQuery, EventStatus, EventStore, MetaResult, NewEvent,
-};
+use crate::meta::{Event, EventCounts, EventQuery, EventStatus, EventStore, MetaResult, NewEvent};
 
 const EVENT_COLS: &str = "seq, id, event_type, user_id, created_at, body, status, \
      CAST(attempts AS BIGINT) AS attempts, next_attempt_at, queued_at, last_error, delivered_at";
@@ -43,9 +41,9 @@ fn events_from_rows(rows: &[Row]) -> MetaResult<Vec<Event>> {
 }
 
 #[async_trait]
-impl<S: AsSqlStore> EventStore for S {
+impl EventStore for SqlStore {
     async fn record_event(&self, ev: &NewEvent) -> MetaResult<Uuid> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         let id = outbox::record_event_in(&mut tx, ev).await?;
         tx.commit().await?;
@@ -53,7 +51,7 @@ impl<S: AsSqlStore> EventStore for S {
     }
 
     async fn get_event(&self, id: Uuid) -> MetaResult<Option<Event>> {
-        let s = self.sql();
+        let s = self;
         let row = query(format!("SELECT {EVENT_COLS} FROM events WHERE id = ?"))
             .bind(id)
             .fetch_optional(s.db())
@@ -62,7 +60,7 @@ impl<S: AsSqlStore> EventStore for S {
     }
 
     async fn list_events(&self, q: &EventQuery) -> MetaResult<Vec<Event>> {
-        let s = self.sql();
+        let s = self;
         let event_type = q.event_type.map(|t| t.as_str());
         let status = q.status.map(|st| st.as_str());
         let rows = query(format!(
@@ -82,7 +80,7 @@ impl<S: AsSqlStore> EventStore for S {
     }
 
     async fn due_events(&self, at: DateTime<Utc>, limit: u32) -> MetaResult<Vec<Event>> {
-        let s = self.sql();
+        let s = self;
         let rows = query(format!(
             "SELECT {EVENT_COLS} FROM events WHERE status = 'pending' AND next_attempt_at <= ? \
              ORDER BY seq LIMIT ?"
@@ -95,7 +93,7 @@ impl<S: AsSqlStore> EventStore for S {
     }
 
     async fn next_due(&self) -> MetaResult<Option<DateTime<Utc>>> {
-        let s = self.sql();
+        let s = self;
         let row = query(
             "SELECT next_attempt_at FROM events WHERE status = 'pending' \
              ORDER BY next_attempt_at LIMIT 1",
@@ -106,7 +104,7 @@ impl<S: AsSqlStore> EventStore for S {
     }
 
     async fn mark_delivered(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         query(
             "UPDATE events SET status = 'delivered', attempts = attempts + 1, \
              delivered_at = ?, last_error = NULL WHERE id = ?",
@@ -124,7 +122,7 @@ impl<S: AsSqlStore> EventStore for S {
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         // Events carry wall-clock times (see `outbox`), not the store's.
         let (status, next) = match retry_at {
             Some(t) => ("pending", t),
@@ -144,7 +142,7 @@ impl<S: AsSqlStore> EventStore for S {
     }
 
     async fn replay_event(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         let n = query(
             "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = ?, \
              queued_at = ?, delivered_at = NULL WHERE id = ?",
@@ -158,10 +156,11 @@ impl<S: AsSqlStore> EventStore for S {
     }
 
     async fn event_counts(&self) -> MetaResult<EventCounts> {
-        let s = self.sql();
-        let rows = query("SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM events GROUP BY status")
-            .fetch_all(s.db())
-            .await?;
+        let s = self;
+        let rows =
+            query("SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM events GROUP BY status")
+                .fetch_all(s.db())
+                .await?;
         let mut c = EventCounts::default();
         for r in rows {
             let n = r.get::<i64>("n")?.max(0) as u64;
@@ -180,7 +179,7 @@ impl<S: AsSqlStore> EventStore for S {
         delivered_before: DateTime<Utc>,
         any_before: Option<DateTime<Utc>>,
     ) -> MetaResult<u64> {
-        let s = self.sql();
+        let s = self;
         let mut n = query("DELETE FROM events WHERE status = 'delivered' AND created_at < ?")
             .bind(delivered_before)
             .execute(s.db())

@@ -17,7 +17,7 @@ use super::engine::{query, Arg, Engine, Query, Row, Tx};
 use super::outbox::{check_threshold_in, record_event_in};
 use super::rows::{file_from_row, FILE_COLS};
 use super::search::{name_match, NameMatch};
-use super::AsSqlStore;
+use super::SqlStore;
 use crate::domain::filetype::FileType;
 use crate::meta::{
     Cursor, FileRecord, FileStore, ListQuery, MediaUpdate, MetaError, MetaResult, NewEvent,
@@ -25,9 +25,9 @@ use crate::meta::{
 };
 
 #[async_trait]
-impl<S: AsSqlStore> FileStore for S {
+impl FileStore for SqlStore {
     async fn commit_file(&self, reservation: Uuid, file: NewFile) -> MetaResult<FileRecord> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         let rec = insert_file_in(&mut tx, s.now(), reservation, file).await?;
         tx.commit().await?;
@@ -35,7 +35,7 @@ impl<S: AsSqlStore> FileStore for S {
     }
 
     async fn get_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
-        let s = self.sql();
+        let s = self;
         let row = select_file(id, Some(user_id))
             .fetch_optional(s.db())
             .await?;
@@ -43,13 +43,13 @@ impl<S: AsSqlStore> FileStore for S {
     }
 
     async fn get_file_any(&self, id: Uuid) -> MetaResult<Option<FileRecord>> {
-        let s = self.sql();
+        let s = self;
         let row = select_file(id, None).fetch_optional(s.db()).await?;
         Ok(row.as_ref().map(file_from_row).transpose()?)
     }
 
     async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
-        let s = self.sql();
+        let s = self;
         let name = match q.q.as_deref().filter(|t| !t.is_empty()) {
             Some(t) => Some(name_match(s, user_id, t, q.limit).await?),
             None => None,
@@ -62,7 +62,7 @@ impl<S: AsSqlStore> FileStore for S {
     }
 
     async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>> {
-        let s = self.sql();
+        let s = self;
         let all = match user_id {
             Some(u) => query(format!(
                 "SELECT {FILE_COLS} FROM user_files WHERE user_id = ? ORDER BY id"
@@ -76,7 +76,7 @@ impl<S: AsSqlStore> FileStore for S {
     }
 
     async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>> {
-        let s = self.sql();
+        let s = self;
         let lock = s.engine().for_update();
         let mut tx = s.db().begin_write().await?;
         // The user row before the file row, the order every change of usage
@@ -115,7 +115,7 @@ impl<S: AsSqlStore> FileStore for S {
         id: Uuid,
         fav: Option<bool>,
     ) -> MetaResult<Option<FileRecord>> {
-        let s = self.sql();
+        let s = self;
         let change = match fav {
             Some(v) => {
                 query("UPDATE user_files SET is_favorite = ? WHERE id = ? AND user_id = ?").bind(v)
@@ -141,7 +141,7 @@ impl<S: AsSqlStore> FileStore for S {
         id: Uuid,
         tags: &[String],
     ) -> MetaResult<Option<FileRecord>> {
-        let s = self.sql();
+        let s = self;
         let change = query("UPDATE user_files SET tags = ? WHERE id = ? AND user_id = ?")
             .bind_tags(tags)
             .bind(id)
@@ -156,7 +156,7 @@ impl<S: AsSqlStore> FileStore for S {
     }
 
     async fn set_media(&self, id: Uuid, m: &MediaUpdate) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         let change = query(
             "UPDATE user_files SET resolution = COALESCE(?, resolution), \
              duration = COALESCE(?, duration), thumbnail_path = COALESCE(?, thumbnail_path) \
@@ -181,7 +181,7 @@ impl<S: AsSqlStore> FileStore for S {
         id: Uuid,
         c: &Rename,
     ) -> MetaResult<Option<FileRecord>> {
-        let s = self.sql();
+        let s = self;
         let change = query(
             "UPDATE user_files SET file_name = COALESCE(?, file_name), \
              package_name = CASE WHEN ? THEN ? ELSE package_name END \
@@ -211,7 +211,7 @@ impl<S: AsSqlStore> FileStore for S {
     }
 
     async fn package_files(&self, user_id: &str, package: &str) -> MetaResult<Vec<FileRecord>> {
-        let s = self.sql();
+        let s = self;
         let rows = query(format!(
             "SELECT {FILE_COLS} FROM user_files WHERE user_id = ? AND package_name = ? \
              ORDER BY upload_date, id"
@@ -224,7 +224,7 @@ impl<S: AsSqlStore> FileStore for S {
     }
 
     async fn usage_by_type(&self, user_id: &str) -> MetaResult<Vec<(FileType, TypeUsage)>> {
-        let s = self.sql();
+        let s = self;
         let rows = query(
             "SELECT file_type, CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS bytes, \
              CAST(COUNT(*) AS BIGINT) AS n FROM user_files WHERE user_id = ? GROUP BY file_type",

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::engine::{query, Row};
 use super::outbox::record_event_in;
-use super::{plus, AsSqlStore};
+use super::{plus, SqlStore};
 use crate::meta::{Job, JobInfo, JobStore, MetaError, MetaResult, NewEvent};
 
 fn job_from_row(r: &Row) -> Result<Job, sqlx::Error> {
@@ -41,7 +41,7 @@ fn job_info_from_row(r: &Row) -> Result<JobInfo, sqlx::Error> {
 }
 
 #[async_trait]
-impl<S: AsSqlStore> JobStore for S {
+impl JobStore for SqlStore {
     async fn enqueue_job(
         &self,
         kind: &str,
@@ -49,7 +49,7 @@ impl<S: AsSqlStore> JobStore for S {
         user_id: Option<&str>,
         run_at: DateTime<Utc>,
     ) -> MetaResult<Uuid> {
-        let s = self.sql();
+        let s = self;
         let id = Uuid::now_v7();
         let t = s.now();
         query(
@@ -69,7 +69,7 @@ impl<S: AsSqlStore> JobStore for S {
     }
 
     async fn claim_job(&self, lease: Duration) -> MetaResult<Option<Job>> {
-        let s = self.sql();
+        let s = self;
         let t = s.now();
         let mut tx = s.db().begin_write().await?;
         let skip = s.engine().skip_locked();
@@ -108,7 +108,7 @@ impl<S: AsSqlStore> JobStore for S {
     }
 
     async fn complete_job(&self, id: Uuid) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         query(
             "UPDATE jobs SET status = 'done', locked_until = NULL, last_error = NULL, \
              updated_at = ? WHERE id = ?",
@@ -127,7 +127,7 @@ impl<S: AsSqlStore> JobStore for S {
         retry_at: Option<DateTime<Utc>>,
         event: Option<&NewEvent>,
     ) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         let t = s.now();
         let (status, run_at) = match retry_at {
             Some(r) => ("queued", r),
@@ -153,7 +153,7 @@ impl<S: AsSqlStore> JobStore for S {
     }
 
     async fn queue_depth(&self) -> MetaResult<u64> {
-        let s = self.sql();
+        let s = self;
         let row = query(
             "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM jobs WHERE status IN ('queued', 'running')",
         )
@@ -163,7 +163,7 @@ impl<S: AsSqlStore> JobStore for S {
     }
 
     async fn failed_jobs(&self, limit: u32) -> MetaResult<Vec<JobInfo>> {
-        let s = self.sql();
+        let s = self;
         let rows = query(
             "SELECT id, kind, payload, status, CAST(attempts AS BIGINT) AS attempts, last_error \
              FROM jobs WHERE status = 'failed' ORDER BY updated_at DESC LIMIT ?",

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::engine::{query, Engine, Row};
-use super::{plus, AsSqlStore};
+use super::{plus, SqlStore};
 use crate::meta::{LeaseStore, MetaResult, TaskRun};
 
 /// How long run history is kept.
@@ -25,7 +25,9 @@ const HISTORY_DAYS: i64 = 30;
 /// row on a duplicate key" differently.
 fn insert_lease_sql(engine: Engine) -> &'static str {
     match engine {
-        Engine::MySql => "INSERT IGNORE INTO task_leases (name, holder, expires_at) VALUES (?, ?, ?)",
+        Engine::MySql => {
+            "INSERT IGNORE INTO task_leases (name, holder, expires_at) VALUES (?, ?, ?)"
+        }
         Engine::Postgres | Engine::Sqlite => {
             "INSERT INTO task_leases (name, holder, expires_at) VALUES (?, ?, ?) \
              ON CONFLICT (name) DO NOTHING"
@@ -55,9 +57,9 @@ fn run_from_row(r: &Row) -> Result<TaskRun, sqlx::Error> {
 }
 
 #[async_trait]
-impl<S: AsSqlStore> LeaseStore for S {
+impl LeaseStore for SqlStore {
     async fn try_acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         let t = s.now();
         let until = plus(t, ttl);
         let renewed = query(
@@ -84,7 +86,7 @@ impl<S: AsSqlStore> LeaseStore for S {
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         query("DELETE FROM task_leases WHERE name = ? AND holder = ?")
             .bind(name)
             .bind(holder)
@@ -94,7 +96,7 @@ impl<S: AsSqlStore> LeaseStore for S {
     }
 
     async fn lease_holder(&self, name: &str) -> MetaResult<Option<String>> {
-        let s = self.sql();
+        let s = self;
         let row = query("SELECT holder FROM task_leases WHERE name = ? AND expires_at >= ?")
             .bind(name)
             .bind(s.now())
@@ -104,7 +106,7 @@ impl<S: AsSqlStore> LeaseStore for S {
     }
 
     async fn task_run_started(&self, name: &str, holder: &str) -> MetaResult<i64> {
-        let s = self.sql();
+        let s = self;
         let t = s.now();
         let mut tx = s.db().begin_write().await?;
         query("DELETE FROM task_runs WHERE name = ? AND started_at < ?")
@@ -127,7 +129,7 @@ impl<S: AsSqlStore> LeaseStore for S {
     }
 
     async fn task_run_finished(&self, id: i64, outcome: &str, summary: &str) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         query("UPDATE task_runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?")
             .bind(s.now())
             .bind(outcome)
@@ -139,7 +141,7 @@ impl<S: AsSqlStore> LeaseStore for S {
     }
 
     async fn recent_task_runs(&self, name: Option<&str>, limit: i64) -> MetaResult<Vec<TaskRun>> {
-        let s = self.sql();
+        let s = self;
         let rows = query(
             "SELECT id, name, holder, started_at, finished_at, outcome, summary \
              FROM task_runs WHERE (? IS NULL OR name = ?) \

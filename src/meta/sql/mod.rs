@@ -1,58 +1,56 @@
-//! The SQL behind [`MetaStore`], written once and instantiated for PostgreSQL
-//! and SQLite by the `impl_store!` macro. The dialects agree on nearly all of
-//! it (`$N` parameters, `RETURNING`, `ON CONFLICT`, row-value comparisons);
-//! the few differences (tag arrays vs JSON, id and time encodings) are passed
-//! in as small functions and SQL fragments.
+//! The metadata store over SQL ([`SqlStore`]): every statement written
+//! once for PostgreSQL, SQLite and MySQL/MariaDB, run through [`engine`],
+//! which answers what differs between them (placeholders, value encodings,
+//! `FOR UPDATE`, SQLite's write transactions).
 //!
-//! Every operation that changes a user's files or usage records its event
-//! in its own transaction with `Self::record_event_in` (see
-//! [`super::events`]), and re-checks the quota thresholds with
-//! `Self::check_threshold_in` once it holds the user row.
+//! One module per concern, each implementing its trait of [`super`] for
+//! [`SqlStore`] with its SQL in one place: `users` (user rows and counters),
+//! `quota` (reservations), `nodes` (the process registry), `files` (file
+//! rows; `search` how `q=` is matched on each engine), `signed` (signed
+//! upload URLs), `tus` (resumable uploads and their lease), `jobs`, `events`
+//! (the outbox), `leases` (task leases and run history) and `snapshot`
+//! (backup rows). Shared pieces: `rows` (column lists and decoders of tables
+//! more than one concern reads), `outbox` (recording an event and
+//! re-checking thresholds inside a change's transaction), `commit` (the
+//! steps that turn a reservation into a file row), `probe` (`doctor`'s
+//! read-only look).
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{
-    postgres::{PgPoolOptions, PgRow},
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
-    PgPool, Row, SqlitePool,
+    mysql::{MySqlConnectOptions, MySqlPoolOptions},
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    Executor,
 };
-use uuid::Uuid;
 
 use super::clock::{self, Clock, SystemClock};
 use super::*;
 
-pub(crate) mod commit;
+mod commit;
 pub(crate) mod engine;
-mod jobs;
-mod files;
 mod events;
+mod files;
+mod jobs;
 mod leases;
-mod mysql;
 mod nodes;
-pub(crate) mod outbox;
+mod outbox;
 pub(crate) mod probe;
 mod quota;
-mod outbox_legacy;
-pub(crate) mod rows;
-mod signed;
+mod rows;
 mod search;
+mod signed;
 mod snapshot;
-mod users;
 mod tus;
+mod users;
 
 use engine::{Db, Engine};
 
-/// The store written once over [`engine`]: one SQL text per statement, the
-/// engine's differences answered by [`engine`]. Each concern (users, quota,
-/// files, uploads, jobs, leases, events, snapshot) implements its trait for
-/// every [`AsSqlStore`] in its own module.
+/// The metadata store on one of the three engines.
 pub struct SqlStore {
     db: Db,
-    #[allow(dead_code)] // read by the concerns as they land
     clock: Arc<dyn Clock>,
 }
 
@@ -70,108 +68,25 @@ impl SqlStore {
     }
 
     /// The store clock's now, at the microsecond precision every engine keeps.
-    #[allow(dead_code)] // read by the concerns as they land
     pub(crate) fn now(&self) -> DateTime<Utc> {
         clock::micros(self.clock.as_ref())
     }
 }
 
-/// The stores whose concerns are written over [`SqlStore`].
-pub(crate) trait AsSqlStore: Send + Sync + 'static {
-    fn sql(&self) -> &SqlStore;
-}
-
 #[async_trait]
-impl<S> MetaStore for S
-where
-    S: AsSqlStore
-        + UserStore
-        + QuotaStore
-        + NodeStore
-        + FileStore
-        + SignedUploadStore
-        + JobStore
-        + TusStore
-        + EventStore
-        + LeaseStore
-        + SnapshotStore,
-{
+impl MetaStore for SqlStore {
     async fn migrate(&self) -> MetaResult<()> {
-        self.sql().db().migrate().await?;
+        self.db.migrate().await?;
         Ok(())
     }
 
     async fn ping(&self) -> MetaResult<()> {
-        engine::query("SELECT 1").execute(self.sql().db()).await?;
+        engine::query("SELECT 1").execute(&self.db).await?;
         Ok(())
     }
 
     fn backend(&self) -> &'static str {
-        self.sql().engine().name()
-    }
-}
-
-impl AsSqlStore for PgStore {
-    fn sql(&self) -> &SqlStore {
-        &self.sql
-    }
-}
-
-impl AsSqlStore for SqliteStore {
-    fn sql(&self) -> &SqlStore {
-        &self.sql
-    }
-}
-
-impl AsSqlStore for MySqlStore {
-    fn sql(&self) -> &SqlStore {
-        self.sql_store()
-    }
-}
-
-pub(crate) use mysql::transient_number as mysql_transient;
-pub use mysql::MySqlStore;
-
-/// PostgreSQL backend.
-pub struct PgStore {
-    pool: PgPool,
-    clock: Arc<dyn Clock>,
-    sql: SqlStore,
-}
-
-/// SQLite backend (embedded, WAL, `synchronous=FULL` so a commit is durable
-/// before an upload is acknowledged).
-pub struct SqliteStore {
-    pool: SqlitePool,
-    clock: Arc<dyn Clock>,
-    sql: SqlStore,
-}
-
-impl PgStore {
-    /// A transaction that writes (PostgreSQL: a plain `BEGIN`).
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.pool.begin().await
-    }
-
-    /// The store clock's now, at the microsecond precision both engines keep.
-    fn now(&self) -> DateTime<Utc> {
-        clock::micros(self.clock.as_ref())
-    }
-}
-
-impl SqliteStore {
-    /// A transaction that writes: `BEGIN IMMEDIATE` takes SQLite's write
-    /// lock up front, waiting out the busy timeout. A deferred `BEGIN` that
-    /// has read (a trigger's lookup, a count) and then writes cannot wait:
-    /// SQLite answers "database is locked" at once when another connection
-    /// wrote meanwhile.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    /// The store clock's now, at the microsecond precision both engines keep.
-    fn now(&self) -> DateTime<Utc> {
-        clock::micros(self.clock.as_ref())
+        self.engine().name()
     }
 }
 
@@ -194,10 +109,29 @@ pub async fn connect_with_clock(
             .connect(url)
             .await
             .map_err(MetaError::from_sqlx)?;
-        let sql = SqlStore::new(Db::Pg(pool.clone()), clock.clone());
-        Ok(Arc::new(PgStore { pool, clock, sql }))
+        Ok(Arc::new(SqlStore::new(Db::Pg(pool), clock)))
     } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
-        Ok(Arc::new(MySqlStore::open(url, clock).await?))
+        let url = url.replacen("mariadb://", "mysql://", 1);
+        let opts = MySqlConnectOptions::from_str(&url)?
+            .charset("utf8mb4")
+            .timezone(Some("+00:00".into()));
+        let pool = MySqlPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            // Each statement sees what was committed before it, as on
+            // PostgreSQL, and InnoDB takes no gap locks; the quota rules
+            // rest on row locks, not on the isolation level.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(MetaError::from_sqlx)?;
+        Ok(Arc::new(SqlStore::new(Db::MySql(pool), clock)))
     } else if url.starts_with("sqlite:") {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -218,8 +152,7 @@ pub async fn connect_with_clock(
             .connect_with(opts)
             .await
             .map_err(MetaError::from_sqlx)?;
-        let sql = SqlStore::new(Db::Sqlite(pool.clone()), clock.clone());
-        Ok(Arc::new(SqliteStore { pool, clock, sql }))
+        Ok(Arc::new(SqlStore::new(Db::Sqlite(pool), clock)))
     } else {
         Err(MetaError::Unavailable(format!(
             "unsupported database URL {url:?}: expected postgres://…, mysql://… or sqlite://…"
@@ -236,183 +169,9 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-const FILE_COLS: &str = "id, user_id, file_name, file_type, mime_type, file_size, file_path, \
-     thumbnail_path, resolution, duration, package_name, tags, is_favorite, sha256, upload_date";
-
-
-fn pg_tags_in(tags: &[String]) -> Vec<String> {
-    tags.to_vec()
+/// MySQL error numbers that mean "try again later" rather than a bug:
+/// lock wait timeout, deadlock (the transaction was rolled back), too many
+/// connections, server shutting down, connection killed.
+pub(crate) fn mysql_transient(n: u16) -> bool {
+    matches!(n, 1205 | 1213 | 1040 | 1053 | 1927 | 2002 | 2006 | 2013)
 }
-fn pg_tags_out(row: &PgRow) -> Result<Vec<String>, sqlx::Error> {
-    row.try_get::<Vec<String>, _>("tags")
-}
-fn sqlite_tags_in(tags: &[String]) -> String {
-    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
-}
-fn sqlite_tags_out(row: &SqliteRow) -> Result<Vec<String>, sqlx::Error> {
-    let s: String = row.try_get("tags")?;
-    serde_json::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
-}
-
-macro_rules! impl_store {
-    (
-        $store:ident, $db:ty, $row:ty, $name:literal, $migrator:expr,
-        tags_in = $tags_in:path, tags_out = $tags_out:path,
-        skip_locked = $skip_locked:literal
-    ) => {
-        impl $store {
-            fn file_from_row(row: &$row) -> Result<FileRecord, sqlx::Error> {
-                let ft: String = row.try_get("file_type")?;
-                Ok(FileRecord {
-                    id: row.try_get("id")?,
-                    user_id: row.try_get("user_id")?,
-                    file_name: row.try_get("file_name")?,
-                    file_type: FileType::parse(&ft).ok_or_else(|| {
-                        sqlx::Error::Decode(format!("unknown file_type {ft:?}").into())
-                    })?,
-                    mime_type: row.try_get("mime_type")?,
-                    file_size: row.try_get("file_size")?,
-                    file_path: row.try_get("file_path")?,
-                    thumbnail_path: row.try_get("thumbnail_path")?,
-                    resolution: row.try_get("resolution")?,
-                    duration: row.try_get("duration")?,
-                    package_name: row.try_get("package_name")?,
-                    tags: $tags_out(row)?,
-                    is_favorite: row.try_get("is_favorite")?,
-                    sha256: row.try_get::<String, _>("sha256")?.trim().to_string(),
-                    upload_date: row.try_get("upload_date")?,
-                })
-            }
-
-            }
-
-            /// Inserts file row `f` and releases `reservation` inside `tx`,
-            /// then commits; see [`FileStore::commit_file`].
-            async fn commit_file_in(
-                &self,
-                mut tx: sqlx::Transaction<'_, $db>,
-                reservation: Uuid,
-                f: NewFile,
-            ) -> MetaResult<FileRecord> {
-                let t = self.now();
-                Self::release_in(&mut tx, reservation).await?;
-                // With the reservation handed back, the file must fit; this also
-                // covers a reservation that expired while the upload ran.
-                let fits = sqlx::query(
-                    "UPDATE user_storage SET updated_at = $3 \
-                     WHERE user_id = $1 AND total_bytes + reserved_bytes + $2 <= max_bytes",
-                )
-                .bind(&f.user_id)
-                .bind(f.file_size)
-                .bind(t)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if fits == 0 {
-                    tx.rollback().await?;
-                    let room = self
-                        .get_user(&f.user_id)
-                        .await?
-                        .map(|u| (u.max_bytes - u.total_bytes - u.reserved_bytes).max(0) as u64)
-                        .unwrap_or(0);
-                    return Err(MetaError::QuotaExceeded {
-                        needed: f.file_size.max(0) as u64,
-                        available: room,
-                    });
-                }
-                sqlx::query(
-                    "INSERT INTO user_files (id, user_id, file_name, file_type, mime_type, file_size, \
-                     file_path, package_name, tags, is_favorite, sha256, upload_date, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, FALSE, $10, $11, $11)",
-                )
-                .bind(f.id)
-                .bind(&f.user_id)
-                .bind(&f.file_name)
-                .bind(f.file_type.as_str())
-                .bind(&f.mime_type)
-                .bind(f.file_size)
-                .bind(&f.file_path)
-                .bind(&f.package_name)
-                .bind($tags_in(&f.tags))
-                .bind(&f.sha256)
-                .bind(t)
-                .execute(&mut *tx)
-                .await?;
-                let rec = FileRecord {
-                    id: f.id,
-                    user_id: f.user_id,
-                    file_name: f.file_name,
-                    file_type: f.file_type,
-                    mime_type: f.mime_type,
-                    file_size: f.file_size,
-                    file_path: f.file_path,
-                    thumbnail_path: None,
-                    resolution: None,
-                    duration: None,
-                    package_name: f.package_name,
-                    tags: f.tags,
-                    is_favorite: false,
-                    sha256: f.sha256,
-                    upload_date: t,
-                };
-                Self::record_event_in(&mut tx, &NewEvent::file_created(&rec)).await?;
-                // The `fits` UPDATE above holds the user row (or the write
-                // lock) until commit, so concurrent commits take turns here.
-                Self::check_threshold_in(&mut tx, &rec.user_id).await?;
-                tx.commit().await?;
-                Ok(rec)
-            }
-
-            /// Deletes reservation `id` and hands its bytes back to its user,
-            /// inside `tx`. True when this call released it (`DELETE …
-            /// RETURNING` lets only one caller win).
-            async fn release_in(tx: &mut sqlx::Transaction<'_, $db>, id: Uuid) -> Result<bool, sqlx::Error> {
-                let row = sqlx::query("DELETE FROM upload_reservations WHERE id = $1 RETURNING user_id, bytes")
-                    .bind(id)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                let Some(row) = row else {
-                    return Ok(false);
-                };
-                Self::give_back(tx, &row.try_get::<String, _>("user_id")?, row.try_get("bytes")?).await?;
-                Ok(true)
-            }
-
-            /// Lowers `reserved_bytes` of `user` by `bytes`.
-            async fn give_back(tx: &mut sqlx::Transaction<'_, $db>, user: &str, bytes: i64) -> Result<(), sqlx::Error> {
-                sqlx::query("UPDATE user_storage SET reserved_bytes = reserved_bytes - $2 WHERE user_id = $1")
-                    .bind(user)
-                    .bind(bytes)
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(())
-            }
-        }
-
-        #[async_trait]
-            }
-        }
-    };
-}
-
-impl_store!(
-    PgStore,
-    sqlx::Postgres,
-    PgRow,
-    "postgres",
-    sqlx::migrate!("./migrations/postgres"),
-    tags_in = pg_tags_in,
-    tags_out = pg_tags_out,
-    skip_locked = " FOR UPDATE SKIP LOCKED"
-);
-
-impl_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    SqliteRow,
-    "sqlite",
-    sqlx::migrate!("./migrations/sqlite"),
-    tags_in = sqlite_tags_in,
-    tags_out = sqlite_tags_out,
-    skip_locked = ""
-);

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::engine::{query, Engine, Query, Row};
 use super::quota::id_user_pairs;
-use super::AsSqlStore;
+use super::SqlStore;
 use crate::meta::{Gone, Holder, MetaError, MetaResult, NodeRow, NodeStore};
 
 /// Registers an incarnation or records its heartbeat: 6 values of the row,
@@ -73,9 +73,9 @@ fn forget_query(gone: &Gone) -> Query {
 }
 
 #[async_trait]
-impl<S: AsSqlStore> NodeStore for S {
+impl NodeStore for SqlStore {
     async fn heartbeat_node(&self, n: &NodeRow) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         query(heartbeat_sql(s.engine()))
             .bind(n.holder.incarnation)
             .bind(n.holder.node)
@@ -90,7 +90,7 @@ impl<S: AsSqlStore> NodeStore for S {
     }
 
     async fn remove_node(&self, incarnation: Uuid) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         query("DELETE FROM nodes WHERE incarnation_id = ?")
             .bind(incarnation)
             .execute(s.db())
@@ -99,7 +99,7 @@ impl<S: AsSqlStore> NodeStore for S {
     }
 
     async fn list_nodes(&self) -> MetaResult<Vec<NodeRow>> {
-        let s = self.sql();
+        let s = self;
         let rows = query(
             "SELECT incarnation_id, node_id, host, pid, started_at, heartbeat_at \
              FROM nodes ORDER BY started_at, incarnation_id",
@@ -113,13 +113,13 @@ impl<S: AsSqlStore> NodeStore for S {
     }
 
     async fn gone_reservations(&self, gone: &Gone) -> MetaResult<Vec<(Uuid, String)>> {
-        let s = self.sql();
+        let s = self;
         let rows = gone_reservations_query(gone).fetch_all(s.db()).await?;
         id_user_pairs(&rows)
     }
 
     async fn forget_nodes(&self, gone: &Gone) -> MetaResult<u64> {
-        let s = self.sql();
+        let s = self;
         Ok(forget_query(gone).execute(s.db()).await?)
     }
 }

@@ -3,9 +3,6 @@
 //! the outbox (`events`), and re-checking the quota thresholds under the
 //! user row's lock. See [`crate::meta::events`] for what the events are.
 
-// Callers land concern by concern; until the last one has.
-#![allow(dead_code)]
-
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 

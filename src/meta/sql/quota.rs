@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::commit::{release_in, room_in};
 use super::engine::{query, Row, Tx};
 use super::users::create_user_in;
-use super::{plus, to_i64, AsSqlStore};
+use super::{plus, to_i64, SqlStore};
 use crate::meta::{Holder, MetaError, MetaResult, QuotaStore};
 
 /// Adds `bytes` to the user's `reserved_bytes` inside `tx` when they fit
@@ -81,7 +81,7 @@ pub(crate) fn id_user_pairs(rows: &[Row]) -> MetaResult<Vec<(Uuid, String)>> {
 }
 
 #[async_trait]
-impl<S: AsSqlStore> QuotaStore for S {
+impl QuotaStore for SqlStore {
     async fn reserve_upload(
         &self,
         user_id: &str,
@@ -91,7 +91,7 @@ impl<S: AsSqlStore> QuotaStore for S {
         max_unfinished: u64,
         holder: Option<Holder>,
     ) -> MetaResult<Uuid> {
-        let s = self.sql();
+        let s = self;
         let t = s.now();
         let mut tx = s.db().begin_write().await?;
         create_user_in(&mut tx, user_id, default_quota, t).await?;
@@ -127,7 +127,7 @@ impl<S: AsSqlStore> QuotaStore for S {
     }
 
     async fn grow_reservation(&self, id: Uuid, extra: u64, ttl: Duration) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         let lock = s.engine().for_update();
         let row = query(format!(
@@ -154,7 +154,7 @@ impl<S: AsSqlStore> QuotaStore for S {
     }
 
     async fn touch_reservation(&self, id: Uuid, ttl: Duration) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         let n = query("UPDATE upload_reservations SET expires_at = ? WHERE id = ?")
             .bind(plus(s.now(), ttl))
             .bind(id)
@@ -167,7 +167,7 @@ impl<S: AsSqlStore> QuotaStore for S {
     }
 
     async fn release(&self, id: Uuid) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         let released = release_in(&mut tx, id).await?;
         tx.commit().await?;
@@ -179,7 +179,7 @@ impl<S: AsSqlStore> QuotaStore for S {
     }
 
     async fn reservation_bytes(&self, id: Uuid) -> MetaResult<Option<u64>> {
-        let s = self.sql();
+        let s = self;
         let row = query("SELECT bytes FROM upload_reservations WHERE id = ?")
             .bind(id)
             .fetch_optional(s.db())
@@ -191,7 +191,7 @@ impl<S: AsSqlStore> QuotaStore for S {
     }
 
     async fn expired_reservations(&self, now: DateTime<Utc>) -> MetaResult<Vec<(Uuid, String)>> {
-        let s = self.sql();
+        let s = self;
         let rows = query("SELECT id, user_id FROM upload_reservations WHERE expires_at < ?")
             .bind(now)
             .fetch_all(s.db())
@@ -200,7 +200,7 @@ impl<S: AsSqlStore> QuotaStore for S {
     }
 
     async fn expire_reservations(&self, now: DateTime<Utc>) -> MetaResult<u64> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         let lock = s.engine().for_update();
         let rows = query(format!(

@@ -1,9 +1,6 @@
 //! The column lists and row decoders of the tables more than one concern
 //! reads, written once for every engine.
 
-// Callers land concern by concern; until the last one has.
-#![allow(dead_code)]
-
 use sqlx::Error;
 
 use super::engine::Row;

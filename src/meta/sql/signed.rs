@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::engine::{query, Row};
-use super::AsSqlStore;
+use super::SqlStore;
 use crate::domain::filetype::FileType;
 use crate::meta::{MetaResult, SignedClaim, SignedUpload, SignedUploadStore};
 
@@ -25,9 +25,9 @@ fn signed_from_row(r: &Row) -> Result<SignedUpload, sqlx::Error> {
 }
 
 #[async_trait]
-impl<S: AsSqlStore> SignedUploadStore for S {
+impl SignedUploadStore for SqlStore {
     async fn create_signed_upload(&self, up: &SignedUpload) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         query(
             "INSERT INTO signed_uploads (id, user_id, max_bytes, file_type, file_name, \
              expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -45,7 +45,7 @@ impl<S: AsSqlStore> SignedUploadStore for S {
     }
 
     async fn claim_signed_upload(&self, id: Uuid, now: DateTime<Utc>) -> MetaResult<SignedClaim> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         let taken = query(
             "UPDATE signed_uploads SET used_at = ? \
@@ -84,7 +84,7 @@ impl<S: AsSqlStore> SignedUploadStore for S {
     }
 
     async fn expire_signed_uploads(&self, now: DateTime<Utc>) -> MetaResult<u64> {
-        let s = self.sql();
+        let s = self;
         Ok(query("DELETE FROM signed_uploads WHERE expires_at < ?")
             .bind(now)
             .execute(s.db())

@@ -25,7 +25,7 @@ use chrono::{DateTime, Utc};
 
 use super::engine::{query, EachRow, Engine, Row, Tx};
 use super::rows::{file_from_row, user_from_row, FILE_COLS, USER_COLS};
-use super::AsSqlStore;
+use super::SqlStore;
 use crate::meta::{
     DumpFile, DumpUser, MetaError, MetaResult, RowSource, SnapshotSink, SnapshotStore,
 };
@@ -113,13 +113,13 @@ async fn insert_file(tx: &mut Tx, row: &DumpFile) -> Result<(), sqlx::Error> {
 }
 
 #[async_trait]
-impl<S: AsSqlStore> SnapshotStore for S {
+impl SnapshotStore for SqlStore {
     async fn snapshot(
         &self,
         _scratch: &Path,
         sink: &mut dyn SnapshotSink,
     ) -> MetaResult<DateTime<Utc>> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_snapshot().await?;
         // At or before the snapshot's moment: whatever committed before it
         // is in the snapshot.
@@ -139,7 +139,7 @@ impl<S: AsSqlStore> SnapshotStore for S {
     }
 
     async fn has_files(&self) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         let row = query("SELECT 1 AS one FROM user_files LIMIT 1")
             .fetch_optional(s.db())
             .await?;
@@ -147,7 +147,7 @@ impl<S: AsSqlStore> SnapshotStore for S {
     }
 
     async fn restore_rows(&self, src: &mut dyn RowSource) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         while let Some(u) = src.next_user().await? {
             insert_user(&mut tx, &u).await?;

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::commit::insert_file_in;
 use super::engine::query;
 use super::rows::{tus_from_row, TUS_COLS};
-use super::{to_i64, AsSqlStore, SqlStore};
+use super::{to_i64, SqlStore};
 use crate::meta::{
     FileRecord, LeaseCheck, MetaError, MetaResult, NewFile, Takeover, TusHolder, TusLock,
     TusProgress, TusStore, TusUpload,
@@ -29,13 +29,13 @@ use crate::meta::{
 const LEASE_FREE: &str = "(lock_owner IS NULL OR locked_until IS NULL OR locked_until < ?)";
 
 #[async_trait]
-impl<S: AsSqlStore> TusStore for S {
+impl TusStore for SqlStore {
     async fn create_tus_upload(
         &self,
         up: &TusUpload,
         lock: Option<(Uuid, DateTime<Utc>)>,
     ) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         query(
             "INSERT INTO tus_uploads (id, user_id, upload_length, upload_offset, metadata, \
              lock_owner, locked_until, expires_at, created_at, hash_state) \
@@ -62,7 +62,7 @@ impl<S: AsSqlStore> TusStore for S {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> MetaResult<Option<TusUpload>> {
-        let s = self.sql();
+        let s = self;
         let row = query(format!(
             "SELECT {TUS_COLS} FROM tus_uploads WHERE id = ? AND user_id = ? AND expires_at > ?"
         ))
@@ -82,22 +82,22 @@ impl<S: AsSqlStore> TusStore for S {
         lease_until: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> MetaResult<TusLock> {
-        let s = self.sql();
+        let s = self;
         lease::lock(s, user_id, id, owner, lease_until, expires_at).await
     }
 
     async fn tus_holder(&self, id: Uuid, now: DateTime<Utc>) -> MetaResult<Option<TusHolder>> {
-        let s = self.sql();
+        let s = self;
         lease::holder(s, id, now).await
     }
 
     async fn request_tus_takeover(&self, id: Uuid, holder: Uuid) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         lease::request_takeover(s, id, holder).await
     }
 
     async fn break_tus_lock(&self, id: Uuid, holder: Uuid, now: DateTime<Utc>) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         lease::break_lock(s, id, holder, now).await
     }
 
@@ -107,12 +107,12 @@ impl<S: AsSqlStore> TusStore for S {
         owner: Uuid,
         renew_until: Option<DateTime<Utc>>,
     ) -> MetaResult<LeaseCheck> {
-        let s = self.sql();
+        let s = self;
         lease::check(s, id, owner, renew_until).await
     }
 
     async fn set_tus_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         let n = query(
             "UPDATE tus_uploads SET upload_offset = ?, hash_state = ?, expires_at = ?, \
              completing = ? WHERE id = ? AND lock_owner = ?",
@@ -135,7 +135,7 @@ impl<S: AsSqlStore> TusStore for S {
         length: u64,
         metadata: &str,
     ) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         let n = query(
             "UPDATE tus_uploads SET upload_length = ?, metadata = ? \
              WHERE id = ? AND lock_owner = ?",
@@ -150,12 +150,12 @@ impl<S: AsSqlStore> TusStore for S {
     }
 
     async fn unlock_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<()> {
-        let s = self.sql();
+        let s = self;
         lease::unlock(s, id, owner).await
     }
 
     async fn finish_tus_upload(&self, id: Uuid, owner: Uuid) -> MetaResult<bool> {
-        let s = self.sql();
+        let s = self;
         let n = query("DELETE FROM tus_uploads WHERE id = ? AND lock_owner = ?")
             .bind(id)
             .bind(owner)
@@ -165,7 +165,7 @@ impl<S: AsSqlStore> TusStore for S {
     }
 
     async fn complete_tus_upload(&self, owner: Uuid, file: NewFile) -> MetaResult<FileRecord> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         // The row goes first, under the lease: of two completions of one
         // upload only the lease holder's gets past this line.
@@ -194,7 +194,7 @@ impl<S: AsSqlStore> TusStore for S {
         id: Uuid,
         now: DateTime<Utc>,
     ) -> MetaResult<TusLock> {
-        let s = self.sql();
+        let s = self;
         if let Some(up) = delete_unleased(s, user_id, id, now).await? {
             return Ok(TusLock::Acquired(up));
         }
@@ -218,7 +218,7 @@ impl<S: AsSqlStore> TusStore for S {
     }
 
     async fn expire_tus_uploads(&self, now: DateTime<Utc>) -> MetaResult<Vec<Uuid>> {
-        let s = self.sql();
+        let s = self;
         let lock = s.engine().for_update();
         let mut tx = s.db().begin_write().await?;
         // The expired, unleased rows are locked first, then deleted one by

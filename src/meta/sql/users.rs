@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use super::engine::{query, Engine, Tx};
 use super::outbox::{check_threshold_in, record_event_in};
 use super::rows::{file_from_row, user_from_row, FILE_COLS, USER_COLS};
-use super::{to_i64, AsSqlStore};
+use super::{to_i64, SqlStore};
 use crate::meta::{
     DeletedUser, MetaError, MetaResult, NewEvent, UserStorage, UserStore, USER_SCOPED_TABLES,
 };
@@ -80,9 +80,9 @@ const REPAIR_SQL: &str = "UPDATE user_storage SET \
                               FROM upload_reservations r WHERE r.user_id = user_storage.user_id)";
 
 #[async_trait]
-impl<S: AsSqlStore> UserStore for S {
+impl UserStore for SqlStore {
     async fn ensure_user(&self, user_id: &str, default_quota: u64) -> MetaResult<UserStorage> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         create_user_in(&mut tx, user_id, default_quota, s.now()).await?;
         let user = user_in(&mut tx, user_id).await?;
@@ -91,7 +91,7 @@ impl<S: AsSqlStore> UserStore for S {
     }
 
     async fn get_user(&self, user_id: &str) -> MetaResult<Option<UserStorage>> {
-        let s = self.sql();
+        let s = self;
         let row = query(format!(
             "SELECT {USER_COLS} FROM user_storage WHERE user_id = ?"
         ))
@@ -102,7 +102,7 @@ impl<S: AsSqlStore> UserStore for S {
     }
 
     async fn list_users(&self) -> MetaResult<Vec<UserStorage>> {
-        let s = self.sql();
+        let s = self;
         let rows = query(format!(
             "SELECT {USER_COLS} FROM user_storage ORDER BY user_id"
         ))
@@ -112,7 +112,7 @@ impl<S: AsSqlStore> UserStore for S {
     }
 
     async fn set_quota(&self, user_id: &str, max_bytes: u64) -> MetaResult<UserStorage> {
-        let s = self.sql();
+        let s = self;
         let t = s.now();
         let mut tx = s.db().begin_write().await?;
         create_user_in(&mut tx, user_id, max_bytes, t).await?;
@@ -130,7 +130,7 @@ impl<S: AsSqlStore> UserStore for S {
     }
 
     async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>> {
-        let s = self.sql();
+        let s = self;
         let mut tx = s.db().begin_write().await?;
         // The user row first: concurrent uploads of this user wait here.
         let touched = query("UPDATE user_storage SET updated_at = ? WHERE user_id = ?")
@@ -157,7 +157,7 @@ impl<S: AsSqlStore> UserStore for S {
     }
 
     async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>> {
-        let s = self.sql();
+        let s = self;
         let rows = query(ROW_TOTALS_SQL).fetch_all(s.db()).await?;
         rows.iter()
             .map(|r| Ok((r.get("user_id")?, r.get("bytes")?, r.get("n")?)))
@@ -166,7 +166,7 @@ impl<S: AsSqlStore> UserStore for S {
     }
 
     async fn repair_counters(&self) -> MetaResult<u64> {
-        let s = self.sql();
+        let s = self;
         Ok(query(REPAIR_SQL).execute(s.db()).await?)
     }
 }
