@@ -394,7 +394,11 @@ async fn task_lease_is_exclusive_and_expires(open: Open) {
 async fn an_expired_lease_goes_to_one_taker(open: Open) {
     let db = open().await;
     let ttl = Duration::from_secs(60);
-    assert!(db.store.try_acquire_lease("audit", "old", ttl).await.unwrap());
+    assert!(db
+        .store
+        .try_acquire_lease("audit", "old", ttl)
+        .await
+        .unwrap());
     db.clock.advance(Duration::from_secs(61));
     let mut tasks = Vec::new();
     for i in 0..12 {
@@ -413,11 +417,12 @@ async fn an_expired_lease_goes_to_one_taker(open: Open) {
         }
     }
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
-    assert_eq!(
-        db.store.lease_holder("audit").await.unwrap(),
-        winners.pop()
-    );
-    assert!(!db.store.try_acquire_lease("audit", "old", ttl).await.unwrap());
+    assert_eq!(db.store.lease_holder("audit").await.unwrap(), winners.pop());
+    assert!(!db
+        .store
+        .try_acquire_lease("audit", "old", ttl)
+        .await
+        .unwrap());
 }
 
 /// Concurrent claimers never get one job twice; a job whose lease expired

@@ -11,9 +11,7 @@ use uuid::Uuid;
 use super::engine::{query, Row};
 use super::{outbox, AsSqlStore};
 use crate::meta::clock::{self, SystemClock};
-use crate::meta::{
-    Event, EventCounts, EventQuery, EventStatus, EventStore, MetaResult, NewEvent,
-};
+use crate::meta::{Event, EventCounts, EventQuery, EventStatus, EventStore, MetaResult, NewEvent};
 
 const EVENT_COLS: &str = "seq, id, event_type, user_id, created_at, body, status, \
      CAST(attempts AS BIGINT) AS attempts, next_attempt_at, queued_at, last_error, delivered_at";
@@ -159,9 +157,10 @@ impl<S: AsSqlStore> EventStore for S {
 
     async fn event_counts(&self) -> MetaResult<EventCounts> {
         let s = self.sql();
-        let rows = query("SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM events GROUP BY status")
-            .fetch_all(s.db())
-            .await?;
+        let rows =
+            query("SELECT status, CAST(COUNT(*) AS BIGINT) AS n FROM events GROUP BY status")
+                .fetch_all(s.db())
+                .await?;
         let mut c = EventCounts::default();
         for r in rows {
             let n = r.get::<i64>("n")?.max(0) as u64;

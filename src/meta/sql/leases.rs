@@ -25,7 +25,9 @@ const HISTORY_DAYS: i64 = 30;
 /// row on a duplicate key" differently.
 fn insert_lease_sql(engine: Engine) -> &'static str {
     match engine {
-        Engine::MySql => "INSERT IGNORE INTO task_leases (name, holder, expires_at) VALUES (?, ?, ?)",
+        Engine::MySql => {
+            "INSERT IGNORE INTO task_leases (name, holder, expires_at) VALUES (?, ?, ?)"
+        }
         Engine::Postgres | Engine::Sqlite => {
             "INSERT INTO task_leases (name, holder, expires_at) VALUES (?, ?, ?) \
              ON CONFLICT (name) DO NOTHING"

@@ -453,7 +453,10 @@ impl RowSource for JsonlSource<'_> {
                 self.rep.rows_skipped += 1;
                 continue;
             }
-            f.thumbnail_path = f.thumbnail_path.take().filter(|t| self.restored.contains(t));
+            f.thumbnail_path = f
+                .thumbnail_path
+                .take()
+                .filter(|t| self.restored.contains(t));
             self.rep.files += 1;
             self.rep.bytes += f.file_size.max(0) as u64;
             return Ok(Some(row));
