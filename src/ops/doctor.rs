@@ -235,27 +235,21 @@ enum Db {
 
 async fn connect(url: &str) -> Result<Db, String> {
     let redacted = crate::config::redact_url(url);
-    let fail = |e: &dyn std::fmt::Display| format!("cannot connect to {redacted}: {e}");
+    let fail = |e: String| format!("cannot connect to {redacted}: {e}");
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let opts = PgConnectOptions::from_str(url).map_err(|e| fail(&e))?;
-        let conn = tokio::time::timeout(DB_CONNECT_TIMEOUT, opts.connect())
-            .await
-            .map_err(|_| fail(&"timed out"))?
-            .map_err(|e| fail(&e))?;
+        let opts = PgConnectOptions::from_str(url).map_err(|e| fail(e.to_string()))?;
+        let conn = within(opts.connect()).await.map_err(fail)?;
         Ok(Db::Pg(conn))
     } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
         let url = url.replacen("mariadb://", "mysql://", 1);
         let opts = MySqlConnectOptions::from_str(&url)
-            .map_err(|e| fail(&e))?
+            .map_err(|e| fail(e.to_string()))?
             .timezone(Some("+00:00".into()));
-        let conn = tokio::time::timeout(DB_CONNECT_TIMEOUT, opts.connect())
-            .await
-            .map_err(|_| fail(&"timed out"))?
-            .map_err(|e| fail(&e))?;
+        let conn = within(opts.connect()).await.map_err(fail)?;
         Ok(Db::My(conn))
     } else if url.starts_with("sqlite:") {
         let opts = SqliteConnectOptions::from_str(url)
-            .map_err(|e| fail(&e))?
+            .map_err(|e| fail(e.to_string()))?
             .create_if_missing(false);
         let file = opts.get_filename();
         if !file.exists() {
@@ -264,10 +258,7 @@ async fn connect(url: &str) -> Result<Db, String> {
                 file.display()
             ));
         }
-        let conn = tokio::time::timeout(DB_CONNECT_TIMEOUT, opts.connect())
-            .await
-            .map_err(|_| fail(&"timed out"))?
-            .map_err(|e| fail(&e))?;
+        let conn = within(opts.connect()).await.map_err(fail)?;
         Ok(Db::Sqlite(conn))
     } else {
         Err(format!(
@@ -276,11 +267,38 @@ async fn connect(url: &str) -> Result<Db, String> {
     }
 }
 
+/// A connection attempt bounded by [`DB_CONNECT_TIMEOUT`].
+async fn within<C>(connect: impl Future<Output = Result<C, sqlx::Error>>) -> Result<C, String> {
+    match tokio::time::timeout(DB_CONNECT_TIMEOUT, connect).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
 /// An applied migration as `_sqlx_migrations` records it.
 struct Applied {
     version: i64,
     checksum: Vec<u8>,
     success: bool,
+}
+
+/// [`Db::applied`]'s rows (version, checksum, success), on any engine.
+fn applied_rows<R: Row>(rows: &[R]) -> Result<Vec<Applied>, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Vec<u8>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok(Applied {
+                version: r.try_get(0)?,
+                checksum: r.try_get(1)?,
+                success: r.try_get(2)?,
+            })
+        })
+        .collect()
 }
 
 impl Db {
@@ -315,16 +333,7 @@ impl Db {
                 if !exists {
                     return Ok(Vec::new());
                 }
-                let rows = sqlx::query(LIST).fetch_all(&mut *c).await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Applied {
-                            version: r.try_get(0)?,
-                            checksum: r.try_get(1)?,
-                            success: r.try_get(2)?,
-                        })
-                    })
-                    .collect()
+                applied_rows(&sqlx::query(LIST).fetch_all(&mut *c).await?)
             }
             Db::My(c) => {
                 let exists: i64 = sqlx::query_scalar(
@@ -336,16 +345,7 @@ impl Db {
                 if exists == 0 {
                     return Ok(Vec::new());
                 }
-                let rows = sqlx::query(LIST).fetch_all(&mut *c).await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Applied {
-                            version: r.try_get(0)?,
-                            checksum: r.try_get(1)?,
-                            success: r.try_get(2)?,
-                        })
-                    })
-                    .collect()
+                applied_rows(&sqlx::query(LIST).fetch_all(&mut *c).await?)
             }
             Db::Sqlite(c) => {
                 let exists: i64 = sqlx::query_scalar(
@@ -356,16 +356,7 @@ impl Db {
                 if exists == 0 {
                     return Ok(Vec::new());
                 }
-                let rows = sqlx::query(LIST).fetch_all(&mut *c).await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Applied {
-                            version: r.try_get(0)?,
-                            checksum: r.try_get(1)?,
-                            success: r.try_get(2)?,
-                        })
-                    })
-                    .collect()
+                applied_rows(&sqlx::query(LIST).fetch_all(&mut *c).await?)
             }
         }
     }
@@ -373,6 +364,7 @@ impl Db {
     /// The database's clock minus ours, seconds, and how precise that is
     /// (half the round trip); `None` for SQLite, which reads our clock.
     async fn clock(&mut self) -> Result<Option<(f64, f64)>, String> {
+        // The wall clock: this check measures this machine's clock.
         let before = Utc::now();
         let theirs: DateTime<Utc> = match self {
             Db::Pg(c) => sqlx::query_scalar("SELECT now()")
@@ -918,6 +910,7 @@ async fn auth(config: &Config) -> Result<(Check, Option<(f64, f64)>), String> {
         .timeout(config.limits.jwks_timeout)
         .build()
         .map_err(|e| format!("http client: {e}"))?;
+    // The wall clock: the skew of this machine's clock is what is measured.
     let before = Utc::now();
     let mut req = http.get(url);
     if let Some(b) = &bearer {
