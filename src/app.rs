@@ -51,6 +51,15 @@ impl std::ops::DerefMut for AppState {
 impl AppState {
     /// Connects the stores and prepares auth. Does not migrate.
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
+        AppState::build_with_clock(config, Arc::new(crate::core::SystemClock)).await
+    }
+
+    /// [`AppState::build`] on a [`Core`] reading the time from `clock`
+    /// (see [`Core::open_with_clock`]).
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn crate::core::Clock>,
+    ) -> anyhow::Result<AppState> {
         crate::telemetry::prometheus();
         let issuer = config.token_issuer()?;
         let verifier = match config.token_keys()? {
@@ -79,7 +88,7 @@ impl AppState {
             None => load_or_create_secret(&config.data_dir)?,
         };
         let limits = RateLimits::new(config.rate_limit_user_per_sec, config.rate_limit_ip_per_sec);
-        let core = Core::open(config).await?;
+        let core = Core::open_with_clock(config, clock).await?;
         Ok(AppState {
             core,
             verifier,

@@ -400,21 +400,30 @@ struct FileWebhook {
     events_retention_secs: Option<u64>,
 }
 
+/// A whole number: the variable `name`, else the config file's `file`,
+/// else `default`.
+fn number(
+    env_any: &dyn Fn(&[&str]) -> Option<String>,
+    name: &'static str,
+    file: Option<u64>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match env_any(&[name]) {
+        Some(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| invalid(name, format!("{s}: {e}"))),
+        None => Ok(file.unwrap_or(default)),
+    }
+}
+
 /// Reads `[webhook]` and the `STOWAGE_WEBHOOK_*` variables.
 fn webhook_from(
     fw: &FileWebhook,
     env_any: &dyn Fn(&[&str]) -> Option<String>,
 ) -> Result<WebhookConfig, ConfigError> {
     let d = WebhookConfig::default();
-    let n = |name: &'static str, file: Option<u64>, default: u64| -> Result<u64, ConfigError> {
-        match env_any(&[name]) {
-            Some(s) => s
-                .trim()
-                .parse::<u64>()
-                .map_err(|e| invalid(name, format!("{s}: {e}"))),
-            None => Ok(file.unwrap_or(default)),
-        }
-    };
+    let n = |name, file, default| number(env_any, name, file, default);
     let ms = |name: &'static str, file: Option<u64>, default: Duration| {
         let v = n(name, file, default.as_millis() as u64)?;
         if v == 0 {
@@ -579,15 +588,7 @@ fn limits_from(
 ) -> Result<Limits, ConfigError> {
     let d = Limits::default();
     // A whole number from the environment, else the file, else the default.
-    let n = |name: &'static str, file: Option<u64>, default: u64| -> Result<u64, ConfigError> {
-        match env_any(&[name]) {
-            Some(s) => s
-                .trim()
-                .parse::<u64>()
-                .map_err(|e| invalid(name, format!("{s}: {e}"))),
-            None => Ok(file.unwrap_or(default)),
-        }
-    };
+    let n = |name, file, default| number(env_any, name, file, default);
     let size = |name: &'static str,
                 file: &Option<toml::Value>,
                 default: u64|
@@ -922,10 +923,8 @@ impl Config {
             ));
         }
 
-        let num = |name: &'static str, v: Option<String>| -> Result<Option<u64>, ConfigError> {
-            v.map(|s| s.parse::<u64>().map_err(|e| invalid(name, e.to_string())))
-                .transpose()
-        };
+        let n = |name, file, default| number(&env_any, name, file, default);
+        let secs = |name, file, default| n(name, file, default).map(Duration::from_secs);
         let limits = limits_from(&fc.limits, &env_any)?;
         let webhook = webhook_from(&fc.webhook, &env_any)?;
 
@@ -983,36 +982,26 @@ impl Config {
             accel_redirect: env_any(&["STOWAGE_ACCEL_REDIRECT"])
                 .or(fc.accel_redirect)
                 .filter(|s| !s.is_empty()),
-            rate_limit_user_per_sec: num(
+            rate_limit_user_per_sec: n(
                 "STOWAGE_RATE_LIMIT_USER",
-                env_any(&["STOWAGE_RATE_LIMIT_USER"]),
-            )?
-            .map(|v| v as u32)
-            .or(fc.rate_limit_user_per_sec)
-            .unwrap_or(50),
-            rate_limit_ip_per_sec: num(
+                fc.rate_limit_user_per_sec.map(u64::from),
+                50,
+            )? as u32,
+            rate_limit_ip_per_sec: n(
                 "STOWAGE_RATE_LIMIT_IP",
-                env_any(&["STOWAGE_RATE_LIMIT_IP"]),
-            )?
-            .map(|v| v as u32)
-            .or(fc.rate_limit_ip_per_sec)
-            .unwrap_or(200),
-            upload_expiry: Duration::from_secs(
-                num(
-                    "STOWAGE_UPLOAD_EXPIRY_SECS",
-                    env_any(&["STOWAGE_UPLOAD_EXPIRY_SECS"]),
-                )?
-                .or(fc.upload_expiry_secs)
-                .unwrap_or(24 * 3600),
-            ),
-            reservation_ttl: Duration::from_secs(
-                num(
-                    "STOWAGE_RESERVATION_TTL_SECS",
-                    env_any(&["STOWAGE_RESERVATION_TTL_SECS"]),
-                )?
-                .or(fc.reservation_ttl_secs)
-                .unwrap_or(3600),
-            ),
+                fc.rate_limit_ip_per_sec.map(u64::from),
+                200,
+            )? as u32,
+            upload_expiry: secs(
+                "STOWAGE_UPLOAD_EXPIRY_SECS",
+                fc.upload_expiry_secs,
+                24 * 3600,
+            )?,
+            reservation_ttl: secs(
+                "STOWAGE_RESERVATION_TTL_SECS",
+                fc.reservation_ttl_secs,
+                3600,
+            )?,
             allowed_mime: env_any(&["STOWAGE_ALLOWED_MIME"])
                 .map(|s| comma_list(&s))
                 .or(fc.allowed_mime),
@@ -1026,22 +1015,16 @@ impl Config {
                     .map(|n| n.get())
                     .unwrap_or(2)
             }),
-            cleanup_interval: Duration::from_secs(
-                num(
-                    "STOWAGE_CLEANUP_INTERVAL_SECS",
-                    env_any(&["STOWAGE_CLEANUP_INTERVAL_SECS"]),
-                )?
-                .or(fc.cleanup_interval_secs)
-                .unwrap_or(15 * 60),
-            ),
-            audit_interval: Duration::from_secs(
-                num(
-                    "STOWAGE_AUDIT_INTERVAL_SECS",
-                    env_any(&["STOWAGE_AUDIT_INTERVAL_SECS"]),
-                )?
-                .or(fc.audit_interval_secs)
-                .unwrap_or(6 * 3600),
-            ),
+            cleanup_interval: secs(
+                "STOWAGE_CLEANUP_INTERVAL_SECS",
+                fc.cleanup_interval_secs,
+                15 * 60,
+            )?,
+            audit_interval: secs(
+                "STOWAGE_AUDIT_INTERVAL_SECS",
+                fc.audit_interval_secs,
+                6 * 3600,
+            )?,
             data_dir,
             limits,
             webhook,

@@ -62,7 +62,14 @@ pub struct Core {
 impl Core {
     /// Connects the stores. Does not migrate.
     pub async fn open(config: Config) -> anyhow::Result<Core> {
-        let meta = meta::connect(&config.database_url)
+        Core::open_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Core::open`] with the services and the store reading the time from
+    /// `clock` (tests move a [`crate::meta::ManualClock`] forward to see
+    /// links, uploads and leases expire without sleeping).
+    pub async fn open_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Core> {
+        let meta = meta::connect_with_clock(&config.database_url, clock.clone())
             .await
             .with_context(|| format!("opening database {}", redact_url(&config.database_url)))?;
         let blobs: Arc<dyn BlobStore> = match config.blob_store {
@@ -114,7 +121,7 @@ impl Core {
             holder,
             shutdown: CancellationToken::new(),
             tasks: Background::default(),
-            clock: Arc::new(SystemClock),
+            clock,
             scratch,
         })
     }

@@ -391,6 +391,16 @@ pub async fn read_staged(
     Ok(out)
 }
 
+/// The first bytes of staging blob `id` (`len` long) that the type check
+/// reads: `head` when it holds them already, else read back.
+pub async fn staged_head(state: &Core, id: Uuid, len: u64, head: Vec<u8>) -> IngestResult<Vec<u8>> {
+    let want = len.min(SNIFF_LEN as u64);
+    if head.len() as u64 >= want {
+        return Ok(head);
+    }
+    read_staged(state, id, 0..want).await
+}
+
 /// sha256 over the first `len` bytes of staging blob `id`, read back (for
 /// an upload whose saved state is missing).
 pub async fn hash_staged(state: &Core, id: Uuid, len: u64) -> IngestResult<RunningSha256> {

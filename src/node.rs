@@ -26,7 +26,7 @@ use std::{
     io::Write,
     os::unix::{fs::OpenOptionsExt, io::AsRawFd},
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -217,11 +217,8 @@ async fn sweep_unpublished(
                 continue;
             }
             let meta = e.metadata().await?;
-            let renamed = SystemTime::UNIX_EPOCH + Duration::from_secs(meta.ctime().max(0) as u64);
-            let old = SystemTime::now()
-                .duration_since(renamed)
-                .unwrap_or_default()
-                >= grace;
+            let renamed = DateTime::from_timestamp(meta.ctime().max(0), 0).unwrap_or_default();
+            let old = (state.now() - renamed).to_std().unwrap_or_default() >= grace;
             if old && state.meta.get_file_any(id).await?.is_none() {
                 tokio::fs::remove_file(e.path()).await?;
                 tracing::warn!(file = %e.path().display(), "removed a blob whose upload died before its commit");
@@ -307,7 +304,7 @@ impl Registration {
     pub async fn start(state: &Core) -> anyhow::Result<Registration> {
         persist_id(&state.config.data_dir, state.holder.node)?;
         let lock = lock_node(&state.config.data_dir).await?;
-        let started_at = Utc::now();
+        let started_at = state.now();
         state
             .meta
             .heartbeat_node(&row(state, started_at, started_at))
@@ -382,7 +379,7 @@ async fn heartbeats(state: Core, started_at: DateTime<Utc>, mut stop: watch::Rec
             _ = stop.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        let now = Utc::now();
+        let now = state.now();
         if let Err(e) = state
             .meta
             .heartbeat_node(&row(&state, started_at, now))

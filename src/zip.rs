@@ -390,7 +390,11 @@ mod tests {
 
     /// A whole archive in memory, for the small cases.
     fn archive(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut z = ZipWriter::new();
+        archive_by(ZipWriter::new(), files)
+    }
+
+    /// [`archive`] written by `z`.
+    fn archive_by(mut z: ZipWriter, files: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, data) in files {
             out.extend_from_slice(&z.start_entry(name, data.len() as u64, t0()).unwrap());
@@ -527,20 +531,12 @@ mod tests {
             ("empty", Vec::new()),
         ];
         for threshold in [U32_MAX, 0] {
-            let mut z = ZipWriter {
+            let z = ZipWriter {
                 zip64_from: threshold,
                 ..ZipWriter::default()
             };
-            let mut out = Vec::new();
-            for (name, data) in &files {
-                out.extend_from_slice(&z.start_entry(name, data.len() as u64, t0()).unwrap());
-                out.extend_from_slice(data);
-                out.extend_from_slice(
-                    &z.finish_entry(crc32fast::hash(data), data.len() as u64)
-                        .unwrap(),
-                );
-            }
-            out.extend_from_slice(&z.finish().unwrap());
+            let entries: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, &d[..])).collect();
+            let out = archive_by(z, &entries);
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("t.zip");
             std::fs::write(&path, &out).unwrap();

@@ -1,5 +1,5 @@
-//! The `stowage` binary as operators and their scripts use it, on SQLite and
-//! PostgreSQL: every `--json` command prints one JSON document and nothing
+//! The `stowage` binary as operators and their scripts use it, on SQLite,
+//! PostgreSQL and MariaDB: every `--json` command prints one JSON document and nothing
 //! else on stdout (logs go to stderr, so `stowage audit --json | jq` works),
 //! `stowage doctor` passes on a healthy set-up and names the check that fails
 //! on a broken one, completions and the man page come from the command
@@ -19,17 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[path = "support/serve.rs"]
 mod serve;
 
-use serve::{dev_login, upload_file, Launch, PgDb, BIN};
+use serve::{dev_login, fresh_db, upload_file, Engine, Launch, TestDb, BIN};
 
 const RSA_PUBLIC: &str = include_str!("fixtures/rsa_public.pem");
 /// `fixtures/rsa_public.pem` as a JWK (`openssl rsa -pubin -modulus`).
 const RSA_PUBLIC_N: &str = "z3TFp301DzI-ZV15zjR1751AyK02y9ixK6qAhg7BJ5MD_0Ngf48IlpSb7SlPYoEldt9c39ya4pl6nJcWu_0rKzhHWjDggWR4grIN2m2vQY2qV2nTZBXFqVWTM4W1Uf3Ve3weZfjMUyQkzDyUbKeRs8qhC9abbAPoFaazZt-WsurzGo_oSsvbE1XJ0YUchE8wkuISGUXHqoL6Lkv1nD8fu85jio_FRKn2F-opoCcI12fO6_2NkvsK_NK-bcEIy3QdbKjfo6zP_6s5a3HaUcTMFK_Ryt-1BAJl0X6BO_iTMktkitlxjsNglm9iR9HCg10wxA_kOhU2DhYXpfR_aYG4MQ";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Engine {
-    Sqlite,
-    Postgres,
-}
 
 /// One test body per metadata engine.
 macro_rules! engines {
@@ -44,6 +38,10 @@ macro_rules! engines {
             async fn postgres() {
                 ($body)(Engine::Postgres).await
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                ($body)(Engine::MariaDb).await
+            }
         }
     };
 }
@@ -55,27 +53,18 @@ struct Env {
     dir: TempDir,
     db_url: String,
     vars: Vec<(String, String)>,
-    _pg: Option<PgDb>,
+    _db: Option<TestDb>,
 }
 
 impl Env {
     async fn new(engine: Engine) -> Env {
         let dir = tempfile::tempdir().unwrap();
-        let (db_url, pg) = match engine {
-            Engine::Sqlite => (
-                format!("sqlite://{}/data/stowage.db", dir.path().display()),
-                None,
-            ),
-            Engine::Postgres => {
-                let db = PgDb::create().await;
-                (db.url.clone(), Some(db))
-            }
-        };
+        let (db_url, db) = fresh_db(engine, dir.path()).await;
         let mut env = Env {
             vars: Vec::new(),
             db_url,
             dir,
-            _pg: pg,
+            _db: db,
         };
         let data = env.path("data");
         env.set("STOWAGE_DATA_DIR", &data.display().to_string());
@@ -503,6 +492,14 @@ engines!(doctor_fails_on_a_pending_migration, |e| async move {
             let mut c = sqlx::SqliteConnection::connect(&env.db_url).await.unwrap();
             sqlx::query(sql).execute(&mut c).await.unwrap();
         }
+        Engine::MariaDb => {
+            // MySQL cannot read the table a DELETE changes but through a
+            // derived table.
+            let sql = "DELETE FROM _sqlx_migrations WHERE version = \
+                       (SELECT v FROM (SELECT MAX(version) AS v FROM _sqlx_migrations) AS m)";
+            let mut c = sqlx::MySqlConnection::connect(&env.db_url).await.unwrap();
+            sqlx::query(sql).execute(&mut c).await.unwrap();
+        }
     }
     let detail = doctor_fails(&env, "migrations").await;
     assert!(
@@ -513,11 +510,21 @@ engines!(doctor_fails_on_a_pending_migration, |e| async move {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_fails_when_the_database_is_unreachable() {
-    let mut env = healthy(Engine::Postgres).await;
-    env.set(
-        "STOWAGE_DATABASE_URL",
-        &format!("postgres://postgres@127.0.0.1:{}/stowage", closed_port()),
-    );
+    let url = format!("postgres://postgres@127.0.0.1:{}/stowage", closed_port());
+    doctor_fails_on_database(Engine::Postgres, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_when_the_mariadb_database_is_unreachable() {
+    let url = format!("mysql://root@127.0.0.1:{}/stowage", closed_port());
+    doctor_fails_on_database(Engine::MariaDb, &url).await;
+}
+
+/// `stowage doctor` set up on `engine`, then pointed at `url`, where no
+/// database answers: the database check and the one after it fail.
+async fn doctor_fails_on_database(engine: Engine, url: &str) {
+    let mut env = healthy(engine).await;
+    env.set("STOWAGE_DATABASE_URL", url);
     let out = env.run(&["doctor", "--json"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let all = checks(&parse(&["doctor"], &out));

@@ -13,7 +13,7 @@ use serde_json::Value;
 #[path = "support/serve.rs"]
 mod serve;
 
-use serve::{dev_login, Launch, MyDb, PgDb, Serve, BIN};
+use serve::{dev_login, Launch, Serve, TestDb, BIN};
 
 /// The environment of a process on `dir`'s data dir and volume and on
 /// database `db`, for `stowage serve` and the commands an operator runs.
@@ -198,14 +198,14 @@ async fn sigkill_during_uploads_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_uploads_postgres() {
-    let db = PgDb::create().await;
+    let db = TestDb::postgres().await;
     let dir = tempfile::tempdir().unwrap();
     crash_and_recover(&db.url, dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_uploads_mariadb() {
-    let db = MyDb::create().await;
+    let db = TestDb::mariadb().await;
     let dir = tempfile::tempdir().unwrap();
     crash_and_recover(&db.url, dir.path()).await;
 }
@@ -374,14 +374,14 @@ async fn sigkill_during_webhook_delivery_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_webhook_delivery_postgres() {
-    let db = PgDb::create().await;
+    let db = TestDb::postgres().await;
     let dir = tempfile::tempdir().unwrap();
     webhook_crash_and_recover(&db.url, dir.path()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_webhook_delivery_mariadb() {
-    let db = MyDb::create().await;
+    let db = TestDb::mariadb().await;
     let dir = tempfile::tempdir().unwrap();
     webhook_crash_and_recover(&db.url, dir.path()).await;
 }

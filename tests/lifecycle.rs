@@ -1,5 +1,5 @@
 //! Restarts, deploys and dead processes (SPEC §10) against the real
-//! `stowage serve`, on SQLite and PostgreSQL:
+//! `stowage serve`, on SQLite, PostgreSQL and MariaDB:
 //!
 //! * after `kill -9` with multipart uploads in flight, a restart of the same
 //!   node hands the user's whole room back at once, and `stowage cleanup`
@@ -30,7 +30,7 @@ use tokio::{
 #[path = "support/serve.rs"]
 mod serve;
 
-use serve::{dev_login, Launch, PgDb, Serve, BIN};
+use serve::{dev_login, Engine, Launch, Serve, TestDb, BIN};
 
 const MIB: usize = 1024 * 1024;
 const BOUNDARY: &str = "lifecycleBoundary7Q";
@@ -116,8 +116,8 @@ impl Setup {
     }
 }
 
-/// Runs `story` on SQLite and on PostgreSQL (`pg`), in a fresh directory.
-async fn on<F, Fut>(pg: bool, extra: &[(&str, &str)], story: F)
+/// Runs `story` on `engine`, in a fresh directory.
+async fn on<F, Fut>(engine: Engine, extra: &[(&str, &str)], story: F)
 where
     F: FnOnce(Setup) -> Fut,
     Fut: Future<Output = ()>,
@@ -127,23 +127,22 @@ where
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    if pg {
-        let db = PgDb::create().await;
-        story(Setup {
-            dir: dir.path().to_path_buf(),
-            db: db.url.clone(),
-            extra,
-        })
-        .await;
-    } else {
-        let db = format!("sqlite://{}/stowage.db", dir.path().display());
-        story(Setup {
-            dir: dir.path().to_path_buf(),
-            db,
-            extra,
-        })
-        .await;
-    }
+    let (db, _guard) = match engine {
+        Engine::Sqlite => (
+            format!("sqlite://{}/stowage.db", dir.path().display()),
+            None,
+        ),
+        server => {
+            let db = TestDb::create(server).await;
+            (db.url.clone(), Some(db))
+        }
+    };
+    story(Setup {
+        dir: dir.path().to_path_buf(),
+        db,
+        extra,
+    })
+    .await;
 }
 
 fn png_like(len: usize, seed: u8) -> Vec<u8> {
@@ -397,12 +396,22 @@ async fn killed_uploads_free_their_room_at_once(setup: Setup) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_restart_frees_the_room_at_once_sqlite() {
-    on(false, &[], killed_uploads_free_their_room_at_once).await;
+    on(Engine::Sqlite, &[], killed_uploads_free_their_room_at_once).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_restart_frees_the_room_at_once_postgres() {
-    on(true, &[], killed_uploads_free_their_room_at_once).await;
+    on(
+        Engine::Postgres,
+        &[],
+        killed_uploads_free_their_room_at_once,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_restart_frees_the_room_at_once_mariadb() {
+    on(Engine::MariaDb, &[], killed_uploads_free_their_room_at_once).await;
 }
 
 // ------------------------------------------------------ another node
@@ -464,12 +473,27 @@ const FAST_HEARTBEATS: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_reclaims_a_dead_node_sqlite() {
-    on(false, FAST_HEARTBEATS, a_peer_reclaims_a_dead_node).await;
+    on(Engine::Sqlite, FAST_HEARTBEATS, a_peer_reclaims_a_dead_node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_reclaims_a_dead_node_postgres() {
-    on(true, FAST_HEARTBEATS, a_peer_reclaims_a_dead_node).await;
+    on(
+        Engine::Postgres,
+        FAST_HEARTBEATS,
+        a_peer_reclaims_a_dead_node,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_reclaims_a_dead_node_mariadb() {
+    on(
+        Engine::MariaDb,
+        FAST_HEARTBEATS,
+        a_peer_reclaims_a_dead_node,
+    )
+    .await;
 }
 
 // ----------------------------------------------------------- SIGTERM
@@ -590,10 +614,20 @@ async fn sigterm_ends_uploads_and_exits_in_time(setup: Setup) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_uploads_sqlite() {
-    on(false, &[], sigterm_ends_uploads_and_exits_in_time).await;
+    on(Engine::Sqlite, &[], sigterm_ends_uploads_and_exits_in_time).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_uploads_postgres() {
-    on(true, &[], sigterm_ends_uploads_and_exits_in_time).await;
+    on(
+        Engine::Postgres,
+        &[],
+        sigterm_ends_uploads_and_exits_in_time,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_uploads_mariadb() {
+    on(Engine::MariaDb, &[], sigterm_ends_uploads_and_exits_in_time).await;
 }

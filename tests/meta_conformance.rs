@@ -60,7 +60,7 @@ fn open_sqlite() -> Pin<Box<dyn Future<Output = Db> + Send>> {
 
 fn open_postgres() -> Pin<Box<dyn Future<Output = Db> + Send>> {
     Box::pin(async {
-        let pg = serve::PgDb::create().await;
+        let pg = serve::TestDb::postgres().await;
         let url = pg.url.clone();
         with_store(&url, Box::new(pg)).await
     })
@@ -68,7 +68,7 @@ fn open_postgres() -> Pin<Box<dyn Future<Output = Db> + Send>> {
 
 fn open_mariadb() -> Pin<Box<dyn Future<Output = Db> + Send>> {
     Box::pin(async {
-        let my = serve::MyDb::create().await;
+        let my = serve::TestDb::mariadb().await;
         let url = my.url.clone();
         with_store(&url, Box::new(my)).await
     })

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     error::{AppError, AppResult},
-    extract::{AdminAuth, ApiJson},
+    extract::{page_limit, AdminAuth, ApiJson},
 };
 use crate::{
     app::AppState,
@@ -167,13 +167,7 @@ fn parse_events(p: EventParams) -> AppResult<EventQuery> {
         })?),
         None => None,
     };
-    let limit = match p.limit.as_deref() {
-        None | Some("") => 50,
-        Some(l) => l
-            .parse::<u64>()
-            .map_err(|_| bad(format!("limit must be a positive integer, not {l:?}")))?
-            .clamp(1, 200) as u32,
-    };
+    let limit = page_limit(p.limit.as_deref())?;
     let before_seq = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => Some(parse_event_cursor(c)?),
         None => None,
@@ -218,7 +212,7 @@ async fn replay_event(
     Path(id): Path<String>,
 ) -> AppResult<Json<serde_json::Value>> {
     let id = uuid::Uuid::parse_str(&id).map_err(|_| AppError::NotFound)?;
-    if !state.meta.replay_event(id, chrono::Utc::now()).await? {
+    if !state.meta.replay_event(id, state.now()).await? {
         return Err(AppError::NotFound);
     }
     let ev = state.meta.get_event(id).await?.ok_or(AppError::NotFound)?;

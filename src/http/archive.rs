@@ -20,7 +20,7 @@ use axum::{
     Json, Router,
 };
 use bytes::Bytes;
-use chrono::{SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -192,7 +192,7 @@ async fn sign(
         s: sel,
     })
     .map_err(AppError::internal)?;
-    let expires = Utc::now().timestamp() + expires_in;
+    let expires = state.now().timestamp() + expires_in;
     let token = signed_url::sign_payload(&state.signing_key, Purpose::Archive, &payload, expires);
     let at = chrono::DateTime::from_timestamp(expires, 0).unwrap_or_default();
     Ok(Json(SignedLink {
@@ -213,7 +213,7 @@ async fn signed_archive(
     }
     let (payload, expires) = signed_url::open_payload(&state.signing_key, Purpose::Archive, &token)
         .ok_or_else(denied)?;
-    if expires < Utc::now().timestamp() {
+    if expires < state.now().timestamp() {
         return Err(denied());
     }
     let link: LinkPayload = serde_json::from_slice(&payload).map_err(|_| denied())?;

@@ -16,7 +16,6 @@ use axum::{
     routing::get,
     Router,
 };
-use chrono::Utc;
 use futures::StreamExt;
 use serde::Deserialize;
 
@@ -60,11 +59,7 @@ async fn download(
     Query(p): Query<DownloadParams>,
     conn: Option<Extension<Sendfile>>,
 ) -> AppResult<Response> {
-    let rec = state
-        .meta
-        .get_file(&user.0, id)
-        .await?
-        .ok_or(AppError::NotFound)?;
+    let rec = user.file(&state, id).await?;
     let conn = conn.as_ref().map(|c| &c.0);
     serve_file_on(&state, &rec, &method, &headers, wants_inline(&p), conn).await
 }
@@ -87,7 +82,7 @@ async fn check_signed(
         return Err(denied());
     }
     let (id, exp, sig) = signed_url::parse(token).ok_or_else(denied)?;
-    if exp < Utc::now().timestamp() {
+    if exp < state.now().timestamp() {
         return Err(denied());
     }
     let rec = state.meta.get_file_any(id).await?.ok_or_else(denied)?;
@@ -120,11 +115,7 @@ async fn thumbnail(
     method: Method,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    let rec = state
-        .meta
-        .get_file(&user.0, id)
-        .await?
-        .ok_or(AppError::NotFound)?;
+    let rec = user.file(&state, id).await?;
     serve_thumbnail(&state, &rec, &method, &headers).await
 }
 

@@ -25,11 +25,36 @@ use super::error::AppError;
 use crate::{
     app::AppState,
     auth::{dev, AuthError},
+    meta::FileRecord,
 };
 
 /// The signed-in user (`sub`).
 #[derive(Clone, Debug)]
 pub struct AuthUser(pub String);
+
+impl AuthUser {
+    /// This user's file `id`; 404 when it is someone else's or none.
+    pub async fn file(&self, state: &AppState, id: Uuid) -> Result<FileRecord, AppError> {
+        state
+            .meta
+            .get_file(&self.0, id)
+            .await?
+            .ok_or(AppError::NotFound)
+    }
+}
+
+/// A listing's `limit` parameter: 50 when absent, at most 200.
+pub fn page_limit(raw: Option<&str>) -> Result<u32, AppError> {
+    match raw {
+        None | Some("") => Ok(50),
+        Some(l) => Ok(l
+            .parse::<u64>()
+            .map_err(|_| {
+                AppError::BadRequest(format!("limit must be a positive integer, not {l:?}"))
+            })?
+            .clamp(1, 200) as u32),
+    }
+}
 
 /// Where a session token came from. A browser attaches the cookie to
 /// requests that other sites start; it never adds the header by itself.

@@ -20,13 +20,13 @@ use axum::{
     Json, Router,
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
-use chrono::{SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     error::{AppError, AppResult},
-    extract::{ApiJson, AuthUser, FileId, OptionalJson},
+    extract::{page_limit, ApiJson, AuthUser, FileId, OptionalJson},
     multipart,
 };
 use crate::{
@@ -376,13 +376,7 @@ fn parse_list(p: ListParams) -> AppResult<ListQuery> {
         Some("asc") => SortOrder::Asc,
         Some(o) => return Err(bad(format!("order must be asc or desc, not {o:?}"))),
     };
-    let limit = match p.limit.as_deref() {
-        None | Some("") => 50,
-        Some(l) => l
-            .parse::<u64>()
-            .map_err(|_| bad(format!("limit must be a positive integer, not {l:?}")))?
-            .clamp(1, 200) as u32,
-    };
+    let limit = page_limit(p.limit.as_deref())?;
     let after = match p.cursor.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => Some(decode_cursor(c, sort, order)?),
         None => None,
@@ -482,11 +476,7 @@ async fn details(
     user: AuthUser,
     FileId(id): FileId,
 ) -> AppResult<Json<FileView>> {
-    let rec = state
-        .meta
-        .get_file(&user.0, id)
-        .await?
-        .ok_or(AppError::NotFound)?;
+    let rec = user.file(&state, id).await?;
     Ok(Json(FileView::from(&rec)))
 }
 
@@ -580,11 +570,7 @@ async fn copy(
     OptionalJson(body): OptionalJson<CopyBody>,
 ) -> AppResult<(StatusCode, Json<FileView>)> {
     let name = body.and_then(|b| b.file_name);
-    let src = state
-        .meta
-        .get_file(&user.0, id)
-        .await?
-        .ok_or(AppError::NotFound)?;
+    let src = user.file(&state, id).await?;
     let name = name
         .as_deref()
         .map(sanitize_file_name)
@@ -665,12 +651,8 @@ async fn signed_link(
             "expires_in must be between 1 and 604800 seconds".into(),
         ));
     }
-    let rec = state
-        .meta
-        .get_file(&user.0, id)
-        .await?
-        .ok_or(AppError::NotFound)?;
-    let expires = Utc::now().timestamp() + expires_in;
+    let rec = user.file(&state, id).await?;
+    let expires = state.now().timestamp() + expires_in;
     let token = signed_url::sign(&state.signing_key, rec.id, &rec.user_id, expires);
     let at = chrono::DateTime::from_timestamp(expires, 0).unwrap_or_default();
     Ok(Json(SignedLink {

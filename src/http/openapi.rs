@@ -81,19 +81,73 @@ pub enum Ty {
 const FILE: Out = Out::File("the file");
 const NOT_FOUND: (&str, Out) = ("404", Out::Plain("not found"));
 
-const fn json_body(schema: &'static str, required: bool) -> Option<Body> {
-    Some(Body {
+const fn json_body(schema: &'static str, required: bool) -> Body {
+    Body {
         content_type: "application/json",
         schema: Some(schema),
         required,
-    })
+    }
 }
 
-const TUS_BODY: Option<Body> = Some(Body {
+const TUS_BODY: Body = Body {
     content_type: "application/offset+octet-stream",
     schema: None,
     required: false,
-});
+};
+
+const UPLOAD_FORM: Body = Body {
+    content_type: "multipart/form-data",
+    schema: Some("UploadForm"),
+    required: true,
+};
+
+impl Op {
+    /// An operation answering nothing yet, without query parameters or a
+    /// body; the methods below add them.
+    const fn new(
+        method: &'static str,
+        path: &'static str,
+        id: &'static str,
+        auth: Auth,
+        summary: &'static str,
+    ) -> Op {
+        Op {
+            method,
+            path,
+            id,
+            summary,
+            auth,
+            responses: &[],
+            query: &[],
+            body: None,
+        }
+    }
+
+    const fn responses(mut self, responses: &'static [(&'static str, Out)]) -> Op {
+        self.responses = responses;
+        self
+    }
+
+    const fn query(mut self, query: &'static [Query]) -> Op {
+        self.query = query;
+        self
+    }
+
+    const fn body(mut self, body: Body) -> Op {
+        self.body = Some(body);
+        self
+    }
+}
+
+impl Query {
+    const fn new(name: &'static str, ty: Ty, description: &'static str) -> Query {
+        Query {
+            name,
+            ty,
+            description,
+        }
+    }
+}
 
 /// The operations a file id leads to, as `(link name, operationId)`.
 pub const FILE_LINKS: &[(&str, &str)] = &[
@@ -110,536 +164,353 @@ pub const FILE_LINKS: &[(&str, &str)] = &[
 
 /// Every route of SPEC §3.
 pub const OPS: &[Op] = &[
-    Op {
-        method: "post",
-        path: "/api/files/upload",
-        id: "uploadFile",
-        summary: "Upload a file (multipart: file, file_type, package_name, tags)",
-        auth: Auth::User,
-        responses: &[
-            ("201", FILE),
-            ("400", Out::Plain("bad form")),
-            ("413", Out::Plain("over the per-file limit")),
-            ("415", Out::Plain("content type refused")),
-            ("422", Out::Plain("malware")),
-            ("507", Out::Plain("quota exceeded")),
-        ],
-        query: &[],
-        body: Some(Body {
-            content_type: "multipart/form-data",
-            schema: Some("UploadForm"),
-            required: true,
-        }),
-    },
-    Op {
-        method: "get",
-        path: "/api/files",
-        id: "listFiles",
-        summary: "List files (type, favorite, tag, q, sort, order, limit, cursor)",
-        auth: Auth::User,
-        responses: &[
-            ("200", Out::Json("a page of files", "FileList")),
-            ("400", Out::Plain("bad parameter")),
-        ],
-        query: &[
-            Query {
-                name: "type",
-                ty: Ty::Ref("FileType"),
-                description: "only files of this type",
-            },
-            Query {
-                name: "favorite",
-                ty: Ty::Bool,
-                description: "only favourites",
-            },
-            Query {
-                name: "tag",
-                ty: Ty::Str,
-                description: "only files with this tag",
-            },
-            Query {
-                name: "q",
-                ty: Ty::Str,
-                description: "file name contains this, case-insensitively",
-            },
-            Query {
-                name: "sort",
-                ty: Ty::OneOf(&["upload_date", "file_name", "file_size"]),
-                description: "sort field (default upload_date)",
-            },
-            Query {
-                name: "order",
-                ty: Ty::OneOf(&["asc", "desc"]),
-                description: "sort order (default desc)",
-            },
-            Query {
-                name: "limit",
-                ty: Ty::Int,
-                description: "page size: default 50, above 200 counts as 200",
-            },
-            Query {
-                name: "cursor",
-                ty: Ty::Str,
-                description: "next_cursor of the previous page",
-            },
-        ],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/api/files/{id}",
-        id: "getFile",
-        summary: "File details",
-        auth: Auth::User,
-        responses: &[("200", FILE), NOT_FOUND],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "delete",
-        path: "/api/files/{id}",
-        id: "deleteFile",
-        summary: "Delete a file; usage drops in the same transaction",
-        auth: Auth::User,
-        responses: &[("204", Out::Plain("deleted")), NOT_FOUND],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/api/files/{id}/download",
-        id: "downloadFile",
-        summary: "Download bytes (Range, ETag, ?inline=1 for media)",
-        auth: Auth::User,
-        responses: &[
-            ("200", Out::Plain("bytes")),
-            ("206", Out::Plain("partial")),
-            ("304", Out::Plain("not modified")),
-            NOT_FOUND,
-            ("416", Out::Plain("range not satisfiable")),
-        ],
-        query: &[Query {
-            name: "inline",
-            ty: Ty::OneOf(&["1"]),
-            description: "Content-Disposition inline (raster images, video, audio only)",
-        }],
-        body: None,
-    },
-    Op {
-        method: "head",
-        path: "/api/files/{id}/download",
-        id: "headDownload",
-        summary: "Download headers",
-        auth: Auth::User,
-        responses: &[("200", Out::Plain("headers"))],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/api/files/{id}/thumbnail",
-        id: "getThumbnail",
-        summary: "Thumbnail (JPEG or WebP); 404 until generated",
-        auth: Auth::User,
-        responses: &[("200", Out::Plain("image")), ("404", Out::Plain("not yet"))],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "post",
-        path: "/api/files/{id}/signed-url",
-        id: "createSignedUrl",
-        summary: "Create a signed download link ({\"expires_in\": seconds})",
-        auth: Auth::User,
-        responses: &[
-            ("200", Out::Json("the link", "SignedUrl")),
-            ("400", Out::Plain("bad expiry")),
-            NOT_FOUND,
-        ],
-        query: &[],
-        body: json_body("SignedUrlRequest", false),
-    },
-    Op {
-        method: "get",
-        path: "/s/{token}",
-        id: "signedDownload",
-        summary: "Download through a signed link (Range honoured)",
-        auth: Auth::None,
-        responses: &[
-            ("200", Out::Plain("bytes")),
-            ("206", Out::Plain("partial")),
-            ("403", Out::Plain("invalid or expired")),
-        ],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/s/{token}/thumbnail",
-        id: "signedThumbnail",
-        summary: "Thumbnail through a signed link",
-        auth: Auth::None,
-        responses: &[
-            ("200", Out::Plain("image")),
-            ("403", Out::Plain("invalid or expired")),
-            ("404", Out::Plain("not yet")),
-        ],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "patch",
-        path: "/api/files/{id}",
-        id: "renameFile",
-        summary: "Rename and/or move to another package ({\"file_name\"?, \"package_name\"?}); names sanitized as on upload",
-        auth: Auth::User,
-        responses: &[("200", FILE), ("400", Out::Plain("bad body")), NOT_FOUND],
-        query: &[],
-        body: json_body("RenameRequest", false),
-    },
-    Op {
-        method: "post",
-        path: "/api/files/{id}/copy",
-        id: "copyFile",
-        summary: "Copy a file ({\"file_name\"?}); counted against the quota like an upload, copied inside the store",
-        auth: Auth::User,
-        responses: &[
-            ("201", Out::File("the copy")),
-            NOT_FOUND,
-            ("413", Out::Plain("over the per-file limit")),
-            ("507", Out::Plain("quota exceeded")),
-        ],
-        query: &[],
-        body: json_body("CopyRequest", false),
-    },
-    Op {
-        method: "get",
-        path: "/api/files/archive",
-        id: "downloadArchive",
-        summary: "A ZIP (stored entries, ZIP64 when needed) of a package or of up to 200 ids, streamed",
-        auth: Auth::User,
-        responses: &[
-            ("200", Out::Plain("application/zip")),
-            ("400", Out::Plain("neither or both of package_name and ids")),
-            ("404", Out::Plain("an id is not the user's, or the package is empty")),
-        ],
-        query: &[
-            Query {
-                name: "package_name",
-                ty: Ty::Str,
-                description: "every file of this package",
-            },
-            Query {
-                name: "ids",
-                ty: Ty::Str,
-                description: "comma-separated file ids (at most 200)",
-            },
-        ],
-        body: None,
-    },
-    Op {
-        method: "post",
-        path: "/api/files/archive/signed-url",
-        id: "createArchiveSignedUrl",
-        summary: "A signed link (/s/archive/…) to the archive of a package or of up to 200 ids",
-        auth: Auth::User,
-        responses: &[
-            ("200", Out::Json("the link", "SignedUrl")),
-            ("400", Out::Plain("bad selection or expiry")),
-            NOT_FOUND,
-        ],
-        query: &[],
-        body: json_body("ArchiveLinkRequest", true),
-    },
-    Op {
-        method: "get",
-        path: "/s/archive/{token}",
-        id: "signedArchive",
-        summary: "Download an archive through a signed link",
-        auth: Auth::None,
-        responses: &[
-            ("200", Out::Plain("application/zip")),
-            ("403", Out::Plain("invalid or expired")),
-            ("404", Out::Plain("the files are gone")),
-        ],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "post",
-        path: "/api/uploads/signed",
-        id: "createSignedUpload",
-        summary: "A single-use upload URL (/u/…) with max_bytes reserved at once",
-        auth: Auth::User,
-        responses: &[
-            ("200", Out::Json("the URL", "SignedUrl")),
-            ("400", Out::Plain("bad body")),
-            ("413", Out::Plain("max_bytes over the per-file limit")),
-            ("429", Out::Plain("too many unfinished uploads")),
-            ("507", Out::Plain("quota exceeded")),
-        ],
-        query: &[],
-        body: json_body("SignedUploadRequest", true),
-    },
-    Op {
-        method: "post",
-        path: "/u/{token}",
-        id: "signedUpload",
-        summary: "Upload one file through a signed upload URL (multipart as /api/files/upload; no session)",
-        auth: Auth::None,
-        responses: &[
-            ("201", FILE),
-            ("400", Out::Plain("bad form")),
-            ("403", Out::Plain("invalid or expired")),
-            ("410", Out::Plain("already used")),
-            ("413", Out::Plain("over the URL's max_bytes")),
-            ("415", Out::Plain("content type refused")),
-            ("422", Out::Plain("malware")),
-        ],
-        query: &[],
-        body: Some(Body {
-            content_type: "multipart/form-data",
-            schema: Some("UploadForm"),
-            required: true,
-        }),
-    },
-    Op {
-        method: "post",
-        path: "/api/files/{id}/favorite",
-        id: "setFileFavorite",
-        summary: "Toggle, or set with {\"is_favorite\": bool}",
-        auth: Auth::User,
-        responses: &[("200", FILE), NOT_FOUND],
-        query: &[],
-        body: json_body("FavoriteRequest", false),
-    },
-    Op {
-        method: "put",
-        path: "/api/files/{id}/tags",
-        id: "setFileTags",
-        summary: "Replace tags ({\"tags\": [...]})",
-        auth: Auth::User,
-        responses: &[
-            ("200", FILE),
-            ("400", Out::Plain("too many or too long")),
-            NOT_FOUND,
-        ],
-        query: &[],
-        body: json_body("TagsRequest", true),
-    },
-    Op {
-        method: "get",
-        path: "/api/storage/usage",
-        id: "getUsage",
-        summary: "Quota and usage by type",
-        auth: Auth::User,
-        responses: &[("200", Out::Json("usage", "Usage"))],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "options",
-        path: "/api/uploads",
-        id: "tusDiscover",
-        summary: "tus discovery",
-        auth: Auth::None,
-        responses: &[("204", Out::Plain("capabilities"))],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "post",
-        path: "/api/uploads",
-        id: "tusCreate",
-        summary: "tus creation (and creation-with-upload)",
-        auth: Auth::User,
-        responses: &[
-            (
-                "201",
-                Out::FileIdHeader("created; Location, and Stowage-File-Id when already complete"),
-            ),
-            ("413", Out::Plain("too large")),
-            ("507", Out::Plain("quota exceeded")),
-        ],
-        query: &[],
-        body: TUS_BODY,
-    },
-    Op {
-        method: "head",
-        path: "/api/uploads/{id}",
-        id: "tusOffset",
-        summary: "tus offset",
-        auth: Auth::User,
-        responses: &[("200", Out::Plain("Upload-Offset")), NOT_FOUND],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "patch",
-        path: "/api/uploads/{id}",
-        id: "tusAppend",
-        summary: "tus append; the last PATCH answers Stowage-File-Id",
-        auth: Auth::User,
-        responses: &[
-            ("204", Out::FileIdHeader("appended")),
-            ("409", Out::Plain("offset mismatch")),
-            ("423", Out::Plain("locked")),
-            ("460", Out::Plain("checksum mismatch")),
-        ],
-        query: &[],
-        body: TUS_BODY,
-    },
-    Op {
-        method: "delete",
-        path: "/api/uploads/{id}",
-        id: "tusTerminate",
-        summary: "tus termination",
-        auth: Auth::User,
-        responses: &[("204", Out::Plain("terminated")), NOT_FOUND],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/api/admin/users",
-        id: "adminListUsers",
-        summary: "List users",
-        auth: Auth::Admin,
-        responses: &[("200", Out::Json("users", "UserList"))],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/api/admin/users/{id}",
-        id: "adminGetUser",
-        summary: "User details and usage",
-        auth: Auth::Admin,
-        responses: &[("200", Out::Json("the user", "UserDetails")), NOT_FOUND],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "put",
-        path: "/api/admin/users/{id}/quota",
-        id: "adminSetQuota",
-        summary: "Set max_bytes (creates the user if new)",
-        auth: Auth::Admin,
-        responses: &[
-            ("200", Out::Json("the user", "UserDetails")),
-            ("400", Out::Plain("bad quota")),
-        ],
-        query: &[],
-        body: json_body("QuotaRequest", true),
-    },
-    Op {
-        method: "delete",
-        path: "/api/admin/users/{id}",
-        id: "adminDeleteUser",
-        summary: "Delete a user with every file, upload and thumbnail",
-        auth: Auth::Admin,
-        responses: &[("204", Out::Plain("deleted")), NOT_FOUND],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/api/admin/jobs/failed",
-        id: "adminFailedJobs",
-        summary: "Background jobs that gave up (at most 100)",
-        auth: Auth::Admin,
-        responses: &[("200", Out::Json("jobs", "FailedJobs"))],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/api/admin/events",
-        id: "adminListEvents",
-        summary:
-            "Recorded events and their webhook delivery, newest first (type, status, limit, cursor)",
-        auth: Auth::Admin,
-        responses: &[
-            ("200", Out::Json("a page of events", "EventList")),
-            ("400", Out::Plain("bad parameter")),
-        ],
-        query: &[
-            Query {
-                name: "type",
-                ty: Ty::Ref("EventType"),
-                description: "only events of this type",
-            },
-            Query {
-                name: "status",
-                ty: Ty::OneOf(&["pending", "delivered", "failed"]),
-                description: "only events in this delivery state",
-            },
-            Query {
-                name: "limit",
-                ty: Ty::Int,
-                description: "page size, 1 to 200 (default 50)",
-            },
-            Query {
-                name: "cursor",
-                ty: Ty::Str,
-                description: "next_cursor of the previous page",
-            },
-        ],
-        body: None,
-    },
-    Op {
-        method: "post",
-        path: "/api/admin/events/{id}/replay",
-        id: "adminReplayEvent",
-        summary: "Queue one event for delivery again (due now, a fresh retry window)",
-        auth: Auth::Admin,
-        responses: &[("200", Out::Json("the event", "Event")), NOT_FOUND],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/healthz",
-        id: "healthz",
-        summary: "Liveness",
-        auth: Auth::None,
-        responses: &[("200", Out::Plain("ok"))],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/readyz",
-        id: "readyz",
-        summary: "Readiness: database and volume writable",
-        auth: Auth::None,
-        responses: &[
+    Op::new(
+        "post",
+        "/api/files/upload",
+        "uploadFile",
+        Auth::User,
+        "Upload a file (multipart: file, file_type, package_name, tags)",
+    )
+    .responses(&[
+        ("201", FILE),
+        ("400", Out::Plain("bad form")),
+        ("413", Out::Plain("over the per-file limit")),
+        ("415", Out::Plain("content type refused")),
+        ("422", Out::Plain("malware")),
+        ("507", Out::Plain("quota exceeded")),
+    ])
+    .body(UPLOAD_FORM),
+    Op::new(
+        "get",
+        "/api/files",
+        "listFiles",
+        Auth::User,
+        "List files (type, favorite, tag, q, sort, order, limit, cursor)",
+    )
+    .responses(&[
+        ("200", Out::Json("a page of files", "FileList")),
+        ("400", Out::Plain("bad parameter")),
+    ])
+    .query(&[
+        Query::new("type", Ty::Ref("FileType"), "only files of this type"),
+        Query::new("favorite", Ty::Bool, "only favourites"),
+        Query::new("tag", Ty::Str, "only files with this tag"),
+        Query::new("q", Ty::Str, "file name contains this, case-insensitively"),
+        Query::new(
+            "sort",
+            Ty::OneOf(&["upload_date", "file_name", "file_size"]),
+            "sort field (default upload_date)",
+        ),
+        Query::new("order", Ty::OneOf(&["asc", "desc"]), "sort order (default desc)"),
+        Query::new("limit", Ty::Int, "page size: default 50, above 200 counts as 200"),
+        Query::new("cursor", Ty::Str, "next_cursor of the previous page"),
+    ]),
+    Op::new("get", "/api/files/{id}", "getFile", Auth::User, "File details")
+        .responses(&[("200", FILE), NOT_FOUND]),
+    Op::new(
+        "delete",
+        "/api/files/{id}",
+        "deleteFile",
+        Auth::User,
+        "Delete a file; usage drops in the same transaction",
+    )
+    .responses(&[("204", Out::Plain("deleted")), NOT_FOUND]),
+    Op::new(
+        "get",
+        "/api/files/{id}/download",
+        "downloadFile",
+        Auth::User,
+        "Download bytes (Range, ETag, ?inline=1 for media)",
+    )
+    .responses(&[
+        ("200", Out::Plain("bytes")),
+        ("206", Out::Plain("partial")),
+        ("304", Out::Plain("not modified")),
+        NOT_FOUND,
+        ("416", Out::Plain("range not satisfiable")),
+    ])
+    .query(&[
+        Query::new(
+            "inline",
+            Ty::OneOf(&["1"]),
+            "Content-Disposition inline (raster images, video, audio only)",
+        ),
+    ]),
+    Op::new("head", "/api/files/{id}/download", "headDownload", Auth::User, "Download headers")
+        .responses(&[("200", Out::Plain("headers"))]),
+    Op::new(
+        "get",
+        "/api/files/{id}/thumbnail",
+        "getThumbnail",
+        Auth::User,
+        "Thumbnail (JPEG or WebP); 404 until generated",
+    )
+    .responses(&[("200", Out::Plain("image")), ("404", Out::Plain("not yet"))]),
+    Op::new(
+        "post",
+        "/api/files/{id}/signed-url",
+        "createSignedUrl",
+        Auth::User,
+        "Create a signed download link ({\"expires_in\": seconds})",
+    )
+    .responses(&[
+        ("200", Out::Json("the link", "SignedUrl")),
+        ("400", Out::Plain("bad expiry")),
+        NOT_FOUND,
+    ])
+    .body(json_body("SignedUrlRequest", false)),
+    Op::new(
+        "get",
+        "/s/{token}",
+        "signedDownload",
+        Auth::None,
+        "Download through a signed link (Range honoured)",
+    )
+    .responses(&[
+        ("200", Out::Plain("bytes")),
+        ("206", Out::Plain("partial")),
+        ("403", Out::Plain("invalid or expired")),
+    ]),
+    Op::new(
+        "get",
+        "/s/{token}/thumbnail",
+        "signedThumbnail",
+        Auth::None,
+        "Thumbnail through a signed link",
+    )
+    .responses(&[
+        ("200", Out::Plain("image")),
+        ("403", Out::Plain("invalid or expired")),
+        ("404", Out::Plain("not yet")),
+    ]),
+    Op::new(
+        "patch",
+        "/api/files/{id}",
+        "renameFile",
+        Auth::User,
+        "Rename and/or move to another package ({\"file_name\"?, \"package_name\"?}); names sanitized as on upload",
+    )
+    .responses(&[("200", FILE), ("400", Out::Plain("bad body")), NOT_FOUND])
+    .body(json_body("RenameRequest", false)),
+    Op::new(
+        "post",
+        "/api/files/{id}/copy",
+        "copyFile",
+        Auth::User,
+        "Copy a file ({\"file_name\"?}); counted against the quota like an upload, copied inside the store",
+    )
+    .responses(&[
+        ("201", Out::File("the copy")),
+        NOT_FOUND,
+        ("413", Out::Plain("over the per-file limit")),
+        ("507", Out::Plain("quota exceeded")),
+    ])
+    .body(json_body("CopyRequest", false)),
+    Op::new(
+        "get",
+        "/api/files/archive",
+        "downloadArchive",
+        Auth::User,
+        "A ZIP (stored entries, ZIP64 when needed) of a package or of up to 200 ids, streamed",
+    )
+    .responses(&[
+        ("200", Out::Plain("application/zip")),
+        ("400", Out::Plain("neither or both of package_name and ids")),
+        ("404", Out::Plain("an id is not the user's, or the package is empty")),
+    ])
+    .query(&[
+        Query::new("package_name", Ty::Str, "every file of this package"),
+        Query::new("ids", Ty::Str, "comma-separated file ids (at most 200)"),
+    ]),
+    Op::new(
+        "post",
+        "/api/files/archive/signed-url",
+        "createArchiveSignedUrl",
+        Auth::User,
+        "A signed link (/s/archive/…) to the archive of a package or of up to 200 ids",
+    )
+    .responses(&[
+        ("200", Out::Json("the link", "SignedUrl")),
+        ("400", Out::Plain("bad selection or expiry")),
+        NOT_FOUND,
+    ])
+    .body(json_body("ArchiveLinkRequest", true)),
+    Op::new(
+        "get",
+        "/s/archive/{token}",
+        "signedArchive",
+        Auth::None,
+        "Download an archive through a signed link",
+    )
+    .responses(&[
+        ("200", Out::Plain("application/zip")),
+        ("403", Out::Plain("invalid or expired")),
+        ("404", Out::Plain("the files are gone")),
+    ]),
+    Op::new(
+        "post",
+        "/api/uploads/signed",
+        "createSignedUpload",
+        Auth::User,
+        "A single-use upload URL (/u/…) with max_bytes reserved at once",
+    )
+    .responses(&[
+        ("200", Out::Json("the URL", "SignedUrl")),
+        ("400", Out::Plain("bad body")),
+        ("413", Out::Plain("max_bytes over the per-file limit")),
+        ("429", Out::Plain("too many unfinished uploads")),
+        ("507", Out::Plain("quota exceeded")),
+    ])
+    .body(json_body("SignedUploadRequest", true)),
+    Op::new(
+        "post",
+        "/u/{token}",
+        "signedUpload",
+        Auth::None,
+        "Upload one file through a signed upload URL (multipart as /api/files/upload; no session)",
+    )
+    .responses(&[
+        ("201", FILE),
+        ("400", Out::Plain("bad form")),
+        ("403", Out::Plain("invalid or expired")),
+        ("410", Out::Plain("already used")),
+        ("413", Out::Plain("over the URL's max_bytes")),
+        ("415", Out::Plain("content type refused")),
+        ("422", Out::Plain("malware")),
+    ])
+    .body(UPLOAD_FORM),
+    Op::new(
+        "post",
+        "/api/files/{id}/favorite",
+        "setFileFavorite",
+        Auth::User,
+        "Toggle, or set with {\"is_favorite\": bool}",
+    )
+    .responses(&[("200", FILE), NOT_FOUND])
+    .body(json_body("FavoriteRequest", false)),
+    Op::new(
+        "put",
+        "/api/files/{id}/tags",
+        "setFileTags",
+        Auth::User,
+        "Replace tags ({\"tags\": [...]})",
+    )
+    .responses(&[
+        ("200", FILE),
+        ("400", Out::Plain("too many or too long")),
+        NOT_FOUND,
+    ])
+    .body(json_body("TagsRequest", true)),
+    Op::new("get", "/api/storage/usage", "getUsage", Auth::User, "Quota and usage by type")
+        .responses(&[("200", Out::Json("usage", "Usage"))]),
+    Op::new("options", "/api/uploads", "tusDiscover", Auth::None, "tus discovery")
+        .responses(&[("204", Out::Plain("capabilities"))]),
+    Op::new(
+        "post",
+        "/api/uploads",
+        "tusCreate",
+        Auth::User,
+        "tus creation (and creation-with-upload)",
+    )
+    .responses(&[
+        (
+            "201",
+            Out::FileIdHeader("created; Location, and Stowage-File-Id when already complete"),
+        ),
+        ("413", Out::Plain("too large")),
+        ("507", Out::Plain("quota exceeded")),
+    ])
+    .body(TUS_BODY),
+    Op::new("head", "/api/uploads/{id}", "tusOffset", Auth::User, "tus offset")
+        .responses(&[("200", Out::Plain("Upload-Offset")), NOT_FOUND]),
+    Op::new(
+        "patch",
+        "/api/uploads/{id}",
+        "tusAppend",
+        Auth::User,
+        "tus append; the last PATCH answers Stowage-File-Id",
+    )
+    .responses(&[
+        ("204", Out::FileIdHeader("appended")),
+        ("409", Out::Plain("offset mismatch")),
+        ("423", Out::Plain("locked")),
+        ("460", Out::Plain("checksum mismatch")),
+    ])
+    .body(TUS_BODY),
+    Op::new("delete", "/api/uploads/{id}", "tusTerminate", Auth::User, "tus termination")
+        .responses(&[("204", Out::Plain("terminated")), NOT_FOUND]),
+    Op::new("get", "/api/admin/users", "adminListUsers", Auth::Admin, "List users")
+        .responses(&[("200", Out::Json("users", "UserList"))]),
+    Op::new("get", "/api/admin/users/{id}", "adminGetUser", Auth::Admin, "User details and usage")
+        .responses(&[("200", Out::Json("the user", "UserDetails")), NOT_FOUND]),
+    Op::new(
+        "put",
+        "/api/admin/users/{id}/quota",
+        "adminSetQuota",
+        Auth::Admin,
+        "Set max_bytes (creates the user if new)",
+    )
+    .responses(&[
+        ("200", Out::Json("the user", "UserDetails")),
+        ("400", Out::Plain("bad quota")),
+    ])
+    .body(json_body("QuotaRequest", true)),
+    Op::new(
+        "delete",
+        "/api/admin/users/{id}",
+        "adminDeleteUser",
+        Auth::Admin,
+        "Delete a user with every file, upload and thumbnail",
+    )
+    .responses(&[("204", Out::Plain("deleted")), NOT_FOUND]),
+    Op::new(
+        "get",
+        "/api/admin/jobs/failed",
+        "adminFailedJobs",
+        Auth::Admin,
+        "Background jobs that gave up (at most 100)",
+    )
+    .responses(&[("200", Out::Json("jobs", "FailedJobs"))]),
+    Op::new(
+        "get",
+        "/api/admin/events",
+        "adminListEvents",
+        Auth::Admin,
+        "Recorded events and their webhook delivery, newest first (type, status, limit, cursor)",
+    )
+    .responses(&[
+        ("200", Out::Json("a page of events", "EventList")),
+        ("400", Out::Plain("bad parameter")),
+    ])
+    .query(&[
+        Query::new("type", Ty::Ref("EventType"), "only events of this type"),
+        Query::new(
+            "status",
+            Ty::OneOf(&["pending", "delivered", "failed"]),
+            "only events in this delivery state",
+        ),
+        Query::new("limit", Ty::Int, "page size, 1 to 200 (default 50)"),
+        Query::new("cursor", Ty::Str, "next_cursor of the previous page"),
+    ]),
+    Op::new(
+        "post",
+        "/api/admin/events/{id}/replay",
+        "adminReplayEvent",
+        Auth::Admin,
+        "Queue one event for delivery again (due now, a fresh retry window)",
+    )
+    .responses(&[("200", Out::Json("the event", "Event")), NOT_FOUND]),
+    Op::new("get", "/healthz", "healthz", Auth::None, "Liveness")
+        .responses(&[("200", Out::Plain("ok"))]),
+    Op::new("get", "/readyz", "readyz", Auth::None, "Readiness: database and volume writable")
+        .responses(&[
             ("200", Out::Plain("ready")),
             ("503", Out::Plain("not ready")),
-        ],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/metrics",
-        id: "metrics",
-        summary: "Prometheus metrics",
-        auth: Auth::None,
-        responses: &[("200", Out::Plain("text"))],
-        query: &[],
-        body: None,
-    },
-    Op {
-        method: "get",
-        path: "/openapi.json",
-        id: "openapi",
-        summary: "This document",
-        auth: Auth::None,
-        responses: &[("200", Out::Plain("OpenAPI 3"))],
-        query: &[],
-        body: None,
-    },
+        ]),
+    Op::new("get", "/metrics", "metrics", Auth::None, "Prometheus metrics")
+        .responses(&[("200", Out::Plain("text"))]),
+    Op::new("get", "/openapi.json", "openapi", Auth::None, "This document")
+        .responses(&[("200", Out::Plain("OpenAPI 3"))]),
 ];
 
 pub fn router() -> Router<AppState> {

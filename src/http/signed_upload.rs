@@ -21,7 +21,7 @@ use axum::{
     routing::post,
     Json, Router,
 };
-use chrono::{SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -93,9 +93,9 @@ async fn issue(
     // 413 over the per-file limit, 507 without room, 429 at the cap of
     // unfinished uploads: the URL counts as one until used or expired.
     let hint = ingest::SizeHint::Exact(body.max_bytes);
-    let expires = Utc::now().timestamp() + expires_in;
+    let expires = state.now().timestamp() + expires_in;
     // The reservation outlives the URL by a moment, never the other way.
-    let ttl = std::time::Duration::from_secs((expires - Utc::now().timestamp()).max(0) as u64 + 1);
+    let ttl = std::time::Duration::from_secs(expires_in as u64 + 1);
     let id = ingest::reserve_for(&state, &user.0, hint, ttl).await?.0;
     let expires_at = chrono::DateTime::from_timestamp(expires, 0).unwrap_or_default();
     let row = SignedUpload {
@@ -143,10 +143,11 @@ async fn upload(
     let (payload, expires) =
         signed_url::open_payload(&state.signing_key, Purpose::Upload, &token).ok_or_else(denied)?;
     let id = Uuid::from_slice(&payload).map_err(|_| denied())?;
-    if expires < Utc::now().timestamp() {
+    let now = state.now();
+    if expires < now.timestamp() {
         return Err(denied());
     }
-    let up = match state.meta.claim_signed_upload(id, Utc::now()).await? {
+    let up = match state.meta.claim_signed_upload(id, now).await? {
         SignedClaim::Claimed(up) => up,
         SignedClaim::Used => return Err(AppError::Gone("this upload URL was already used".into())),
         SignedClaim::Missing => return Err(denied()),

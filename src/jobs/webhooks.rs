@@ -165,7 +165,7 @@ async fn run(state: Core, url: String, mut stop: watch::Receiver<bool>) {
 
 /// Delivers the events due now; returns how many were attempted.
 async fn pass(state: &Core, client: &reqwest::Client, url: &str) -> anyhow::Result<usize> {
-    let due = state.meta.due_events(Utc::now(), BATCH).await?;
+    let due = state.meta.due_events(state.now(), BATCH).await?;
     let n = due.len();
     // One chain per user, in creation order.
     let mut chains: Vec<Vec<Event>> = Vec::new();
@@ -191,6 +191,8 @@ async fn pass(state: &Core, client: &reqwest::Client, url: &str) -> anyhow::Resu
 async fn deliver(state: &Core, client: &reqwest::Client, url: &str, ev: &Event) -> bool {
     let cfg = &state.config.webhook;
     let secret = cfg.secret.as_ref().map(|s| s.expose()).unwrap_or_default();
+    // The wall clock, not the core's: the receiver checks this against its
+    // own clock to refuse replays.
     let t = Utc::now().timestamp();
     let sent = client
         .post(url)
@@ -213,7 +215,7 @@ async fn deliver(state: &Core, client: &reqwest::Client, url: &str, ev: &Event) 
         }
         Err(e) => Err(describe(&e)),
     };
-    let now = Utc::now();
+    let now = state.now();
     match outcome {
         Ok(()) => {
             ::metrics::counter!("stowage_webhook_deliveries_total", "outcome" => "delivered")
@@ -272,7 +274,7 @@ fn describe(e: &reqwest::Error) -> String {
 /// until replayed or until a URL is removed. Returns how many went.
 pub async fn prune(state: &Core) -> anyhow::Result<u64> {
     let cfg = &state.config.webhook;
-    let cutoff = Utc::now() - chrono::Duration::from_std(cfg.retention)?;
+    let cutoff = state.now() - chrono::Duration::from_std(cfg.retention)?;
     let any = cfg.url.is_none().then_some(cutoff);
     Ok(state.meta.prune_events(cutoff, any).await?)
 }

@@ -744,6 +744,7 @@ async fn auth(config: &Config) -> Result<(Check, Option<(f64, f64)>), String> {
         .timeout(config.limits.jwks_timeout)
         .build()
         .map_err(|e| format!("http client: {e}"))?;
+    // The wall clock: the skew of this machine's clock is what is measured.
     let before = Utc::now();
     let mut req = http.get(url);
     if let Some(b) = &bearer {

@@ -49,22 +49,6 @@ pub async fn audit_with(app: &TestApp, fix: bool, grace: Duration) -> AuditRepor
     .unwrap()
 }
 
-pub async fn exec(app: &TestApp, sql: &str) {
-    // A connection of the test's own: the store keeps its pool to itself.
-    use sqlx::Connection;
-    let url = &app.state.config.database_url;
-    if app.state.meta.backend() == "postgres" {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    } else if app.state.meta.backend() == "mysql" {
-        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    }
-}
-
 fn blob_path(app: &TestApp, file: &serde_json::Value) -> PathBuf {
     let user_dir = app.storage_root();
     // Stored as {user}/images/{id}.png for the PNG fixtures.
@@ -130,7 +114,7 @@ local!(
             f.write_all(b"garbage").unwrap();
         }
         // Drifted counters.
-        exec(&app, "UPDATE user_storage SET total_bytes = total_bytes + 7, file_count = file_count + 1 WHERE user_id = 'au1'").await;
+        app.exec_sql("UPDATE user_storage SET total_bytes = total_bytes + 7, file_count = file_count + 1 WHERE user_id = 'au1'").await;
         // Orphans: an old file and an old thumbnail with no row, and a young one.
         let old_orphan = udir.join("images").join(format!("{}.png", Uuid::new_v4()));
         put(&old_orphan, 500, 2 * DAY);
@@ -273,8 +257,7 @@ local!(
         let app = spawn_app(b).await;
         let root = app.storage_root();
         app.upload_ok("af1", "a.png", png_bytes(1500)).await;
-        exec(
-            &app,
+        app.exec_sql(
             "UPDATE user_storage SET total_bytes = 0, file_count = 0 WHERE user_id = 'af1'",
         )
         .await;

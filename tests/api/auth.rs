@@ -16,6 +16,11 @@ async fn status_with(app: &TestApp, auth: Option<String>) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
+/// The status of a usage request with `Authorization: Bearer {token}`.
+async fn bearer_status(app: &TestApp, token: &str) -> u16 {
+    status_with(app, Some(format!("Bearer {token}"))).await.0
+}
+
 fn claims(sub: &str) -> Claims {
     Claims {
         sub: sub.into(),
@@ -31,19 +36,11 @@ both!(bad_tokens_are_refused, |b| async move {
     let (s, v) = status_with(&app, None).await;
     assert_eq!(s, 401);
     assert_eq!(v["error"]["code"], "unauthorized");
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {}", token("u"))))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(bearer_status(&app, &token("u")).await, 200);
 
     // Signed by another key.
     let forged = sign_rs256(RSA_OTHER_PRIVATE, &claims("u"));
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {forged}"))).await.0,
-        401
-    );
+    assert_eq!(bearer_status(&app, &forged).await, 401);
     // Expired beyond the leeway, and not yet valid.
     let expired = sign_rs256(
         RSA_PRIVATE,
@@ -52,10 +49,7 @@ both!(bad_tokens_are_refused, |b| async move {
             ..claims("u")
         },
     );
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {expired}"))).await.0,
-        401
-    );
+    assert_eq!(bearer_status(&app, &expired).await, 401);
     let early = sign_rs256(
         RSA_PRIVATE,
         &Claims {
@@ -63,10 +57,7 @@ both!(bad_tokens_are_refused, |b| async move {
             ..claims("u")
         },
     );
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {early}"))).await.0,
-        401
-    );
+    assert_eq!(bearer_status(&app, &early).await, 401);
     // Within the 5 s leeway is fine.
     let just = sign_rs256(
         RSA_PRIVATE,
@@ -75,19 +66,13 @@ both!(bad_tokens_are_refused, |b| async move {
             ..claims("u")
         },
     );
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {just}"))).await.0,
-        200
-    );
+    assert_eq!(bearer_status(&app, &just).await, 200);
 
     // alg: none.
     let header = B64.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let body = B64.encode(serde_json::to_vec(&json!({"sub": "u", "exp": now() + 600})).unwrap());
     let none = format!("{header}.{body}.");
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {none}"))).await.0,
-        401
-    );
+    assert_eq!(bearer_status(&app, &none).await, 401);
 
     // HS256 signed with the public key as the secret.
     let hs = jsonwebtoken::encode(
@@ -96,7 +81,7 @@ both!(bad_tokens_are_refused, |b| async move {
         &jsonwebtoken::EncodingKey::from_secret(RSA_PUBLIC.as_bytes()),
     )
     .unwrap();
-    assert_eq!(status_with(&app, Some(format!("Bearer {hs}"))).await.0, 401);
+    assert_eq!(bearer_status(&app, &hs).await, 401);
 
     // Tampered payload.
     let good = token("u");
@@ -118,10 +103,7 @@ both!(bad_tokens_are_refused, |b| async move {
         401
     );
     let dev = stowage::auth::dev::mint(&app.state.signing_key, "u");
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {dev}"))).await.0,
-        401
-    );
+    assert_eq!(bearer_status(&app, &dev).await, 401);
 
     // The __session cookie works like the header.
     let r = app
@@ -149,7 +131,7 @@ both!(issuer_and_authorized_parties, |b| async move {
             ..claims("u")
         },
     );
-    assert_eq!(status_with(&app, Some(format!("Bearer {ok}"))).await.0, 200);
+    assert_eq!(bearer_status(&app, &ok).await, 200);
     let no_azp = sign_rs256(
         RSA_PRIVATE,
         &Claims {
@@ -157,10 +139,7 @@ both!(issuer_and_authorized_parties, |b| async move {
             ..claims("u")
         },
     );
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {no_azp}"))).await.0,
-        200
-    );
+    assert_eq!(bearer_status(&app, &no_azp).await, 200);
     let bad_azp = sign_rs256(
         RSA_PRIVATE,
         &Claims {
@@ -169,10 +148,7 @@ both!(issuer_and_authorized_parties, |b| async move {
             ..claims("u")
         },
     );
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {bad_azp}"))).await.0,
-        401
-    );
+    assert_eq!(bearer_status(&app, &bad_azp).await, 401);
     let bad_iss = sign_rs256(
         RSA_PRIVATE,
         &Claims {
@@ -180,15 +156,9 @@ both!(issuer_and_authorized_parties, |b| async move {
             ..claims("u")
         },
     );
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {bad_iss}"))).await.0,
-        401
-    );
+    assert_eq!(bearer_status(&app, &bad_iss).await, 401);
     let no_iss = sign_rs256(RSA_PRIVATE, &claims("u"));
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {no_iss}"))).await.0,
-        401
-    );
+    assert_eq!(bearer_status(&app, &no_iss).await, 401);
 });
 
 both!(es256_keys_work, |b| async move {
@@ -197,14 +167,9 @@ both!(es256_keys_work, |b| async move {
     })
     .await;
     let t = sign_es256(EC_PRIVATE, &claims("e"));
-    assert_eq!(status_with(&app, Some(format!("Bearer {t}"))).await.0, 200);
+    assert_eq!(bearer_status(&app, &t).await, 200);
     // An RS256 token against an EC key is refused.
-    assert_eq!(
-        status_with(&app, Some(format!("Bearer {}", token("e"))))
-            .await
-            .0,
-        401
-    );
+    assert_eq!(bearer_status(&app, &token("e")).await, 401);
 });
 
 both!(other_users_ids_are_not_found, |b| async move {

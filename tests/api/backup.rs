@@ -427,7 +427,7 @@ local!(retention_keeps_the_newest_archives_only, |b| async move {
         made.push(backup::create(&app.state, opts(&dest)).await.unwrap().path);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(backup::list(&dest).unwrap().len(), 4);
+    assert_eq!(backup::list(&dest).await.unwrap().len(), 4);
     let last = backup::create(
         &app.state,
         CreateOptions {
@@ -439,7 +439,7 @@ local!(retention_keeps_the_newest_archives_only, |b| async move {
     .unwrap();
     made.push(last.path.clone());
     assert_eq!(last.removed.len(), 3, "{:?}", last.removed);
-    let listed = backup::list(&dest).unwrap();
+    let listed = backup::list(&dest).await.unwrap();
     let names: Vec<PathBuf> = listed.iter().map(|a| a.path.clone()).collect();
     assert_eq!(names, made[2..].to_vec());
     for a in &listed {
@@ -466,5 +466,5 @@ local!(retention_keeps_the_newest_archives_only, |b| async move {
     .await
     .unwrap();
     assert_eq!(r.removed, vec![old.clone()]);
-    assert_eq!(backup::list(&dest).unwrap().len(), 3);
+    assert_eq!(backup::list(&dest).await.unwrap().len(), 3);
 });

@@ -454,20 +454,7 @@ local!(restore_drill, |b| async move {
     // 4. On a fresh machine: an empty database and volume, the same
     //    object-store settings; restore from the bucket.
     let fresh = tempfile::tempdir().unwrap();
-    let (db_url, _pg) = match b {
-        Backend::Postgres => {
-            let db = PgDb::create().await;
-            (db.url.clone(), Some(DbGuard::Pg(db)))
-        }
-        Backend::MariaDb => {
-            let db = MyDb::create().await;
-            (db.url.clone(), Some(DbGuard::My(db)))
-        }
-        _ => (
-            format!("sqlite://{}/data/stowage.db", fresh.path().display()),
-            None,
-        ),
-    };
+    let (db_url, _db) = fresh_db(b.engine(), fresh.path()).await;
     let data_dir = fresh.path().join("data");
     let there = Cli::new(&db_url, &data_dir, &data_dir.join("users"), &config);
     let r = there.json(&["backup", "restore", &archive, "--json"]).await;

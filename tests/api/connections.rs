@@ -339,10 +339,7 @@ local!(
         assert!(started.elapsed() < Duration::from_secs(1) + MARGIN * 2);
         drop(s);
         let r = app
-            .client
-            .head(app.url(&loc))
-            .bearer_auth(token("tstall"))
-            .header("Tus-Resumable", "1.0.0")
+            .tus(reqwest::Method::HEAD, "tstall", &loc)
             .send()
             .await
             .unwrap();
@@ -350,10 +347,7 @@ local!(
         assert_eq!(r.headers()["upload-offset"], "300000");
         // It resumes from there to a whole file.
         let r = app
-            .client
-            .patch(app.url(&loc))
-            .bearer_auth(token("tstall"))
-            .header("Tus-Resumable", "1.0.0")
+            .tus(reqwest::Method::PATCH, "tstall", &loc)
             .header("Upload-Offset", "300000")
             .header("Content-Type", "application/offset+octet-stream")
             .body(data[300_000..].to_vec())

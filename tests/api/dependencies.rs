@@ -47,7 +47,7 @@ fn assert_only_states(v: &Value) {
 }
 
 async fn readyz(app: &TestApp) -> (u16, Value) {
-    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let r = app.get_public("/readyz").await;
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
@@ -336,16 +336,7 @@ local!(timed_out_decodes_keep_their_slot, |b| async move {
     // Every job fails on its timeout (so each decode outlived it) ...
     let deadline = Instant::now() + Duration::from_secs(120);
     let jobs = loop {
-        let v: Value = app
-            .client
-            .get(app.url("/api/admin/jobs/failed"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = app.admin_json("/api/admin/jobs/failed").await;
         let jobs = v["jobs"].as_array().unwrap().clone();
         if jobs.len() >= 3 || Instant::now() > deadline {
             break jobs;

@@ -179,7 +179,7 @@ both!(large_download_ranges_and_headers, |b| async move {
         .await
         .unwrap();
     assert_eq!(r.status(), 304);
-    let r = app.client.get(app.url(&url)).send().await.unwrap();
+    let r = app.get_public(&url).await;
     assert_eq!(r.status(), 401, "no token, no bytes");
     // On the local volume every body above went through sendfile.
     let sent = crate::sendfile::sendfile_bytes(&app).await - sent_before;
@@ -189,7 +189,7 @@ both!(large_download_ranges_and_headers, |b| async move {
 });
 
 both!(signed_links, |b| async move {
-    let app = spawn_app(b).await;
+    let app = spawn_app_clocked(b, |_| {}).await;
     let data = png_bytes(5000);
     let f = app.upload_ok("s", "a.png", data.clone()).await;
     let id = f["id"].as_str().unwrap();
@@ -210,7 +210,7 @@ both!(signed_links, |b| async move {
     assert!(link.starts_with("/s/"));
     assert!(v["expires_at"].as_str().unwrap().ends_with('Z'));
     // No session needed.
-    let r = app.client.get(app.url(&link)).send().await.unwrap();
+    let r = app.get_public(&link).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), data);
     let r = app
@@ -227,15 +227,7 @@ both!(signed_links, |b| async move {
     let i = altered.len() - 2;
     altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
     let altered = String::from_utf8(altered).unwrap();
-    assert_eq!(
-        app.client
-            .get(app.url(&altered))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(app.get_public(&altered).await.status(), 403);
     let parts: Vec<&str> = link.trim_start_matches("/s/").split('.').collect();
     let later = format!(
         "/s/{}.{}.{}",
@@ -243,24 +235,8 @@ both!(signed_links, |b| async move {
         parts[1].parse::<i64>().unwrap() + 1000,
         parts[2]
     );
-    assert_eq!(
-        app.client
-            .get(app.url(&later))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
-    assert_eq!(
-        app.client
-            .get(app.url("/s/garbage"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(app.get_public(&later).await.status(), 403);
+    assert_eq!(app.get_public("/s/garbage").await.status(), 403);
     // Expired.
     let v: Value = sign(json!({"expires_in": 1}))
         .await
@@ -268,13 +244,8 @@ both!(signed_links, |b| async move {
         .json()
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    let r = app
-        .client
-        .get(app.url(v["url"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap();
+    app.advance(std::time::Duration::from_secs(2));
+    let r = app.get_public(v["url"].as_str().unwrap()).await;
     assert_eq!(r.status(), 403);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "forbidden");
@@ -303,13 +274,5 @@ both!(signed_links, |b| async move {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        app.client
-            .get(app.url(&link))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(app.get_public(&link).await.status(), 403);
 });

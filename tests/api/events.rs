@@ -371,7 +371,7 @@ local!(
         .await;
         // The gauges are process-wide (other tests' servers set them too):
         // only their presence is checked here.
-        let r = app.client.get(app.url("/metrics")).send().await.unwrap();
+        let r = app.get_public("/metrics").await;
         let text = r.text().await.unwrap();
         for status in ["pending", "delivered", "failed"] {
             assert!(
@@ -650,13 +650,7 @@ local!(admin_events_filter_and_page, |b| async move {
         assert_eq!(v["error"]["code"], "invalid_request");
     }
     // Admin only.
-    let r = app
-        .client
-        .get(app.url("/api/admin/events"))
-        .bearer_auth(token("pager"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("pager", "/api/admin/events").await;
     assert_eq!(r.status(), 403);
     let r = app
         .client

@@ -5,13 +5,16 @@
 
 use std::{
     path::PathBuf,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use stowage::{app::AppState, config::Config};
+use stowage::{app::AppState, config::Config, meta::ManualClock};
 use tempfile::TempDir;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,33 +30,23 @@ pub enum Backend {
     S3,
 }
 
+impl Backend {
+    /// Where its metadata lives.
+    pub fn engine(self) -> Engine {
+        match self {
+            Backend::Sqlite | Backend::S3 => Engine::Sqlite,
+            Backend::Postgres => Engine::Postgres,
+            Backend::MariaDb => Engine::MariaDb,
+        }
+    }
+}
+
 /// Runs a test body once per metadata backend on the local volume, and once
 /// with blobs in Garage: four `#[tokio::test]`s.
 #[macro_export]
 macro_rules! both {
     ($name:ident, $body:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                ($body)($crate::helpers::Backend::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                ($body)($crate::helpers::Backend::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn mariadb() {
-                ($body)($crate::helpers::Backend::MariaDb).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn s3() {
-                if $crate::garage::available() {
-                    ($body)($crate::helpers::Backend::S3).await
-                }
-            }
-        }
+        $crate::engines!($name, $body, s3);
     };
 }
 
@@ -63,6 +56,15 @@ macro_rules! both {
 #[macro_export]
 macro_rules! local {
     ($name:ident, $body:expr) => {
+        $crate::engines!($name, $body);
+    };
+}
+
+/// A module `$name` with one test per engine, and with `s3` given, one
+/// with blobs in Garage (skipped when it is not running).
+#[macro_export]
+macro_rules! engines {
+    ($name:ident, $body:expr $(, $s3:ident)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
@@ -78,6 +80,14 @@ macro_rules! local {
             async fn mariadb() {
                 ($body)($crate::helpers::Backend::MariaDb).await
             }
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $s3() {
+                    if $crate::garage::available() {
+                        ($body)($crate::helpers::Backend::S3).await
+                    }
+                }
+            )?
         }
     };
 }
@@ -89,7 +99,7 @@ pub const EC_PRIVATE: &str = include_str!("../fixtures/ec_private.pem");
 pub const EC_PUBLIC: &str = include_str!("../fixtures/ec_public.pem");
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-pub use crate::serve::{pg_admin_url, DbGuard, MyDb, PgDb};
+pub use crate::serve::{fresh_db, pg_admin_url, Engine, TestDb};
 
 /// A multipart form with one file part, `data` named `name`.
 pub fn file_form(name: &str, data: Vec<u8>) -> reqwest::multipart::Form {
@@ -107,9 +117,12 @@ pub struct TestApp {
     pub dir: TempDir,
     pub backend: Backend,
     pub db_url: String,
+    /// The clock the server and its store read, when the test drives it
+    /// ([`spawn_app_clocked`]); otherwise they read the wall clock.
+    pub clock: Option<Arc<ManualClock>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
-    _db: Option<DbGuard>,
+    _db: Option<TestDb>,
 }
 
 /// Default test configuration: RS256 auth with the fixture key, admin token,
@@ -131,27 +144,34 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(backend, tweak, None).await
+}
+
+/// [`spawn_app_with`] on a [`ManualClock`] that starts at the wall clock's
+/// now and stands still until [`TestApp::advance`] moves it: links,
+/// uploads and reservations expire without the test sleeping.
+pub async fn spawn_app_clocked(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestApp {
+    spawn(
+        backend,
+        tweak,
+        Some(Arc::new(ManualClock::new(chrono::Utc::now()))),
+    )
+    .await
+}
+
+async fn spawn(
+    backend: Backend,
+    tweak: impl FnOnce(&mut Config),
+    clock: Option<Arc<ManualClock>>,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let (db_url, pg) = match backend {
-        Backend::Sqlite | Backend::S3 => (
-            format!("sqlite://{}/data/stowage.db", dir.path().display()),
-            None,
-        ),
-        Backend::Postgres => {
-            let db = PgDb::create().await;
-            (db.url.clone(), Some(DbGuard::Pg(db)))
-        }
-        Backend::MariaDb => {
-            let db = MyDb::create().await;
-            (db.url.clone(), Some(DbGuard::My(db)))
-        }
-    };
+    let (db_url, db) = fresh_db(backend.engine(), dir.path()).await;
     let mut config = test_config(dir.path(), &db_url);
     if backend == Backend::S3 {
         use_garage(&mut config, 0).await;
     }
     tweak(&mut config);
-    start(dir, config, backend, db_url, pg).await
+    start(dir, config, backend, db_url, db, clock).await
 }
 
 /// Points `config` at the shared Garage cluster (through node `node`), under
@@ -207,7 +227,15 @@ pub async fn spawn_peer_with(other: &TestApp, tweak: impl FnOnce(&mut Config)) -
     config.signing_secret = Some(stowage::config::Secret(hex::encode(
         &*other.state.signing_key,
     )));
-    start(dir, config, other.backend, other.db_url.clone(), None).await
+    start(
+        dir,
+        config,
+        other.backend,
+        other.db_url.clone(),
+        None,
+        other.clock.clone(),
+    )
+    .await
 }
 
 async fn start(
@@ -215,9 +243,14 @@ async fn start(
     config: Config,
     backend: Backend,
     db_url: String,
-    db: Option<DbGuard>,
+    db: Option<TestDb>,
+    clock: Option<Arc<ManualClock>>,
 ) -> TestApp {
-    let state = AppState::build(config).await.expect("build state");
+    let state = match &clock {
+        Some(c) => AppState::build_with_clock(config, c.clone()).await,
+        None => AppState::build(config).await,
+    }
+    .expect("build state");
     state.meta.migrate().await.expect("migrate");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -238,6 +271,7 @@ async fn start(
         dir,
         backend,
         db_url,
+        clock,
         stop: Some(tx),
         server: Some(server),
         _db: db,
@@ -245,6 +279,14 @@ async fn start(
 }
 
 impl TestApp {
+    /// Moves the clock of an app from [`spawn_app_clocked`] forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.clock
+            .as_ref()
+            .expect("an app from spawn_app_clocked")
+            .advance(by);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -327,6 +369,73 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A tus request by `user`: the session and `Tus-Resumable: 1.0.0` set.
+    pub fn tus(&self, method: reqwest::Method, user: &str, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token(user))
+            .header("Tus-Resumable", "1.0.0")
+    }
+
+    /// A GET without a session (signed links, health, the document).
+    pub async fn get_public(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// The JSON answer to a GET with the admin token.
+    pub async fn admin_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Runs `sql` (one statement, no parameters) on the app's database, on
+    /// a connection of the test's own (the store keeps its pool to itself).
+    pub async fn exec_sql(&self, sql: &str) {
+        use sqlx::Connection;
+        let url = &self.db_url;
+        match self.backend.engine() {
+            Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            }
+            Engine::MariaDb => {
+                let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            }
+            Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            }
+        }
+    }
+
+    /// One integer from the app's database, as [`TestApp::exec_sql`] reads it.
+    pub async fn sql_scalar(&self, sql: &str) -> i64 {
+        use sqlx::Connection;
+        let url = &self.db_url;
+        match self.backend.engine() {
+            Engine::Postgres => {
+                let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+            Engine::MariaDb => {
+                let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+            Engine::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+                sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+            }
+        }
     }
 
     pub async fn get_json(&self, user: &str, path: &str) -> (u16, Value) {
@@ -455,6 +564,12 @@ impl TestApp {
         v
     }
 
+    /// Nothing is left staged (see [`TestApp::temp_files`]).
+    pub async fn assert_nothing_staged(&self) {
+        let staged = self.temp_files().await;
+        assert!(staged.is_empty(), "{staged:?}");
+    }
+
     /// Checks the quota invariant and that usage equals the listed files.
     pub async fn assert_consistent(&self, user: &str) {
         let usage = self.usage(user).await;
@@ -546,22 +661,27 @@ pub fn der(input: &[u8]) -> (u8, &[u8], &[u8]) {
     (tag, &input[head..head + len], &input[head + len..])
 }
 
-/// The fixture RSA public key as a JWK with id `kid`.
-pub fn rsa_jwk(kid: &str) -> Value {
-    use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
-    let b64: String = RSA_PUBLIC
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
+/// The key of a PEM SubjectPublicKeyInfo (the bits of its BIT STRING).
+fn spki_key(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     let spki = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .unwrap();
-    // SubjectPublicKeyInfo { algorithm, BIT STRING { RSAPublicKey { n, e } } }
+    // SubjectPublicKeyInfo { algorithm, BIT STRING { key } }
     let (_, spki, _) = der(&spki);
     let (_, _, rest) = der(spki);
     let (tag, bits, _) = der(rest);
     assert_eq!(tag, 0x03);
-    let (_, rsa, _) = der(&bits[1..]);
+    bits[1..].to_vec()
+}
+
+/// The fixture RSA public key as a JWK with id `kid`.
+pub fn rsa_jwk(kid: &str) -> Value {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
+    // RSAPublicKey { n, e }
+    let key = spki_key(RSA_PUBLIC);
+    let (_, rsa, _) = der(&key);
     let (_, n, rest) = der(rsa);
     let (_, e, _) = der(rest);
     let n = n.strip_prefix(&[0u8]).unwrap_or(n);
@@ -571,24 +691,12 @@ pub fn rsa_jwk(kid: &str) -> Value {
 
 /// The fixture EC P-256 public key as a JWK with id `kid`.
 pub fn ec_jwk(kid: &str) -> Value {
-    use base64::Engine;
-    let b64: String = EC_PUBLIC
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    let spki = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .unwrap();
-    // SubjectPublicKeyInfo { algorithm, BIT STRING { 0x04 || x || y } }
-    let (_, spki, _) = der(&spki);
-    let (_, _, rest) = der(spki);
-    let (tag, bits, _) = der(rest);
-    assert_eq!(tag, 0x03);
-    let point = &bits[1..];
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD as B64, Engine};
+    // 0x04 || x || y
+    let point = spki_key(EC_PUBLIC);
     assert_eq!((point[0], point.len()), (0x04, 65));
-    let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
-           "x": b64u.encode(&point[1..33]), "y": b64u.encode(&point[33..])})
+           "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..])})
 }
 
 /// Bytes that sniff as PNG, of exactly `len` bytes (`len` ≥ 16).

@@ -460,7 +460,7 @@ async fn a_database_that_goes_away_answers_503_and_recovers() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "unavailable");
     assert!(r_retry_after_is_set(&app).await);
-    let r = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let r = app.get_public("/readyz").await;
     assert_eq!(r.status(), 503);
     assert_eq!(app.blobs_on_disk().await.len(), 1, "nothing new was stored");
     assert!(app.temp_files().await.is_empty());
@@ -470,15 +470,7 @@ async fn a_database_that_goes_away_answers_503_and_recovers() {
         .await
         .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
+    while app.get_public("/readyz").await.status() != 200 {
         assert!(std::time::Instant::now() < deadline, "recovers");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

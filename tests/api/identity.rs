@@ -762,7 +762,7 @@ both!(signed_links_only_in_the_issued_form, |b| async move {
         assert_eq!(get(a.clone()).await, 403, "{a}");
         assert_eq!(get(format!("{a}/thumbnail")).await, 403, "{a}/thumbnail");
     }
-    let r = app.client.get(app.url(&url)).send().await.unwrap();
+    let r = app.get_public(&url).await;
     assert_eq!(r.status(), 200, "the issued link still works");
     assert_eq!(r.bytes().await.unwrap().to_vec(), data);
 });

@@ -12,7 +12,7 @@ use stowage::{
 };
 use uuid::Uuid;
 
-use crate::audit::{audit_with, exec};
+use crate::audit::audit_with;
 use crate::helpers::*;
 use crate::media::wait_for;
 use crate::{both, local};
@@ -674,15 +674,13 @@ both!(
         } else {
             format!("X'{}'", id.simple())
         };
-        exec(
-            &app,
-            &format!("UPDATE upload_reservations SET expires_at = {past_time} WHERE id = {id_lit}"),
-        )
+        app.exec_sql(&format!(
+            "UPDATE upload_reservations SET expires_at = {past_time} WHERE id = {id_lit}"
+        ))
         .await;
-        exec(
-            &app,
-            &format!("UPDATE signed_uploads SET expires_at = {past_time} WHERE id = {id_lit}"),
-        )
+        app.exec_sql(&format!(
+            "UPDATE signed_uploads SET expires_at = {past_time} WHERE id = {id_lit}"
+        ))
         .await;
         let report = cleanup::run(&app.state, Duration::ZERO).await.unwrap();
         assert_eq!(report.expired_reservations, 1, "{report:?}");
@@ -827,7 +825,7 @@ both!(an_archive_unzips_to_the_same_bytes, |b| async move {
     assert_eq!(s, 200, "{v}");
     let link = v["url"].as_str().unwrap().to_string();
     assert!(link.starts_with("/s/archive/"), "{link}");
-    let r = app.client.get(app.url(&link)).send().await.unwrap();
+    let r = app.get_public(&link).await;
     assert_eq!(r.status(), 200);
     assert_eq!(unzip(&r.bytes().await.unwrap()), want);
     let altered = format!("{}A", &link[..link.len() - 1]);
@@ -836,15 +834,7 @@ both!(an_archive_unzips_to_the_same_bytes, |b| async move {
     } else {
         altered
     };
-    assert_eq!(
-        app.client
-            .get(app.url(&altered))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(app.get_public(&altered).await.status(), 403);
     let tok = link.strip_prefix("/s/archive/").unwrap();
     let (payload, _) =
         signed_url::open_payload(&app.state.signing_key, Purpose::Archive, tok).unwrap();
@@ -855,11 +845,8 @@ both!(an_archive_unzips_to_the_same_bytes, |b| async move {
         1_000_000_000,
     );
     assert_eq!(
-        app.client
-            .get(app.url(&format!("/s/archive/{expired}")))
-            .send()
+        app.get_public(&format!("/s/archive/{expired}"))
             .await
-            .unwrap()
             .status(),
         403
     );
@@ -872,11 +859,8 @@ both!(an_archive_unzips_to_the_same_bytes, |b| async move {
         .unwrap()
         .to_string();
     assert_eq!(
-        app.client
-            .get(app.url(&format!("/s/archive/{up_tok}")))
-            .send()
+        app.get_public(&format!("/s/archive/{up_tok}"))
             .await
-            .unwrap()
             .status(),
         403
     );

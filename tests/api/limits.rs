@@ -37,11 +37,7 @@ async fn assert_released(app: &TestApp, user: &str, files: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(reservations(app, user).await, 0, "reservations released");
-    assert!(
-        app.temp_files().await.is_empty(),
-        "{:?}",
-        app.temp_files().await
-    );
+    app.assert_nothing_staged().await;
     let usage = app.usage(user).await;
     assert_eq!(usage["file_count"], files, "{usage}");
     if let Some(row) = app.state.meta.get_user(user).await.unwrap() {
@@ -337,10 +333,7 @@ both!(
         );
         assert!(meta.len() <= 8 * 1024);
         let r = app
-            .client
-            .post(app.url("/api/uploads"))
-            .bearer_auth(token("tb"))
-            .header("Tus-Resumable", "1.0.0")
+            .tus(reqwest::Method::POST, "tb", "/api/uploads")
             .header("Upload-Length", "500")
             .header("Upload-Metadata", meta)
             .send()
@@ -374,10 +367,7 @@ both!(
 );
 
 async fn tus_create(app: &TestApp, user: &str, len: u64) -> reqwest::Response {
-    app.client
-        .post(app.url("/api/uploads"))
-        .bearer_auth(token(user))
-        .header("Tus-Resumable", "1.0.0")
+    app.tus(reqwest::Method::POST, user, "/api/uploads")
         .header("Upload-Length", len.to_string())
         .header(
             "Upload-Metadata",
@@ -413,10 +403,7 @@ both!(the_65th_unfinished_upload_answers_429, |b| async move {
 
     // Terminating one frees a slot…
     let r = app
-        .client
-        .delete(app.url(&locs.pop().unwrap()))
-        .bearer_auth(token("cap"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::DELETE, "cap", &locs.pop().unwrap())
         .send()
         .await
         .unwrap();

@@ -87,15 +87,7 @@ both!(image_thumbnail_and_resolution, |b| async move {
         .await
         .unwrap();
     let link = format!("{}/thumbnail", v["url"].as_str().unwrap());
-    assert_eq!(
-        app.client
-            .get(app.url(&link))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_public(&link).await.status(), 200);
     // Deleted with its file.
     assert!(app
         .blobs_on_disk()
@@ -220,16 +212,7 @@ both!(hostile_media_fails_the_job_not_the_file, |b| async move {
     // Every job ends failed with a reason the admin can read.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let jobs = loop {
-        let v: Value = app
-            .client
-            .get(app.url("/api/admin/jobs/failed"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = app.admin_json("/api/admin/jobs/failed").await;
         let jobs = v["jobs"].as_array().unwrap().clone();
         if jobs.len() >= 4 || std::time::Instant::now() > deadline {
             break jobs;

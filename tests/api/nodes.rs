@@ -199,10 +199,7 @@ both!(a_multipart_upload_is_held_by_its_process, |b| async move {
         .send();
     let upload = tokio::spawn(req);
     let tus = app
-        .client
-        .post(app.url("/api/uploads"))
-        .bearer_auth(token("pat"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::POST, "pat", "/api/uploads")
         .header("Upload-Length", "1000")
         .send()
         .await

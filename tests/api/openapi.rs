@@ -16,12 +16,7 @@ fn snapshot_path() -> PathBuf {
 }
 
 async fn served(app: &TestApp) -> Value {
-    let r = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_public("/openapi.json").await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
@@ -152,10 +147,7 @@ both!(
         // tus creation-with-upload: the file id comes in Stowage-File-Id.
         let data = png_bytes(1500);
         let r = app
-            .client
-            .post(app.url("/api/uploads"))
-            .bearer_auth(token("linker"))
-            .header("Tus-Resumable", "1.0.0")
+            .tus(reqwest::Method::POST, "linker", "/api/uploads")
             .header("Upload-Length", data.len().to_string())
             .header("Upload-Metadata", "filename Yi5wbmc=")
             .header("Content-Type", "application/offset+octet-stream")

@@ -54,11 +54,7 @@ both!(concurrent_uploads_never_pass_the_quota, |b| async move {
     // Refused uploads left nothing: only the committed blobs exist, no temp files, no reservation.
     assert_eq!(app.blobs_on_disk().await.len(), ok);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        app.temp_files().await.is_empty(),
-        "{:?}",
-        app.temp_files().await
-    );
+    app.assert_nothing_staged().await;
     let row = app.state.meta.get_user("q1").await.unwrap().unwrap();
     assert_eq!(row.reserved_bytes, 0);
 });

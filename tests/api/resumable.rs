@@ -797,7 +797,7 @@ const PARTIAL: &str = "application/partial-upload";
 local!(
     draft8_an_upload_left_past_its_expiry_is_gone,
     |b| async move {
-        let app = spawn_app_with(b, |c| c.upload_expiry = Duration::from_secs(2)).await;
+        let app = spawn_app_clocked(b, |c| c.upload_expiry = Duration::from_secs(2)).await;
         app.admin_set_quota("kim", 2 * MIB as u64).await;
         let data = png_bytes(MIB);
         let file = write_file(app.dir.path(), "k.png", &data);
@@ -821,7 +821,7 @@ local!(
         assert!(max_age(h(&at, "upload-limit").unwrap()) <= 2, "{at}");
         assert_eq!(reserved(&app, "kim").await, MIB as i64);
 
-        tokio::time::sleep(Duration::from_millis(2500)).await;
+        app.advance(Duration::from_millis(2500));
         let gone = head_v(&app, "kim", &loc, 8).await;
         assert_eq!(gone["status"], 404, "{gone}");
         assert_eq!(h(&gone, "content-type"), Some("application/problem+json"));
@@ -839,11 +839,7 @@ local!(
             .unwrap();
         assert_eq!(report.expired_uploads, 1);
         assert_eq!(reserved(&app, "kim").await, 0);
-        assert!(
-            app.temp_files().await.is_empty(),
-            "{:?}",
-            app.temp_files().await
-        );
+        app.assert_nothing_staged().await;
         let usage = app.usage("kim").await;
         assert_eq!(usage["total_bytes"], 0, "{usage}");
         assert!(app.list_all("kim", "").await.is_empty());

@@ -133,7 +133,7 @@ async fn a_storage_node_fails_during_uploads_and_downloads() {
     assert_eq!(r.status(), 204);
     app.assert_consistent("fo").await;
     assert_eq!(app.list_all("fo", "").await.len(), 4 - 1 + 6 + 1);
-    let h = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let h = app.get_public("/readyz").await;
     assert_eq!(h.status(), 200, "{:?}", h.text().await);
     // The node comes back; nothing was lost.
     cluster.start_node(2);
@@ -250,11 +250,7 @@ async fn many_nodes_on_one_database_and_one_cluster() {
             .status(),
         404
     );
-    assert!(
-        a.temp_files().await.is_empty(),
-        "{:?}",
-        a.temp_files().await
-    );
+    a.assert_nothing_staged().await;
     for n in nodes {
         n.assert_consistent("mt").await;
     }
@@ -516,7 +512,7 @@ async fn audit_on_the_bucket_finds_every_inconsistency_and_fix_repairs_it() {
     // Missing blob, size mismatch, drifted counters.
     op.delete(&a_key).await.unwrap();
     op.write(&b_key, vec![7u8; 2007]).await.unwrap();
-    crate::audit::exec(&app, "UPDATE user_storage SET total_bytes = total_bytes + 7, file_count = file_count + 1 WHERE user_id = 'sa1'").await;
+    app.exec_sql("UPDATE user_storage SET total_bytes = total_bytes + 7, file_count = file_count + 1 WHERE user_id = 'sa1'").await;
     // Objects no row names, and staging data no reservation owns. An
     // object's age is its Last-Modified, which cannot be set: these are
     // made "old" by waiting past a short grace period.

@@ -41,38 +41,6 @@ fn set(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-/// One integer from the database, whatever the engine.
-async fn scalar(app: &TestApp, sql: &str) -> i64 {
-    use sqlx::Connection;
-    let url = &app.state.config.database_url;
-    if app.state.meta.backend() == "postgres" {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
-    } else if app.state.meta.backend() == "mysql" {
-        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
-        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
-    }
-}
-
-async fn exec(app: &TestApp, sql: &str) {
-    // A connection of the test's own: the store keeps its pool to itself.
-    use sqlx::Connection;
-    let url = &app.state.config.database_url;
-    if app.state.meta.backend() == "postgres" {
-        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    } else if app.state.meta.backend() == "mysql" {
-        let mut c = sqlx::MySqlConnection::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
-        sqlx::query(sql).execute(&mut c).await.unwrap();
-    }
-}
-
 /// Renames a file's row directly (as any writer of the table would): the
 /// index must follow by itself.
 async fn rename_row(app: &TestApp, id: &str, to: &str) {
@@ -81,10 +49,9 @@ async fn rename_row(app: &TestApp, id: &str, to: &str) {
     } else {
         format!("x'{}'", id.replace('-', ""))
     };
-    exec(
-        app,
-        &format!("UPDATE user_files SET file_name = '{to}' WHERE id = {key}"),
-    )
+    app.exec_sql(&format!(
+        "UPDATE user_files SET file_name = '{to}' WHERE id = {key}"
+    ))
     .await;
 }
 
@@ -247,7 +214,7 @@ local!(deleted_and_renamed_files_leave_the_index, |b| async move {
 
     if app.state.meta.backend() == "sqlite" {
         // The index itself holds only what is left.
-        let n = scalar(&app, "SELECT count(*) FROM user_file_names_fts WHERE user_file_names_fts MATCH '\"holiday\"'").await;
+        let n = app.sql_scalar("SELECT count(*) FROM user_file_names_fts WHERE user_file_names_fts MATCH '\"holiday\"'").await;
         assert_eq!(n, 1);
     }
 
@@ -263,14 +230,12 @@ local!(deleted_and_renamed_files_leave_the_index, |b| async move {
     assert!(search(&app, "holiday").await.is_empty());
     assert!(search(&app, "winter").await.is_empty());
     if app.state.meta.backend() == "sqlite" {
-        let n = scalar(
-            &app,
-            "SELECT count(*) FROM user_file_names_fts WHERE user_file_names_fts MATCH '\"png\"'",
+        let n = app.sql_scalar("SELECT count(*) FROM user_file_names_fts WHERE user_file_names_fts MATCH '\"png\"'",
         )
         .await;
         assert_eq!(n, 0);
         assert_eq!(
-            scalar(&app, "SELECT count(*) FROM user_file_names").await,
+            app.sql_scalar("SELECT count(*) FROM user_file_names").await,
             0
         );
     }

@@ -141,15 +141,7 @@ impl Raw {
 /// The server's `stowage_bytes_out_sendfile_total` now (the recorder is one
 /// per test process, so other tests only ever add to it).
 pub async fn sendfile_bytes(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_public("/metrics").await.text().await.unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix("stowage_bytes_out_sendfile_total "))
         .map(|v| v.trim().parse::<f64>().unwrap() as u64)

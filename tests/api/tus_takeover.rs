@@ -12,7 +12,6 @@ use std::{
 
 use futures::StreamExt;
 use serde_json::Value;
-use sqlx::Connection;
 use uuid::Uuid;
 
 use crate::{
@@ -199,34 +198,18 @@ both!(patch_on_another_node_takes_over, |b| async move {
 
 /// Runs `sql` (one statement) on `app`'s database.
 async fn exec(app: &TestApp, sql: &str) {
-    if app.db_url.starts_with("postgres") {
-        let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
-    } else if app.db_url.starts_with("mysql") {
-        let mut c = sqlx::MySqlConnection::connect(&app.db_url).await.unwrap();
-        sqlx::raw_sql(&mysql_dialect(sql))
-            .execute(&mut c)
-            .await
-            .unwrap();
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-        sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
-    }
+    app.exec_sql(&dialect(app, sql)).await
 }
 
 async fn count(app: &TestApp, sql: &str) -> i64 {
-    if app.db_url.starts_with("postgres") {
-        let mut c = sqlx::PgConnection::connect(&app.db_url).await.unwrap();
-        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
-    } else if app.db_url.starts_with("mysql") {
-        let mut c = sqlx::MySqlConnection::connect(&app.db_url).await.unwrap();
-        sqlx::query_scalar(&mysql_dialect(sql))
-            .fetch_one(&mut c)
-            .await
-            .unwrap()
-    } else {
-        let mut c = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+    app.sql_scalar(&dialect(app, sql)).await
+}
+
+/// `sql` as `app`'s engine spells it.
+fn dialect(app: &TestApp, sql: &str) -> String {
+    match app.backend {
+        Backend::MariaDb => mysql_dialect(sql),
+        _ => sql.to_string(),
     }
 }
 
@@ -347,11 +330,7 @@ both!(completion_is_one_transaction, |b| async move {
     assert_eq!(head(&app, "atomic", &loc).await.status(), 404);
     assert_eq!(reserved(&app, "atomic").await, 0);
     heal(&app, "user_files", "INSERT").await;
-    assert!(
-        app.temp_files().await.is_empty(),
-        "{:?}",
-        app.temp_files().await
-    );
+    app.assert_nothing_staged().await;
 
     // Without failures: one file; a retried final PATCH gets the same id.
     let loc = create_ok(&app, "atomic", data.len() as u64, "").await;
@@ -374,10 +353,7 @@ fn final_patch(
     rest: Vec<u8>,
 ) -> impl std::future::Future<Output = reqwest::Response> {
     let rb = app
-        .client
-        .patch(app.url(loc))
-        .bearer_auth(token(user))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::PATCH, user, loc)
         .header("Content-Type", OCTET)
         .header("Upload-Offset", offset.to_string())
         .body(rest);
@@ -471,11 +447,7 @@ both!(racing_final_patches_complete_once, |b| async move {
     }
     named.sort();
     assert_eq!(app.blobs_on_disk().await, named, "no orphan blob");
-    assert!(
-        app.temp_files().await.is_empty(),
-        "{:?}",
-        app.temp_files().await
-    );
+    app.assert_nothing_staged().await;
 });
 
 // The running sha256 is saved with the offset, not kept in one process's

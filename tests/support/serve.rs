@@ -1,7 +1,7 @@
 //! Shared by the integration test crates (`#[path = "support/serve.rs"] mod
 //! serve;`): the real `stowage serve` as a child process (a free port, its
 //! environment, waiting until it is ready, SIGKILL and SIGTERM, its log), and
-//! throwaway PostgreSQL and MySQL/MariaDB databases.
+//! throwaway PostgreSQL and MySQL/MariaDB databases ([`TestDb`]).
 #![allow(dead_code)]
 
 use std::{
@@ -25,150 +25,6 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Base URL of the PostgreSQL server tests create databases on.
-pub fn pg_admin_url() -> String {
-    std::env::var("STOWAGE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A throwaway PostgreSQL database, dropped with the guard.
-pub struct PgDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl PgDb {
-    pub async fn create() -> PgDb {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!(
-            "stowage_test_{}_{}_{}",
-            std::process::id(),
-            nanos % 1_000_000_000,
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let admin = pg_admin_url();
-        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL is required for the test suite ({admin}): {e}. Run scripts/test.sh, which starts one.")
-        });
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
-        PgDb {
-            url: format!("{base}/{name}"),
-            name,
-        }
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = pg_admin_url();
-        // Dropped from sync code inside a runtime: use a thread of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .execute(&mut c)
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// Base URL of the MySQL/MariaDB server tests create databases on.
-pub fn mysql_admin_url() -> String {
-    std::env::var("STOWAGE_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/".into())
-}
-
-/// A throwaway MySQL/MariaDB database, dropped with the guard.
-pub struct MyDb {
-    pub name: String,
-    pub url: String,
-}
-
-impl MyDb {
-    pub async fn create() -> MyDb {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!(
-            "stowage_test_{}_{}_{}",
-            std::process::id(),
-            nanos % 1_000_000_000,
-            N.fetch_add(1, Ordering::SeqCst)
-        );
-        let admin = mysql_admin_url();
-        let mut conn = sqlx::MySqlConnection::connect(&admin).await.unwrap_or_else(|e| {
-            panic!("MySQL/MariaDB is required for the test suite ({admin}): {e}. Run scripts/test.sh, which starts one.")
-        });
-        sqlx::query(&format!(
-            "CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        ))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-        let _ = conn.close().await;
-        MyDb {
-            url: format!("{}/{name}", admin.trim_end_matches('/')),
-            name,
-        }
-    }
-}
-
-impl Drop for MyDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let admin = mysql_admin_url();
-        // Dropped from sync code inside a runtime: use a thread of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = sqlx::MySqlConnection::connect(&admin).await {
-                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
-                        .execute(&mut c)
-                        .await;
-                    let _ = c.close().await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// A throwaway server database of either kind, dropped with the guard.
-pub enum DbGuard {
-    Pg(PgDb),
-    My(MyDb),
-}
-
-impl DbGuard {
-    pub fn url(&self) -> &str {
-        match self {
-            DbGuard::Pg(d) => &d.url,
-            DbGuard::My(d) => &d.url,
-        }
-    }
-}
-
 /// The metadata engine a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Engine {
@@ -177,12 +33,139 @@ pub enum Engine {
     MariaDb,
 }
 
+impl Engine {
+    /// The URL of the server tests create databases on (the environment's
+    /// `STOWAGE_TEST_PG_URL` or `STOWAGE_TEST_MYSQL_URL`); `None` for SQLite.
+    pub fn admin_url(self) -> Option<String> {
+        let (var, default) = match self {
+            Engine::Sqlite => return None,
+            Engine::Postgres => (
+                "STOWAGE_TEST_PG_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            Engine::MariaDb => ("STOWAGE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/"),
+        };
+        Some(std::env::var(var).unwrap_or_else(|_| default.into()))
+    }
+}
+
+/// Base URL of the PostgreSQL server tests create databases on.
+pub fn pg_admin_url() -> String {
+    Engine::Postgres.admin_url().unwrap()
+}
+
+/// A throwaway PostgreSQL or MySQL/MariaDB database, dropped with the
+/// guard.
+pub struct TestDb {
+    pub engine: Engine,
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn postgres() -> TestDb {
+        TestDb::create(Engine::Postgres).await
+    }
+
+    pub async fn mariadb() -> TestDb {
+        TestDb::create(Engine::MariaDb).await
+    }
+
+    /// A new database on `engine`'s server (not SQLite).
+    pub async fn create(engine: Engine) -> TestDb {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!(
+            "stowage_test_{}_{}_{}",
+            std::process::id(),
+            nanos % 1_000_000_000,
+            N.fetch_add(1, Ordering::SeqCst)
+        );
+        let admin = engine.admin_url().expect("a database server");
+        let (sql, url) = match engine {
+            Engine::Postgres => (
+                format!("CREATE DATABASE {name}"),
+                format!("{}/{name}", admin.rsplit_once('/').unwrap().0),
+            ),
+            _ => (
+                format!("CREATE DATABASE {name} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"),
+                format!("{}/{name}", admin.trim_end_matches('/')),
+            ),
+        };
+        on_server(engine, &sql)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        TestDb { engine, name, url }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let engine = self.engine;
+        let sql = match engine {
+            Engine::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            _ => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
+        // Dropped from sync code inside a runtime: use a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = rt.block_on(on_server(engine, &sql));
+        })
+        .join();
+    }
+}
+
+/// Runs one statement on `engine`'s server, on a connection of its own.
+async fn on_server(engine: Engine, sql: &str) -> Result<(), String> {
+    let admin = engine.admin_url().expect("a database server");
+    let absent = |e: sqlx::Error| {
+        format!(
+            "{engine:?} is required for the test suite ({admin}): {e}. \
+             Run scripts/test.sh, which starts one."
+        )
+    };
+    let failed = |e: sqlx::Error| format!("{sql}: {e}");
+    match engine {
+        Engine::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&admin).await.map_err(absent)?;
+            sqlx::query(sql).execute(&mut c).await.map_err(failed)?;
+            let _ = c.close().await;
+        }
+        _ => {
+            let mut c = sqlx::MySqlConnection::connect(&admin)
+                .await
+                .map_err(absent)?;
+            sqlx::query(sql).execute(&mut c).await.map_err(failed)?;
+            let _ = c.close().await;
+        }
+    }
+    Ok(())
+}
+
+/// A fresh metadata database on `engine`: its URL, and the guard that drops
+/// a server database (SQLite's file lives in `dir/data`).
+pub async fn fresh_db(engine: Engine, dir: &Path) -> (String, Option<TestDb>) {
+    match engine {
+        Engine::Sqlite => (format!("sqlite://{}/data/stowage.db", dir.display()), None),
+        _ => {
+            let db = TestDb::create(engine).await;
+            (db.url.clone(), Some(db))
+        }
+    }
+}
+
 /// A data directory and a database for child processes: SQLite in the
 /// directory, or a PostgreSQL or MariaDB database of its own.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
     pub db_url: String,
-    _db: Option<DbGuard>,
+    _db: Option<TestDb>,
 }
 
 impl Scratch {
@@ -193,16 +176,9 @@ impl Scratch {
 
     pub async fn on(engine: Engine) -> Scratch {
         let dir = tempfile::tempdir().unwrap();
-        let db = match engine {
-            Engine::Sqlite => None,
-            Engine::Postgres => Some(DbGuard::Pg(PgDb::create().await)),
-            Engine::MariaDb => Some(DbGuard::My(MyDb::create().await)),
-        };
+        let (db_url, db) = fresh_db(engine, dir.path()).await;
         Scratch {
-            db_url: match &db {
-                Some(g) => g.url().to_string(),
-                None => format!("sqlite://{}/data/stowage.db", dir.path().display()),
-            },
+            db_url,
             dir,
             _db: db,
         }

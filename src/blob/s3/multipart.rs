@@ -326,6 +326,8 @@ impl Client {
                     &path,
                     &query,
                     &sha,
+                    // The wall clock: S3 refuses a request signed more
+                    // than a few minutes off its own time.
                     chrono::Utc::now(),
                 );
                 req = req

@@ -36,7 +36,6 @@ use super::{
 };
 use crate::{
     app::AppState,
-    domain::filetype::SNIFF_LEN,
     http::{
         error::AppError,
         extract::{AuthUser, FileId},
@@ -46,7 +45,7 @@ use crate::{
             core::{content_length, expiry_from, file_meta, id_value, Found},
             headers::{metadata_from_json, metadata_to_json, parse_metadata, parse_u64},
             lease::{self, Acquired, Lease},
-            BODY_IDLE, LEASE, STOWAGE_FILE_ID,
+            BODY_IDLE, STOWAGE_FILE_ID,
         },
     },
     ingest::{
@@ -145,7 +144,7 @@ async fn create_inner(
         Ok((id, _)) => id,
         Err(e) => return Err(refused(state, &user, 0, e.into()).await),
     };
-    let now = Utc::now();
+    let now = state.now();
     let up = TusUpload {
         id,
         user_id: user.clone(),
@@ -158,21 +157,7 @@ async fn create_inner(
     };
     let appending = has_body || complete;
     let owner = Uuid::new_v4();
-    let lock = appending.then(|| (owner, now + lease_len()));
-    let setup = async {
-        state
-            .meta
-            .touch_reservation(id, state.config.upload_expiry)
-            .await?;
-        state.blobs.stage(id, 0).await?.finish().await?;
-        state.meta.create_tus_upload(&up, lock).await?;
-        Ok::<(), AppError>(())
-    }
-    .await;
-    if let Err(e) = setup {
-        ingest::abandon(state, id).await;
-        return Err(e.into());
-    }
+    tus::core::open_upload(state, &up, appending.then_some(owner)).await?;
     tracing::info!(upload = %id, ?length, version = v.0, "resumable upload created");
 
     let location =
@@ -235,12 +220,8 @@ pub async fn offset(
     id: Result<FileId, AppError>,
     headers: HeaderMap,
 ) -> Response {
-    let (user, id) = match (user, id) {
-        (Ok(u), Ok(i)) => (u.0, i.0),
-        (Err(e), _) | (_, Err(e)) => return Problem::from(e).respond(NEWEST),
-    };
-    let v = match resolve(&state, &user, id, &headers).await {
-        Ok(v) => v,
+    let (user, id, v) = match on_upload(&state, user, id, &headers).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
     match offset_inner(&state, &user, id, v).await {
@@ -265,7 +246,9 @@ async fn offset_inner(
                 h.insert(UPLOAD_LENGTH.clone(), HeaderValue::from(up.upload_length));
             }
             let own = state.meta.reservation_bytes(id).await?.unwrap_or(0);
-            if let Some(l) = limit_value(state, user, own, secs_until(up.expires_at)).await {
+            if let Some(l) =
+                limit_value(state, user, own, secs_until(up.expires_at, state.now())).await
+            {
                 h.insert(UPLOAD_LIMIT.clone(), l);
             }
             false
@@ -287,12 +270,8 @@ pub async fn append(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (user, id) = match (user, id) {
-        (Ok(u), Ok(i)) => (u.0, i.0),
-        (Err(e), _) | (_, Err(e)) => return Problem::from(e).respond(NEWEST),
-    };
-    let v = match resolve(&state, &user, id, &headers).await {
-        Ok(v) => v,
+    let (user, id, v) = match on_upload(&state, user, id, &headers).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
     // A body left unread by a refusal is settled by the server (see
@@ -442,18 +421,30 @@ pub async fn cancel(
     id: Result<FileId, AppError>,
     headers: HeaderMap,
 ) -> Response {
-    let (user, id) = match (user, id) {
-        (Ok(u), Ok(i)) => (u.0, i.0),
-        (Err(e), _) | (_, Err(e)) => return Problem::from(e).respond(NEWEST),
-    };
-    let v = match resolve(&state, &user, id, &headers).await {
-        Ok(v) => v,
+    let (user, id, v) = match on_upload(&state, user, id, &headers).await {
+        Ok(r) => r,
         Err(r) => return r,
     };
     match tus::termination::terminate(State(state), AuthUser(user), FileId(id)).await {
         Ok(r) => r,
         Err(e) => Problem::from(e).respond(v),
     }
+}
+
+/// The user, the upload and the version of a request on an existing
+/// upload, or the answer refusing it.
+async fn on_upload(
+    state: &AppState,
+    user: Result<AuthUser, AppError>,
+    id: Result<FileId, AppError>,
+    headers: &HeaderMap,
+) -> Result<(String, Uuid, Version), Response> {
+    let (user, id) = match (user, id) {
+        (Ok(u), Ok(i)) => (u.0, i.0),
+        (Err(e), _) | (_, Err(e)) => return Err(Problem::from(e).respond(NEWEST)),
+    };
+    let v = resolve(state, &user, id, headers).await?;
+    Ok((user, id, v))
 }
 
 /// The version a request speaks: the one it names, else (no version and
@@ -471,7 +462,7 @@ async fn resolve(
         Err(raw) => return Err(unsupported(&raw)),
         Ok(None) => {}
     }
-    let created_here = match state.meta.get_tus_upload(user, id, Utc::now()).await {
+    let created_here = match state.meta.get_tus_upload(user, id, state.now()).await {
         Ok(Some(up)) => metadata_from_json(&up.metadata).contains_key(META_PROTOCOL),
         Ok(None) => false,
         Err(e) => return Err(Problem::from(AppError::from(e)).respond(NEWEST)),
@@ -690,8 +681,8 @@ pub(crate) async fn limit_value(
     HeaderValue::from_str(&format!("max-size={max}, max-age={max_age}")).ok()
 }
 
-fn secs_until(t: DateTime<Utc>) -> u64 {
-    (t - Utc::now()).num_seconds().max(0) as u64
+fn secs_until(t: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    (t - now).num_seconds().max(0) as u64
 }
 
 /// A refusal of the size (413 over the per-file limit, 507 without room),
@@ -704,10 +695,6 @@ async fn refused(state: &AppState, user: &str, own: u64, e: AppError) -> Problem
     }
     let limit = limit_value(state, user, own, state.config.upload_expiry.as_secs()).await;
     p.with_limit(limit)
-}
-
-fn lease_len() -> chrono::Duration {
-    chrono::Duration::from_std(LEASE).expect("small duration")
 }
 
 /// What an append is to do.
@@ -937,12 +924,7 @@ async fn complete(
     let owner = lease.owner();
     let name = job.meta.file_name.clone();
     let work = async {
-        let want = len.min(SNIFF_LEN as u64);
-        let head = if head.len() as u64 >= want {
-            head
-        } else {
-            ingest::read_staged(state, id, 0..want).await?
-        };
+        let head = ingest::staged_head(state, id, len, head).await?;
         let hash = match whole {
             Some(h) => h,
             None => ingest::hash_staged(state, id, len).await?,

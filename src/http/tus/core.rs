@@ -31,10 +31,7 @@ use super::{
 };
 use crate::{
     blob::BlobError,
-    domain::{
-        filetype::{FileType, SNIFF_LEN},
-        names::sanitize_file_name,
-    },
+    domain::{filetype::FileType, names::sanitize_file_name},
     http::{
         download::serve_file,
         error::AppResult,
@@ -89,9 +86,9 @@ pub enum Found {
 /// `HEAD`): a request still writing to it is ended first, so the offset is
 /// final; a finished upload is its file; anything else is 404.
 pub async fn find(state: &AppState, user: &str, id: Uuid) -> AppResult<Found> {
-    let mut up = state.meta.get_tus_upload(user, id, Utc::now()).await?;
+    let mut up = state.meta.get_tus_upload(user, id, state.now()).await?;
     if up.is_some() && lease::end_writer(state, id).await? == Ended::Ended {
-        up = state.meta.get_tus_upload(user, id, Utc::now()).await?;
+        up = state.meta.get_tus_upload(user, id, state.now()).await?;
     }
     if let Some(up) = up {
         return Ok(Found::InProgress(up));
@@ -119,11 +116,7 @@ pub async fn get_finished(
     FileId(id): FileId,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    let rec = state
-        .meta
-        .get_file(&user.0, id)
-        .await?
-        .ok_or(AppError::NotFound)?;
+    let rec = user.file(&state, id).await?;
     serve_file(&state, &rec, &Method::GET, &headers, false).await
 }
 
@@ -190,15 +183,7 @@ async fn patch_inner(
     .await
     .map_err(AppError::internal)??;
     let mut h = HeaderMap::new();
-    h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(done.offset));
-    match &done.file {
-        Some(f) => {
-            h.insert(STOWAGE_FILE_ID.clone(), id_value(f.id));
-        }
-        None => {
-            h.insert(UPLOAD_EXPIRES.clone(), date_value(done.expires_at));
-        }
-    }
+    done.headers(&mut h);
     Ok((StatusCode::NO_CONTENT, h).into_response())
 }
 
@@ -301,6 +286,27 @@ pub fn file_meta(
     Ok(fm)
 }
 
+/// Makes the new upload `up` real: its reservation extended to the upload's
+/// lifetime, an empty staging blob, and the row, locked for `owner` (who
+/// appends at once) when given. On failure the reservation is given up.
+pub async fn open_upload(state: &AppState, up: &TusUpload, owner: Option<Uuid>) -> AppResult<()> {
+    let lock = owner.map(|o| (o, up.created_at + lease::lease_len()));
+    let setup = async {
+        state
+            .meta
+            .touch_reservation(up.id, state.config.upload_expiry)
+            .await?;
+        state.blobs.stage(up.id, 0).await?.finish().await?;
+        state.meta.create_tus_upload(up, lock).await?;
+        AppResult::Ok(())
+    }
+    .await;
+    if setup.is_err() {
+        ingest::abandon(state, up.id).await;
+    }
+    setup
+}
+
 pub fn expiry_from(state: &AppState, now: DateTime<Utc>) -> DateTime<Utc> {
     now + chrono::Duration::from_std(state.config.upload_expiry)
         .unwrap_or(chrono::Duration::days(1))
@@ -312,6 +318,22 @@ pub struct Appended {
     pub expires_at: DateTime<Utc>,
     /// Set when this append completed the upload.
     pub file: Option<FileRecord>,
+}
+
+impl Appended {
+    /// The tus answer's headers: the new offset, and the file it became or
+    /// when the rest is due.
+    pub fn headers(&self, h: &mut HeaderMap) {
+        h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(self.offset));
+        match &self.file {
+            Some(f) => {
+                h.insert(STOWAGE_FILE_ID.clone(), id_value(f.id));
+            }
+            None => {
+                h.insert(UPLOAD_EXPIRES.clone(), date_value(self.expires_at));
+            }
+        }
+    }
 }
 
 /// Streams `body` onto upload `up` (whose offset the caller checked) under
@@ -413,7 +435,7 @@ async fn append_inner(
     let expires_at = if written > 0 || whole {
         record(state, lease, id, new_offset, staged.hash.as_ref(), whole).await?
     } else {
-        expiry_from(state, Utc::now())
+        expiry_from(state, state.now())
     };
     if !whole {
         lease.release().await;
@@ -498,7 +520,7 @@ pub async fn record(
     hash: Option<&RunningSha256>,
     completing: bool,
 ) -> AppResult<DateTime<Utc>> {
-    let expires_at = expiry_from(state, Utc::now());
+    let expires_at = expiry_from(state, state.now());
     let progress = TusProgress {
         offset,
         hash_state: hash.map(RunningSha256::to_bytes),
@@ -553,12 +575,7 @@ async fn complete(
     let len = up.upload_length.max(0) as u64;
     let owner = lease.owner();
     let work = async {
-        let want = len.min(SNIFF_LEN as u64);
-        let head = if head.len() as u64 >= want {
-            head
-        } else {
-            ingest::read_staged(state, id, 0..want).await?
-        };
+        let head = ingest::staged_head(state, id, len, head).await?;
         let sha256 = match whole {
             Some(h) => h.finish_hex(),
             None => {

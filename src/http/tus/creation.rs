@@ -12,11 +12,10 @@ use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use chrono::Utc;
 use uuid::Uuid;
 
 use super::{
-    core::{self, append, date_value, expiry_from, file_meta, id_value},
+    core::{self, append, date_value, expiry_from, file_meta},
     headers::{self, metadata_to_json},
     lease::Lease,
     *,
@@ -85,7 +84,7 @@ pub async fn create(
     };
 
     let (id, _) = ingest::reserve(&state, &user.0, SizeHint::Exact(length)).await?;
-    let now = Utc::now();
+    let now = state.now();
     let up = TusUpload {
         id,
         user_id: user.0.clone(),
@@ -99,27 +98,7 @@ pub async fn create(
     // An empty upload is complete at once: it goes through the append path.
     let appending = has_body || length == 0;
     let owner = Uuid::new_v4();
-    let lock = appending.then(|| {
-        (
-            owner,
-            now + chrono::Duration::from_std(LEASE).expect("small duration"),
-        )
-    });
-    let setup = async {
-        // The reservation lives as long as the upload may.
-        state
-            .meta
-            .touch_reservation(id, state.config.upload_expiry)
-            .await?;
-        state.blobs.stage(id, 0).await?.finish().await?;
-        state.meta.create_tus_upload(&up, lock).await?;
-        AppResult::Ok(())
-    }
-    .await;
-    if let Err(e) = setup {
-        ingest::abandon(&state, id).await;
-        return Err(e);
-    }
+    core::open_upload(&state, &up, appending.then_some(owner)).await?;
     tracing::info!(upload = %id, length, "tus upload created");
 
     let mut h = HeaderMap::new();
@@ -143,15 +122,7 @@ pub async fn create(
     .map_err(AppError::internal)?;
     match outcome {
         Ok(done) => {
-            h.insert(UPLOAD_OFFSET.clone(), HeaderValue::from(done.offset));
-            match &done.file {
-                Some(f) => {
-                    h.insert(STOWAGE_FILE_ID.clone(), id_value(f.id));
-                }
-                None => {
-                    h.insert(UPLOAD_EXPIRES.clone(), date_value(done.expires_at));
-                }
-            }
+            done.headers(&mut h);
             Ok((StatusCode::CREATED, h).into_response())
         }
         Err(e) => {

@@ -28,7 +28,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -176,7 +175,7 @@ impl Lease {
     pub async fn acquire(state: &AppState, user: &str, id: Uuid) -> AppResult<Acquired> {
         for _ in 0..ROUNDS {
             let owner = Uuid::new_v4();
-            let now = Utc::now();
+            let now = state.now();
             let lock = state
                 .meta
                 .lock_tus_upload(user, id, owner, now + lease_len(), expiry_from(state, now))
@@ -233,7 +232,11 @@ impl Lease {
         let check = self
             .state
             .meta
-            .check_tus_lock(self.id, self.owner, renew.then(|| Utc::now() + lease_len()))
+            .check_tus_lock(
+                self.id,
+                self.owner,
+                renew.then(|| self.state.now() + lease_len()),
+            )
             .await?;
         self.last_check = now;
         if renew {
@@ -323,7 +326,7 @@ pub async fn renew_forever(state: &AppState, id: Uuid, owner: Uuid) {
         tokio::time::sleep(LEASE_RENEW_EVERY).await;
         match state
             .meta
-            .check_tus_lock(id, owner, Some(Utc::now() + lease_len()))
+            .check_tus_lock(id, owner, Some(state.now() + lease_len()))
             .await
         {
             Ok(LeaseCheck::Lost) => {
@@ -343,7 +346,7 @@ pub async fn renew_forever(state: &AppState, id: Uuid, owner: Uuid) {
 pub async fn end_writer(state: &AppState, id: Uuid) -> AppResult<Ended> {
     let mut ended = Ended::NoWriter;
     for _ in 0..ROUNDS {
-        match state.meta.tus_holder(id, Utc::now()).await? {
+        match state.meta.tus_holder(id, state.now()).await? {
             None => return Ok(ended),
             Some(h) if h.completing => return Ok(Ended::Completing),
             Some(h) => {
@@ -358,7 +361,7 @@ pub async fn end_writer(state: &AppState, id: Uuid) -> AppResult<Ended> {
 /// Waits while a request completes upload `id` (its lease is renewed while
 /// it works; a dead one's runs out).
 pub async fn wait_for_completion(state: &AppState, id: Uuid) -> AppResult<()> {
-    while let Some(h) = state.meta.tus_holder(id, Utc::now()).await? {
+    while let Some(h) = state.meta.tus_holder(id, state.now()).await? {
         if !h.completing {
             break;
         }
@@ -389,7 +392,7 @@ async fn stop_holder(state: &AppState, id: Uuid, h: TusHolder) -> AppResult<()> 
         let asked = Instant::now();
         loop {
             tokio::time::sleep(WAIT_POLL).await;
-            match state.meta.tus_holder(id, Utc::now()).await? {
+            match state.meta.tus_holder(id, state.now()).await? {
                 Some(now) if now.owner == h.owner && !now.completing => {
                     let limit = if now.takeover == Takeover::Releasing {
                         RELEASE_MAX
@@ -404,7 +407,7 @@ async fn stop_holder(state: &AppState, id: Uuid, h: TusHolder) -> AppResult<()> 
             }
         }
     }
-    if state.meta.break_tus_lock(id, h.owner, Utc::now()).await? {
+    if state.meta.break_tus_lock(id, h.owner, state.now()).await? {
         tracing::warn!(upload = %id, holder = %h.owner, "took over the lease of a request that did not answer");
     }
     Ok(())
@@ -418,6 +421,7 @@ fn lost() -> AppError {
     AppError::Conflict("another request took this upload over".into())
 }
 
-pub(super) fn lease_len() -> chrono::Duration {
+/// [`LEASE`] as a time span.
+pub fn lease_len() -> chrono::Duration {
     chrono::Duration::from_std(LEASE).expect("small duration")
 }

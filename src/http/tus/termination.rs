@@ -8,7 +8,6 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use chrono::Utc;
 
 use super::*;
 use crate::{
@@ -28,7 +27,7 @@ pub async fn terminate(
     for _ in 0..4 {
         match state
             .meta
-            .terminate_tus_upload(&user.0, id, Utc::now())
+            .terminate_tus_upload(&user.0, id, state.now())
             .await?
         {
             TusLock::Acquired(_) => {

@@ -100,7 +100,7 @@ pub async fn create(state: &Core, mut opts: CreateOptions) -> anyhow::Result<Cre
         bail!("--keep must be at least 1");
     }
     opts.dest.check().await?;
-    let stamp = Utc::now();
+    let stamp = state.now();
     let name = archive_name(stamp, opts.gzip);
     // The rows are staged beside a directory archive, as they always were;
     // for a remote one, in the volume's scratch directory.
@@ -153,7 +153,7 @@ pub async fn create(state: &Core, mut opts: CreateOptions) -> anyhow::Result<Cre
             tracing::warn!(key, reason, "blob not in backup");
         }
     }
-    let removed = retention(&opts.dest, opts.keep, opts.keep_days, &name).await?;
+    let removed = retention(&opts.dest, opts.keep, opts.keep_days, &name, state.now()).await?;
     Ok(CreateReport {
         archive_bytes: packed.archive_bytes,
         path: PathBuf::from(opts.dest.location(&name).display()),

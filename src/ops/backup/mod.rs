@@ -66,7 +66,7 @@ use archive::*;
 pub use archive::{archive_name, parse_archive_name};
 pub use create::create;
 pub use restore::{restore, restore_from};
-pub use retention::{apply_retention, list, list_at, read_header, retention};
+pub use retention::{list, list_at, retention};
 pub use verify::{read_contents, verify, verify_at, Contents};
 
 /// `format` of [`BackupHeader`].

@@ -72,21 +72,11 @@ pub async fn restore_from(
     rep.thumbnails = unpacked.thumbnails;
     state.meta.repair_counters().await?;
     // The counters must equal the rows now.
-    let totals: HashMap<String, (i64, i64)> = state
-        .meta
-        .row_totals()
-        .await?
-        .into_iter()
-        .map(|(u, b, n)| (u, (b, n)))
-        .collect();
-    for u in state.meta.list_users().await? {
-        let (b, n) = totals.get(&u.user_id).copied().unwrap_or((0, 0));
-        if (u.total_bytes, u.file_count) != (b, n) {
-            bail!(
-                "counters of {} do not match its rows after restore",
-                u.user_id
-            );
-        }
+    if let Some(d) = crate::ops::audit::drift_once(state).await?.first() {
+        bail!(
+            "counters of {} do not match its rows after restore",
+            d.user_id
+        );
     }
     progress.say(format!(
         "restored {} user(s), {} file(s), {} bytes",

@@ -2,11 +2,6 @@
 
 use super::*;
 
-/// Reads the header entry of an archive.
-pub fn read_header(path: &Path) -> anyhow::Result<BackupHeader> {
-    header_of(open_archive(path)?)
-}
-
 pub(super) fn header_of(mut ar: tar::Archive<Box<dyn Read>>) -> anyhow::Result<BackupHeader> {
     let mut entries = ar.entries()?;
     let mut first = entries.next().context("empty archive")??;
@@ -27,27 +22,8 @@ pub(super) fn header_of(mut ar: tar::Archive<Box<dyn Read>>) -> anyhow::Result<B
 pub(super) const HEADER_READ_BYTES: u64 = 64 * 1024;
 
 /// Archives in directory `dest` (by name), oldest first.
-pub fn list(dest: &Path) -> anyhow::Result<Vec<ArchiveInfo>> {
-    let mut out = Vec::new();
-    for (name, size) in super::dest::dir_archives(dest)? {
-        let Some(created_at) = parse_archive_name(&name) else {
-            continue;
-        };
-        let path = dest.join(&name);
-        let (header, error) = match read_header(&path) {
-            Ok(h) => (Some(h), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
-        };
-        out.push(ArchiveInfo {
-            path,
-            created_at,
-            size,
-            header,
-            error,
-        });
-    }
-    sort_listing(&mut out);
-    Ok(out)
+pub async fn list(dest: &Path) -> anyhow::Result<Vec<ArchiveInfo>> {
+    list_at(&Dest::Dir(dest.to_path_buf())).await
 }
 
 pub(super) fn sort_listing(list: &mut [ArchiveInfo]) {
@@ -122,39 +98,16 @@ pub(super) fn retention_victims(
     out
 }
 
-/// Deletes archives beyond the newest `keep`, or older than `keep_days`;
-/// only names of the stowage pattern are considered, and `current` (the
-/// archive just written) is never deleted.
-pub fn apply_retention(
-    dest: &Path,
-    keep: Option<usize>,
-    keep_days: Option<u64>,
-    current: &str,
-) -> anyhow::Result<Vec<PathBuf>> {
-    if keep.is_none() && keep_days.is_none() {
-        return Ok(Vec::new());
-    }
-    let archives = super::dest::dir_archives(dest)?
-        .into_iter()
-        .filter_map(|(name, _)| parse_archive_name(&name).map(|t| (t, name)))
-        .collect();
-    let mut removed = Vec::new();
-    for name in retention_victims(archives, keep, keep_days, current, Utc::now()) {
-        let p = dest.join(&name);
-        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-        tracing::info!(archive = %p.display(), "removed old backup");
-        removed.push(p);
-    }
-    Ok(removed)
-}
-
-/// [`apply_retention`] on any destination: the listing is the
-/// destination's own (a directory, or the objects under the prefix).
+/// Deletes archives beyond the newest `keep`, or older than `keep_days`
+/// before `now`; only names of the stowage pattern are considered, and
+/// `current` (the archive just written) is never deleted. The listing is
+/// the destination's own (a directory, or the objects under the prefix).
 pub async fn retention(
     dest: &Dest,
     keep: Option<usize>,
     keep_days: Option<u64>,
     current: &str,
+    now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<PathBuf>> {
     if keep.is_none() && keep_days.is_none() {
         return Ok(Vec::new());
@@ -166,7 +119,7 @@ pub async fn retention(
         .filter_map(|(name, _)| parse_archive_name(&name).map(|t| (t, name)))
         .collect();
     let mut removed = Vec::new();
-    for name in retention_victims(archives, keep, keep_days, current, Utc::now()) {
+    for name in retention_victims(archives, keep, keep_days, current, now) {
         dest.delete(&name).await?;
         let at = dest.location(&name).display();
         tracing::info!(archive = %at, "removed old backup");

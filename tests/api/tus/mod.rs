@@ -35,10 +35,7 @@ pub(crate) fn hdr<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
 
 async fn create(app: &TestApp, user: &str, len: u64, meta: &str) -> Response {
     let mut rb = app
-        .client
-        .post(app.url("/api/uploads"))
-        .bearer_auth(token(user))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::POST, user, "/api/uploads")
         .header("Upload-Length", len.to_string());
     if !meta.is_empty() {
         rb = rb.header("Upload-Metadata", meta);
@@ -66,10 +63,7 @@ pub(crate) async fn patch(
     extra: &[(&str, String)],
 ) -> Response {
     let mut rb = app
-        .client
-        .patch(app.url(loc))
-        .bearer_auth(token(user))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::PATCH, user, loc)
         .header("Content-Type", OCTET)
         .header("Upload-Offset", offset.to_string());
     for (k, v) in extra {
@@ -79,10 +73,7 @@ pub(crate) async fn patch(
 }
 
 pub(crate) async fn head(app: &TestApp, user: &str, loc: &str) -> Response {
-    app.client
-        .head(app.url(loc))
-        .bearer_auth(token(user))
-        .header("Tus-Resumable", "1.0.0")
+    app.tus(reqwest::Method::HEAD, user, loc)
         .send()
         .await
         .unwrap()

@@ -94,11 +94,7 @@ both!(create_head_patch_complete, |b| async move {
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().to_vec(), data);
     assert_eq!(app.list_all("alice", "").await.len(), 1);
-    assert!(
-        app.temp_files().await.is_empty(),
-        "{:?}",
-        app.temp_files().await
-    );
+    app.assert_nothing_staged().await;
     app.assert_consistent("alice").await;
 });
 
@@ -159,10 +155,7 @@ both!(protocol_errors, |b| async move {
     assert_eq!(r.status(), 412);
     // 415 for a wrong PATCH Content-Type.
     let r = app
-        .client
-        .patch(app.url(&loc))
-        .bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::PATCH, "alice", &loc)
         .header("Content-Type", "application/octet-stream")
         .header("Upload-Offset", "0")
         .body("x")
@@ -179,10 +172,7 @@ both!(protocol_errors, |b| async move {
     assert_eq!(offset_of(&app, "alice", &loc).await, 0);
     // 400: missing/bad Upload-Offset, missing Upload-Length, deferred length, bad metadata.
     let r = app
-        .client
-        .patch(app.url(&loc))
-        .bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::PATCH, "alice", &loc)
         .header("Content-Type", OCTET)
         .header("Upload-Offset", "-1")
         .body("x")
@@ -191,19 +181,13 @@ both!(protocol_errors, |b| async move {
         .unwrap();
     assert_eq!(r.status(), 400);
     let r = app
-        .client
-        .post(app.url("/api/uploads"))
-        .bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::POST, "alice", "/api/uploads")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
     let r = app
-        .client
-        .post(app.url("/api/uploads"))
-        .bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::POST, "alice", "/api/uploads")
         .header("Upload-Defer-Length", "1")
         .send()
         .await
@@ -333,10 +317,7 @@ both!(creation_with_upload, |b| async move {
     let data = png_bytes(50_000);
     // The whole file in the POST: answered with Stowage-File-Id.
     let r = app
-        .client
-        .post(app.url("/api/uploads/"))
-        .bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::POST, "alice", "/api/uploads/")
         .header("Upload-Length", "50000")
         .header("Upload-Metadata", format!("filename {}", b64("one.png")))
         .header("Content-Type", OCTET)
@@ -354,10 +335,7 @@ both!(creation_with_upload, |b| async move {
     assert_eq!(f["file_type"], "image");
     // Part of it in the POST, the rest by PATCH.
     let r = app
-        .client
-        .post(app.url("/api/uploads"))
-        .bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::POST, "alice", "/api/uploads")
         .header("Upload-Length", "50000")
         .header("Content-Type", OCTET)
         .body(data[..20_000].to_vec())
@@ -373,10 +351,7 @@ both!(creation_with_upload, |b| async move {
     assert!(hdr(&r, "stowage-file-id").is_some());
     // A body of another type in the POST: 415 before anything is reserved.
     let r = app
-        .client
-        .post(app.url("/api/uploads"))
-        .bearer_auth(token("alice"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::POST, "alice", "/api/uploads")
         .header("Upload-Length", "50000")
         .header("Content-Type", "text/plain")
         .body(data[..10].to_vec())
@@ -399,13 +374,7 @@ both!(termination_releases_quota, |b| async move {
     );
     assert_eq!(reserved(&app, "alice").await, 1_000_000);
     assert_eq!(app.temp_files().await.len(), 1);
-    let del = |user: &'static str| {
-        app.client
-            .delete(app.url(&loc))
-            .bearer_auth(token(user))
-            .header("Tus-Resumable", "1.0.0")
-            .send()
-    };
+    let del = |user: &'static str| app.tus(reqwest::Method::DELETE, user, &loc).send();
     let r = del("alice").await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(hdr(&r, "tus-resumable"), Some("1.0.0"));
@@ -432,10 +401,7 @@ both!(ownership, |b| async move {
         404
     );
     let r = app
-        .client
-        .delete(app.url(&loc))
-        .bearer_auth(token("mallory"))
-        .header("Tus-Resumable", "1.0.0")
+        .tus(reqwest::Method::DELETE, "mallory", &loc)
         .send()
         .await
         .unwrap();
@@ -477,7 +443,7 @@ both!(quota_and_limits, |b| async move {
 });
 
 both!(expiry_and_cleanup, |b| async move {
-    let app = spawn_app_with(b, |c| c.upload_expiry = Duration::from_secs(1)).await;
+    let app = spawn_app_clocked(b, |c| c.upload_expiry = Duration::from_secs(1)).await;
     let loc = create_ok(&app, "frank", 100_000, "").await;
     assert_eq!(
         patch(&app, "frank", &loc, 0, png_bytes(1000), &[])
@@ -487,7 +453,7 @@ both!(expiry_and_cleanup, |b| async move {
     );
     let keep = create_ok(&app, "frank", 5_000, "").await;
     assert_eq!(reserved(&app, "frank").await, 105_000);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    app.advance(Duration::from_millis(1500));
     // Expired: gone for the client even before cleanup runs.
     assert_eq!(head(&app, "frank", &loc).await.status(), 404);
     assert_eq!(
@@ -502,11 +468,7 @@ both!(expiry_and_cleanup, |b| async move {
     assert_eq!(report.expired_uploads, 2);
     assert_eq!(report.expired_reservations, 2);
     assert_eq!(reserved(&app, "frank").await, 0);
-    assert!(
-        app.temp_files().await.is_empty(),
-        "{:?}",
-        app.temp_files().await
-    );
+    app.assert_nothing_staged().await;
     let again = stowage::jobs::cleanup::run(&app.state, Duration::ZERO)
         .await
         .unwrap();

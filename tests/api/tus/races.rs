@@ -61,10 +61,7 @@ fn slow_body(data: Vec<u8>, pieces: usize, pause: Duration) -> reqwest::Body {
 }
 
 async fn slow_patch(app: &TestApp, user: &str, loc: &str, offset: u64, data: Vec<u8>) -> Response {
-    app.client
-        .patch(app.url(loc))
-        .bearer_auth(token(user))
-        .header("Tus-Resumable", "1.0.0")
+    app.tus(reqwest::Method::PATCH, user, loc)
         .header("Content-Type", OCTET)
         .header("Upload-Offset", offset.to_string())
         .header("Content-Length", data.len().to_string())

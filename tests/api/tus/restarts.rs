@@ -49,11 +49,7 @@ both!(lost_staging_data_drops_the_upload_cleanly, |b| async move {
         assert_eq!(r.status(), 404, "shortened: {shorten}");
         assert_eq!(head(&app, "lost", &loc).await.status(), 404);
         assert_eq!(reserved(&app, "lost").await, 0, "shortened: {shorten}");
-        assert!(
-            app.temp_files().await.is_empty(),
-            "{:?}",
-            app.temp_files().await
-        );
+        app.assert_nothing_staged().await;
     }
     app.assert_consistent("lost").await;
     // The user can upload again at once.
