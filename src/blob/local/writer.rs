@@ -9,8 +9,13 @@
 //! with writeback started every [`WRITEBACK_EVERY`] bytes, as before.
 //!
 //! Two buffers of [`BUF`] bytes per upload: one fills while the other is
-//! written on the blocking pool, so receiving, hashing and the disk write
-//! overlap, and memory stays bounded whatever the size. Direct I/O needs the
+//! hashed and written on the blocking pool, so receiving, hashing and the
+//! disk write overlap, and memory stays bounded whatever the size. The full
+//! buffers of one upload go to one task of the blocking pool, which takes
+//! buffer after buffer from the writer ([`Pipe`]) and goes back to the pool
+//! once none has come for [`IDLE`]: a new pool task per buffer cost a
+//! wake-up through the pool's shared queue (contended by every upload) and
+//! often a new thread. Direct I/O needs the
 //! buffer address, the file offset and the length aligned to [`ALIGN`]:
 //!
 //! * every buffer starts at an aligned file offset. Resuming at an unaligned
@@ -36,7 +41,7 @@ use std::{
     },
     path::Path,
     ptr::NonNull,
-    sync::Arc,
+    sync::{Arc, Condvar, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -62,6 +67,9 @@ pub const BUF_MAX: usize = 16 * 1024 * 1024;
 pub const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 /// How long [`open`] waits for an earlier writer's last write to end.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// A writer's task on the blocking pool goes back to the pool once no
+/// buffer has come for this long (a slow client does not hold a thread).
+pub const IDLE: Duration = Duration::from_millis(50);
 
 /// A zero-initialised heap buffer aligned to [`ALIGN`], filled from the
 /// front.
@@ -119,9 +127,167 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// A write on the blocking pool: gives back the buffer, whether the file is
-/// still in direct mode, and the result.
-type InFlight = tokio::task::JoinHandle<(AlignedBuf, bool, std::io::Result<()>)>;
+/// What a buffer's write gives back: the buffer, whether the file is still
+/// in direct mode, and the result.
+type Done = (AlignedBuf, bool, std::io::Result<()>);
+
+/// One full buffer to hash and write.
+struct Job {
+    file: Arc<File>,
+    tap: Option<SharedTap>,
+    buf: AlignedBuf,
+    /// File offset of the buffer's first byte.
+    at: u64,
+    direct: bool,
+    /// Leading bytes the tap must not see.
+    skip: usize,
+    /// Buffered mode: start writeback from this offset to the buffer's end.
+    writeback: Option<u64>,
+    done: tokio::sync::oneshot::Sender<Done>,
+    #[cfg(test)]
+    slow: bool,
+}
+
+impl Job {
+    fn run(self) {
+        #[cfg(test)]
+        if self.slow {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let Job {
+            file,
+            tap,
+            buf,
+            at,
+            direct,
+            skip,
+            writeback,
+            done,
+            ..
+        } = self;
+        feed(&tap, &buf.filled()[skip..]);
+        let (direct, res) = write_at(&file, buf.filled(), at, direct);
+        if let (Some(from), Ok(()), false) = (writeback, &res, direct) {
+            start_writeback(&file, from, at + buf.len as u64);
+        }
+        // The file is closed (and its lock released, once the writer's own
+        // handle is gone too) before the writer hears of it.
+        drop(file);
+        // A writer that is gone no longer waits for its buffer.
+        let _ = done.send((buf, direct, res));
+    }
+}
+
+/// The hand-off between a writer and its task on the blocking pool: at
+/// most one buffer waits (the writer waits for the previous one before it
+/// hands over the next).
+struct Pipe {
+    shared: Arc<PipeShared>,
+}
+
+#[derive(Default)]
+struct PipeShared {
+    state: Mutex<PipeState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct PipeState {
+    job: Option<Job>,
+    /// A pool task serves this pipe (it takes `job` before it ends).
+    running: bool,
+    /// The writer is gone: a waiting buffer is dropped, the task ends.
+    closed: bool,
+}
+
+impl PipeShared {
+    fn lock(&self) -> MutexGuard<'_, PipeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Pipe {
+    fn new() -> Pipe {
+        Pipe {
+            shared: Arc::default(),
+        }
+    }
+
+    /// Hands `job` to the pipe's task, starting one if none runs.
+    fn send(&self, job: Job) {
+        let mut st = self.shared.lock();
+        debug_assert!(st.job.is_none(), "one buffer at a time");
+        st.job = Some(job);
+        if st.running {
+            drop(st);
+            self.shared.wake.notify_one();
+            return;
+        }
+        st.running = true;
+        drop(st);
+        let task = Serving {
+            shared: self.shared.clone(),
+            ended: false,
+        };
+        tokio::task::spawn_blocking(move || task.run());
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The pipe's task on the blocking pool.
+struct Serving {
+    shared: Arc<PipeShared>,
+    /// Left the loop normally, with `running` cleared under the lock.
+    ended: bool,
+}
+
+impl Serving {
+    fn run(mut self) {
+        let shared = self.shared.clone();
+        let mut st = shared.lock();
+        loop {
+            if st.closed {
+                st.job = None;
+                break;
+            }
+            if let Some(job) = st.job.take() {
+                drop(st);
+                job.run();
+                st = shared.lock();
+                continue;
+            }
+            let (g, waited) = shared
+                .wake
+                .wait_timeout(st, IDLE)
+                .unwrap_or_else(|p| p.into_inner());
+            st = g;
+            if waited.timed_out() && st.job.is_none() {
+                break;
+            }
+        }
+        st.running = false;
+        self.ended = true;
+    }
+}
+
+impl Drop for Serving {
+    /// A task that never ran (the runtime is shutting down) or panicked:
+    /// the waiting buffer is dropped, so its writer sees an error instead
+    /// of waiting forever, and the next buffer starts a new task.
+    fn drop(&mut self) {
+        if !self.ended {
+            let mut st = self.shared.lock();
+            st.job = None;
+            st.running = false;
+        }
+    }
+}
 
 /// Appends to one staging file; see the module docs.
 pub struct LocalWriter {
@@ -133,7 +299,10 @@ pub struct LocalWriter {
     buf_at: u64,
     /// The other buffer, when no write holds it.
     spare: Option<AlignedBuf>,
-    inflight: Option<InFlight>,
+    /// The buffer being written, given back with the result.
+    inflight: Option<tokio::sync::oneshot::Receiver<Done>>,
+    /// Where full buffers go to be written.
+    pipe: Pipe,
     /// Logical length: every byte staged so far, buffered ones included.
     len: u64,
     /// Fed each buffer on the blocking pool before it is written.
@@ -198,6 +367,7 @@ pub async fn open(
             buf_at,
             spare: None,
             inflight: None,
+            pipe: Pipe::new(),
             len: offset,
             tap: None,
             tap_skip: skip,
@@ -376,8 +546,10 @@ fn start_writeback(file: &File, from: u64, to: u64) {
 impl LocalWriter {
     /// Waits for the write in flight, if any; its buffer becomes the spare.
     async fn settle(&mut self) -> BlobResult<()> {
-        if let Some(h) = self.inflight.take() {
-            let (mut buf, direct, res) = h.await.map_err(std::io::Error::other)?;
+        if let Some(rx) = self.inflight.take() {
+            let (mut buf, direct, res) = rx
+                .await
+                .map_err(|_| std::io::Error::other("a staged write was lost"))?;
             buf.len = 0;
             self.spare = Some(buf);
             self.direct = direct;
@@ -386,8 +558,8 @@ impl LocalWriter {
         Ok(())
     }
 
-    /// Hands the full buffer to the blocking pool and carries on with the
-    /// other one.
+    /// Hands the full buffer to the writer's task on the blocking pool and
+    /// carries on with the other one.
     async fn submit(&mut self) -> BlobResult<()> {
         self.settle().await?;
         let cap = self.buf.cap;
@@ -401,22 +573,20 @@ impl LocalWriter {
         if wb.is_some() {
             self.written_back = end;
         }
-        let (file, direct, tap) = (self.file.clone(), self.direct, self.tap.clone());
-        let skip = std::mem::take(&mut self.tap_skip);
-        #[cfg(test)]
-        let slow = self.slow;
-        self.inflight = Some(tokio::task::spawn_blocking(move || {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.pipe.send(Job {
+            file: self.file.clone(),
+            tap: self.tap.clone(),
+            buf,
+            at,
+            direct: self.direct,
+            skip: std::mem::take(&mut self.tap_skip),
+            writeback: wb,
+            done,
             #[cfg(test)]
-            if slow {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            feed(&tap, &buf.filled()[skip..]);
-            let (direct, res) = write_at(&file, buf.filled(), at, direct);
-            if let (Some(from), Ok(()), false) = (wb, &res, direct) {
-                start_writeback(&file, from, end);
-            }
-            (buf, direct, res)
-        }));
+            slow: self.slow,
+        });
+        self.inflight = Some(rx);
         Ok(())
     }
 
@@ -504,6 +674,33 @@ impl BlobWriter for LocalWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer's pool task ends after [`IDLE`] without a buffer; the
+    /// buffers that come after such a pause (and a lost race with the
+    /// task's end) are written all the same, in order.
+    #[tokio::test]
+    async fn buffers_after_an_idle_pause_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.part");
+        let (w, _) = open(&path, 0, Mode::Direct, BUF_MIN).await.unwrap();
+        let mut w: Box<dyn BlobWriter> = Box::new(w);
+        let data: Vec<u8> = (0..7 * BUF_MIN + 5).map(|i| (i % 253) as u8).collect();
+        let mut at = 0;
+        for (i, cut) in [BUF_MIN, 3 * BUF_MIN, 3 * BUF_MIN + 1, data.len()]
+            .into_iter()
+            .enumerate()
+        {
+            w.write(Bytes::copy_from_slice(&data[at..cut]))
+                .await
+                .unwrap();
+            at = cut;
+            // around the task's end, then well past it
+            let pause = [IDLE - Duration::from_millis(1), IDLE, 3 * IDLE, IDLE / 2][i];
+            tokio::time::sleep(pause).await;
+        }
+        assert_eq!(w.finish().await.unwrap(), data.len() as u64);
+        assert!(std::fs::read(&path).unwrap() == data);
+    }
 
     /// A direct write the filesystem refuses with `EINVAL` (here: a buffer
     /// that is not aligned, which ext4 and xfs refuse) is written through

@@ -21,7 +21,7 @@
 //!   Garage) or concatenates several by streaming them into one multipart
 //!   upload, then deletes the segments.
 //!
-//! Memory per writer is a few hundred KiB (see [`multipart`]); scratch disk
+//! Memory per writer is at most 1.25 MiB (see [`multipart`]); scratch disk
 //! per writer is at most `PART_SIZE × (PART_CONCURRENCY + 1)`.
 
 pub mod multipart;
