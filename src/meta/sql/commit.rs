@@ -53,6 +53,40 @@ pub(crate) async fn room_in(tx: &mut Tx, user: &str) -> Result<u64, sqlx::Error>
     })
 }
 
+/// Inserts file row `f`, written at `created_at`: a new upload's (at its
+/// upload date) or a restored backup's line.
+pub(crate) async fn insert_file_row(
+    tx: &mut Tx,
+    f: &FileRecord,
+    created_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    query(
+        "INSERT INTO user_files (id, user_id, file_name, file_type, mime_type, file_size, \
+         file_path, thumbnail_path, resolution, duration, package_name, tags, is_favorite, \
+         sha256, upload_date, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(f.id)
+    .bind(&f.user_id)
+    .bind(&f.file_name)
+    .bind(f.file_type.as_str())
+    .bind(&f.mime_type)
+    .bind(f.file_size)
+    .bind(&f.file_path)
+    .bind(&f.thumbnail_path)
+    .bind(&f.resolution)
+    .bind(&f.duration)
+    .bind(&f.package_name)
+    .bind_tags(&f.tags)
+    .bind(f.is_favorite)
+    .bind(&f.sha256)
+    .bind(f.upload_date)
+    .bind(created_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
 /// Releases `reservation`, checks that `f` still fits (which covers a
 /// reservation that expired while the upload ran), inserts the file row,
 /// records `file.created` and re-checks the thresholds, all inside `tx`,
@@ -81,25 +115,6 @@ pub(crate) async fn insert_file_in(
             available: room_in(tx, &f.user_id).await?,
         });
     }
-    query(
-        "INSERT INTO user_files (id, user_id, file_name, file_type, mime_type, file_size, \
-         file_path, package_name, tags, is_favorite, sha256, upload_date, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE, ?, ?, ?)",
-    )
-    .bind(f.id)
-    .bind(&f.user_id)
-    .bind(&f.file_name)
-    .bind(f.file_type.as_str())
-    .bind(&f.mime_type)
-    .bind(f.file_size)
-    .bind(&f.file_path)
-    .bind(&f.package_name)
-    .bind_tags(&f.tags)
-    .bind(&f.sha256)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
     let rec = FileRecord {
         id: f.id,
         user_id: f.user_id,
@@ -117,6 +132,7 @@ pub(crate) async fn insert_file_in(
         sha256: f.sha256,
         upload_date: now,
     };
+    insert_file_row(tx, &rec, now).await?;
     record_event_in(tx, &NewEvent::file_created(&rec)).await?;
     check_threshold_in(tx, &rec.user_id).await?;
     Ok(rec)

@@ -23,6 +23,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::commit::insert_file_row;
 use super::engine::{query, EachRow, Engine, Row, Tx};
 use super::rows::{file_from_row, user_from_row, FILE_COLS, USER_COLS};
 use super::SqlStore;
@@ -83,35 +84,6 @@ async fn insert_user(tx: &mut Tx, u: &DumpUser) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-async fn insert_file(tx: &mut Tx, row: &DumpFile) -> Result<(), sqlx::Error> {
-    let f = &row.file;
-    query(
-        "INSERT INTO user_files (id, user_id, file_name, file_type, mime_type, file_size, \
-         file_path, thumbnail_path, resolution, duration, package_name, tags, is_favorite, \
-         sha256, upload_date, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(f.id)
-    .bind(&f.user_id)
-    .bind(&f.file_name)
-    .bind(f.file_type.as_str())
-    .bind(&f.mime_type)
-    .bind(f.file_size)
-    .bind(&f.file_path)
-    .bind(&f.thumbnail_path)
-    .bind(&f.resolution)
-    .bind(&f.duration)
-    .bind(&f.package_name)
-    .bind_tags(&f.tags)
-    .bind(f.is_favorite)
-    .bind(&f.sha256)
-    .bind(f.upload_date)
-    .bind(row.created_at)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl SnapshotStore for SqlStore {
     async fn snapshot(
@@ -153,7 +125,7 @@ impl SnapshotStore for SqlStore {
             insert_user(&mut tx, &u).await?;
         }
         while let Some(f) = src.next_file().await? {
-            insert_file(&mut tx, &f).await?;
+            insert_file_row(&mut tx, &f.file, f.created_at).await?;
         }
         tx.commit().await?;
         Ok(())
