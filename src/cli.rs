@@ -668,7 +668,7 @@ async fn events_cmd(cmd: EventsCmd, state: Core) -> anyhow::Result<ExitCode> {
                 eprintln!("stowage: {id:?} is not an event id");
                 return Ok(ExitCode::from(1));
             };
-            if !state.meta.replay_event(uuid, state.now()).await? {
+            if state.meta.replay_event(uuid, state.now()).await?.is_none() {
                 eprintln!("stowage: no event {id}");
                 return Ok(ExitCode::from(1));
             }

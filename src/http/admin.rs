@@ -212,10 +212,12 @@ async fn replay_event(
     Path(id): Path<String>,
 ) -> AppResult<Json<serde_json::Value>> {
     let id = uuid::Uuid::parse_str(&id).map_err(|_| AppError::NotFound)?;
-    if !state.meta.replay_event(id, state.now()).await? {
-        return Err(AppError::NotFound);
-    }
-    let ev = state.meta.get_event(id).await?.ok_or(AppError::NotFound)?;
+    // The event as requeued: a delivery may already be under way.
+    let ev = state
+        .meta
+        .replay_event(id, state.now())
+        .await?
+        .ok_or(AppError::NotFound)?;
     tracing::info!(event_id = %id, "event queued again");
     Ok(Json(ev.to_json()))
 }

@@ -303,8 +303,8 @@ pub trait EventStore: Send + Sync {
         retry_at: Option<DateTime<Utc>>,
     ) -> MetaResult<()>;
     /// Puts one event back in the queue (due now, a fresh retry window);
-    /// false when there is no such event.
-    async fn replay_event(&self, id: Uuid, now: DateTime<Utc>) -> MetaResult<bool>;
+    /// returns it as requeued, `None` when there is no such event.
+    async fn replay_event(&self, id: Uuid, now: DateTime<Utc>) -> MetaResult<Option<Event>>;
     async fn event_counts(&self) -> MetaResult<EventCounts>;
     /// Deletes delivered events created before `delivered_before`, and,
     /// with `any_before`, every event created before it; returns how many.

@@ -141,8 +141,9 @@ impl EventStore for SqlStore {
         Ok(())
     }
 
-    async fn replay_event(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<bool> {
+    async fn replay_event(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<Option<Event>> {
         let s = self;
+        let mut tx = s.db().begin_write().await?;
         let n = query(
             "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = ?, \
              queued_at = ?, delivered_at = NULL WHERE id = ?",
@@ -150,9 +151,20 @@ impl EventStore for SqlStore {
         .bind(at)
         .bind(at)
         .bind(id)
-        .execute(s.db())
+        .execute(&mut tx)
         .await?;
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(None);
+        }
+        // Read back before the commit: a delivery worker woken by the
+        // requeue may deliver it the moment it is visible.
+        let row = query(format!("SELECT {EVENT_COLS} FROM events WHERE id = ?"))
+            .bind(id)
+            .fetch_one(&mut tx)
+            .await?;
+        let ev = event_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(ev))
     }
 
     async fn event_counts(&self) -> MetaResult<EventCounts> {
