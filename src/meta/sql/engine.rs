@@ -473,6 +473,18 @@ impl Query {
         run!(self, on, execute, affected)
     }
 
+    /// Runs a conditional statement in `tx` that decides a race: `tx` comes
+    /// back when it changed exactly one row; otherwise `tx` is rolled back
+    /// and the answer is `None` (the condition was false: someone else won).
+    pub(crate) async fn execute_one(self, mut tx: Tx) -> Result<Option<Tx>, sqlx::Error> {
+        if self.execute(&mut tx).await? == 1 {
+            Ok(Some(tx))
+        } else {
+            tx.rollback().await?;
+            Ok(None)
+        }
+    }
+
     /// Runs the statement in `tx` and hands each row to `each` as it comes
     /// off the connection, so a result of any size is never held whole.
     pub(crate) async fn for_each<E>(self, tx: &mut Tx, each: &mut dyn EachRow<E>) -> Result<(), E>

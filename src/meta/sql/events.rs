@@ -143,19 +143,19 @@ impl EventStore for SqlStore {
 
     async fn replay_event(&self, id: Uuid, at: DateTime<Utc>) -> MetaResult<Option<Event>> {
         let s = self;
-        let mut tx = s.db().begin_write().await?;
-        let n = query(
+        let tx = s.db().begin_write().await?;
+        let Some(mut tx) = query(
             "UPDATE events SET status = 'pending', attempts = 0, next_attempt_at = ?, \
              queued_at = ?, delivered_at = NULL WHERE id = ?",
         )
         .bind(at)
         .bind(at)
         .bind(id)
-        .execute(&mut tx)
-        .await?;
-        if n != 1 {
+        .execute_one(tx)
+        .await?
+        else {
             return Ok(None);
-        }
+        };
         // Read back before the commit: a delivery worker woken by the
         // requeue may deliver it the moment it is visible.
         let row = query(format!("SELECT {EVENT_COLS} FROM events WHERE id = ?"))

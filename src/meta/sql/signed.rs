@@ -46,7 +46,7 @@ impl SignedUploadStore for SqlStore {
 
     async fn claim_signed_upload(&self, id: Uuid, now: DateTime<Utc>) -> MetaResult<SignedClaim> {
         let s = self;
-        let mut tx = s.db().begin_write().await?;
+        let tx = s.db().begin_write().await?;
         let taken = query(
             "UPDATE signed_uploads SET used_at = ? \
              WHERE id = ? AND used_at IS NULL AND expires_at >= ?",
@@ -54,9 +54,9 @@ impl SignedUploadStore for SqlStore {
         .bind(now)
         .bind(id)
         .bind(now)
-        .execute(&mut tx)
+        .execute_one(tx)
         .await?;
-        if taken == 1 {
+        if let Some(mut tx) = taken {
             let r = query(
                 "SELECT id, user_id, max_bytes, file_type, file_name, expires_at \
                  FROM signed_uploads WHERE id = ?",
@@ -67,7 +67,6 @@ impl SignedUploadStore for SqlStore {
             tx.commit().await?;
             return Ok(SignedClaim::Claimed(signed_from_row(&r)?));
         }
-        tx.rollback().await?;
         let used = query(
             "SELECT 1 AS one FROM signed_uploads \
              WHERE id = ? AND used_at IS NOT NULL AND expires_at >= ?",

@@ -166,20 +166,19 @@ impl TusStore for SqlStore {
 
     async fn complete_tus_upload(&self, owner: Uuid, file: NewFile) -> MetaResult<FileRecord> {
         let s = self;
-        let mut tx = s.db().begin_write().await?;
+        let tx = s.db().begin_write().await?;
         // The row goes first, under the lease: of two completions of one
         // upload only the lease holder's gets past this line.
-        let gone = query("DELETE FROM tus_uploads WHERE id = ? AND lock_owner = ?")
+        let Some(mut tx) = query("DELETE FROM tus_uploads WHERE id = ? AND lock_owner = ?")
             .bind(file.id)
             .bind(owner)
-            .execute(&mut tx)
-            .await?;
-        if gone != 1 {
-            tx.rollback().await?;
+            .execute_one(tx)
+            .await?
+        else {
             return Err(MetaError::Conflict(
                 "this request no longer holds the upload's lease".into(),
             ));
-        }
+        };
         // The upload's id is its reservation's. On an error the dropped
         // transaction rolls back, the row's deletion with the rest.
         let reservation = file.id;
@@ -269,18 +268,17 @@ async fn delete_unleased(
         tx.rollback().await?;
         return Ok(None);
     };
-    let n = query(format!(
+    let Some(tx) = query(format!(
         "DELETE FROM tus_uploads WHERE id = ? AND user_id = ? AND {LEASE_FREE}"
     ))
     .bind(id)
     .bind(user_id)
     .bind(now)
-    .execute(&mut tx)
-    .await?;
-    if n != 1 {
-        tx.rollback().await?;
+    .execute_one(tx)
+    .await?
+    else {
         return Ok(None);
-    }
+    };
     let up = tus_from_row(&row)?;
     tx.commit().await?;
     Ok(Some(up))

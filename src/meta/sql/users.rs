@@ -131,16 +131,16 @@ impl UserStore for SqlStore {
 
     async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>> {
         let s = self;
-        let mut tx = s.db().begin_write().await?;
+        let tx = s.db().begin_write().await?;
         // The user row first: concurrent uploads of this user wait here.
-        let touched = query("UPDATE user_storage SET updated_at = ? WHERE user_id = ?")
+        let Some(mut tx) = query("UPDATE user_storage SET updated_at = ? WHERE user_id = ?")
             .bind(s.now())
             .bind(user_id)
-            .execute(&mut tx)
-            .await?;
-        if touched == 0 {
+            .execute_one(tx)
+            .await?
+        else {
             return Ok(None);
-        }
+        };
         let out = delete_files_in(&mut tx, user_id).await?;
         for table in USER_SCOPED_TABLES {
             query(format!("DELETE FROM {table} WHERE user_id = ?"))

@@ -63,8 +63,8 @@ async fn take(
     expires_at: DateTime<Utc>,
     t: DateTime<Utc>,
 ) -> MetaResult<Option<TusUpload>> {
-    let mut tx = s.db().begin_write().await?;
-    let n = query(format!(
+    let tx = s.db().begin_write().await?;
+    let Some(mut tx) = query(format!(
         "UPDATE tus_uploads SET lock_owner = ?, locked_until = ?, expires_at = ?, \
            takeover = 0, completing = FALSE \
          WHERE id = ? AND user_id = ? AND expires_at > ? AND {LEASE_FREE}"
@@ -76,12 +76,11 @@ async fn take(
     .bind(user_id)
     .bind(t)
     .bind(t)
-    .execute(&mut tx)
-    .await?;
-    if n != 1 {
-        tx.rollback().await?;
+    .execute_one(tx)
+    .await?
+    else {
         return Ok(None);
-    }
+    };
     let row = query(format!("SELECT {TUS_COLS} FROM tus_uploads WHERE id = ?"))
         .bind(id)
         .fetch_one(&mut tx)
@@ -177,8 +176,8 @@ async fn renew(
     owner: Uuid,
     until: DateTime<Utc>,
 ) -> MetaResult<Option<i64>> {
-    let mut tx = s.db().begin_write().await?;
-    let n = query(
+    let tx = s.db().begin_write().await?;
+    let Some(mut tx) = query(
         "UPDATE tus_uploads SET locked_until = ?, \
            takeover = CASE WHEN takeover = 1 THEN 2 ELSE takeover END \
          WHERE id = ? AND lock_owner = ?",
@@ -186,12 +185,11 @@ async fn renew(
     .bind(until)
     .bind(id)
     .bind(owner)
-    .execute(&mut tx)
-    .await?;
-    if n != 1 {
-        tx.rollback().await?;
+    .execute_one(tx)
+    .await?
+    else {
         return Ok(None);
-    }
+    };
     let row = query(MARKER_SQL)
         .bind(id)
         .bind(owner)
