@@ -11,15 +11,7 @@ both!(
         let app = spawn_app(b).await;
         let c = &app.client;
         app.admin_set_quota("future", 12345).await;
-        let v: Value = c
-            .get(app.url("/api/admin/users/future"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = app.admin_json("/api/admin/users/future").await;
         assert_eq!(v["max_bytes"], 12345);
         assert_eq!(
             app.usage("future").await["max_bytes"],
@@ -39,15 +31,7 @@ both!(
         app.upload_ok("gone", "a.png", png_bytes(1000)).await;
         app.upload_ok("gone", "b.json", b"{}".to_vec()).await;
         app.upload_ok("stays", "c.png", png_bytes(1000)).await;
-        let list: Value = c
-            .get(app.url("/api/admin/users"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = app.admin_json("/api/admin/users").await;
         let ids: Vec<&str> = list["users"]
             .as_array()
             .unwrap()
@@ -169,15 +153,7 @@ both!(
                 assert_eq!(v["error"]["code"], "not_found", "{v}");
             }
         }
-        let list: Value = c
-            .get(app.url("/api/admin/users"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = app.admin_json("/api/admin/users").await;
         assert_eq!(list["users"].as_array().unwrap().len(), 0, "{list}");
     }
 );
