@@ -136,17 +136,19 @@ fn new_file(id: Uuid, user: &str, size: i64) -> NewFile {
     }
 }
 
-/// Reserves `size` and commits a file of that size; returns its id.
+/// Reserves `size` bytes for `user` (created with room to spare if new) and
+/// commits a file of that size on the reservation: the setup most stories
+/// start from.
+async fn commit_one(store: &dyn MetaStore, user: &str, size: i64) -> MetaResult<FileRecord> {
+    let r = store.reserve(user, 1 << 40, size as u64, HOUR).await?;
+    store.commit_file(r, new_file(r, user, size)).await
+}
+
+/// [`commit_one`], which must succeed; returns the file's id.
 async fn put(db: &Db, user: &str, size: i64) -> Uuid {
-    let r = db
-        .store
-        .reserve(user, 1 << 40, size as u64, HOUR)
+    commit_one(&*db.store, user, size)
         .await
-        .expect("reserve");
-    db.store
-        .commit_file(r, new_file(r, user, size))
-        .await
-        .expect("commit")
+        .expect("reserve and commit")
         .id
 }
 
@@ -284,9 +286,8 @@ async fn triggers_keep_usage_exact(open: Open) {
         tasks.push(tokio::spawn(async move {
             let user = if i % 2 == 0 { "dave" } else { "erin" };
             let size = 100 + i;
-            let r = store.reserve(user, 1 << 40, size as u64, HOUR).await?;
-            store.commit_file(r, new_file(r, user, size)).await?;
-            MetaResult::Ok((user, r, size))
+            let rec = commit_one(&*store, user, size).await?;
+            MetaResult::Ok((user, rec.id, size))
         }));
     }
     let mut files = Vec::new();
@@ -838,8 +839,7 @@ impl SnapshotSink for Meddling {
         if !self.meddled {
             self.meddled = true;
             for (user, size) in [("zed", 5), ("frank", 6)] {
-                let r = self.store.reserve(user, 1 << 40, size as u64, HOUR).await?;
-                self.store.commit_file(r, new_file(r, user, size)).await?;
+                commit_one(&*self.store, user, size).await?;
             }
             let (user, id) = self.delete;
             assert!(self.store.delete_file(user, id).await?.is_some());
