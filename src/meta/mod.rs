@@ -14,7 +14,7 @@ pub mod events;
 mod sql;
 mod view;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -486,13 +486,7 @@ pub trait RowSource: Send {
 #[async_trait]
 pub trait SnapshotStore: Send + Sync {
     /// Streams a consistent snapshot into `sink`; returns its moment.
-    /// `scratch` is a directory the store may use meanwhile (the SQL
-    /// engines read in one transaction and need none).
-    async fn snapshot(
-        &self,
-        scratch: &Path,
-        sink: &mut dyn SnapshotSink,
-    ) -> MetaResult<DateTime<Utc>>;
+    async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> MetaResult<DateTime<Utc>>;
     /// True when any file row exists (a restore needs an empty database).
     async fn has_files(&self) -> MetaResult<bool>;
     /// Inserts every row of `src` in one transaction: all or nothing. Users

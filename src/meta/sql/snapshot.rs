@@ -18,8 +18,6 @@
 //! [`Db::begin_snapshot`]: super::engine::Db::begin_snapshot
 //! [`Query::for_each`]: super::engine::Query::for_each
 
-use std::path::Path;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -86,11 +84,7 @@ async fn insert_user(tx: &mut Tx, u: &DumpUser) -> Result<(), sqlx::Error> {
 
 #[async_trait]
 impl SnapshotStore for SqlStore {
-    async fn snapshot(
-        &self,
-        _scratch: &Path,
-        sink: &mut dyn SnapshotSink,
-    ) -> MetaResult<DateTime<Utc>> {
+    async fn snapshot(&self, sink: &mut dyn SnapshotSink) -> MetaResult<DateTime<Utc>> {
         let s = self;
         let mut tx = s.db().begin_snapshot().await?;
         // At or before the snapshot's moment: whatever committed before it

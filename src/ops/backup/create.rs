@@ -58,7 +58,6 @@ impl SnapshotSink for JsonlSink {
 /// counts and the snapshot time.
 pub(super) async fn snapshot(
     state: &Core,
-    work: &Path,
     users_out: &Path,
     files_out: &Path,
 ) -> anyhow::Result<(DumpCounts, DateTime<Utc>)> {
@@ -67,7 +66,7 @@ pub(super) async fn snapshot(
         files: tokio::io::BufWriter::new(tokio::fs::File::create(files_out).await?),
         counts: DumpCounts::default(),
     };
-    let at = state.meta.snapshot(work, &mut sink).await?;
+    let at = state.meta.snapshot(&mut sink).await?;
     Ok((sink.finish().await?, at))
 }
 
@@ -114,7 +113,7 @@ pub async fn create(state: &Core, mut opts: CreateOptions) -> anyhow::Result<Cre
     let files = work.join("user_files.jsonl");
 
     opts.progress.say("taking a database snapshot");
-    let (counts, at) = snapshot(state, &work, &users, &files)
+    let (counts, at) = snapshot(state, &users, &files)
         .await
         .context("database snapshot")?;
     let header = BackupHeader {
