@@ -6,13 +6,15 @@
 //! answered here and nowhere else:
 //!
 //! - **placeholders**: PostgreSQL numbers them, so `?` becomes `$1`, `$2`, …
-//!   (outside quoted literals); SQLite and MySQL take `?` as written;
+//!   (outside quoted literals); SQLite and MySQL take `?` as written. Each
+//!   distinct text is rewritten once and kept ([`Rewritten`]);
 //! - **integer casts**: MySQL's `CAST` has no `BIGINT`, so `AS BIGINT)`
 //!   becomes `AS SIGNED)` there;
 //! - **value encodings** ([`Arg`], [`Col`]): tags are a `text[]` on
 //!   PostgreSQL and a JSON array in a text column elsewhere; MySQL's
 //!   `utf8mb4_bin` text columns arrive marked binary and are read as UTF-8
-//!   bytes; a narrower integer column widens to `i64`;
+//!   bytes; a narrower integer column widens to `i64` (chosen by the
+//!   column's type, not by a failed decode);
 //! - **transactions**: SQLite's writers begin with `BEGIN IMMEDIATE`
 //!   ([`Db::begin_write`]); `SELECT … FOR UPDATE` and `SKIP LOCKED` are
 //!   fragments ([`Engine::for_update`], [`Engine::skip_locked`]) that SQLite,
@@ -24,6 +26,8 @@
 //! file.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
@@ -32,6 +36,9 @@ use sqlx::{
     mysql::MySqlRow, postgres::PgRow, sqlite::SqliteRow, MySqlPool, PgPool, Row as _, SqlitePool,
 };
 use uuid::Uuid;
+
+/// The cast MySQL spells `AS SIGNED)`.
+const MYSQL_BIGINT: &str = "AS BIGINT)";
 
 /// Which engine a [`Db`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,16 +76,61 @@ impl Engine {
         }
     }
 
+    /// `sql` as this engine reads it, rewritten once per distinct text (see
+    /// [`Rewritten`]).
+    fn text(self, sql: Cow<'static, str>) -> Cow<'static, str> {
+        static POSTGRES: Rewritten = Rewritten::new();
+        static MYSQL: Rewritten = Rewritten::new();
+        match self {
+            Engine::Postgres if sql.contains('?') => POSTGRES.get(self, sql),
+            Engine::MySql if sql.contains(MYSQL_BIGINT) => MYSQL.get(self, sql),
+            _ => sql,
+        }
+    }
+
     /// `sql` as this engine reads it (see the module doc).
     fn dialect<'a>(self, sql: &'a str) -> Cow<'a, str> {
         match self {
             Engine::Sqlite => Cow::Borrowed(sql),
-            Engine::MySql if sql.contains("AS BIGINT)") => {
-                Cow::Owned(sql.replace("AS BIGINT)", "AS SIGNED)"))
+            Engine::MySql if sql.contains(MYSQL_BIGINT) => {
+                Cow::Owned(sql.replace(MYSQL_BIGINT, "AS SIGNED)"))
             }
             Engine::MySql => Cow::Borrowed(sql),
             Engine::Postgres => numbered(sql),
         }
+    }
+}
+
+/// The texts of one engine's rewritten statements, each rewritten once: the
+/// statements are the store's own, a finite set, so after the first use a
+/// query costs a lookup instead of a rewrite and its allocation. A rewritten
+/// text is leaked, to be shared as `&'static str`; the cache stops growing
+/// at [`Rewritten::MAX`] texts (a statement built with varying text cannot
+/// grow it without bound), and texts past that are rewritten each time.
+struct Rewritten(LazyLock<Mutex<HashMap<Cow<'static, str>, &'static str>>>);
+
+impl Rewritten {
+    /// Far more than the store's distinct statements (a few hundred, the
+    /// listing's variants included); at most a few hundred KiB of text.
+    const MAX: usize = 2048;
+
+    const fn new() -> Self {
+        Rewritten(LazyLock::new(Default::default))
+    }
+
+    /// `sql` as `engine` reads it (`sql` needs rewriting).
+    fn get(&self, engine: Engine, sql: Cow<'static, str>) -> Cow<'static, str> {
+        let mut texts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = texts.get(&*sql) {
+            return Cow::Borrowed(t);
+        }
+        let new = engine.dialect(&sql).into_owned();
+        if texts.len() >= Self::MAX {
+            return Cow::Owned(new);
+        }
+        let new: &'static str = Box::leak(new.into_boxed_str());
+        texts.insert(sql, new);
+        Cow::Borrowed(new)
     }
 }
 
@@ -348,7 +400,7 @@ macro_rules! run {
         } = $self;
         match $on.into() {
             On::Db(Db::Pg(p)) => {
-                let sql = Engine::Postgres.dialect(&sql);
+                let sql = Engine::Postgres.text(sql);
                 $wrap!(
                     Pg,
                     bind_args!(sqlx::query(&sql).persistent(persistent), args, tags_array)
@@ -357,7 +409,7 @@ macro_rules! run {
                 )
             }
             On::Tx(Tx::Pg(t)) => {
-                let sql = Engine::Postgres.dialect(&sql);
+                let sql = Engine::Postgres.text(sql);
                 $wrap!(
                     Pg,
                     bind_args!(sqlx::query(&sql).persistent(persistent), args, tags_array)
@@ -378,7 +430,7 @@ macro_rules! run {
                     .await
             ),
             On::Db(Db::MySql(p)) => {
-                let sql = Engine::MySql.dialect(&sql);
+                let sql = Engine::MySql.text(sql);
                 $wrap!(
                     MySql,
                     bind_args!(sqlx::query(&sql), args, tags_json)
@@ -387,7 +439,7 @@ macro_rules! run {
                 )
             }
             On::Tx(Tx::MySql(t)) => {
-                let sql = Engine::MySql.dialect(&sql);
+                let sql = Engine::MySql.text(sql);
                 $wrap!(
                     MySql,
                     bind_args!(sqlx::query(&sql), args, tags_json)
@@ -494,7 +546,7 @@ impl Query {
         // A snapshot's statements are few; whether they stay prepared does
         // not matter.
         let Query { sql, args, .. } = self;
-        let sql = tx.engine().dialect(&sql);
+        let sql = tx.engine().text(sql);
         macro_rules! each_row {
             ($v:ident, $t:expr, $tags:expr) => {{
                 let mut rows = bind_args!(sqlx::query(&sql), args, $tags).fetch(&mut **$t);
@@ -575,7 +627,9 @@ macro_rules! col_direct {
 col_direct!(i32, f64, bool, Vec<u8>, Uuid, DateTime<Utc>);
 
 /// An integer column of any width (an `INT` or `SMALLINT` column, a MySQL
-/// `COUNT`), widened to `i64`.
+/// `COUNT`), widened to `i64`. The width is read from the column's type, so
+/// a narrower column decodes at once instead of after a failed `i64` decode
+/// (whose error allocates, on every row).
 fn wide_int<R: sqlx::Row>(r: &R, name: &str) -> Result<Option<i64>, sqlx::Error>
 where
     for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -583,17 +637,18 @@ where
     for<'r> Option<i16>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'a> &'a str: sqlx::ColumnIndex<R>,
 {
-    match r.try_get::<Option<i64>, _>(name) {
-        Ok(v) => Ok(v),
-        Err(e @ sqlx::Error::ColumnDecode { .. }) => match r.try_get::<Option<i32>, _>(name) {
-            Ok(v) => Ok(v.map(i64::from)),
-            Err(_) => match r.try_get::<Option<i16>, _>(name) {
-                Ok(v) => Ok(v.map(i64::from)),
-                Err(_) => Err(e),
-            },
-        },
-        Err(e) => Err(e),
+    use sqlx::{Column as _, Type};
+    let ty = r.try_column(name)?.type_info();
+    if !<Option<i64> as Type<R::Database>>::compatible(ty) {
+        if <Option<i32> as Type<R::Database>>::compatible(ty) {
+            return Ok(r.try_get::<Option<i32>, _>(name)?.map(i64::from));
+        }
+        if <Option<i16> as Type<R::Database>>::compatible(ty) {
+            return Ok(r.try_get::<Option<i16>, _>(name)?.map(i64::from));
+        }
     }
+    // An `i64` column, or none of these (then the error names its type).
+    r.try_get(name)
 }
 
 impl Col for Option<i64> {
@@ -601,13 +656,17 @@ impl Col for Option<i64> {
         match row {
             Row::Pg(r) => wide_int(r, name),
             Row::Sqlite(r) => r.try_get(name),
-            Row::MySql(r) => match wide_int(r, name) {
-                Err(e @ sqlx::Error::ColumnDecode { .. }) => r
-                    .try_get::<Option<u64>, _>(name)
-                    .map(|v| v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
-                    .map_err(|_| e),
-                other => other,
-            },
+            Row::MySql(r) => {
+                use sqlx::{Column as _, Type};
+                let ty = r.try_column(name)?.type_info();
+                if <u64 as Type<sqlx::MySql>>::compatible(ty) {
+                    // An unsigned column, its values past `i64` clamped.
+                    Ok(r.try_get::<Option<u64>, _>(name)?
+                        .map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+                } else {
+                    wide_int(r, name)
+                }
+            }
         }
     }
 }
@@ -660,6 +719,37 @@ mod tests {
             "SELECT \"x?\" FROM t WHERE b = $1"
         );
         assert_eq!(Engine::Sqlite.dialect("a = ?"), "a = ?");
+    }
+
+    #[test]
+    fn a_text_is_rewritten_once() {
+        let sql = "SELECT a FROM t WHERE b = ? AND c = ?";
+        let first = Engine::Postgres.text(sql.into());
+        let again = Engine::Postgres.text(String::from(sql).into());
+        assert_eq!(first, "SELECT a FROM t WHERE b = $1 AND c = $2");
+        match (first, again) {
+            (Cow::Borrowed(a), Cow::Borrowed(b)) => assert!(std::ptr::eq(a, b)),
+            other => panic!("not the kept text: {other:?}"),
+        }
+        // What an engine reads as written passes through, and is not kept.
+        let plain = "SELECT a FROM t WHERE b = ?";
+        assert!(
+            matches!(Engine::MySql.text(plain.into()), Cow::Borrowed(t) if std::ptr::eq(t, plain))
+        );
+        assert!(
+            matches!(Engine::Sqlite.text(plain.into()), Cow::Borrowed(t) if std::ptr::eq(t, plain))
+        );
+    }
+
+    #[test]
+    fn the_kept_texts_are_bounded() {
+        let texts = Rewritten::new();
+        for i in 0..Rewritten::MAX + 10 {
+            let t = texts.get(Engine::Postgres, format!("SELECT {i} WHERE a = ?").into());
+            assert_eq!(t, format!("SELECT {i} WHERE a = $1"));
+            assert_eq!(matches!(t, Cow::Borrowed(_)), i < Rewritten::MAX, "{i}");
+        }
+        assert_eq!(texts.0.lock().unwrap().len(), Rewritten::MAX);
     }
 
     #[test]
