@@ -507,7 +507,9 @@ pub trait UserStore: Send + Sync {
     async fn delete_user(&self, user_id: &str) -> MetaResult<Option<DeletedUser>>;
     /// Sum of rows per user (audit): `(user_id, bytes, count)`.
     async fn row_totals(&self) -> MetaResult<Vec<(String, i64, i64)>>;
-    /// Sets counters to the row sums (audit --fix); returns users changed.
+    /// Sets counters to the row sums (audit --fix), re-checking the quota
+    /// thresholds of each user changed in the same transaction; returns
+    /// how many users changed.
     async fn repair_counters(&self) -> MetaResult<u64>;
 }
 

@@ -13,8 +13,9 @@
 //! Rows and blobs are fetched one user at a time, so memory follows the
 //! largest user, not the whole store. Orphans and staging data younger than
 //! the grace period are listed but never touched: they may be uploads in
-//! progress. `--fix` repairs counters and removes the older orphans and
-//! stray staging data; it never deletes a row.
+//! progress. `--fix` repairs counters (re-checking the quota thresholds of
+//! each user it corrects, as every change of usage does) and removes the
+//! older orphans and stray staging data; it never deletes a row.
 
 use std::{
     collections::{HashMap, HashSet},

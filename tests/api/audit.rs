@@ -17,6 +17,7 @@ use stowage::{
 };
 use uuid::Uuid;
 
+use crate::events::{all_events, json_bytes, percents};
 use crate::helpers::*;
 use crate::local;
 
@@ -248,6 +249,42 @@ local!(
         let r = audit_with(&app, false, audit::DEFAULT_GRACE).await;
         assert!(r.clean, "{}", r.render());
         assert_eq!(r.recent_orphans.len(), 1);
+    }
+);
+
+// A counter that drifted below the rows hid a crossing: the fix that
+// corrects it is the change that crosses, and records `quota.threshold`
+// as any other change of usage does (once: fixing again records nothing).
+local!(
+    fix_that_carries_usage_across_a_threshold_records_it,
+    |b| async move {
+        let app = &spawn_app(b).await;
+        app.admin_set_quota("at1", 10_000).await;
+        app.upload_ok("at1", "a.json", json_bytes(5000)).await;
+        app.exec_sql(
+            "UPDATE user_storage SET total_bytes = total_bytes - 4000 WHERE user_id = 'at1'",
+        )
+        .await;
+        // 8500 bytes of rows (85 %), counted as 4500.
+        app.upload_ok("at1", "b.json", json_bytes(3500)).await;
+        assert!(percents(&all_events(app, "").await, "at1").is_empty());
+
+        let r = audit_with(app, true, audit::DEFAULT_GRACE).await;
+        assert!(r.clean && r.drift.len() == 1, "{}", r.render());
+        assert_eq!(app.usage("at1").await["total_bytes"], 8500);
+        let events = all_events(app, "&type=quota.threshold").await;
+        assert_eq!(percents(&events, "at1"), [80], "{events:#?}");
+        let e = &events[0];
+        assert_eq!(
+            (&e["data"]["total_bytes"], &e["data"]["max_bytes"]),
+            (&8500.into(), &10_000.into())
+        );
+
+        audit_with(app, true, audit::DEFAULT_GRACE).await;
+        assert_eq!(percents(&all_events(app, "").await, "at1"), [80]);
+        // The fix re-armed nothing and hid nothing: the next crossing is 95 %.
+        app.upload_ok("at1", "c.json", json_bytes(1000)).await;
+        assert_eq!(percents(&all_events(app, "").await, "at1"), [80, 95]);
     }
 );
 

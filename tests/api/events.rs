@@ -168,7 +168,8 @@ fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == t).collect()
 }
 
-fn percents(events: &[Value], user: &str) -> Vec<i64> {
+/// The `percent` of each `quota.threshold` of `user`, oldest first.
+pub(crate) fn percents(events: &[Value], user: &str) -> Vec<i64> {
     events
         .iter()
         .filter(|e| e["type"] == "quota.threshold" && e["user_id"] == user)
@@ -177,7 +178,7 @@ fn percents(events: &[Value], user: &str) -> Vec<i64> {
 }
 
 /// A JSON document of exactly `len` bytes (a project file).
-fn json_bytes(len: usize) -> Vec<u8> {
+pub(crate) fn json_bytes(len: usize) -> Vec<u8> {
     let mut v = br#"{"pad":""#.to_vec();
     v.resize(len - 2, b'x');
     v.extend_from_slice(br#""}"#);

@@ -66,18 +66,14 @@ const ROW_TOTALS_SQL: &str = "SELECT s.user_id AS user_id, \
      FROM user_storage s LEFT JOIN user_files f ON f.user_id = s.user_id \
      GROUP BY s.user_id ORDER BY s.user_id";
 
-/// Sets every counter that differs from its row sums to them.
-const REPAIR_SQL: &str = "UPDATE user_storage SET \
-       total_bytes = (SELECT CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) FROM user_files f \
-                      WHERE f.user_id = user_storage.user_id), \
-       file_count = (SELECT COUNT(*) FROM user_files f WHERE f.user_id = user_storage.user_id), \
-       reserved_bytes = (SELECT CAST(COALESCE(SUM(r.bytes), 0) AS BIGINT) \
-                         FROM upload_reservations r WHERE r.user_id = user_storage.user_id) \
-     WHERE total_bytes <> (SELECT CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) FROM user_files f \
-                           WHERE f.user_id = user_storage.user_id) \
-        OR file_count <> (SELECT COUNT(*) FROM user_files f WHERE f.user_id = user_storage.user_id) \
-        OR reserved_bytes <> (SELECT CAST(COALESCE(SUM(r.bytes), 0) AS BIGINT) \
-                              FROM upload_reservations r WHERE r.user_id = user_storage.user_id)";
+/// What a user's counters should be, as subqueries of a statement on
+/// `user_storage`: the sums of their file rows and of their reservations.
+const ROW_BYTES: &str = "(SELECT CAST(COALESCE(SUM(f.file_size), 0) AS BIGINT) \
+     FROM user_files f WHERE f.user_id = user_storage.user_id)";
+const ROW_FILES: &str =
+    "(SELECT COUNT(*) FROM user_files f WHERE f.user_id = user_storage.user_id)";
+const ROW_RESERVED: &str = "(SELECT CAST(COALESCE(SUM(r.bytes), 0) AS BIGINT) \
+     FROM upload_reservations r WHERE r.user_id = user_storage.user_id)";
 
 #[async_trait]
 impl UserStore for SqlStore {
@@ -167,7 +163,31 @@ impl UserStore for SqlStore {
 
     async fn repair_counters(&self) -> MetaResult<u64> {
         let s = self;
-        Ok(query(REPAIR_SQL).execute(s.db()).await?)
+        let lock = s.engine().for_update();
+        let mut tx = s.db().begin_write().await?;
+        // The users whose counters differ, their rows locked (in one order,
+        // so two repairs cannot deadlock) until the repair commits.
+        let drifted = query(format!(
+            "SELECT user_id FROM user_storage \
+             WHERE total_bytes <> {ROW_BYTES} OR file_count <> {ROW_FILES} \
+                OR reserved_bytes <> {ROW_RESERVED} \
+             ORDER BY user_id{lock}"
+        ))
+        .fetch_all(&mut tx)
+        .await?;
+        let repair = format!(
+            "UPDATE user_storage SET total_bytes = {ROW_BYTES}, file_count = {ROW_FILES}, \
+             reserved_bytes = {ROW_RESERVED} WHERE user_id = ?"
+        );
+        for r in &drifted {
+            let user: String = r.get("user_id")?;
+            query(repair.clone()).bind(&user).execute(&mut tx).await?;
+            // Corrected usage is changed usage: it may cross a threshold
+            // (recorded) or fall back below one (re-armed).
+            check_threshold_in(&mut tx, &user).await?;
+        }
+        tx.commit().await?;
+        Ok(drifted.len() as u64)
     }
 }
 
