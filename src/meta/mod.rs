@@ -490,7 +490,8 @@ pub trait SnapshotStore: Send + Sync {
     /// True when any file row exists (a restore needs an empty database).
     async fn has_files(&self) -> MetaResult<bool>;
     /// Inserts every row of `src` in one transaction: all or nothing. Users
-    /// start with zero counters; the triggers add the files.
+    /// start with zero counters (the triggers add the files) and with the
+    /// quota threshold their archived usage had reached, already announced.
     async fn restore_rows(&self, src: &mut dyn RowSource) -> MetaResult<()>;
 }
 

@@ -16,6 +16,7 @@ use stowage::ops::{
     progress::Progress,
 };
 
+use crate::events::{all_events, json_bytes, percents};
 use crate::helpers::*;
 use crate::{both, local};
 
@@ -335,6 +336,32 @@ both!(backup_restores_across_backends, |b| async move {
         )
         .await;
     }
+});
+
+// A restore keeps the quota threshold a user had reached: the 80 % recorded
+// before the backup is not recorded again by the first upload after the
+// restore, and the next crossing (95 %) is.
+local!(restore_keeps_the_threshold_reached, |b| async move {
+    let app = &spawn_app(b).await;
+    app.admin_set_quota("rt1", 10_000).await;
+    app.upload_ok("rt1", "a.json", json_bytes(8500)).await;
+    assert_eq!(percents(&all_events(app, "").await, "rt1"), [80]);
+    let made = backup::create(&app.state, opts(&app.dir.path().join("backups")))
+        .await
+        .unwrap();
+
+    let app2 = &spawn_app(b).await;
+    backup::restore(&app2.state, &made.path, Progress::off())
+        .await
+        .unwrap();
+    assert_eq!(app2.usage("rt1").await["total_bytes"], 8500);
+    app2.upload_ok("rt1", "b.json", json_bytes(500)).await;
+    assert!(
+        percents(&all_events(app2, "").await, "rt1").is_empty(),
+        "90 %: nothing crossed since the backup"
+    );
+    app2.upload_ok("rt1", "c.json", json_bytes(500)).await;
+    assert_eq!(percents(&all_events(app2, "").await, "rt1"), [95]);
 });
 
 /// Offset of the first blob's data inside an uncompressed archive.

@@ -13,7 +13,8 @@
 //! The rows are [`DumpUser`] and [`DumpFile`] on every engine, so a
 //! snapshot of one restores into any other. A restore writes every row in
 //! one transaction; users start with zero counters and the triggers add
-//! the files.
+//! the files, and with the quota threshold their usage had reached (see
+//! `insert_user`), so that no threshold is announced twice.
 //!
 //! [`Db::begin_snapshot`]: super::engine::Db::begin_snapshot
 //! [`Query::for_each`]: super::engine::Query::for_each
@@ -25,6 +26,7 @@ use super::commit::insert_file_row;
 use super::engine::{query, EachRow, Engine, Row, Tx};
 use super::rows::{file_from_row, user_from_row, FILE_COLS, USER_COLS};
 use super::SqlStore;
+use crate::meta::events::threshold_level;
 use crate::meta::{
     DumpFile, DumpUser, MetaError, MetaResult, RowSource, SnapshotSink, SnapshotStore,
 };
@@ -53,30 +55,41 @@ impl EachRow<MetaError> for Files<'_> {
     }
 }
 
-/// Inserts a user with zero counters, or sets an existing one's quota. The
-/// engines spell the upsert differently.
+/// Inserts a user with zero counters, or sets an existing one's quota, and
+/// sets the threshold the user had reached. The engines spell the upsert
+/// differently.
 fn insert_user_sql(engine: Engine) -> &'static str {
     match engine {
         Engine::MySql => {
             "INSERT INTO user_storage (user_id, max_bytes, total_bytes, reserved_bytes, \
-             file_count, created_at, updated_at) VALUES (?, ?, 0, 0, 0, ?, ?) \
-             ON DUPLICATE KEY UPDATE max_bytes = ?"
+             file_count, last_threshold, created_at, updated_at) \
+             VALUES (?, ?, 0, 0, 0, ?, ?, ?) \
+             ON DUPLICATE KEY UPDATE max_bytes = ?, last_threshold = ?"
         }
         Engine::Postgres | Engine::Sqlite => {
             "INSERT INTO user_storage (user_id, max_bytes, total_bytes, reserved_bytes, \
-             file_count, created_at, updated_at) VALUES (?, ?, 0, 0, 0, ?, ?) \
-             ON CONFLICT (user_id) DO UPDATE SET max_bytes = ?"
+             file_count, last_threshold, created_at, updated_at) \
+             VALUES (?, ?, 0, 0, 0, ?, ?, ?) \
+             ON CONFLICT (user_id) DO UPDATE SET max_bytes = ?, last_threshold = ?"
         }
     }
 }
 
+/// Inserts the user of a snapshot's line. Its threshold state is the level
+/// its usage had reached at the snapshot (what `last_threshold` is after
+/// every change of usage): each crossing up to it was recorded before the
+/// backup, so a change after the restore records only a new one, instead
+/// of every threshold the restored usage is past once more.
 async fn insert_user(tx: &mut Tx, u: &DumpUser) -> Result<(), sqlx::Error> {
+    let reached = threshold_level(u.total_bytes, u.max_bytes) as i32;
     query(insert_user_sql(tx.engine()))
         .bind(&u.user_id)
         .bind(u.max_bytes)
+        .bind(reached)
         .bind(u.created_at)
         .bind(u.updated_at)
         .bind(u.max_bytes)
+        .bind(reached)
         .execute(tx)
         .await?;
     Ok(())
