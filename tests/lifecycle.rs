@@ -151,16 +151,47 @@ fn png_like(len: usize, seed: u8) -> Vec<u8> {
     v
 }
 
-/// Polls `check` every 50 ms until it holds, for at most `within`.
+/// Polls `check` every 50 ms until it holds, for at most `within`. While it
+/// does not, `check` answers what it saw, which a timeout reports.
 async fn until<F, Fut>(what: &str, within: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
+    Fut: Future<Output = Result<(), String>>,
 {
     let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+    loop {
+        let seen = match check().await {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}; last seen: {seen}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `Ok` when `ok`, else what was seen, for [`until`].
+fn holds(ok: bool, seen: impl std::fmt::Debug) -> Result<(), String> {
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{seen:?}"))
+    }
+}
+
+/// What a user's uploads in flight hold: room and staging files.
+#[derive(Debug)]
+struct Held {
+    reserved: i64,
+    staged: Vec<String>,
+}
+
+async fn held(setup: &Setup, meta: &Arc<dyn MetaStore>, user: &str) -> Held {
+    Held {
+        reserved: reserved(meta, user).await,
+        staged: setup.staged(),
     }
 }
 
@@ -249,12 +280,17 @@ fn part_suffix() -> Vec<u8> {
     format!("\r\n--{BOUNDARY}--\r\n").into_bytes()
 }
 
+/// The length of the multipart body [`multipart_start`] sends for `data`.
+fn multipart_len(data: &[u8]) -> usize {
+    part_prefix("slow.png").len() + data.len() + part_suffix().len()
+}
+
 /// Starts a multipart upload of `data` and sends its first `first` bytes;
 /// with `chunked` the body has no length (the reservation grows as it
 /// streams), else its Content-Length is reserved up front.
 async fn multipart_start(s: &Serve, token: &str, data: &[u8], first: usize, chunked: bool) -> Raw {
     let prefix = part_prefix("slow.png");
-    let len = prefix.len() + data.len() + part_suffix().len();
+    let len = multipart_len(data);
     let framing = if chunked {
         "Transfer-Encoding: chunked".to_string()
     } else {
@@ -343,12 +379,31 @@ async fn killed_uploads_free_their_room_at_once(setup: Setup) {
     let token = dev_login(&server.base, user).await;
     let a = png_like(3 * MIB, 1);
     let b = png_like(3 * MIB, 2);
+    // The upload of known length reserves its Content-Length before its
+    // body is read; the chunked one grows its reservation as bytes come, by
+    // a whole step (8 MiB, all of this room) where that fits. Two requests
+    // are served in no promised order, so the chunked one starts only once
+    // the other holds its room: first, it would take all the room and the
+    // other would be refused with 507.
+    let a_len = multipart_len(&a) as i64;
     let _ra = multipart_start(&server, &token, &a, 256 * 1024, false).await;
+    until(
+        "the upload of known length holds its room",
+        Duration::from_secs(20),
+        || async {
+            let h = held(&setup, &meta, user).await;
+            holds(h.reserved == a_len && h.staged.len() == 1, h)
+        },
+    )
+    .await;
     let _rb = multipart_start(&server, &token, &b, 256 * 1024, true).await;
     until(
-        "both uploads hold room and stage bytes",
+        "the chunked upload holds room too",
         Duration::from_secs(20),
-        || async { reserved(&meta, user).await > 3 * MIB as i64 && setup.staged().len() == 2 },
+        || async {
+            let h = held(&setup, &meta, user).await;
+            holds(h.reserved > a_len && h.staged.len() == 2, h)
+        },
     )
     .await;
     server.kill().await;
@@ -384,7 +439,8 @@ async fn killed_uploads_free_their_room_at_once(setup: Setup) {
     let mut server = server;
     let _rc = multipart_start(&server, &token, &a, 512 * 1024, false).await;
     until("the upload holds room", Duration::from_secs(20), || async {
-        reserved(&meta, user).await > 0 && setup.staged().len() == 1
+        let h = held(&setup, &meta, user).await;
+        holds(h.reserved > 0 && h.staged.len() == 1, h)
     })
     .await;
     server.kill().await;
@@ -430,7 +486,10 @@ async fn a_peer_reclaims_a_dead_node(setup: Setup) {
     until(
         "the upload on node a holds room",
         Duration::from_secs(20),
-        || async { reserved(&meta, user).await > 0 && setup.staged().len() == 1 },
+        || async {
+            let h = held(&setup, &meta, user).await;
+            holds(h.reserved > 0 && h.staged.len() == 1, h)
+        },
     )
     .await;
     let nodes = meta.list_nodes().await.unwrap();
@@ -441,7 +500,10 @@ async fn a_peer_reclaims_a_dead_node(setup: Setup) {
     until(
         "node b released what node a held",
         Duration::from_secs(30),
-        || async { reserved(&meta, user).await == 0 },
+        || async {
+            let r = reserved(&meta, user).await;
+            holds(r == 0, format!("{r} bytes reserved"))
+        },
     )
     .await;
     assert!(
@@ -457,7 +519,10 @@ async fn a_peer_reclaims_a_dead_node(setup: Setup) {
     until(
         "the dead node's row is gone",
         Duration::from_secs(10),
-        || async { meta.list_nodes().await.unwrap().len() == 1 },
+        || async {
+            let nodes = meta.list_nodes().await.unwrap();
+            holds(nodes.len() == 1, nodes)
+        },
     )
     .await;
     let room = room(&meta, user).await as usize;
@@ -527,11 +592,17 @@ async fn sigterm_ends_uploads_and_exits_in_time(setup: Setup) {
         "both uploads are streaming",
         Duration::from_secs(20),
         || async {
-            // Written through a 64 KiB buffer: the rest is flushed when the
-            // PATCH ends.
-            std::fs::metadata(&tus_part).is_ok_and(|m| m.len() + 64 * 1024 >= sent as u64)
-                && setup.staged().len() == 2
-                && reserved(&meta, user).await > (tus_data.len() + mp_data.len()) as i64
+            // The staging writer writes whole buffers (256 KiB): the first
+            // MiB is on disk once it arrived, the last 5 bytes stay in the
+            // buffer until the PATCH ends.
+            let on_disk = std::fs::metadata(&tus_part).map_or(0, |m| m.len());
+            let h = held(&setup, &meta, user).await;
+            holds(
+                on_disk + 64 * 1024 >= sent as u64
+                    && h.staged.len() == 2
+                    && h.reserved == (tus_data.len() + multipart_len(&mp_data)) as i64,
+                (on_disk, h),
+            )
         },
     )
     .await;
@@ -542,7 +613,10 @@ async fn sigterm_ends_uploads_and_exits_in_time(setup: Setup) {
     until(
         "the quick upload is being served",
         Duration::from_secs(20),
-        || async { setup.staged().len() == 3 },
+        || async {
+            let staged = setup.staged();
+            holds(staged.len() == 3, staged)
+        },
     )
     .await;
 
