@@ -57,7 +57,7 @@ async fn slow_upload(base: String, token: String, i: u8) -> Option<u16> {
     let data = png_like(4 * 1024 * 1024, i);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         data.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
-    let delay = Duration::from_millis(5 + i as u64 % 7);
+    let delay = Duration::from_millis(15 + i as u64 % 7);
     let stream = futures::StreamExt::then(futures::stream::iter(chunks), move |c| async move {
         tokio::time::sleep(delay).await;
         c
@@ -104,11 +104,29 @@ async fn crash_and_recover(db: &str, dir: &Path) {
     let uploads: Vec<_> = (0..8u8)
         .map(|i| tokio::spawn(slow_upload(server.base.clone(), token.clone(), i)))
         .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The kill lands while uploads are staging bytes, not after a fixed
+    // pause: after 1.5 s, on a quiet host, all 8 had often finished (the
+    // kill cut none on SQLite and PostgreSQL). Their starts spread out, so
+    // fewer than half may be staging at any one moment (3 of 8 on MariaDB).
+    let staging = dir.join("data/users/.tmp");
+    poll_until(20, "uploads in flight", || {
+        std::fs::read_dir(&staging)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+            .count()
+            >= 2
+    })
+    .await;
     server.kill().await; // SIGKILL
+    let mut cut = 0;
     for u in uploads {
-        let _ = u.await;
+        if u.await.unwrap() != Some(201) {
+            cut += 1;
+        }
     }
+    assert!(cut > 0, "the kill cut at least one upload mid-stream");
 
     // Restart (which releases what the dead process held, with its temp
     // files, at once: no reservation TTL to wait for), clean up.
