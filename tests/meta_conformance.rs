@@ -26,6 +26,8 @@ use uuid::Uuid;
 struct Db {
     store: Arc<dyn MetaStore>,
     clock: Arc<ManualClock>,
+    /// "sqlite", "postgres" or "mariadb".
+    engine: &'static str,
     /// Dropped after the store: removes the database.
     _keep: Box<dyn Send>,
 }
@@ -43,9 +45,15 @@ async fn with_store(url: &str, keep: Box<dyn Send>) -> Db {
         .await
         .unwrap_or_else(|e| panic!("opening {url}: {e}"));
     store.migrate().await.expect("migrations");
+    let engine = match url.split(':').next() {
+        Some("sqlite") => "sqlite",
+        Some("postgres" | "postgresql") => "postgres",
+        _ => "mariadb",
+    };
     Db {
         store,
         clock,
+        engine,
         _keep: keep,
     }
 }
@@ -94,6 +102,7 @@ macro_rules! engine {
                 gone_holders_are_named,
                 file_changes_race_cleanly,
                 listing_pages_filters_and_search,
+                every_listing_order_walks_an_index,
                 tus_lease_is_exclusive,
                 tus_upload_completes_once,
                 a_snapshot_is_one_moment
@@ -1161,6 +1170,137 @@ async fn listing_pages_filters_and_search(open: Open) {
         pkg.iter().map(|f| f.id).collect::<Vec<_>>(),
         [ids[0], ids[2]]
     );
+}
+
+/// `n` files of `user`, one in `rare` of them audio and the others images,
+/// with sizes, names and dates in different orders; committed by 8 tasks at
+/// once.
+async fn seed_files(db: &Db, user: &str, n: usize, rare: usize) {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (store, clock, user) = (db.store.clone(), db.clock.clone(), user.to_string());
+        tasks.push(tokio::spawn(async move {
+            for i in (t..n).step_by(8) {
+                let size = 1 + (i as i64 * 7919) % 100_000;
+                let r = store
+                    .reserve(&user, 1 << 40, size as u64, HOUR)
+                    .await
+                    .unwrap();
+                let mut f = new_file(r, &user, size);
+                f.file_name = format!("{:05}-{i}.bin", (i * 104_729) % 99_991);
+                f.file_type = if i % rare == 0 {
+                    FileType::Audio
+                } else {
+                    FileType::Image
+                };
+                store.commit_file(r, f).await.unwrap();
+                clock.advance(Duration::from_millis(1));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Whether `plan` (from [`FileStore::listing_plan`]) walks a per-user
+/// index (`index`, when given) in the listing's order, from the cursor's
+/// key when `cursor`: no sort of the rows, no scan of the table, no index
+/// of all users' rows.
+fn walks_index(engine: &str, plan: &str, index: Option<&str>, cursor: bool) -> Result<(), String> {
+    let uses = |name: &str| match engine {
+        "mariadb" => plan.contains(&format!("\"key\": \"{name}")),
+        _ => plan.contains(name),
+    };
+    if !uses("idx_user_files_user_") {
+        return Err("no per-user index".into());
+    }
+    if let Some(i) = index.filter(|i| !uses(i)) {
+        return Err(format!("not {i}"));
+    }
+    let sorted = match engine {
+        "sqlite" => plan.contains("TEMP B-TREE") || plan.contains("SCAN user_files"),
+        "postgres" => plan
+            .lines()
+            .any(|l| l.contains("Sort") || l.contains("Seq Scan") || l.contains("Bitmap")),
+        _ => plan.contains("filesort") || plan.contains("\"access_type\": \"ALL\""),
+    };
+    if sorted {
+        return Err("sorts or scans".into());
+    }
+    let from_cursor = match engine {
+        "sqlite" => plan.contains(",id)<(") || plan.contains(",id)>("),
+        "postgres" => plan
+            .lines()
+            .any(|l| l.contains("Index Cond") && l.contains("ROW(")),
+        _ => plan.contains("\"access_type\": \"range\""),
+    };
+    if cursor && !from_cursor {
+        return Err("does not start at the cursor".into());
+    }
+    Ok(())
+}
+
+/// With enough rows for the planner to weigh its choices (and their
+/// statistics gathered), every sort and order, with and without a cursor,
+/// unfiltered and `type=`, walks the user's index for that order from the
+/// cursor: no sort, no full scan, no index across all users.
+async fn every_listing_order_walks_an_index(open: Open) {
+    let db = open().await;
+    seed_files(&db, "big", 2400, 40).await;
+    seed_files(&db, "small", 300, 2).await;
+    let engine = db.engine;
+    let mut bad = Vec::new();
+    for sort in [SortKey::UploadDate, SortKey::FileName, SortKey::FileSize] {
+        let key = match sort {
+            SortKey::UploadDate => "date",
+            SortKey::FileName => "name",
+            SortKey::FileSize => "size",
+        };
+        for order in [SortOrder::Asc, SortOrder::Desc] {
+            for file_type in [None, Some(FileType::Audio)] {
+                let q = ListQuery {
+                    sort,
+                    order,
+                    file_type,
+                    limit: 51,
+                    ..Default::default()
+                };
+                let first = db.store.list_files("big", &q).await.unwrap();
+                let last = first.last().expect("a page");
+                let after = Cursor {
+                    k: match sort {
+                        SortKey::UploadDate => last.upload_date.to_rfc3339(),
+                        SortKey::FileName => last.file_name.clone(),
+                        SortKey::FileSize => last.file_size.to_string(),
+                    },
+                    id: last.id,
+                };
+                // MySQL/MariaDB have no (user_id, file_type, file_name, id)
+                // (migration 0011): a type= listing by name walks the name's.
+                let index = match (file_type, engine) {
+                    (Some(_), "mariadb") if sort == SortKey::FileName => {
+                        format!("idx_user_files_user_{key}")
+                    }
+                    (Some(_), _) => format!("idx_user_files_user_type_{key}"),
+                    (None, _) => format!("idx_user_files_user_{key}"),
+                };
+                for cursor in [false, true] {
+                    let q = ListQuery {
+                        after: cursor.then(|| after.clone()),
+                        ..q.clone()
+                    };
+                    let plan = db.store.listing_plan("big", &q).await.unwrap();
+                    if let Err(why) = walks_index(engine, &plan, Some(&index), cursor) {
+                        bad.push(format!(
+                            "{sort:?} {order:?} type={file_type:?} cursor={cursor}: {why}\n{plan}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{engine}:\n{}", bad.join("\n\n"));
 }
 
 /// Reserves `size` for `user` and creates a resumable upload on that

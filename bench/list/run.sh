@@ -4,7 +4,7 @@
 # same rows on both engines), then the listing mix of list_mix.py through
 # the HTTP API (every sort and order with cursor pages, q= that matches 10 %,
 # one name, none, and a two-character q=), p50/p99 per kind, on SQLite and
-# PostgreSQL. Before measuring, the query plans of the listing's SQL are
+# PostgreSQL, and on MariaDB with MYSQL=1. Before measuring, the query plans of the listing's SQL are
 # printed (EXPLAIN QUERY PLAN / EXPLAIN) and checked: each sort must walk its
 # per-user index without sorting, and q= must use the trigram index.
 #
@@ -14,7 +14,9 @@
 #
 # Env: ROWS (100000) N (rounds of the mix, 100) PORT (18191)
 #   BIN (target/release/stowage under CARGO_TARGET_DIR or ./target)
-#   SKIP (comma list of build,sqlite,pg,plans) PG_URL (postgres://postgres@127.0.0.1:5432)
+#   SKIP (comma list of build,sqlite,pg,mysql,plans) PG_URL (postgres://postgres@127.0.0.1:5432)
+#   MYSQL (1: also MariaDB) MY_URL (mysql://root@127.0.0.1:3306; the mysql client as root
+#   on MY_HOST/MY_PORT, 127.0.0.1/3306, seeds it)
 #   LABEL (stowage) RESULTS_DIR (bench/list/results) WORK (/var/tmp/stowage-list-<pid>)
 #   NAME (list-<date>)
 # Writes RESULTS_DIR/NAME.{tsv,raw.tsv,plans.txt,versions.txt}; bench/run.sh
@@ -31,6 +33,11 @@ PORT=${PORT:-18191}
 SKIP=${SKIP:-}
 PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 PG_DB=stowage_list_bench_$$
+MYSQL=${MYSQL:-}
+MY_URL=${MY_URL:-mysql://root@127.0.0.1:3306}
+MY_HOST=${MY_HOST:-127.0.0.1}
+MY_PORT=${MY_PORT:-3306}
+MY_DB=stowage_list_bench_$$
 LABEL=${LABEL:-stowage}
 BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/stowage}
 PY=${PYTHON:-python3}
@@ -50,6 +57,8 @@ log() { printf '[bench-list %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 SERVER_PID=
 PG_CREATED=
+MY_CREATED=
+my() { mysql -h "$MY_HOST" -P "$MY_PORT" -uroot "$@"; }
 stop_server() {
   local pid=${SERVER_PID:-}
   SERVER_PID=
@@ -63,6 +72,7 @@ on_exit() {
   local rc=$?
   stop_server
   [ -n "$PG_CREATED" ] && psql "$PG_URL/postgres" -qX -c "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1
+  [ -n "$MY_CREATED" ] && my -e "DROP DATABASE IF EXISTS $MY_DB" >/dev/null 2>&1
   rm -rf "$WORK"
   exit $rc
 }
@@ -82,6 +92,7 @@ fi
   echo "tree: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src migrations || echo ' + uncommitted changes')"
   echo "rows: $ROWS; rounds: $N"
   echo "postgresql: $(psql "$PG_URL/postgres" -qXAt -c 'show server_version' 2>/dev/null || echo unavailable)"
+  if [ -n "$MYSQL" ]; then echo "mysql: $(my -N -e 'SELECT VERSION()' 2>/dev/null || echo unavailable)"; fi
 } >"$VERSIONS"
 
 migrate() {
@@ -180,6 +191,31 @@ pg_plans() {  # DB_URL
   return $bad
 }
 
+# MySQL/MariaDB: the listing names its index (FORCE INDEX) and spells the
+# cursor out as key <= ? AND (key < ? OR id < ?) (files.rs); the plan must
+# not filesort, and with a cursor must be a range of that index.
+my_plans() {  # DB
+  local db=$1 bad=0 col dir cmp idx plan key
+  for col in $SORT_COLS; do
+    case $col in upload_date) idx=idx_user_files_user_date;; file_name) idx=idx_user_files_user_name;;
+                 file_size) idx=idx_user_files_user_size;; esac
+    for dir in ASC DESC; do
+      cmp='>'; [ $dir = DESC ] && cmp='<'
+      key="'$(my -N "$db" -e "SELECT $col FROM user_files WHERE user_id = 'bench' ORDER BY id LIMIT 1")'"
+      for extra in "" " AND $col $cmp= $key AND ($col $cmp $key OR id $cmp x'00')"; do
+        local sql="SELECT id FROM user_files FORCE INDEX ($idx) WHERE user_id = 'bench'$extra ORDER BY $col $dir, id $dir LIMIT 51"
+        plan=$(my -N "$db" -e "EXPLAIN FORMAT=JSON $sql")
+        printf '%s\n%s\n' "$sql" "$(echo -e "$plan" | sed 's/^/    /')"
+        if echo -e "$plan" | grep -Eq 'filesort|"access_type": "ALL"' || ! echo -e "$plan" | grep -q "\"key\": \"$idx\"" \
+           || { [ -n "$extra" ] && ! echo -e "$plan" | grep -q '"access_type": "range"'; }; then
+          echo "    ^^^ NOT index-backed"; bad=1
+        fi
+      done
+    done
+  done
+  return $bad
+}
+
 if ! skip sqlite; then
   DBF=$WORK/sqlite/stowage.db
   mkdir -p "$WORK/sqlite"
@@ -218,6 +254,28 @@ if ! skip pg; then
     stop_server
   else
     log "pg: PostgreSQL not reachable at $PG_URL; skipped"
+  fi
+fi
+
+if [ -n "$MYSQL" ] && ! skip mysql; then
+  if my -e "CREATE DATABASE $MY_DB" >/dev/null; then
+    MY_CREATED=1
+    DB=$MY_URL/$MY_DB
+    migrate "$DB"
+    log "mysql: seeding $ROWS rows"
+    t0=$(date +%s)
+    { echo "SET @user='bench', @n=$ROWS, @max_bytes=$QUOTA;"; cat "$ROOT/bench/api/seed_mysql.sql"; } \
+      | my "$MY_DB" >&2
+    log "mysql: seeded in $(( $(date +%s) - t0 )) s"
+    if ! skip plans; then
+      { echo "== mysql, $ROWS rows"; my_plans "$MY_DB" || echo "!! some plans are not index-backed"; } >>"$PLANS"
+    fi
+    start_server mysql "$DB"
+    $PY "$HERE/list_mix.py" --url "http://127.0.0.1:$PORT" --token "$TOKEN" --label "$LABEL-mariadb" \
+      --n "$N" --rows "$ROWS" --summary "$SUM" --raw "$RAW"
+    stop_server
+  else
+    log "mysql: MariaDB not reachable at $MY_HOST:$MY_PORT; skipped"
   fi
 fi
 

@@ -594,6 +594,13 @@ pub trait FileStore: Send + Sync {
     /// Any user's file: for signed links and workers, never for user requests.
     async fn get_file_any(&self, id: Uuid) -> MetaResult<Option<FileRecord>>;
     async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>>;
+    /// How the engine would run [`FileStore::list_files`]'s statement for
+    /// `user_id` and `q`: its planner's statistics refreshed first
+    /// (`ANALYZE`), then the plan as the engine's `EXPLAIN` gives it, one
+    /// line per row (SQLite's `EXPLAIN QUERY PLAN`, PostgreSQL's text
+    /// plan, MySQL's `EXPLAIN FORMAT=JSON`). For tests that check each
+    /// listing order walks an index.
+    async fn listing_plan(&self, user_id: &str, q: &ListQuery) -> MetaResult<String>;
     /// Every file of a user or of all users, ordered by id (audit, backup).
     async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>>;
     async fn delete_file(&self, user_id: &str, id: Uuid) -> MetaResult<Option<FileRecord>>;

@@ -54,11 +54,42 @@ impl FileStore for SqlStore {
             Some(t) => Some(name_match(s, user_id, t, q.limit).await?),
             None => None,
         };
-        let rows = listing(s.engine(), user_id, q, name)?
+        let (sql, args) = listing(s.engine(), user_id, q, name)?;
+        let rows = query(sql)
+            .bind_all(args)
             .planned_each_time()
             .fetch_all(s.db())
             .await?;
         records(&rows)
+    }
+
+    async fn listing_plan(&self, user_id: &str, q: &ListQuery) -> MetaResult<String> {
+        let s = self;
+        let (analyze, explain, col) = match s.engine() {
+            Engine::Sqlite => ("ANALYZE", "EXPLAIN QUERY PLAN ", "detail"),
+            Engine::Postgres => ("ANALYZE user_files", "EXPLAIN ", "QUERY PLAN"),
+            Engine::MySql => (
+                "ANALYZE TABLE user_files",
+                "EXPLAIN FORMAT=JSON ",
+                "EXPLAIN",
+            ),
+        };
+        query(analyze).planned_each_time().fetch_all(s.db()).await?;
+        let name = match q.q.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => Some(name_match(s, user_id, t, q.limit).await?),
+            None => None,
+        };
+        let (sql, args) = listing(s.engine(), user_id, q, name)?;
+        let rows = query(format!("{explain}{sql}"))
+            .bind_all(args)
+            .planned_each_time()
+            .fetch_all(s.db())
+            .await?;
+        let lines = rows
+            .iter()
+            .map(|r| r.get::<String>(col))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(lines.join("\n"))
     }
 
     async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>> {
@@ -278,17 +309,18 @@ fn records(rows: &[Row]) -> MetaResult<Vec<FileRecord>> {
     Ok(rows.iter().map(file_from_row).collect::<Result<_, _>>()?)
 }
 
-/// The statement of one page of `user_id`'s files: filters, then the names
-/// matched by `name`, then the keyset condition and order of the sort key's
-/// index (`(user_id, key, id)`), so that every sort and order walks it from
-/// the cursor without sorting. Values are bound in the order their `?`
-/// appear.
+/// The statement of one page of `user_id`'s files and its values, bound in
+/// the order their `?` appear: filters, then the names matched by `name`,
+/// then the keyset condition and order of the sort key's index
+/// (`(user_id, key, id)`, or `(user_id, file_type, key, id)` for `type=`;
+/// migrations 0001 and 0011), so that every sort and order walks it from the
+/// cursor without sorting.
 fn listing(
     engine: Engine,
     user_id: &str,
     q: &ListQuery,
     name: Option<NameMatch>,
-) -> MetaResult<Query> {
+) -> MetaResult<(String, Vec<Arg>)> {
     let mut sql = format!("SELECT {FILE_COLS} FROM ");
     let mut args: Vec<Arg> = Vec::new();
     let mut test = None;
@@ -306,6 +338,11 @@ fn listing(
             test = Some((t, a));
         }
         None => sql.push_str("user_files"),
+    }
+    if engine == Engine::MySql {
+        // MySQL/MariaDB would rather read the user's rows by another index
+        // and filesort them; there is no trigram index to prefer here.
+        sql.push_str(&format!(" FORCE INDEX ({})", mysql_index(q)));
     }
     sql.push_str(" WHERE user_id = ?");
     args.push(user_id.into());
@@ -337,13 +374,36 @@ fn listing(
         SortOrder::Desc => ("<", "DESC"),
     };
     if let Some(c) = &q.after {
-        sql.push_str(&format!(" AND ({col}, id) {cmp} (?, ?)"));
-        args.push(cursor_key(q.sort, c)?);
+        let key = cursor_key(q.sort, c)?;
+        if engine == Engine::MySql {
+            // The row comparison is not a range of the index here: the key
+            // bounds it, the id breaks ties.
+            sql.push_str(&format!(
+                " AND {col} {cmp}= ? AND ({col} {cmp} ? OR id {cmp} ?)"
+            ));
+            args.push(key.clone());
+            args.push(key);
+        } else {
+            sql.push_str(&format!(" AND ({col}, id) {cmp} (?, ?)"));
+            args.push(key);
+        }
         args.push(c.id.into());
     }
     sql.push_str(&format!(" ORDER BY {col} {dir}, id {dir} LIMIT ?"));
     args.push(q.limit.into());
-    Ok(query(sql).bind_all(args))
+    Ok((sql, args))
+}
+
+/// The index a MySQL/MariaDB listing walks: the sort key's, within the type
+/// for `type=` (no `(user_id, file_type, file_name, id)`, see migration 0011).
+fn mysql_index(q: &ListQuery) -> &'static str {
+    match (q.sort, q.file_type.is_some()) {
+        (SortKey::UploadDate, true) => "idx_user_files_user_type_date",
+        (SortKey::FileSize, true) => "idx_user_files_user_type_size",
+        (SortKey::UploadDate, false) => "idx_user_files_user_date",
+        (SortKey::FileName, _) => "idx_user_files_user_name",
+        (SortKey::FileSize, false) => "idx_user_files_user_size",
+    }
 }
 
 /// The cursor's sort key value, typed as its column.
