@@ -172,8 +172,8 @@ pg_plans() {  # DB_URL
         local sql="SELECT id FROM user_files WHERE user_id = 'bench'$extra ORDER BY $col $dir, id $dir LIMIT 51"
         plan=$(psql "$db" -qXAt -c "EXPLAIN $sql")
         printf '%s\n%s\n' "$sql" "$(echo "$plan" | sed 's/^/    /')"
-        # A full Sort means the index was not used for the order; an
-        # Incremental Sort over the global upload_date index is (one user).
+        # A Sort means the index was not used for the order (migration
+        # 0011 dropped the global upload_date index the planner used to take).
         if echo "$plan" | grep -Eq '(^|-> *)Sort ' || ! echo "$plan" | grep -q "Index"; then
           echo "    ^^^ NOT index-backed"; bad=1
         fi
