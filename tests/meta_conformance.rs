@@ -1483,7 +1483,10 @@ async fn tus_progress_is_recorded_at_once(open: Open) {
     };
 
     // Not the holder: nothing changes.
-    assert_eq!(record(up.id, Uuid::now_v7(), 10, true).await, TusRecorded::Lost);
+    assert_eq!(
+        record(up.id, Uuid::now_v7(), 10, true).await,
+        TusRecorded::Lost
+    );
     assert_eq!(row(up.id).await, (0, None));
     assert_eq!(db.store.tus_holder(up.id, now).await.unwrap(), held_by(a));
     // The holder records and keeps the lease, then records and lets go.
@@ -1505,14 +1508,20 @@ async fn tus_progress_is_recorded_at_once(open: Open) {
     let b = Uuid::now_v7();
     let gone = new_upload(&db, "gus", 100, HOUR, Some((b, lease))).await;
     assert!(db.store.release(gone.id).await.unwrap());
-    assert_eq!(record(gone.id, b, 40, true).await, TusRecorded::NoReservation);
+    assert_eq!(
+        record(gone.id, b, 40, true).await,
+        TusRecorded::NoReservation
+    );
     assert_eq!(row(gone.id).await.0, 40);
     assert_eq!(db.store.tus_holder(gone.id, now).await.unwrap(), None);
 
     // A lost lease did not push its reservation; a recorded one did.
     let c = Uuid::now_v7();
     let lost = new_upload(&db, "gus", 100, HOUR, Some((c, lease))).await;
-    assert_eq!(record(lost.id, Uuid::now_v7(), 50, true).await, TusRecorded::Lost);
+    assert_eq!(
+        record(lost.id, Uuid::now_v7(), 50, true).await,
+        TusRecorded::Lost
+    );
     db.clock.advance(2 * HOUR);
     let expired: Vec<Uuid> = db
         .store

@@ -386,7 +386,10 @@ both!(a_patch_records_in_one_transaction, |b| async move {
     let r = patch(&app, "onetx", &loc, 100_000, data[100_000..].to_vec(), &[]).await;
     assert_eq!(r.status(), 204);
     let file = hdr(&r, "stowage-file-id").unwrap().to_string();
-    assert!(download(&app, "onetx", &file).await == data, "the file is whole");
+    assert!(
+        download(&app, "onetx", &file).await == data,
+        "the file is whole"
+    );
     let (_, f) = app.get_json("onetx", &format!("/api/files/{file}")).await;
     assert_eq!(f["sha256"], sha256_hex(&data));
     app.assert_consistent("onetx").await;
