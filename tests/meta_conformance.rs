@@ -17,7 +17,7 @@ use stowage::{
         connect_with_clock, Cursor, DumpFile, DumpUser, FileRecord, Gone, Holder, LeaseCheck,
         ListQuery, ManualClock, MediaUpdate, MetaError, MetaResult, MetaStore, NewFile, NodeRow,
         Rename, RowSource, SignedClaim, SignedUpload, SnapshotSink, SortKey, SortOrder, Takeover,
-        TusHolder, TusLock, TusProgress, TusUpload,
+        TusHolder, TusLock, TusProgress, TusRecorded, TusUpload,
     },
 };
 use uuid::Uuid;
@@ -105,6 +105,7 @@ macro_rules! engine {
                 every_listing_order_walks_an_index,
                 tus_lease_is_exclusive,
                 tus_upload_completes_once,
+                tus_progress_is_recorded_at_once,
                 a_snapshot_is_one_moment
             );
         }
@@ -1583,6 +1584,95 @@ async fn tus_lease_is_exclusive(open: Open) {
         (row.upload_length, row.metadata.as_str()),
         (1000, "{\"x\":1}")
     );
+}
+
+/// The end of an append is one transaction: progress, the reservation's
+/// new expiry and (when asked) the lease's release. Without the lease
+/// nothing changes, not even the reservation; a reservation that is gone
+/// does not stop the progress from being recorded.
+async fn tus_progress_is_recorded_at_once(open: Open) {
+    let db = open().await;
+    let now = db.clock.now_at_micros();
+    let lease = now + chrono::Duration::seconds(60);
+    let later = 3 * HOUR;
+    let a = Uuid::now_v7();
+    let up = new_upload(&db, "gus", 500, HOUR, Some((a, lease))).await;
+    let row = |id| {
+        let store = db.store.clone();
+        async move {
+            let r = store.get_tus_upload("gus", id, now).await.unwrap().unwrap();
+            (r.upload_offset, r.hash_state)
+        }
+    };
+    let held_by = |owner| {
+        Some(TusHolder {
+            owner,
+            takeover: Takeover::None,
+            completing: false,
+        })
+    };
+    let record = |id, owner, offset, release| {
+        let store = db.store.clone();
+        let p = progress(&db, offset, false);
+        async move {
+            store
+                .record_tus_progress(id, owner, &p, later, release)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Not the holder: nothing changes.
+    assert_eq!(
+        record(up.id, Uuid::now_v7(), 10, true).await,
+        TusRecorded::Lost
+    );
+    assert_eq!(row(up.id).await, (0, None));
+    assert_eq!(db.store.tus_holder(up.id, now).await.unwrap(), held_by(a));
+    // The holder records and keeps the lease, then records and lets go.
+    assert_eq!(record(up.id, a, 10, false).await, TusRecorded::Recorded);
+    assert_eq!(row(up.id).await, (10, Some(vec![1, 2, 3])));
+    assert_eq!(db.store.tus_holder(up.id, now).await.unwrap(), held_by(a));
+    assert_eq!(record(up.id, a, 20, true).await, TusRecorded::Recorded);
+    assert_eq!(row(up.id).await, (20, Some(vec![1, 2, 3])));
+    assert_eq!(db.store.tus_holder(up.id, now).await.unwrap(), None);
+    assert_eq!(
+        db.store.check_tus_lock(up.id, a, None).await.unwrap(),
+        LeaseCheck::Lost
+    );
+    // Released: the former holder writes nothing more.
+    assert_eq!(record(up.id, a, 30, false).await, TusRecorded::Lost);
+    assert_eq!(row(up.id).await.0, 20);
+
+    // The reservation is gone: the progress is recorded all the same.
+    let b = Uuid::now_v7();
+    let gone = new_upload(&db, "gus", 100, HOUR, Some((b, lease))).await;
+    assert!(db.store.release(gone.id).await.unwrap());
+    assert_eq!(
+        record(gone.id, b, 40, true).await,
+        TusRecorded::NoReservation
+    );
+    assert_eq!(row(gone.id).await.0, 40);
+    assert_eq!(db.store.tus_holder(gone.id, now).await.unwrap(), None);
+
+    // A lost lease did not push its reservation; a recorded one did.
+    let c = Uuid::now_v7();
+    let lost = new_upload(&db, "gus", 100, HOUR, Some((c, lease))).await;
+    assert_eq!(
+        record(lost.id, Uuid::now_v7(), 50, true).await,
+        TusRecorded::Lost
+    );
+    db.clock.advance(2 * HOUR);
+    let expired: Vec<Uuid> = db
+        .store
+        .expired_reservations(db.clock.now_at_micros())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(expired.contains(&lost.id), "{expired:?}");
+    assert!(!expired.contains(&up.id), "{expired:?}");
 }
 
 /// Of concurrent completions of one upload exactly one commits its file

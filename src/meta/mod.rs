@@ -391,6 +391,18 @@ pub struct TusProgress {
     pub completing: bool,
 }
 
+/// Outcome of [`TusStore::record_tus_progress`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TusRecorded {
+    /// The progress is recorded and the reservation's expiry pushed.
+    Recorded,
+    /// The progress is recorded, but the upload's reservation is gone
+    /// (expired meanwhile): nothing to push.
+    NoReservation,
+    /// `owner` no longer holds the lease: nothing changed.
+    Lost,
+}
+
 /// One run of a periodic task, as `task_runs` records it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct TaskRun {
@@ -727,6 +739,18 @@ pub trait TusStore: Send + Sync {
     ) -> MetaResult<LeaseCheck>;
     /// Records progress while `owner` holds the lease; false otherwise.
     async fn set_tus_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool>;
+    /// The end of an append, in ONE transaction: records progress `p`
+    /// while `owner` holds the lease, pushes the upload's reservation (same
+    /// id) to expire `reservation_ttl` from now and, when `release`, gives
+    /// the lease up. A lost lease changes nothing.
+    async fn record_tus_progress(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        p: &TusProgress,
+        reservation_ttl: Duration,
+        release: bool,
+    ) -> MetaResult<TusRecorded>;
     /// Writes the length (and metadata) of an upload created without one,
     /// learned later, while `owner` holds the lease; false otherwise. The
     /// reservation must already cover `length`.

@@ -344,6 +344,57 @@ both!(completion_is_one_transaction, |b| async move {
     app.assert_consistent("atomic").await;
 });
 
+// The end of a PATCH is one transaction: the offset (with its hash state),
+// the reservation's new expiry and the lease's release commit together or
+// not at all. When pushing the reservation fails, the offset does not move
+// either (the PATCH fails, and its lease is given up all the same); the
+// next PATCH resumes at the old offset and completes the file.
+both!(a_patch_records_in_one_transaction, |b| async move {
+    let app = spawn_app(b).await;
+    let data = png_bytes(300_000);
+    let loc = create_ok(&app, "onetx", data.len() as u64, "").await;
+    let leased = "SELECT COUNT(*) FROM tus_uploads WHERE lock_owner IS NOT NULL";
+    let r = patch(&app, "onetx", &loc, 0, data[..100_000].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(count(&app, leased).await, 0, "the PATCH gave its lease up");
+    assert_eq!(head_offset(&app, "onetx", &loc).await, 100_000);
+
+    inject_failure(&app, "upload_reservations", "UPDATE").await;
+    let r = patch(
+        &app,
+        "onetx",
+        &loc,
+        100_000,
+        data[100_000..200_000].to_vec(),
+        &[],
+    )
+    .await;
+    assert!(
+        r.status().is_server_error(),
+        "the offset was recorded without the reservation's expiry: {}",
+        r.status()
+    );
+    heal(&app, "upload_reservations", "UPDATE").await;
+    assert_eq!(count(&app, leased).await, 0, "the failed PATCH let go");
+    assert_eq!(
+        head_offset(&app, "onetx", &loc).await,
+        100_000,
+        "the offset did not move without the reservation"
+    );
+    assert_eq!(reserved(&app, "onetx").await, data.len() as i64);
+
+    let r = patch(&app, "onetx", &loc, 100_000, data[100_000..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204);
+    let file = hdr(&r, "stowage-file-id").unwrap().to_string();
+    assert!(
+        download(&app, "onetx", &file).await == data,
+        "the file is whole"
+    );
+    let (_, f) = app.get_json("onetx", &format!("/api/files/{file}")).await;
+    assert_eq!(f["sha256"], sha256_hex(&data));
+    app.assert_consistent("onetx").await;
+});
+
 /// A final PATCH (the rest of the upload at `offset`) sent to `app`.
 fn final_patch(
     app: &TestApp,

@@ -43,7 +43,7 @@ use crate::{
         sha256::RunningSha256,
         FileMeta, IngestError, Stage,
     },
-    meta::{FileRecord, TusProgress, TusUpload},
+    meta::{FileRecord, TusProgress, TusRecorded, TusUpload},
 };
 
 /// `HEAD /api/uploads/{id}`: the offset of an upload in progress (after
@@ -509,9 +509,11 @@ pub async fn open_stage(
 
 /// Records an append's new offset (with the sha256 state over the bytes
 /// up to it, and whether the holder goes on to complete the upload) under
-/// the lease, after the data is durable, and pushes the upload's and its
-/// reservation's expiry forward. Returns the new expiry; a lease lost
-/// meanwhile is a 409.
+/// the lease, after the data is durable, pushes the upload's and its
+/// reservation's expiry forward and, unless it goes on to complete, gives
+/// the lease up: all in one transaction, so an append costs one commit
+/// after its data. Returns the new expiry; a lease lost meanwhile is a 409
+/// (and nothing was recorded).
 pub async fn record(
     state: &AppState,
     lease: &mut Lease,
@@ -527,22 +529,31 @@ pub async fn record(
         expires_at,
         completing,
     };
-    if !state
+    let release = !completing;
+    match state
         .meta
-        .set_tus_offset(id, lease.owner(), &progress)
+        .record_tus_progress(
+            id,
+            lease.owner(),
+            &progress,
+            state.config.upload_expiry,
+            release,
+        )
         .await?
     {
-        lease.mark_lost();
-        return Err(AppError::Conflict(
-            "another request took this upload over".into(),
-        ));
+        TusRecorded::Lost => {
+            lease.mark_lost();
+            return Err(AppError::Conflict(
+                "another request took this upload over".into(),
+            ));
+        }
+        TusRecorded::NoReservation => {
+            tracing::warn!(upload = %id, "could not extend the upload's reservation: it is gone");
+        }
+        TusRecorded::Recorded => {}
     }
-    if let Err(e) = state
-        .meta
-        .touch_reservation(id, state.config.upload_expiry)
-        .await
-    {
-        tracing::warn!(error = %e, upload = %id, "could not extend the upload's reservation");
+    if release {
+        lease.mark_released();
     }
     Ok(expires_at)
 }

@@ -257,6 +257,14 @@ impl Lease {
         self.held = false;
     }
 
+    /// The lease was given up by the transaction that recorded progress
+    /// (see [`crate::meta::TusStore::record_tus_progress`]): a later
+    /// [`Lease::release`] has nothing left to do in the database.
+    pub fn mark_released(&mut self) {
+        self.held = false;
+        self.unregister();
+    }
+
     /// The row was deleted by the completion transaction.
     pub fn mark_done(&mut self) {
         self.held = false;

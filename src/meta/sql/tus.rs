@@ -11,6 +11,8 @@
 
 mod lease;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -18,10 +20,10 @@ use uuid::Uuid;
 use super::commit::insert_file_in;
 use super::engine::query;
 use super::rows::{tus_from_row, TUS_COLS};
-use super::{to_i64, SqlStore};
+use super::{plus, to_i64, SqlStore};
 use crate::meta::{
     FileRecord, LeaseCheck, MetaError, MetaResult, NewFile, Takeover, TusHolder, TusLock,
-    TusProgress, TusStore, TusUpload,
+    TusProgress, TusRecorded, TusStore, TusUpload,
 };
 
 /// The lease of an upload is free at the bound time: never taken, given up,
@@ -126,6 +128,52 @@ impl TusStore for SqlStore {
         .execute(s.db())
         .await?;
         Ok(n == 1)
+    }
+
+    async fn record_tus_progress(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        p: &TusProgress,
+        reservation_ttl: Duration,
+        release: bool,
+    ) -> MetaResult<TusRecorded> {
+        let s = self;
+        let tx = s.db().begin_write().await?;
+        // The row first, under the lease (its rows-affected count decides;
+        // a lost lease rolls back and changes nothing); giving the lease up
+        // is the same statement, as `lease::unlock` writes it.
+        let unlock = if release {
+            ", lock_owner = NULL, locked_until = NULL, takeover = 0"
+        } else {
+            ""
+        };
+        let Some(mut tx) = query(format!(
+            "UPDATE tus_uploads SET upload_offset = ?, hash_state = ?, expires_at = ?, \
+             completing = ?{unlock} WHERE id = ? AND lock_owner = ?"
+        ))
+        .bind(to_i64(p.offset))
+        .bind(&p.hash_state)
+        .bind(p.expires_at)
+        .bind(p.completing && !release)
+        .bind(id)
+        .bind(owner)
+        .execute_one(tx)
+        .await?
+        else {
+            return Ok(TusRecorded::Lost);
+        };
+        let n = query("UPDATE upload_reservations SET expires_at = ? WHERE id = ?")
+            .bind(plus(s.now(), reservation_ttl))
+            .bind(id)
+            .execute(&mut tx)
+            .await?;
+        tx.commit().await?;
+        Ok(if n == 0 {
+            TusRecorded::NoReservation
+        } else {
+            TusRecorded::Recorded
+        })
     }
 
     async fn set_tus_length(
