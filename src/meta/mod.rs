@@ -380,7 +380,7 @@ pub enum LeaseCheck {
     Lost,
 }
 
-/// What [`TusStore::set_tus_offset`] records besides the offset.
+/// What [`TusStore::record_tus_progress`] records besides the offset.
 #[derive(Clone, Debug)]
 pub struct TusProgress {
     pub offset: u64,
@@ -737,8 +737,6 @@ pub trait TusStore: Send + Sync {
         owner: Uuid,
         renew_until: Option<DateTime<Utc>>,
     ) -> MetaResult<LeaseCheck>;
-    /// Records progress while `owner` holds the lease; false otherwise.
-    async fn set_tus_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool>;
     /// The end of an append, in ONE transaction: records progress `p`
     /// while `owner` holds the lease, pushes the upload's reservation (same
     /// id) to expire `reservation_ttl` from now and, when `release`, gives

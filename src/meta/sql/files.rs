@@ -50,11 +50,7 @@ impl FileStore for SqlStore {
 
     async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
         let s = self;
-        let name = match q.q.as_deref().filter(|t| !t.is_empty()) {
-            Some(t) => Some(name_match(s, user_id, t, q.limit).await?),
-            None => None,
-        };
-        let (sql, args) = listing(s.engine(), user_id, q, name)?;
+        let (sql, args) = listing_for(s, user_id, q).await?;
         let rows = query(sql)
             .bind_all(args)
             .planned_each_time()
@@ -75,11 +71,7 @@ impl FileStore for SqlStore {
             ),
         };
         query(analyze).planned_each_time().fetch_all(s.db()).await?;
-        let name = match q.q.as_deref().filter(|t| !t.is_empty()) {
-            Some(t) => Some(name_match(s, user_id, t, q.limit).await?),
-            None => None,
-        };
-        let (sql, args) = listing(s.engine(), user_id, q, name)?;
+        let (sql, args) = listing_for(s, user_id, q).await?;
         let rows = query(format!("{explain}{sql}"))
             .bind_all(args)
             .planned_each_time()
@@ -309,6 +301,18 @@ fn records(rows: &[Row]) -> MetaResult<Vec<FileRecord>> {
     Ok(rows.iter().map(file_from_row).collect::<Result<_, _>>()?)
 }
 
+/// The listing statement of `q` for `user_id` and its values, with the way
+/// this engine matches `q=` (which may ask the store first, see
+/// [`name_match`]): what [`FileStore::list_files`] runs and
+/// [`FileStore::listing_plan`] explains.
+async fn listing_for(s: &SqlStore, user_id: &str, q: &ListQuery) -> MetaResult<(String, Vec<Arg>)> {
+    let name = match q.q.as_deref().filter(|t| !t.is_empty()) {
+        Some(t) => Some(name_match(s, user_id, t, q.limit).await?),
+        None => None,
+    };
+    listing(s.engine(), user_id, q, name)
+}
+
 /// The statement of one page of `user_id`'s files and its values, bound in
 /// the order their `?` appear: filters, then the names matched by `name`,
 /// then the keyset condition and order of the sort key's index
@@ -324,6 +328,7 @@ fn listing(
     let mut sql = format!("SELECT {FILE_COLS} FROM ");
     let mut args: Vec<Arg> = Vec::new();
     let mut test = None;
+    let mut ids = None;
     match name {
         // The trigram index names the candidates, all of them this user's;
         // they are few, so they drive the join and are sorted afterwards.
@@ -337,15 +342,28 @@ fn listing(
             sql.push_str("user_files");
             test = Some((t, a));
         }
+        Some(NameMatch::Ids(found)) => {
+            sql.push_str("user_files");
+            ids = Some(found);
+        }
         None => sql.push_str("user_files"),
     }
-    if engine == Engine::MySql {
+    if engine == Engine::MySql && ids.is_none() {
         // MySQL/MariaDB would rather read the user's rows by another index
-        // and filesort them; there is no trigram index to prefer here.
+        // and filesort them. Not for a few ids: their primary key finds them.
         sql.push_str(&format!(" FORCE INDEX ({})", mysql_index(q)));
     }
     sql.push_str(" WHERE user_id = ?");
     args.push(user_id.into());
+    if let Some(found) = ids {
+        if found.is_empty() {
+            sql.push_str(" AND 1 = 0");
+        } else {
+            let marks = vec!["?"; found.len()].join(", ");
+            sql.push_str(&format!(" AND id IN ({marks})"));
+            args.extend(found.into_iter().map(Arg::from));
+        }
+    }
     if let Some(t) = q.file_type {
         sql.push_str(" AND file_type = ?");
         args.push(t.as_str().into());

@@ -17,8 +17,17 @@
 //!   a page sooner. SQLite's `lower()` folds only ASCII, so other texts always
 //!   go through the index (which folds every bicameral script), or, under
 //!   three characters, are looked for in each of their case spellings.
-//! - **MySQL/MariaDB**: no trigram index; `LOWER(file_name) LIKE` is tested
-//!   on each row the sort order's index yields, until the page is full.
+//! - **MySQL/MariaDB**: no trigram index. The user's name index
+//!   `(user_id, file_name, id)` holds every name with its id, so the store
+//!   reads it (never a row) for at most `10 × limit` matches: fewer, and
+//!   they are all the matches ([`NameMatch::Ids`]), looked up by id and
+//!   sorted; that many (dense hits), and `LOWER(file_name) LIKE` is tested
+//!   on each row the sort order's index yields, which fills a page soon.
+//!   Testing every row of a rare text through the sort order's index would
+//!   look up each row by its primary key: a minute at a million files,
+//!   against about half a second for the name index (docs/benchmarks.md).
+
+use uuid::Uuid;
 
 use super::engine::{query, Arg, Engine};
 use super::SqlStore;
@@ -33,6 +42,9 @@ pub(crate) enum NameMatch {
     /// them this user's and few, found by the trigram index: the listing
     /// joins it to `user_files` and sorts the result.
     Hits { sql: String, args: Vec<Arg> },
+    /// Every matching file's id, few, already read from the name index
+    /// (MySQL): the listing looks them up by primary key and sorts them.
+    Ids(Vec<Uuid>),
 }
 
 /// How `user_id`'s listing of `limit` rows matches `text` on this engine.
@@ -61,7 +73,7 @@ pub(crate) async fn name_match(
         }
         Engine::Sqlite if t.ascii => like(&t),
         Engine::Sqlite => case_spellings(&t),
-        Engine::MySql => like(&t),
+        Engine::MySql => name_index_match(s, user_id, &t, limit).await?,
     })
 }
 
@@ -98,12 +110,46 @@ fn case_spellings(t: &NameSearch) -> NameMatch {
     }
 }
 
+/// MySQL/MariaDB: the ids of `user`'s files whose names contain the text,
+/// read from the name index alone, when there are fewer than
+/// [`dense_cap`]; the row-by-row test otherwise.
+async fn name_index_match(
+    s: &SqlStore,
+    user: &str,
+    t: &NameSearch,
+    limit: u32,
+) -> MetaResult<NameMatch> {
+    let cap = dense_cap(limit);
+    let rows = query(
+        "SELECT id FROM user_files FORCE INDEX (idx_user_files_user_name) \
+         WHERE user_id = ? AND lower(file_name) LIKE ? ESCAPE '!' LIMIT ?",
+    )
+    .bind(user)
+    .bind(like_pattern(&t.lower))
+    .bind(cap)
+    .fetch_all(s.db())
+    .await?;
+    if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= cap {
+        return Ok(like(t));
+    }
+    let ids = rows
+        .iter()
+        .map(|r| r.get::<Uuid>("id"))
+        .collect::<Result<_, _>>()?;
+    Ok(NameMatch::Ids(ids))
+}
+
+/// How many matches make them dense: `10 × limit`, at most 10,000.
+fn dense_cap(limit: u32) -> i64 {
+    i64::from(limit.max(1)).saturating_mul(10).min(10_000)
+}
+
 /// Whether at least `10 × limit` of `user`'s names contain the text
 /// (SQLite's trigram index). Then matches are dense enough that walking the
 /// sort order's index and testing each name finds a page sooner than
 /// sorting every match would.
 async fn dense_hits(s: &SqlStore, user: &str, t: &NameSearch, limit: u32) -> MetaResult<bool> {
-    let cap = i64::from(limit.max(1)).saturating_mul(10).min(10_000);
+    let cap = dense_cap(limit);
     let row = query(
         "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM (SELECT 1 FROM user_file_names_fts \
          JOIN user_file_names m ON m.seq = user_file_names_fts.rowid \

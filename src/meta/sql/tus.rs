@@ -113,23 +113,6 @@ impl TusStore for SqlStore {
         lease::check(s, id, owner, renew_until).await
     }
 
-    async fn set_tus_offset(&self, id: Uuid, owner: Uuid, p: &TusProgress) -> MetaResult<bool> {
-        let s = self;
-        let n = query(
-            "UPDATE tus_uploads SET upload_offset = ?, hash_state = ?, expires_at = ?, \
-             completing = ? WHERE id = ? AND lock_owner = ?",
-        )
-        .bind(to_i64(p.offset))
-        .bind(&p.hash_state)
-        .bind(p.expires_at)
-        .bind(p.completing)
-        .bind(id)
-        .bind(owner)
-        .execute(s.db())
-        .await?;
-        Ok(n == 1)
-    }
-
     async fn record_tus_progress(
         &self,
         id: Uuid,
@@ -138,6 +121,10 @@ impl TusStore for SqlStore {
         reservation_ttl: Duration,
         release: bool,
     ) -> MetaResult<TusRecorded> {
+        debug_assert!(
+            !(release && p.completing),
+            "a holder that goes on to complete keeps its lease"
+        );
         let s = self;
         let tx = s.db().begin_write().await?;
         // The row first, under the lease (its rows-affected count decides;
@@ -155,7 +142,7 @@ impl TusStore for SqlStore {
         .bind(to_i64(p.offset))
         .bind(&p.hash_state)
         .bind(p.expires_at)
-        .bind(p.completing && !release)
+        .bind(p.completing)
         .bind(id)
         .bind(owner)
         .execute_one(tx)
