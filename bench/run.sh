@@ -187,12 +187,13 @@ measure() {  # measure LABEL ARGS... : measure.py http into this round's raw fil
   "$PY" "$MEASURE" http --label "$label" "$@" "${M_COMMON[@]}" --out "$RAW" \
     || log "$label: some measurements failed (NA rows)"
 }
-range() {  # range LABEL URL PID [HEADER]
-  local hdr=()
+range() {  # range LABEL URL PID [HEADER [OFFSET LENGTH METRIC]]
+  local hdr=() extra=()
   [ -n "${4:-}" ] && hdr=(-H "$4")
+  [ -n "${7:-}" ] && extra=(--metric "$7")
   "$PY" "$HERE/lib/xfer.py" range --peers-dir "$PEERS_RUN" --label "$1" --url "$2" --server-pid "$3" \
-    --offset "$RANGE_OFF" --length "$RANGE_LEN" --reps "$REPS" --out "$RAW" "${hdr[@]}" \
-    || log "$1: range download failed"
+    --offset "${5:-$RANGE_OFF}" --length "${6:-$RANGE_LEN}" --reps "$REPS" --out "$RAW" "${hdr[@]}" \
+    "${extra[@]}" || log "$1: range download failed"
 }
 upload_id() {  # upload_id PORT TOKEN: one multipart upload of BIG, prints its id
   curl -fsS -H "Authorization: Bearer $2" -H 'Expect:' -F "file=@$BIG;type=application/octet-stream" \
@@ -262,7 +263,15 @@ stowage_round() {  # stowage_round LABEL BINARY FULL(1|0)
     measure "$label-pyclient" "${args[@]}" --download-client py --skip conc --no-verify
     local id
     if id=$(upload_id "$PORT" "$TOKEN"); then
+      # The upload's direct I/O leaves the file out of the page cache, so the
+      # download measure.py times right after its upload reads the device;
+      # nginx's file is warm. Read it once, untimed, then time the Range and
+      # the whole file warm (download_warm_<size>, against nginx's download).
+      curl -fsS -o /dev/null -H "Authorization: Bearer $TOKEN" "$url/api/files/$id/download" \
+        || log "$label: warm-up read failed"
       range "$label" "$url/api/files/$id/download" "$SERVER_PID" "Authorization: Bearer $TOKEN"
+      range "$label" "$url/api/files/$id/download" "$SERVER_PID" "Authorization: Bearer $TOKEN" \
+        0 "$SIZE_B" "download_warm_$SIZE"
     else
       log "$label: upload for the Range figures failed"
     fi

@@ -8,8 +8,10 @@ beside measure.py's rows.
 
   xfer.py range --peers-dir D --label L --url URL --size N --offset O --length N
                 [-H 'Authorization: ...'] [--server-pid P] [--reps R] --out RAW
-      curl -r O-(O+N-1) of a file already on the server (warm in the page
-      cache), HTTP 206 and the byte count checked; MB/s and server cpu-s/GiB.
+      curl -r O-(O+N-1) of a file already on the server (bench/run.sh reads
+      it once first, so it is warm in the page cache), HTTP 206 and the byte
+      count checked; MB/s and server cpu-s/GiB. --metric names the rows
+      (bench/run.sh: download_warm_<size> for the whole file as one range).
 
   xfer.py s3 --peers-dir D --label L --endpoint URL --bucket B --data-dir DATA
              --size N --concurrency C --conc-size N [--server-pid P ...] --out RAW
@@ -42,7 +44,7 @@ def cmd_range(a, m):
     hdr = []
     for h in a.header:
         hdr += ["-H", h]
-    metric = f"download_range_{m.fmt_size(a.length)}"
+    metric = a.metric or f"download_range_{m.fmt_size(a.length)}"
     pids = [a.server_pid] if a.server_pid else []
     for rep in range(1, a.reps + 1):
         m.sync()
@@ -143,6 +145,7 @@ def main():
     r.add_argument("--length", type=int, required=True)
     r.add_argument("-H", "--header", action="append", default=[])
     r.add_argument("--server-pid", type=int)
+    r.add_argument("--metric", help="the row's metric (default download_range_<length>)")
     s = sub.choices["s3"]
     s.add_argument("--endpoint", required=True)
     s.add_argument("--bucket", required=True)
