@@ -342,9 +342,14 @@ fn listing(
             sql.push_str("user_files");
             test = Some((t, a));
         }
-        Some(NameMatch::Ids(found)) => {
+        Some(NameMatch::Ids {
+            ids: found,
+            sql: t,
+            args: a,
+        }) => {
             sql.push_str("user_files");
             ids = Some(found);
+            test = Some((t, a));
         }
         None => sql.push_str("user_files"),
     }

@@ -43,8 +43,13 @@ pub(crate) enum NameMatch {
     /// joins it to `user_files` and sorts the result.
     Hits { sql: String, args: Vec<Arg> },
     /// Every matching file's id, few, already read from the name index
-    /// (MySQL): the listing looks them up by primary key and sorts them.
-    Ids(Vec<Uuid>),
+    /// (MySQL): the listing looks them up by primary key, tests their names
+    /// again (one may have been renamed since) and sorts them.
+    Ids {
+        ids: Vec<Uuid>,
+        sql: String,
+        args: Vec<Arg>,
+    },
 }
 
 /// How `user_id`'s listing of `limit` rows matches `text` on this engine.
@@ -81,10 +86,16 @@ pub(crate) async fn name_match(
 /// `!` escaped with `!` (not `\`, which a MySQL server in
 /// `NO_BACKSLASH_ESCAPES` mode reads differently).
 fn like(t: &NameSearch) -> NameMatch {
-    NameMatch::Test {
-        sql: "lower(file_name) LIKE ? ESCAPE '!'".into(),
-        args: vec![like_pattern(&t.lower).into()],
-    }
+    let (sql, args) = like_test(t);
+    NameMatch::Test { sql, args }
+}
+
+/// The SQL and value of [`like`].
+fn like_test(t: &NameSearch) -> (String, Vec<Arg>) {
+    (
+        "lower(file_name) LIKE ? ESCAPE '!'".into(),
+        vec![like_pattern(&t.lower).into()],
+    )
 }
 
 /// The ids of the user's files whose names hold the text, from SQLite's
@@ -120,23 +131,24 @@ async fn name_index_match(
     limit: u32,
 ) -> MetaResult<NameMatch> {
     let cap = dense_cap(limit);
-    let rows = query(
+    let (sql, args) = like_test(t);
+    let rows = query(format!(
         "SELECT id FROM user_files FORCE INDEX (idx_user_files_user_name) \
-         WHERE user_id = ? AND lower(file_name) LIKE ? ESCAPE '!' LIMIT ?",
-    )
+         WHERE user_id = ? AND {sql} LIMIT ?"
+    ))
     .bind(user)
-    .bind(like_pattern(&t.lower))
+    .bind_all(args.clone())
     .bind(cap)
     .fetch_all(s.db())
     .await?;
     if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= cap {
-        return Ok(like(t));
+        return Ok(NameMatch::Test { sql, args });
     }
     let ids = rows
         .iter()
         .map(|r| r.get::<Uuid>("id"))
         .collect::<Result<_, _>>()?;
-    Ok(NameMatch::Ids(ids))
+    Ok(NameMatch::Ids { ids, sql, args })
 }
 
 /// How many matches make them dense: `10 × limit`, at most 10,000.
