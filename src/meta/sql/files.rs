@@ -358,7 +358,15 @@ fn listing(
         // and filesort them. Not for a few ids: their primary key finds them.
         sql.push_str(&format!(" FORCE INDEX ({})", mysql_index(q)));
     }
-    sql.push_str(" WHERE user_id = ?");
+    // With the ids known, SQLite must look them up by primary key; left to
+    // itself (no statistics) it would walk the user's rows by the sort
+    // order's index. `+user_id` keeps that index out of its choice.
+    let user_col = if ids.is_some() && engine == Engine::Sqlite {
+        "+user_id"
+    } else {
+        "user_id"
+    };
+    sql.push_str(&format!(" WHERE {user_col} = ?"));
     args.push(user_id.into());
     if let Some(found) = ids {
         if found.is_empty() {

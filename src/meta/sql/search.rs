@@ -17,6 +17,8 @@
 //!   a page sooner. SQLite's `lower()` folds only ASCII, so other texts always
 //!   go through the index (which folds every bicameral script), or, under
 //!   three characters, are looked for in each of their case spellings.
+//!   Texts under three characters go through the name index as on MySQL
+//!   (below).
 //! - **MySQL/MariaDB**: no trigram index. The user's name index
 //!   `(user_id, file_name, id)` holds every name with its id, so the store
 //!   reads it (never a row) for at most `10 × limit` matches: fewer, and
@@ -76,9 +78,11 @@ pub(crate) async fn name_match(
                 hits(user_id, &t)
             }
         }
-        Engine::Sqlite if t.ascii => like(&t),
-        Engine::Sqlite => case_spellings(&t),
-        Engine::MySql => name_index_match(s, user_id, &t, limit).await?,
+        // Too short for trigrams, and MySQL/MariaDB, which has none: the
+        // name index first.
+        Engine::Sqlite if t.ascii => name_index_match(s, user_id, like_test(&t), limit).await?,
+        Engine::Sqlite => name_index_match(s, user_id, case_spellings(&t), limit).await?,
+        Engine::MySql => name_index_match(s, user_id, like_test(&t), limit).await?,
     })
 }
 
@@ -112,29 +116,32 @@ fn hits(user_id: &str, t: &NameSearch) -> NameMatch {
 
 /// A short non-ASCII text on SQLite, whose `lower()` folds only ASCII:
 /// every case spelling of it is looked for as it is.
-fn case_spellings(t: &NameSearch) -> NameMatch {
+fn case_spellings(t: &NameSearch) -> (String, Vec<Arg>) {
     let spellings = t.variants();
     let tests = vec!["instr(file_name, ?) > 0"; spellings.len()];
-    NameMatch::Test {
-        sql: format!("({})", tests.join(" OR ")),
-        args: spellings.into_iter().map(Arg::from).collect(),
-    }
+    (
+        format!("({})", tests.join(" OR ")),
+        spellings.into_iter().map(Arg::from).collect(),
+    )
 }
 
-/// MySQL/MariaDB: the ids of `user`'s files whose names contain the text,
-/// read from the name index alone, when there are fewer than
-/// [`dense_cap`]; the row-by-row test otherwise.
+/// The ids of `user`'s files whose names pass `test` (a test of
+/// `file_name` alone), read from the name index `(user_id, file_name, id)`
+/// without touching a row, when there are fewer than [`dense_cap`]; the
+/// row-by-row test otherwise (dense matches fill a page soon).
 async fn name_index_match(
     s: &SqlStore,
     user: &str,
-    t: &NameSearch,
+    (sql, args): (String, Vec<Arg>),
     limit: u32,
 ) -> MetaResult<NameMatch> {
     let cap = dense_cap(limit);
-    let (sql, args) = like_test(t);
+    let hint = match s.engine() {
+        Engine::MySql => "FORCE INDEX (idx_user_files_user_name)",
+        _ => "INDEXED BY idx_user_files_user_name",
+    };
     let rows = query(format!(
-        "SELECT id FROM user_files FORCE INDEX (idx_user_files_user_name) \
-         WHERE user_id = ? AND {sql} LIMIT ?"
+        "SELECT id FROM user_files {hint} WHERE user_id = ? AND {sql} LIMIT ?"
     ))
     .bind(user)
     .bind_all(args.clone())
