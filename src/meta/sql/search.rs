@@ -27,7 +27,8 @@
 //!   on each row the sort order's index yields, which fills a page soon.
 //!   Testing every row of a rare text through the sort order's index would
 //!   look up each row by its primary key: a minute at a million files,
-//!   against about half a second for the name index (docs/benchmarks.md).
+//!   against about a third of a second for the name index
+//!   (docs/benchmarks.md).
 
 use uuid::Uuid;
 
@@ -45,8 +46,9 @@ pub(crate) enum NameMatch {
     /// joins it to `user_files` and sorts the result.
     Hits { sql: String, args: Vec<Arg> },
     /// Every matching file's id, few, already read from the name index
-    /// (MySQL): the listing looks them up by primary key, tests their names
-    /// again (one may have been renamed since) and sorts them.
+    /// (MySQL/MariaDB; SQLite under three characters), with the name test
+    /// that found them: the listing looks them up by primary key, tests
+    /// their names again (one may have been renamed since) and sorts them.
     Ids {
         ids: Vec<Uuid>,
         sql: String,
