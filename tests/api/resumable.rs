@@ -169,7 +169,10 @@ both!(
         let file = write_file(app.dir.path(), "b.png", &data);
         let first = node(json!({
             "method": "POST", "url": app.url("/api/uploads"), "file": file, "chunked": true,
-            "cut_after": 2 * MIB,
+            // The 104 comes once the upload exists (on S3, once the store
+            // opened it): wait for it however loaded the machine, then give
+            // the server time to take some of the body before the cut.
+            "cut_after": 2 * MIB, "wait_104_ms": 30_000, "settle_ms": 500,
             "headers": headers("bea", 8, &[("Upload-Complete", "?0"),
                 ("Content-Disposition", "attachment; filename=b.png")]),
         }))
@@ -177,7 +180,10 @@ both!(
         assert_eq!(first["cut"], true, "{first}");
         let info = &first["informational"][0];
         assert_eq!(info["status"], 104, "{first}");
-        let loc = info["headers"]["location"].as_str().unwrap().to_string();
+        let loc = info["headers"]["location"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no Location in the 104: {first}"))
+            .to_string();
         let at = head_v(&app, "bea", &loc, 8).await;
         assert_eq!(at["status"], 204, "{at}");
         assert_eq!(h(&at, "upload-complete"), Some("?0"));

@@ -12,7 +12,8 @@
 //        "file": path, "start": N, "end": N   (the body: bytes [start, end) of the file; none: no body)
 //        "chunked": bool                      (no Content-Length: chunked transfer coding)
 //        "hold_until_104": N                  (send N bytes, then wait for a 104 before the rest)
-//        "cut_after": N                       (send N bytes, wait for a 104 or 300 ms, then cut the connection)
+//        "cut_after": N                       (send N bytes, wait for a 104 or `wait_104_ms` (300), then
+//                                              `settle_ms` (100) more, then cut the connection)
 //        "timeout_ms": N}
 import fs from 'node:fs';
 import http from 'node:http';
@@ -78,8 +79,8 @@ const wait104 = (ms) => new Promise((resolve) => {
   };
   if (plan.cut_after != null) {
     await send(0, Math.min(plan.cut_after, body.length));
-    await wait104(300);
-    await new Promise((r) => setTimeout(r, 100));
+    await wait104(plan.wait_104_ms ?? 300);
+    await new Promise((r) => setTimeout(r, plan.settle_ms ?? 100));
     out.cut = true;
     req.destroy();
     setTimeout(finish, 50);
