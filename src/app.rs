@@ -206,6 +206,8 @@ pub async fn serve(
         for w in workers {
             let _ = w.await;
         }
+        // Uploads ended by the shutdown dropped their writers last.
+        state.blobs.settle().await;
     };
     if tokio::time::timeout_at(finish_by, rest).await.is_err() {
         tracing::warn!("background work still running at the shutdown deadline; leaving it");

@@ -189,6 +189,10 @@ pub trait BlobStore: Send + Sync + 'static {
     /// "local" or "s3", for logs and reports; code that depends on how the
     /// bytes are kept asks [`BlobStore::local_root`] instead.
     fn kind(&self) -> &'static str;
+    /// Waits for work the store does in the background of its own (on S3,
+    /// aborting the multipart uploads of writers dropped unfinished), so a
+    /// stopping process does not cut it off. Bounded by the caller.
+    async fn settle(&self) {}
     /// The directory holding every blob, when blobs are files on a local
     /// volume (whose directories need sweeping as well as its files).
     fn local_root(&self) -> Option<&Path> {

@@ -459,3 +459,128 @@ impl StatusScan {
         found
     }
 }
+
+/// What [`Tamper`] does to a request it matches.
+#[derive(Clone, Copy, Debug)]
+pub enum Tampering {
+    /// The request goes to the server whole; when the server's answer
+    /// begins, the connection is closed instead of forwarding it. The
+    /// client sees a connection cut after its request, though the server
+    /// did the work (a reply lost on the network).
+    LoseAnswer,
+    /// The request waits this long before it goes on (a slow network or a
+    /// busy store).
+    Delay(Duration),
+}
+
+/// A TCP forwarder that tampers with the requests whose head starts with
+/// `method` and whose request line holds `marker`, while it is
+/// [`Tamper::arm`]ed for them.
+pub struct Tamper {
+    pub addr: SocketAddr,
+    /// Matching requests still to tamper with.
+    armed: Arc<AtomicU64>,
+    /// Matching requests tampered with so far.
+    done: Arc<AtomicU64>,
+}
+
+impl Tamper {
+    pub async fn start(
+        target: SocketAddr,
+        method: &'static str,
+        marker: &'static str,
+        how: Tampering,
+    ) -> Tamper {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let p = Tamper {
+            addr: listener.local_addr().unwrap(),
+            armed: Arc::new(AtomicU64::new(0)),
+            done: Arc::new(AtomicU64::new(0)),
+        };
+        let (armed, done) = (p.armed.clone(), p.done.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (armed, done) = (armed.clone(), done.clone());
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    // Set before the matching request goes upstream, so it
+                    // is seen when its answer comes back.
+                    let swallow = Arc::new(AtomicBool::new(false));
+                    let upstream = {
+                        let (swallow, done) = (swallow.clone(), done.clone());
+                        async move {
+                            let mut buf = vec![0u8; 64 * 1024];
+                            loop {
+                                let n = match cr.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                };
+                                let head = &buf[..n];
+                                let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+                                let matches = head.starts_with(method.as_bytes())
+                                    && memchr::memmem::find(line, marker.as_bytes()).is_some()
+                                    && armed
+                                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
+                                            a.checked_sub(1)
+                                        })
+                                        .is_ok();
+                                if matches {
+                                    match how {
+                                        Tampering::LoseAnswer => {
+                                            swallow.store(true, Ordering::SeqCst)
+                                        }
+                                        Tampering::Delay(d) => {
+                                            tokio::time::sleep(d).await;
+                                            done.fetch_add(1, Ordering::SeqCst);
+                                        }
+                                    }
+                                }
+                                if sw.write_all(head).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    let downstream = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if swallow.load(Ordering::SeqCst) {
+                                done.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = upstream => {}
+                        _ = downstream => {}
+                    }
+                });
+            }
+        });
+        p
+    }
+
+    /// Tampers with the next `n` matching requests.
+    pub fn arm(&self, n: u64) {
+        self.armed.store(n, Ordering::SeqCst);
+    }
+
+    /// Requests tampered with so far (a delayed one once it went on).
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::SeqCst)
+    }
+}

@@ -22,6 +22,7 @@ use crate::{
     garage::{self, Cluster},
     helpers::*,
     media::wait_for,
+    netproxy::{Tamper, Tampering},
     tus::{create_ok, download, hdr, offset_of, patch},
 };
 
@@ -289,6 +290,36 @@ async fn many_nodes_on_one_database_and_one_cluster() {
         0
     );
     assert_eq!(a.state.blobs.staged_len(uid).await.unwrap(), None);
+}
+
+// The answer to CompleteMultipartUpload lost on the way back (the object
+// store did complete it): the retry finds the upload gone, and the upload
+// still lands, because the object is checked to be exactly its parts. An
+// upload is never refused for an object the store holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_complete_multipart_upload_loses_no_upload() {
+    if !garage::available() {
+        return;
+    }
+    let target = garage_addr().await;
+    let proxy = Tamper::start(target, "POST ", "?uploadId=", Tampering::LoseAnswer).await;
+    let app = spawn_app_with(Backend::S3, |c| {
+        c.s3_endpoint = Some(format!("http://{}", proxy.addr));
+    })
+    .await;
+    // Two parts (over one part of 8 MiB), so it is a multipart upload.
+    let data = blob(10 * MIB, 9);
+    proxy.arm(1);
+    let f = app.upload_ok("lr", "lost.png", data.clone()).await;
+    assert_eq!(proxy.done(), 1, "the answer to Complete was lost");
+    let id = f["id"].as_str().unwrap().to_string();
+    assert_eq!(get_bytes(&app, "lr", &id).await, data);
+    // A second upload with nothing lost, and the books balance.
+    let g = app.upload_ok("lr", "kept.png", blob(9 * MIB, 10)).await;
+    assert_eq!(proxy.done(), 1);
+    assert_eq!(g["file_size"], 9 * MIB as u64);
+    app.assert_consistent("lr").await;
+    assert_eq!(app.list_all("lr", "").await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -836,4 +867,163 @@ async fn concurrent_uploads_to_the_object_store_spool_instead_of_buffering() {
             .map(|e| e.path().to_string())
             .collect::<Vec<_>>()
     );
+}
+
+/// The address of the shared cluster's node 0.
+async fn garage_addr() -> std::net::SocketAddr {
+    let endpoint = tokio::task::spawn_blocking(|| garage::shared().endpoint(0))
+        .await
+        .unwrap();
+    endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("a Garage endpoint is host:port")
+}
+
+/// Multipart uploads the store holds under `prefix` (ListMultipartUploads,
+/// signed as stowage signs its own calls).
+async fn unfinished_uploads(prefix: &str) -> usize {
+    use stowage::blob::s3::sigv4::{self, Signer};
+    let endpoint = tokio::task::spawn_blocking(|| garage::shared().endpoint(0))
+        .await
+        .unwrap();
+    let host = endpoint.trim_start_matches("http://").to_string();
+    let path = format!("/{}/", garage::BUCKET);
+    let want = format!("{}/", prefix.trim_matches('/'));
+    let query = sigv4::canonical_query(&[("prefix", want.as_str()), ("uploads", "")]);
+    let sha = sigv4::payload_hash(b"");
+    let signed = Signer {
+        access_key_id: garage::KEY_ID.into(),
+        secret_access_key: garage::SECRET.into(),
+        region: "us-east-1".into(),
+    }
+    .sign("GET", &host, &path, &query, &sha, chrono::Utc::now());
+    let r = reqwest::Client::new()
+        .get(format!("{endpoint}{path}?{query}"))
+        .header("x-amz-content-sha256", sha)
+        .header("x-amz-date", signed.amz_date)
+        .header("authorization", signed.authorization)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "ListMultipartUploads");
+    r.text().await.unwrap().matches("<Upload>").count()
+}
+
+/// An upload still streaming when the server is told to stop: the stop
+/// ends it, and the multipart upload it had begun on the store is aborted
+/// before the process exits, so the store keeps (and bills) nothing of it.
+/// The store is slow to take the abort (2 s), as a busy one is: a process
+/// that did not wait for it would exit first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_mid_upload_leaves_no_multipart_upload_on_the_store() {
+    if !garage::available() {
+        return;
+    }
+    let scratch = crate::serve::Scratch::new(false).await;
+    let (env, prefix) = garage_env().await;
+    let dir = scratch.path();
+    let slow = Tamper::start(
+        garage_addr().await,
+        "DELETE ",
+        "?uploadId=",
+        Tampering::Delay(Duration::from_secs(2)),
+    )
+    .await;
+    slow.arm(u64::MAX);
+    let mut server = crate::serve::Launch::node(
+        0,
+        &dir.join("data"),
+        &dir.join("data/users"),
+        &scratch.db_url,
+    )
+    .envs(env)
+    .env("STOWAGE_S3_ENDPOINT", format!("http://{}", slow.addr))
+    .env("STOWAGE_SHUTDOWN_GRACE_SECS", 1)
+    .env("STOWAGE_SHUTDOWN_TIMEOUT_SECS", 20)
+    .start()
+    .await;
+    let token = crate::serve::dev_login(&server.base, "halt").await;
+    // A multipart form whose file part never ends: 12 MiB (more than one
+    // part of 8 MiB, so the store has a multipart upload), then nothing.
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let boundary = "halt-boundary";
+    let upload = tokio::spawn(
+        reqwest::Client::new()
+            .post(format!("{}/api/files/upload", server.base))
+            .bearer_auth(&token)
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(reqwest::Body::wrap_stream(rx))
+            .send(),
+    );
+    use futures::SinkExt;
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"h.png\"\r\n\
+         Content-Type: image/png\r\n\r\n"
+    );
+    tx.send(Ok(head.into_bytes())).await.unwrap();
+    let data = blob(12 * MIB, 12);
+    for c in data.chunks(MIB) {
+        tx.send(Ok(c.to_vec())).await.unwrap();
+    }
+    let p = prefix.clone();
+    crate::events::until(30, "the upload's multipart upload on the store", || {
+        let p = p.clone();
+        async move { (unfinished_uploads(&p).await > 0).then_some(()) }
+    })
+    .await;
+    server.signal_term();
+    let status = server.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}\n{}", server.logs());
+    assert_eq!(slow.done(), 1, "one abort, delayed");
+    assert_eq!(
+        unfinished_uploads(&prefix).await,
+        0,
+        "a multipart upload left on the store:\n{}",
+        server.logs()
+    );
+    drop(tx);
+    let _ = upload.await;
+}
+
+/// A process that died mid-upload leaves a multipart upload on the store
+/// (no object, so listing objects never finds it): the staging listing
+/// reports it, and cleanup aborts it once no reservation owns it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_aborts_a_multipart_upload_a_dead_process_left() {
+    if !garage::available() {
+        return;
+    }
+    let app = spawn_app(Backend::S3).await;
+    let prefix = app.state.config.s3_prefix.clone();
+    let id = Uuid::new_v4();
+    let mut w = app.state.blobs.stage(id, 0).await.unwrap();
+    // More than one part (8 MiB): the first goes out as a multipart part.
+    for c in blob(9 * MIB, 5).chunks(MIB) {
+        w.write(bytes::Bytes::copy_from_slice(c)).await.unwrap();
+    }
+    // The process dies: no abort is sent.
+    std::mem::forget(w);
+    let p = prefix.clone();
+    crate::events::until(30, "the part on the store", || {
+        let p = p.clone();
+        async move { (unfinished_uploads(&p).await == 1).then_some(()) }
+    })
+    .await;
+    let staged = app.state.blobs.list_staged().await.unwrap();
+    assert!(
+        staged
+            .iter()
+            .any(|e| e.id == Some(id) && e.modified.is_some()),
+        "{staged:?}"
+    );
+    let report = stowage::jobs::cleanup::run(&app.state, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(report.stale_temp_files >= 1, "{report:?}");
+    assert_eq!(unfinished_uploads(&prefix).await, 0);
+    assert!(app.state.blobs.list_staged().await.unwrap().is_empty());
 }

@@ -500,8 +500,10 @@ impl BlobStore for S3Store {
     }
 
     /// Segments are grouped by upload: an upload's length is the sum of
-    /// its listed segments and its time the newest segment's. Objects in
-    /// the staging area that are not segments are listed one by one.
+    /// its listed segments and its time the newest segment's (or the start
+    /// of an unfinished multipart upload of one, whose bytes are not
+    /// counted). Objects in the staging area that are not segments are
+    /// listed one by one.
     async fn list_staged(&self) -> BlobResult<Vec<StagedEntry>> {
         let mut uploads: std::collections::HashMap<Uuid, StagedEntry> = Default::default();
         let mut other = Vec::new();
@@ -528,8 +530,54 @@ impl BlobStore for S3Store {
             slot.len += e.len;
             slot.modified = slot.modified.max(e.modified);
         }
+        // Multipart uploads a dead process began and never finished hold
+        // their parts on the store with no object to list.
+        for u in self.client.unfinished(STAGING).await? {
+            let id = u.key[STAGING.len()..]
+                .split_once('/')
+                .and_then(|(id, _)| Uuid::try_parse(id).ok());
+            match id {
+                Some(id) => {
+                    let slot = uploads.entry(id).or_insert_with(|| StagedEntry {
+                        id: Some(id),
+                        key: format!("{STAGING}{id}"),
+                        len: 0,
+                        modified: None,
+                    });
+                    slot.modified = slot.modified.max(u.initiated);
+                }
+                None => other.push(StagedEntry {
+                    id: None,
+                    key: u.key,
+                    len: 0,
+                    modified: u.initiated,
+                }),
+            }
+        }
         other.extend(uploads.into_values());
         Ok(other)
+    }
+
+    /// Also aborts the entry's unfinished multipart uploads (their parts are
+    /// not objects, so deleting objects leaves them).
+    async fn remove_staged(&self, entry: &StagedEntry) -> BlobResult<()> {
+        let prefix = match entry.id {
+            Some(id) => format!("{STAGING}{id}/"),
+            None => entry.key.clone(),
+        };
+        for u in self.client.unfinished(&prefix).await? {
+            if entry.id.is_some() || u.key == entry.key {
+                self.client.abort(&u.key, &u.upload_id).await?;
+            }
+        }
+        match entry.id {
+            Some(id) => self.discard(id).await,
+            None => self.remove(&entry.key).await,
+        }
+    }
+
+    async fn settle(&self) {
+        self.client.settle().await
     }
 
     fn kind(&self) -> &'static str {

@@ -238,7 +238,15 @@ pub struct Client {
     host: String,
     /// Encoded path up to the object key: `/{bucket}/` and the prefix.
     base_path: String,
+    /// Encoded path of the bucket itself, `/{bucket}/` (for listings).
+    bucket_path: String,
+    /// The store's prefix as keys in a listing begin with it (`a/b/`, or
+    /// empty).
+    key_prefix: String,
     signer: Option<Signer>,
+    /// Aborts of unfinished multipart uploads, sent in the background when
+    /// a writer is dropped; [`Client::settle`] waits for them.
+    aborts: tokio_util::task::TaskTracker,
 }
 
 impl Client {
@@ -261,9 +269,13 @@ impl Client {
         base_path.push('/');
         base_path.push_str(&sigv4::uri_encode(&o.bucket, false));
         base_path.push('/');
+        let bucket_path = base_path.clone();
+        let mut key_prefix = String::new();
         for seg in o.prefix.split('/').filter(|s| !s.is_empty()) {
             base_path.push_str(&sigv4::uri_encode(seg, false));
             base_path.push('/');
+            key_prefix.push_str(seg);
+            key_prefix.push('/');
         }
         let signer = match (&o.access_key_id, &o.secret_access_key) {
             (Some(k), Some(s)) => Some(Signer {
@@ -283,8 +295,20 @@ impl Client {
             origin: format!("{}://{host}", url.scheme()),
             host,
             base_path,
+            bucket_path,
+            key_prefix,
             signer,
+            aborts: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// Waits for the aborts still being sent (see [`MultipartWriter`]'s
+    /// `Drop`): a process that stops without them leaves multipart uploads
+    /// the store keeps, and may bill for, until its own lifecycle rule.
+    pub async fn settle(&self) {
+        self.aborts.close();
+        self.aborts.wait().await;
+        self.aborts.reopen();
     }
 
     /// Sends one request, retrying connection errors, timeouts and 5xx
@@ -300,6 +324,20 @@ impl Client {
         payload: Payload<'_>,
     ) -> BlobResult<(reqwest::header::HeaderMap, String)> {
         let path = format!("{}{}", self.base_path, sigv4::uri_encode(key, true));
+        self.call_at(what, method, key, path, query, payload).await
+    }
+
+    /// [`Client::call`] on an encoded `path` (`key` only names the request
+    /// in errors and logs).
+    async fn call_at(
+        &self,
+        what: &str,
+        method: Method,
+        key: &str,
+        path: String,
+        query: &[(&str, &str)],
+        payload: Payload<'_>,
+    ) -> BlobResult<(reqwest::header::HeaderMap, String)> {
         let query = sigv4::canonical_query(query);
         let url = if query.is_empty() {
             format!("{}{path}", self.origin)
@@ -429,7 +467,65 @@ impl Client {
             })
     }
 
-    async fn complete(&self, key: &str, upload: &str, parts: &[(u32, String)]) -> BlobResult<()> {
+    /// Completes the upload of `len` bytes in `parts`. A retried call whose
+    /// first try did reach the store (its answer lost on the way back) finds
+    /// the upload gone: the object is then looked at, and taken as done when
+    /// it is exactly these parts (see [`Client::holds_parts`]).
+    async fn complete(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[(u32, String)],
+        len: u64,
+    ) -> BlobResult<()> {
+        match self.complete_call(key, upload, parts).await {
+            Err(BlobError::NotFound) if self.holds_parts(key, parts, len).await? => {
+                tracing::info!(
+                    key,
+                    "S3 CompleteMultipartUpload: the upload was gone and the object is its parts (an earlier answer was lost)"
+                );
+                Ok(())
+            }
+            Err(BlobError::NotFound) => Err(BlobError::Io(std::io::Error::other(format!(
+                "S3 CompleteMultipartUpload of {key}: the multipart upload is gone"
+            )))),
+            r => r,
+        }
+    }
+
+    /// Whether the object at `key` is the one completing `parts` makes: its
+    /// length, and the multipart ETag (the MD5 of the parts' MD5s, then
+    /// `-` and the number of parts), which no other content has in practice.
+    async fn holds_parts(&self, key: &str, parts: &[(u32, String)], len: u64) -> BlobResult<bool> {
+        let headers = match self
+            .call("HeadObject", Method::HEAD, key, &[], Payload::Empty)
+            .await
+        {
+            Ok((h, _)) => h,
+            Err(BlobError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        let same_len = header(reqwest::header::CONTENT_LENGTH).parse::<u64>() == Ok(len);
+        let same_etag = multipart_etag(parts).is_some_and(|e| {
+            header(reqwest::header::ETAG)
+                .trim_matches('"')
+                .eq_ignore_ascii_case(&e)
+        });
+        Ok(same_len && same_etag)
+    }
+
+    async fn complete_call(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: &[(u32, String)],
+    ) -> BlobResult<()> {
         let mut xml = String::from("<CompleteMultipartUpload>");
         for (n, etag) in parts {
             xml.push_str(&format!(
@@ -457,7 +553,69 @@ impl Client {
         Ok(())
     }
 
-    async fn abort(&self, key: &str, upload: &str) -> BlobResult<()> {
+    /// The multipart uploads begun and neither completed nor aborted on
+    /// keys that start with `prefix` (under the store's prefix; keys are
+    /// answered relative to it, as every other key here). A process that
+    /// died mid-upload leaves one: nothing else ever lists it.
+    pub(super) async fn unfinished(&self, prefix: &str) -> BlobResult<Vec<Unfinished>> {
+        let full = format!("{}{prefix}", self.key_prefix);
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut q = vec![
+                ("uploads", ""),
+                ("prefix", full.as_str()),
+                // Pages stay well under the answer size read (MAX_REPLY).
+                ("max-uploads", "100"),
+            ];
+            if let Some((k, u)) = &markers {
+                q.push(("key-marker", k.as_str()));
+                q.push(("upload-id-marker", u.as_str()));
+            }
+            let (_, body) = self
+                .call_at(
+                    "ListMultipartUploads",
+                    Method::GET,
+                    prefix,
+                    self.bucket_path.clone(),
+                    &q,
+                    Payload::Empty,
+                )
+                .await?;
+            for item in body.split("<Upload>").skip(1) {
+                let (Some(key), Some(id)) = (tag(item, "Key"), tag(item, "UploadId")) else {
+                    continue;
+                };
+                let key = xml_unescape(key);
+                let Some(rel) = key.strip_prefix(&self.key_prefix) else {
+                    continue;
+                };
+                out.push(Unfinished {
+                    key: rel.to_string(),
+                    upload_id: xml_unescape(id),
+                    initiated: tag(item, "Initiated")
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&chrono::Utc)),
+                });
+            }
+            let next = (
+                tag(&body, "NextKeyMarker").map(xml_unescape),
+                tag(&body, "NextUploadIdMarker").map(xml_unescape),
+            );
+            match (tag(&body, "IsTruncated"), next) {
+                (Some("true"), (Some(k), Some(u))) if !k.is_empty() => {
+                    if markers.as_ref() == Some(&(k.clone(), u.clone())) {
+                        break;
+                    }
+                    markers = Some((k, u));
+                }
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn abort(&self, key: &str, upload: &str) -> BlobResult<()> {
         match self
             .call(
                 "AbortMultipartUpload",
@@ -497,6 +655,23 @@ async fn read_reply(mut resp: reqwest::Response) -> reqwest::Result<String> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The ETag S3 gives the object completed from `parts` (sorted, with their
+/// ETags as UploadPart answered them: the quoted hex MD5 of each part):
+/// the hex MD5 of the parts' binary MD5s, `-`, the number of parts. `None`
+/// when a part's ETag is not an MD5.
+fn multipart_etag(parts: &[(u32, String)]) -> Option<String> {
+    use md5::Digest as _;
+    let mut all = md5::Md5::new();
+    for (_, etag) in parts {
+        let raw = hex::decode(etag.trim_matches('"')).ok()?;
+        if raw.len() != 16 {
+            return None;
+        }
+        all.update(&raw);
+    }
+    Some(format!("{}-{}", hex::encode(all.finalize()), parts.len()))
+}
+
 /// The text of the first `<name>` element of a small XML answer.
 fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     let open = format!("<{name}>");
@@ -505,10 +680,27 @@ fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     Some(&xml[start..end])
 }
 
+fn xml_unescape(s: &str) -> String {
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// A multipart upload the store holds unfinished (see [`Client::unfinished`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unfinished {
+    /// Its key, relative to the store's prefix.
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Writes one object: bytes are spooled, full parts sent in the background
@@ -652,7 +844,9 @@ impl MultipartWriter {
         let mut parts = std::mem::take(&mut self.etags);
         parts.sort_unstable_by_key(|p| p.0);
         let upload = self.upload.clone().expect("a multipart upload was created");
-        self.client.complete(&self.key, &upload, &parts).await?;
+        self.client
+            .complete(&self.key, &upload, &parts, self.len)
+            .await?;
         self.upload = None;
         Ok(self.len)
     }
@@ -668,11 +862,12 @@ impl Drop for MultipartWriter {
             return;
         };
         let (client, key) = (self.client.clone(), std::mem::take(&mut self.key));
-        rt.spawn(async move {
+        let aborts = self.client.aborts.clone();
+        aborts.spawn_on(async move {
             if let Err(e) = client.abort(&key, &upload).await {
                 tracing::warn!(key = %key, error = %e, "could not abort an unfinished multipart upload");
             }
-        });
+        }, &rt);
     }
 }
 
@@ -694,11 +889,31 @@ mod tests {
     }
 
     #[test]
+    fn the_multipart_etag_is_the_md5_of_the_parts_md5s() {
+        // md5("a"), md5("b"), as UploadPart answers them (quoted).
+        let a = (1, "\"0cc175b9c0f1b6a831c399e269772661\"".to_string());
+        let b = (2, "\"92EB5FFEE6AE2FEC3AD71C777531578F\"".to_string());
+        assert_eq!(
+            multipart_etag(std::slice::from_ref(&a)).as_deref(),
+            Some("b6ff9a06b7e20bcb2858c5b8ff744aea-1")
+        );
+        assert_eq!(
+            multipart_etag(&[a.clone(), b]).as_deref(),
+            Some("96e024ba2074fe77e8e965ba43a704be-2")
+        );
+        // Not an MD5: no ETag to compare with (the object is not taken).
+        assert_eq!(multipart_etag(&[a, (3, "\"xyz\"".into())]), None);
+        assert_eq!(multipart_etag(&[(1, "\"00\"".into())]), None);
+    }
+
+    #[test]
     fn addresses_objects_path_style_under_the_prefix() {
         let c = Client::new(&options()).unwrap();
         assert_eq!(c.origin, "http://127.0.0.1:9");
         assert_eq!(c.host, "127.0.0.1:9");
         assert_eq!(c.base_path, "/b/p/q/");
+        assert_eq!(c.bucket_path, "/b/");
+        assert_eq!(c.key_prefix, "p/q/");
     }
 
     #[test]
