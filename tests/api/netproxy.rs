@@ -471,6 +471,19 @@ pub enum Tampering {
     /// The request waits this long before it goes on (a slow network or a
     /// busy store).
     Delay(Duration),
+    /// The request never reaches the server: the client gets S3's 403
+    /// `AccessDenied` (a key without the right to make that call).
+    Forbid,
+}
+
+/// S3's answer to a call the key may not make.
+fn access_denied() -> Vec<u8> {
+    let body = r#"<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"#;
+    format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// A TCP forwarder that tampers with the requests whose head starts with
@@ -508,13 +521,14 @@ impl Tamper {
                 };
                 let (armed, done) = (armed.clone(), done.clone());
                 tokio::spawn(async move {
-                    let (mut cr, mut cw) = client.into_split();
+                    let (mut cr, cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
+                    let cw = Arc::new(tokio::sync::Mutex::new(cw));
                     // Set before the matching request goes upstream, so it
                     // is seen when its answer comes back.
                     let swallow = Arc::new(AtomicBool::new(false));
                     let upstream = {
-                        let (swallow, done) = (swallow.clone(), done.clone());
+                        let (swallow, done, cw) = (swallow.clone(), done.clone(), cw.clone());
                         async move {
                             let mut buf = vec![0u8; 64 * 1024];
                             loop {
@@ -533,6 +547,12 @@ impl Tamper {
                                         .is_ok();
                                 if matches {
                                     match how {
+                                        Tampering::Forbid => {
+                                            done.fetch_add(1, Ordering::SeqCst);
+                                            let mut w = cw.lock().await;
+                                            let _ = w.write_all(&access_denied()).await;
+                                            return;
+                                        }
                                         Tampering::LoseAnswer => {
                                             swallow.store(true, Ordering::SeqCst)
                                         }
@@ -559,7 +579,7 @@ impl Tamper {
                                 done.fetch_add(1, Ordering::SeqCst);
                                 return;
                             }
-                            if cw.write_all(&buf[..n]).await.is_err() {
+                            if cw.lock().await.write_all(&buf[..n]).await.is_err() {
                                 return;
                             }
                         }

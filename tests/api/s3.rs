@@ -1027,3 +1027,35 @@ async fn cleanup_aborts_a_multipart_upload_a_dead_process_left() {
     assert_eq!(unfinished_uploads(&prefix).await, 0);
     assert!(app.state.blobs.list_staged().await.unwrap().is_empty());
 }
+
+/// A key that may not list multipart uploads (ListBucketMultipartUploads
+/// denied, as an access policy may): cleanup still removes the stale
+/// staging objects, and only the unfinished uploads are left to the
+/// bucket's lifecycle rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_without_the_right_to_list_multipart_uploads_still_removes_objects() {
+    if !garage::available() {
+        return;
+    }
+    let proxy = Tamper::start(
+        garage_addr().await,
+        "GET ",
+        "max-uploads=",
+        Tampering::Forbid,
+    )
+    .await;
+    proxy.arm(u64::MAX);
+    let app = spawn_app_with(Backend::S3, |c| {
+        c.s3_endpoint = Some(format!("http://{}", proxy.addr));
+    })
+    .await;
+    let op = garage::shared().operator(0, &app.state.config.s3_prefix);
+    let seg = format!(".staging/{}/{:020}", Uuid::new_v4(), 0);
+    op.write(&seg, vec![1u8; 100]).await.unwrap();
+    let report = stowage::jobs::cleanup::run(&app.state, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(proxy.done() >= 1, "the listing was refused");
+    assert_eq!(report.stale_temp_files, 1, "{report:?}");
+    assert!(!op.exists(&seg).await.unwrap());
+}

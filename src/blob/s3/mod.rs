@@ -532,7 +532,16 @@ impl BlobStore for S3Store {
         }
         // Multipart uploads a dead process began and never finished hold
         // their parts on the store with no object to list.
-        for u in self.client.unfinished(STAGING).await? {
+        // A key without ListBucketMultipartUploads still gets the objects
+        // cleaned; these are then left to the bucket's lifecycle rules.
+        let unfinished = match self.client.unfinished(STAGING).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list unfinished multipart uploads in the staging area; those a stopped process left stay on the store");
+                Vec::new()
+            }
+        };
+        for u in unfinished {
             let id = u.key[STAGING.len()..]
                 .split_once('/')
                 .and_then(|(id, _)| Uuid::try_parse(id).ok());
@@ -565,7 +574,15 @@ impl BlobStore for S3Store {
             Some(id) => format!("{STAGING}{id}/"),
             None => entry.key.clone(),
         };
-        for u in self.client.unfinished(&prefix).await? {
+        // Not listable (see list_staged): the objects still go.
+        let unfinished = match self.client.unfinished(&prefix).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(key = %entry.key, error = %e, "could not list its unfinished multipart uploads");
+                Vec::new()
+            }
+        };
+        for u in unfinished {
             if entry.id.is_some() || u.key == entry.key {
                 self.client.abort(&u.key, &u.upload_id).await?;
             }
