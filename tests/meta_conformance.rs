@@ -1246,11 +1246,38 @@ fn walks_index(engine: &str, plan: &str, index: Option<&str>, cursor: bool) -> R
 /// With enough rows for the planner to weigh its choices (and their
 /// statistics gathered), every sort and order, with and without a cursor,
 /// unfiltered and `type=`, walks the user's index for that order from the
-/// cursor: no sort, no full scan, no index across all users.
+/// cursor: no sort, no full scan, no index across all users. Favorites
+/// (`favorite=true`, alone and with `type=`) walk the favorites' index.
 async fn every_listing_order_walks_an_index(open: Open) {
     let db = open().await;
     seed_files(&db, "big", 2400, 40).await;
     seed_files(&db, "small", 300, 2).await;
+    // A few favorites among many files (one in 40, and a third of the
+    // audio), and many for the other user.
+    for (user, every) in [("big", 40), ("small", 2)] {
+        let all = db
+            .store
+            .list_files(
+                user,
+                &ListQuery {
+                    limit: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let chosen = all
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| i % every == 0 || (f.file_type == FileType::Audio && i % 3 == 0));
+        for (_, f) in chosen {
+            db.store
+                .set_favorite(user, f.id, Some(true))
+                .await
+                .unwrap()
+                .expect("the file");
+        }
+    }
     let engine = db.engine;
     let mut bad = Vec::new();
     for sort in [SortKey::UploadDate, SortKey::FileName, SortKey::FileSize] {
@@ -1260,12 +1287,18 @@ async fn every_listing_order_walks_an_index(open: Open) {
             SortKey::FileSize => "size",
         };
         for order in [SortOrder::Asc, SortOrder::Desc] {
-            for file_type in [None, Some(FileType::Audio)] {
+            for (file_type, favorite) in [
+                (None, None),
+                (Some(FileType::Audio), None),
+                (None, Some(true)),
+                (Some(FileType::Audio), Some(true)),
+            ] {
                 let q = ListQuery {
                     sort,
                     order,
                     file_type,
-                    limit: 51,
+                    favorite,
+                    limit: if favorite.is_some() { 7 } else { 51 },
                     ..Default::default()
                 };
                 let first = db.store.list_files("big", &q).await.unwrap();
@@ -1280,12 +1313,17 @@ async fn every_listing_order_walks_an_index(open: Open) {
                 };
                 // MySQL/MariaDB have no (user_id, file_type, file_name, id)
                 // (migration 0011): a type= listing by name walks the name's.
-                let index = match (file_type, engine) {
-                    (Some(_), "mariadb") if sort == SortKey::FileName => {
-                        format!("idx_user_files_user_{key}")
+                // Favorites walk their own index (migration 0012); with
+                // type= too, PostgreSQL may take the type's as well (both
+                // hold few of the user's rows).
+                let index = match (file_type, favorite, engine) {
+                    (Some(_), Some(_), "postgres") => None,
+                    (_, Some(_), _) => Some(format!("idx_user_files_user_fav_{key}")),
+                    (Some(_), None, "mariadb") if sort == SortKey::FileName => {
+                        Some(format!("idx_user_files_user_{key}"))
                     }
-                    (Some(_), _) => format!("idx_user_files_user_type_{key}"),
-                    (None, _) => format!("idx_user_files_user_{key}"),
+                    (Some(_), None, _) => Some(format!("idx_user_files_user_type_{key}")),
+                    (None, None, _) => Some(format!("idx_user_files_user_{key}")),
                 };
                 for cursor in [false, true] {
                     let q = ListQuery {
@@ -1293,9 +1331,10 @@ async fn every_listing_order_walks_an_index(open: Open) {
                         ..q.clone()
                     };
                     let plan = db.store.listing_plan("big", &q).await.unwrap();
-                    if let Err(why) = walks_index(engine, &plan, Some(&index), cursor) {
+                    if let Err(why) = walks_index(engine, &plan, index.as_deref(), cursor) {
                         bad.push(format!(
-                            "{sort:?} {order:?} type={file_type:?} cursor={cursor}: {why}\n{plan}"
+                            "{sort:?} {order:?} type={file_type:?} favorite={favorite:?} \
+                             cursor={cursor}: {why}\n{plan}"
                         ));
                     }
                 }

@@ -316,9 +316,9 @@ async fn listing_for(s: &SqlStore, user_id: &str, q: &ListQuery) -> MetaResult<(
 /// The statement of one page of `user_id`'s files and its values, bound in
 /// the order their `?` appear: filters, then the names matched by `name`,
 /// then the keyset condition and order of the sort key's index
-/// (`(user_id, key, id)`, or `(user_id, file_type, key, id)` for `type=`;
-/// migrations 0001 and 0011), so that every sort and order walks it from the
-/// cursor without sorting.
+/// (`(user_id, key, id)`, or `(user_id, file_type, key, id)` for `type=`,
+/// or the favorites' for `favorite=true`; migrations 0001, 0011 and 0012),
+/// so that every sort and order walks it from the cursor without sorting.
 fn listing(
     engine: Engine,
     user_id: &str,
@@ -329,6 +329,7 @@ fn listing(
     let mut args: Vec<Arg> = Vec::new();
     let mut test = None;
     let mut ids = None;
+    let mut joined = false;
     match name {
         // The trigram index names the candidates, all of them this user's;
         // they are few, so they drive the join and are sorted afterwards.
@@ -337,6 +338,7 @@ fn listing(
                 "({hits}) AS hits CROSS JOIN user_files ON user_files.id = hits.hit"
             ));
             args.extend(a);
+            joined = true;
         }
         Some(NameMatch::Test { sql: t, args: a }) => {
             sql.push_str("user_files");
@@ -353,10 +355,17 @@ fn listing(
         }
         None => sql.push_str("user_files"),
     }
+    let favorites = q.favorite == Some(true);
     if engine == Engine::MySql && ids.is_none() {
         // MySQL/MariaDB would rather read the user's rows by another index
         // and filesort them. Not for a few ids: their primary key finds them.
         sql.push_str(&format!(" FORCE INDEX ({})", mysql_index(q)));
+    }
+    if engine == Engine::Sqlite && favorites && ids.is_none() && !joined {
+        // The favorites' own index (migration 0012), which SQLite, without
+        // statistics, might pass over for the type's or the sort order's,
+        // reading every file of the user to find a few favorites.
+        sql.push_str(&format!(" INDEXED BY {}", favorites_index(q.sort)));
     }
     // With the ids known, SQLite must look them up by primary key; left to
     // itself (no statistics) it would walk the user's rows by the sort
@@ -381,9 +390,19 @@ fn listing(
         sql.push_str(" AND file_type = ?");
         args.push(t.as_str().into());
     }
-    if let Some(f) = q.favorite {
-        sql.push_str(" AND is_favorite = ?");
-        args.push(f.into());
+    match q.favorite {
+        // Written out, not bound: the partial indexes of the favorites
+        // (SQLite, PostgreSQL) serve only a query that names their
+        // condition.
+        Some(true) => sql.push_str(match engine {
+            Engine::Postgres => " AND is_favorite",
+            _ => " AND is_favorite = 1",
+        }),
+        Some(false) => {
+            sql.push_str(" AND is_favorite = ?");
+            args.push(false.into());
+        }
+        None => {}
     }
     if let Some(tag) = &q.tag {
         sql.push_str(" AND ");
@@ -425,9 +444,25 @@ fn listing(
     Ok((sql, args))
 }
 
-/// The index a MySQL/MariaDB listing walks: the sort key's, within the type
-/// for `type=` (no `(user_id, file_type, file_name, id)`, see migration 0011).
+/// The index of the user's favorites in sort order `sort` (migration 0012:
+/// partial on SQLite and PostgreSQL, `(user_id, is_favorite, key, id)` on
+/// MySQL/MariaDB). A user's favorites are few beside their files, so a
+/// `favorite=true` listing walks it whatever else it filters on.
+fn favorites_index(sort: SortKey) -> &'static str {
+    match sort {
+        SortKey::UploadDate => "idx_user_files_user_fav_date",
+        SortKey::FileName => "idx_user_files_user_fav_name",
+        SortKey::FileSize => "idx_user_files_user_fav_size",
+    }
+}
+
+/// The index a MySQL/MariaDB listing walks: the favorites' for
+/// `favorite=true`, else the sort key's, within the type for `type=` (no
+/// `(user_id, file_type, file_name, id)`, see migration 0011).
 fn mysql_index(q: &ListQuery) -> &'static str {
+    if q.favorite == Some(true) {
+        return favorites_index(q.sort);
+    }
     match (q.sort, q.file_type.is_some()) {
         (SortKey::UploadDate, true) => "idx_user_files_user_type_date",
         (SortKey::FileSize, true) => "idx_user_files_user_type_size",
