@@ -33,6 +33,11 @@ pub enum BlobError {
     BadKey(String),
     #[error("blob i/o: {0}")]
     Io(std::io::Error),
+    /// The store did not answer (refused or dropped connections, timeouts,
+    /// 5xx and 429 answers, every retry spent): an outage, not a fault of
+    /// the request. Answered 503 with `Retry-After`, as a database outage.
+    #[error("object store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<std::io::Error> for BlobError {

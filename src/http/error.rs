@@ -186,6 +186,7 @@ impl From<BlobError> for AppError {
         match e {
             BlobError::NotFound => AppError::NotFound,
             BlobError::NoSpace => AppError::Unavailable("storage volume is full".into()),
+            BlobError::Unavailable(m) => AppError::Unavailable(m),
             other => AppError::internal(other),
         }
     }

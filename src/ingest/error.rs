@@ -82,6 +82,7 @@ impl From<BlobError> for IngestError {
         match e {
             BlobError::NotFound => IngestError::NotFound,
             BlobError::NoSpace => IngestError::Unavailable("storage volume is full".into()),
+            BlobError::Unavailable(m) => IngestError::Unavailable(m),
             other => IngestError::internal(other),
         }
     }

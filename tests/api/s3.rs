@@ -1059,3 +1059,72 @@ async fn cleanup_without_the_right_to_list_multipart_uploads_still_removes_objec
     assert_eq!(report.stale_temp_files, 1, "{report:?}");
     assert!(!op.exists(&seg).await.unwrap());
 }
+
+/// The object store goes away (every connection cut or refused): uploads
+/// small and multipart-sized, tus appends and downloads answer 503
+/// `unavailable` with `Retry-After`, never a bare 500; nothing is counted
+/// and nothing stays reserved. Once it is back, the same requests work and
+/// the file kept from before reads whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_store_that_goes_away_answers_503_until_it_is_back() {
+    if !garage::available() {
+        return;
+    }
+    let target = garage_addr().await;
+    let proxy = crate::netproxy::CutProxy::start(target).await;
+    let app = spawn_app_with(Backend::S3, |c| {
+        c.s3_endpoint = Some(proxy.base());
+    })
+    .await;
+    let kept_data = blob(300_000, 21);
+    let kept = app.upload_ok("gone", "kept.png", kept_data.clone()).await;
+    let kept_id = kept["id"].as_str().unwrap().to_string();
+    let loc = create_ok(&app, "gone", 9 * MIB as u64, "").await;
+    // The next byte sent to the store cuts every connection, and new ones
+    // are closed at once.
+    proxy.cut_after(1);
+    let unavailable = |what: &'static str| {
+        move |status: u16, retry: Option<String>, body: String| {
+            assert_eq!(status, 503, "{what}: {body}");
+            assert!(retry.is_some(), "{what}: Retry-After");
+            assert!(body.contains("\"unavailable\""), "{what}: {body}");
+        }
+    };
+    for (name, len) in [("small.png", 300_000), ("large.png", 10 * MIB)] {
+        let r = app.upload("gone", name, blob(len, 22)).await;
+        let retry = hdr(&r, "retry-after").map(str::to_string);
+        unavailable("upload")(r.status().as_u16(), retry, r.text().await.unwrap());
+    }
+    let r = patch(&app, "gone", &loc, 0, blob(4 * MIB, 23), &[]).await;
+    let retry = hdr(&r, "retry-after").map(str::to_string);
+    unavailable("tus PATCH")(r.status().as_u16(), retry, r.text().await.unwrap());
+    let r = app
+        .get("gone", &format!("/api/files/{kept_id}/download"))
+        .await;
+    let retry = hdr(&r, "retry-after").map(str::to_string);
+    unavailable("download")(r.status().as_u16(), retry, r.text().await.unwrap());
+    assert!(proxy.is_down());
+    app.assert_consistent("gone").await;
+    assert_eq!(app.list_all("gone", "").await.len(), 1);
+    // Back: the tus upload resumes where it was, a new upload lands, the
+    // old file reads whole.
+    proxy.up(target);
+    assert_eq!(get_bytes(&app, "gone", &kept_id).await, kept_data);
+    let data = blob(9 * MIB, 24);
+    let at = offset_of(&app, "gone", &loc).await;
+    let r = patch(&app, "gone", &loc, at, data[at as usize..].to_vec(), &[]).await;
+    assert_eq!(r.status(), 204, "{:?}", r.text().await);
+    app.upload_ok("gone", "after.png", blob(300_000, 25)).await;
+    app.assert_consistent("gone").await;
+    assert_eq!(app.list_all("gone", "").await.len(), 3);
+    assert_eq!(
+        app.state
+            .meta
+            .get_user("gone")
+            .await
+            .unwrap()
+            .unwrap()
+            .reserved_bytes,
+        0
+    );
+}

@@ -271,7 +271,23 @@ async fn read_range(
 fn to_blob(e: opendal::Error) -> BlobError {
     match e.kind() {
         ErrorKind::NotFound => BlobError::NotFound,
+        // Connection errors, timeouts, 5xx and 429 answers, which the retry
+        // layer gave up on (it marks every error it returns persistent, so
+        // the kind tells them apart from a refusal such as a 403, which is
+        // `PermissionDenied`, or a bad configuration).
+        ErrorKind::Unexpected | ErrorKind::RateLimited => BlobError::Unavailable(e.to_string()),
         _ => BlobError::Io(std::io::Error::other(e)),
+    }
+}
+
+/// [`to_blob`] for an OpenDAL error that a byte stream wrapped in an I/O
+/// error; other I/O errors as usual.
+fn io_to_blob(e: std::io::Error) -> BlobError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<opendal::Error>()) {
+        Some(o) if matches!(o.kind(), ErrorKind::Unexpected | ErrorKind::RateLimited) => {
+            BlobError::Unavailable(o.to_string())
+        }
+        _ => BlobError::from(e),
     }
 }
 
@@ -401,7 +417,7 @@ impl BlobStore for S3Store {
         // that a key deleted meanwhile is `NotFound` now, as on the volume
         // (where `read` opens the file), and not an error half-way through
         // a response or an archive entry.
-        let first = s.next().await.transpose().map_err(BlobError::from)?;
+        let first = s.next().await.transpose().map_err(io_to_blob)?;
         Ok(Box::pin(futures::stream::iter(first.map(Ok)).chain(s)))
     }
 

@@ -411,12 +411,18 @@ impl Client {
             }
             last = format!("{status} {code}");
             if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
-                break;
+                // Refused for good (403, 400, ...): the request or the
+                // configuration is wrong, and retrying will not help.
+                return Err(BlobError::Io(std::io::Error::other(format!(
+                    "S3 {what} of {key}: {last}"
+                ))));
             }
         }
-        Err(BlobError::Io(std::io::Error::other(format!(
+        // Every try met a connection error, a timeout or a 5xx/429: the
+        // store is not answering.
+        Err(BlobError::Unavailable(format!(
             "S3 {what} of {key}: {last}"
-        ))))
+        )))
     }
 
     async fn create(&self, key: &str) -> BlobResult<String> {
