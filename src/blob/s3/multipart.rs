@@ -313,8 +313,9 @@ impl Client {
 
     /// Sends one request, retrying connection errors, timeouts and 5xx
     /// answers; returns the answer's status, headers and (bounded) body. A
-    /// 404 is [`BlobError::NotFound`], any other failure an I/O error that
-    /// names the call and S3's error code.
+    /// 404 is [`BlobError::NotFound`]; every try spent on those failures is
+    /// [`BlobError::Unavailable`]; any other refusal an I/O error. Both
+    /// name the call and S3's error code.
     async fn call(
         &self,
         what: &str,
