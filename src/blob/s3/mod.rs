@@ -271,22 +271,24 @@ async fn read_range(
 fn to_blob(e: opendal::Error) -> BlobError {
     match e.kind() {
         ErrorKind::NotFound => BlobError::NotFound,
-        // Connection errors, timeouts, 5xx and 429 answers, which the retry
-        // layer gave up on (it marks every error it returns persistent, so
-        // the kind tells them apart from a refusal such as a 403, which is
-        // `PermissionDenied`, or a bad configuration).
-        ErrorKind::Unexpected | ErrorKind::RateLimited => BlobError::Unavailable(e.to_string()),
+        k if is_outage(k) => BlobError::Unavailable(e.to_string()),
         _ => BlobError::Io(std::io::Error::other(e)),
     }
+}
+
+/// Connection errors, timeouts, 5xx and 429 answers, which the retry layer
+/// gave up on. It marks every error it returns persistent, so the kind is
+/// what tells them apart from a refusal (a 403 is `PermissionDenied`) or a
+/// bad configuration.
+fn is_outage(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::Unexpected | ErrorKind::RateLimited)
 }
 
 /// [`to_blob`] for an OpenDAL error that a byte stream wrapped in an I/O
 /// error; other I/O errors as usual.
 fn io_to_blob(e: std::io::Error) -> BlobError {
     match e.get_ref().and_then(|i| i.downcast_ref::<opendal::Error>()) {
-        Some(o) if matches!(o.kind(), ErrorKind::Unexpected | ErrorKind::RateLimited) => {
-            BlobError::Unavailable(o.to_string())
-        }
+        Some(o) if is_outage(o.kind()) => BlobError::Unavailable(o.to_string()),
         _ => BlobError::from(e),
     }
 }
@@ -521,19 +523,34 @@ impl BlobStore for S3Store {
     /// counted). Objects in the staging area that are not segments are
     /// listed one by one.
     async fn list_staged(&self) -> BlobResult<Vec<StagedEntry>> {
+        let objects = self.list_objects(STAGING).await?;
+        // Multipart uploads a dead process began and never finished hold
+        // their parts on the store with no object to list. A key without
+        // ListBucketMultipartUploads still gets the objects cleaned; these
+        // are then left to the bucket's lifecycle rules.
+        let unfinished = match self.client.unfinished(STAGING).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list unfinished multipart uploads in the staging area; those a stopped process left stay on the store");
+                Vec::new()
+            }
+        };
         let mut uploads: std::collections::HashMap<Uuid, StagedEntry> = Default::default();
         let mut other = Vec::new();
-        for e in self.list_objects(STAGING).await? {
-            let rest = &e.key[STAGING.len()..];
-            let id = rest
+        let found = objects
+            .into_iter()
+            .map(|e| (e.key, e.len, e.modified))
+            .chain(unfinished.into_iter().map(|u| (u.key, 0, u.initiated)));
+        for (key, len, modified) in found {
+            let id = key[STAGING.len()..]
                 .split_once('/')
                 .and_then(|(id, _)| Uuid::try_parse(id).ok());
             let Some(id) = id else {
                 other.push(StagedEntry {
                     id: None,
-                    key: e.key,
-                    len: e.len,
-                    modified: e.modified,
+                    key,
+                    len,
+                    modified,
                 });
                 continue;
             };
@@ -543,41 +560,8 @@ impl BlobStore for S3Store {
                 len: 0,
                 modified: None,
             });
-            slot.len += e.len;
-            slot.modified = slot.modified.max(e.modified);
-        }
-        // Multipart uploads a dead process began and never finished hold
-        // their parts on the store with no object to list.
-        // A key without ListBucketMultipartUploads still gets the objects
-        // cleaned; these are then left to the bucket's lifecycle rules.
-        let unfinished = match self.client.unfinished(STAGING).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list unfinished multipart uploads in the staging area; those a stopped process left stay on the store");
-                Vec::new()
-            }
-        };
-        for u in unfinished {
-            let id = u.key[STAGING.len()..]
-                .split_once('/')
-                .and_then(|(id, _)| Uuid::try_parse(id).ok());
-            match id {
-                Some(id) => {
-                    let slot = uploads.entry(id).or_insert_with(|| StagedEntry {
-                        id: Some(id),
-                        key: format!("{STAGING}{id}"),
-                        len: 0,
-                        modified: None,
-                    });
-                    slot.modified = slot.modified.max(u.initiated);
-                }
-                None => other.push(StagedEntry {
-                    id: None,
-                    key: u.key,
-                    len: 0,
-                    modified: u.initiated,
-                }),
-            }
+            slot.len += len;
+            slot.modified = slot.modified.max(modified);
         }
         other.extend(uploads.into_values());
         Ok(other)
