@@ -18,6 +18,27 @@ use tokio::{
     net::{tcp::OwnedWriteHalf, TcpListener, TcpStream},
 };
 
+/// Accepts connections on `listener` and, for each, connects to `target`
+/// and runs `pair(client, server)` as a task of its own; a client whose
+/// server does not answer sees its connection closed.
+fn forward_each<F, Fut>(listener: TcpListener, target: SocketAddr, pair: F)
+where
+    F: Fn(TcpStream, TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(server) = TcpStream::connect(target).await else {
+                continue;
+            };
+            tokio::spawn(pair(client, server));
+        }
+    });
+}
+
 pub struct NetProxy {
     pub addr: SocketAddr,
     /// Bytes forwarded from clients to the server, in all.
@@ -41,71 +62,61 @@ impl NetProxy {
             parked: Arc::default(),
         };
         let (up, parked) = (p.up_bytes.clone(), p.parked.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(server) = TcpStream::connect(target).await else {
-                    // Server down: the client sees its connection closed.
-                    continue;
-                };
-                let gen = *drop_rx.borrow();
-                let mut rx = drop_rx.clone();
-                let (up, parked) = (up.clone(), parked.clone());
-                tokio::spawn(async move {
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, sw) = server.into_split();
-                    let sw = Arc::new(tokio::sync::Mutex::new(Some(sw)));
-                    let sw2 = sw.clone();
-                    let upstream = async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match cr.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            let mut g = sw2.lock().await;
-                            let Some(w) = g.as_mut() else { return };
-                            if w.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                            drop(g);
-                            up.fetch_add(n as u64, Ordering::SeqCst);
-                            if let Some(r) = rate {
-                                tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64))
-                                    .await;
-                            }
+        forward_each(listener, target, move |client, server| {
+            let gen = *drop_rx.borrow();
+            let mut rx = drop_rx.clone();
+            let (up, parked) = (up.clone(), parked.clone());
+            async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, sw) = server.into_split();
+                let sw = Arc::new(tokio::sync::Mutex::new(Some(sw)));
+                let sw2 = sw.clone();
+                let upstream = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let mut g = sw2.lock().await;
+                        let Some(w) = g.as_mut() else { return };
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
                         }
-                    };
-                    let downstream = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match sr.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if cw.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    let dropped = async {
-                        let _ = rx.wait_for(|g| *g > gen).await;
-                    };
-                    let was_dropped = tokio::select! {
-                        _ = upstream => false,
-                        _ = downstream => false,
-                        _ = dropped => true,
-                    };
-                    if was_dropped {
-                        // The client side closes here; the server side
-                        // stays open, silent, until the proxy goes.
-                        if let Some(w) = sw.lock().await.take() {
-                            parked.lock().unwrap().push(w);
+                        drop(g);
+                        up.fetch_add(n as u64, Ordering::SeqCst);
+                        if let Some(r) = rate {
+                            tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64)).await;
                         }
                     }
-                });
+                };
+                let downstream = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let dropped = async {
+                    let _ = rx.wait_for(|g| *g > gen).await;
+                };
+                let was_dropped = tokio::select! {
+                    _ = upstream => false,
+                    _ = downstream => false,
+                    _ = dropped => true,
+                };
+                if was_dropped {
+                    // The client side closes here; the server side
+                    // stays open, silent, until the proxy goes.
+                    if let Some(w) = sw.lock().await.take() {
+                        parked.lock().unwrap().push(w);
+                    }
+                }
             }
         });
         p
@@ -511,84 +522,74 @@ impl Tamper {
             done: Arc::new(AtomicU64::new(0)),
         };
         let (armed, done) = (p.armed.clone(), p.done.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                let Ok(server) = TcpStream::connect(target).await else {
-                    continue;
-                };
-                let (armed, done) = (armed.clone(), done.clone());
-                tokio::spawn(async move {
-                    let (mut cr, cw) = client.into_split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let cw = Arc::new(tokio::sync::Mutex::new(cw));
-                    // Set before the matching request goes upstream, so it
-                    // is seen when its answer comes back.
-                    let swallow = Arc::new(AtomicBool::new(false));
-                    let upstream = {
-                        let (swallow, done, cw) = (swallow.clone(), done.clone(), cw.clone());
-                        async move {
-                            let mut buf = vec![0u8; 64 * 1024];
-                            loop {
-                                let n = match cr.read(&mut buf).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => n,
-                                };
-                                let head = &buf[..n];
-                                let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
-                                let matches = head.starts_with(method.as_bytes())
-                                    && memchr::memmem::find(line, marker.as_bytes()).is_some()
-                                    && armed
-                                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
-                                            a.checked_sub(1)
-                                        })
-                                        .is_ok();
-                                if matches {
-                                    match how {
-                                        Tampering::Forbid => {
-                                            done.fetch_add(1, Ordering::SeqCst);
-                                            let mut w = cw.lock().await;
-                                            let _ = w.write_all(&access_denied()).await;
-                                            return;
-                                        }
-                                        Tampering::LoseAnswer => {
-                                            swallow.store(true, Ordering::SeqCst)
-                                        }
-                                        Tampering::Delay(d) => {
-                                            tokio::time::sleep(d).await;
-                                            done.fetch_add(1, Ordering::SeqCst);
-                                        }
-                                    }
-                                }
-                                if sw.write_all(head).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    let downstream = async move {
+        forward_each(listener, target, move |client, server| {
+            let (armed, done) = (armed.clone(), done.clone());
+            async move {
+                let (mut cr, cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let cw = Arc::new(tokio::sync::Mutex::new(cw));
+                // Set before the matching request goes upstream, so it
+                // is seen when its answer comes back.
+                let swallow = Arc::new(AtomicBool::new(false));
+                let upstream = {
+                    let (swallow, done, cw) = (swallow.clone(), done.clone(), cw.clone());
+                    async move {
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
-                            let n = match sr.read(&mut buf).await {
+                            let n = match cr.read(&mut buf).await {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
-                            if swallow.load(Ordering::SeqCst) {
-                                done.fetch_add(1, Ordering::SeqCst);
-                                return;
+                            let head = &buf[..n];
+                            let line = head.split(|&b| b == b'\n').next().unwrap_or(&[]);
+                            let matches = head.starts_with(method.as_bytes())
+                                && memchr::memmem::find(line, marker.as_bytes()).is_some()
+                                && armed
+                                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
+                                        a.checked_sub(1)
+                                    })
+                                    .is_ok();
+                            if matches {
+                                match how {
+                                    Tampering::Forbid => {
+                                        done.fetch_add(1, Ordering::SeqCst);
+                                        let mut w = cw.lock().await;
+                                        let _ = w.write_all(&access_denied()).await;
+                                        return;
+                                    }
+                                    Tampering::LoseAnswer => swallow.store(true, Ordering::SeqCst),
+                                    Tampering::Delay(d) => {
+                                        tokio::time::sleep(d).await;
+                                        done.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                }
                             }
-                            if cw.lock().await.write_all(&buf[..n]).await.is_err() {
+                            if sw.write_all(head).await.is_err() {
                                 return;
                             }
                         }
-                    };
-                    tokio::select! {
-                        _ = upstream => {}
-                        _ = downstream => {}
                     }
-                });
+                };
+                let downstream = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if swallow.load(Ordering::SeqCst) {
+                            done.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                        if cw.lock().await.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = upstream => {}
+                    _ = downstream => {}
+                }
             }
         });
         p
