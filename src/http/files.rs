@@ -9,7 +9,7 @@ use std::{
     time::Instant,
 };
 
-use futures::StreamExt;
+use futures::{stream::BoxStream, StreamExt};
 
 use axum::{
     body::Body,
@@ -57,15 +57,22 @@ pub fn router() -> Router<AppState> {
         .route("/api/files/{id}/signed-url", post(signed_link))
 }
 
-fn bad_form(e: multer::Error) -> AppError {
-    AppError::BadRequest(multipart::describe(&e))
+fn bad_form(e: multipart::FormError) -> AppError {
+    AppError::BadRequest(e.to_string())
 }
 
-/// A non-file field; its length is bounded by the form's `SizeLimit`.
-async fn read_text_field(field: multer::Field<'_>) -> AppResult<String> {
-    let mut field = field;
+/// The upload's form, read straight from the request body.
+type Form = multipart::FormReader<BoxStream<'static, Result<bytes::Bytes, axum::Error>>>;
+
+/// A non-file field of at most `limit` bytes.
+async fn read_text_field(form: &mut Form, name: &str, limit: usize) -> AppResult<String> {
     let mut buf = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(bad_form)? {
+    while let Some(chunk) = form.chunk().await.map_err(bad_form)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(AppError::BadRequest(format!(
+                "form field {name:?} is longer than {limit} bytes"
+            )));
+        }
         buf.extend_from_slice(&chunk);
     }
     String::from_utf8(buf).map_err(|_| AppError::BadRequest("form field is not UTF-8".into()))
@@ -108,7 +115,7 @@ pub async fn multipart_upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+    let boundary = multipart::parse_boundary(content_type).ok_or_else(|| {
         AppError::BadRequest("expected a multipart/form-data body with a boundary".into())
     })?;
     let hint = match headers
@@ -138,22 +145,17 @@ pub async fn multipart_upload(
         chunk
     });
     // The framing (preamble, part headers, part count) is bounded by the
-    // guard, non-file fields by multer, the file by the ingest.
+    // reader, non-file fields by `read_text_field`, the file by the ingest.
     let limits = &state.config.limits;
-    let stream = multipart::guard(
-        stream,
+    let mut form: Form = multipart::FormReader::new(
+        stream.boxed(),
         &boundary,
         multipart::FramingLimits {
             header_bytes: limits.multipart_header_bytes,
             max_parts: limits.multipart_max_parts,
         },
     );
-    let constraints = multer::Constraints::new().size_limit(
-        multer::SizeLimit::new()
-            .per_field(limits.multipart_field_bytes as u64)
-            .for_field("file", u64::MAX),
-    );
-    let mut form = multer::Multipart::with_constraints(stream, boundary, constraints);
+    let field_limit = limits.multipart_field_bytes;
     // Reserve before reading a byte of the body: an upload that cannot fit
     // is refused while the client is still sending headers.
     let stop = &state.shutdown;
@@ -177,7 +179,7 @@ pub async fn multipart_upload(
         Err(e) => return Err(drain_then(e.into(), hint, &mut form, stop).await),
     };
     let mut parsed = FormFields::default();
-    let up = match read_form(up, &mut form, &mut parsed, stop).await {
+    let up = match read_form(up, &mut form, field_limit, &mut parsed, stop).await {
         Ok(Some(up)) => up,
         Ok(None) => {
             return Err(AppError::BadRequest(
@@ -237,16 +239,12 @@ const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 async fn drain_then(
     e: AppError,
     hint: SizeHint,
-    form: &mut multer::Multipart<'_>,
+    form: &mut Form,
     stop: &CancellationToken,
 ) -> AppError {
     if let SizeHint::AtMost(n) = hint {
         if n <= DRAIN_LIMIT && !stop.is_cancelled() {
-            let drain = async {
-                while let Ok(Some(mut f)) = form.next_field().await {
-                    while let Ok(Some(_)) = f.chunk().await {}
-                }
-            };
+            let drain = form.drain();
             tokio::select! {
                 _ = drain => {}
                 _ = stop.cancelled() => {}
@@ -270,11 +268,12 @@ struct FormFields {
 /// released) before the answer goes out.
 async fn read_form(
     mut up: Ingest,
-    form: &mut multer::Multipart<'_>,
+    form: &mut Form,
+    field_limit: usize,
     out: &mut FormFields,
     stop: &CancellationToken,
 ) -> AppResult<Option<Ingest>> {
-    match read_fields(&mut up, form, out, stop).await {
+    match read_fields(&mut up, form, field_limit, out, stop).await {
         Ok(true) => Ok(Some(up)),
         Ok(false) => {
             up.abandon().await;
@@ -290,13 +289,15 @@ async fn read_form(
 /// [`read_form`]'s loop over the parts; true when there was a file part.
 async fn read_fields(
     up: &mut Ingest,
-    form: &mut multer::Multipart<'_>,
+    form: &mut Form,
+    field_limit: usize,
     out: &mut FormFields,
     stop: &CancellationToken,
 ) -> AppResult<bool> {
     let mut seen_file = false;
-    while let Some(mut field) = form.next_field().await.map_err(bad_form)? {
-        match field.name().unwrap_or("") {
+    while let Some(part) = form.next_part().await.map_err(bad_form)? {
+        let name = part.name.unwrap_or_default();
+        match name.as_str() {
             "file" => {
                 if seen_file {
                     return Err(AppError::BadRequest(
@@ -304,10 +305,10 @@ async fn read_fields(
                     ));
                 }
                 seen_file = true;
-                out.client_name = field.file_name().unwrap_or("").to_string();
+                out.client_name = part.file_name.unwrap_or_default();
                 loop {
                     let chunk = tokio::select! {
-                        c = field.chunk() => c.map_err(bad_form)?,
+                        c = form.chunk() => c.map_err(bad_form)?,
                         _ = stop.cancelled() => return Err(AppError::Unavailable(
                             "the server is restarting; send the upload again".into(),
                         )),
@@ -316,14 +317,19 @@ async fn read_fields(
                     up.write(chunk).await?;
                 }
             }
-            "file_type" => out.declared = Some(read_text_field(field).await?),
-            "package_name" => out.meta.package_name = Some(read_text_field(field).await?),
+            "file_type" => out.declared = Some(read_text_field(form, &name, field_limit).await?),
+            "package_name" => {
+                out.meta.package_name = Some(read_text_field(form, &name, field_limit).await?)
+            }
             // Checked now, so a bad list is refused before the file is read
             // when it comes first.
-            "tags" => out.meta.tags = normalize_tags(read_text_field(field).await?.split(','))?,
+            "tags" => {
+                let tags = read_text_field(form, &name, field_limit).await?;
+                out.meta.tags = normalize_tags(tags.split(','))?
+            }
             // Unknown parts are read (bounded like text) and ignored.
             _ => {
-                read_text_field(field).await?;
+                read_text_field(form, &name, field_limit).await?;
             }
         }
     }
