@@ -276,7 +276,11 @@ where
         match self.next_event().await? {
             Some(Event::Data(b)) => Ok(Some(b)),
             Some(Event::PartEnd) => Ok(None),
-            Some(Event::Part(_)) | None => unreachable!("a part's data end with PartEnd"),
+            // A part's data always end with PartEnd before anything else.
+            Some(Event::Part(_)) | None => {
+                debug_assert!(false, "a part began or the body ended inside a part");
+                Ok(None)
+            }
         }
     }
 
