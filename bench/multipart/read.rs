@@ -4,7 +4,8 @@
 //! parser the upload path used before (behind a framing guard whose scan
 //! was the same one the reader does now). Both read the same body, one
 //! file part of SIZE bytes cut into chunks of CHUNK bytes (hyper hands a
-//! handler chunks of up to a few hundred KiB), in alternating rounds.
+//! handler chunks of up to a few hundred KiB, one read at a time), in
+//! alternating rounds.
 //!
 //!   cargo run --release --example multipart_read            # 1 GiB, 5 rounds
 //!   SIZE_MIB=256 CHUNK_KIB=16 ROUNDS=9 cargo run --release --example multipart_read
@@ -15,7 +16,6 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::stream;
 use stowage::http::multipart::{FormReader, FramingLimits};
 
 const BOUNDARY: &str = "------------------------d74496d66958873e";
@@ -83,10 +83,37 @@ fn cpu_time() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-type Chunks = stream::Iter<std::vec::IntoIter<Result<Bytes, std::io::Error>>>;
+/// The body as a socket delivers it: one chunk, then nothing ready until
+/// the reader comes back (`Pending`, woken at once). A stream that is always
+/// ready would let `multer`, which reads all it can before it parses, pull
+/// the whole body into its buffer.
+struct OneAtATime {
+    chunks: std::vec::IntoIter<Bytes>,
+    ready: bool,
+}
 
-fn chunks(body: &[Bytes]) -> Chunks {
-    stream::iter(body.iter().cloned().map(Ok).collect::<Vec<_>>())
+impl futures::Stream for OneAtATime {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if !self.ready {
+            self.ready = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        self.ready = false;
+        std::task::Poll::Ready(self.chunks.next().map(Ok))
+    }
+}
+
+fn chunks(body: &[Bytes]) -> OneAtATime {
+    OneAtATime {
+        chunks: body.to_vec().into_iter(),
+        ready: false,
+    }
 }
 
 /// Bytes of the file part, read with stowage's reader.
