@@ -115,9 +115,8 @@ pub async fn multipart_upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let boundary = multipart::parse_boundary(content_type).ok_or_else(|| {
-        AppError::BadRequest("expected a multipart/form-data body with a boundary".into())
-    })?;
+    let boundary =
+        multipart::parse_boundary(content_type).map_err(|e| AppError::BadRequest(e.into()))?;
     let hint = match headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

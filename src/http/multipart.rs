@@ -68,16 +68,24 @@ pub enum FormError {
 /// exceed it).
 pub const MAX_BOUNDARY: usize = 200;
 
-/// The boundary of a `multipart/form-data` Content-Type, if it is one.
-pub fn parse_boundary(content_type: &str) -> Option<String> {
-    let m: mime::Mime = content_type.parse().ok()?;
+/// The boundary of a `multipart/form-data` Content-Type, or why there is
+/// none to use.
+pub fn parse_boundary(content_type: &str) -> Result<String, &'static str> {
+    const NOT_FORM: &str = "expected a multipart/form-data body with a boundary";
+    let m: mime::Mime = content_type.parse().map_err(|_| NOT_FORM)?;
     if m.type_() != mime::MULTIPART || m.subtype() != mime::FORM_DATA {
-        return None;
+        return Err(NOT_FORM);
     }
-    let b = m.get_param(mime::BOUNDARY)?.as_str();
-    let fits = !b.is_empty() && b.len() <= MAX_BOUNDARY;
+    let b = m.get_param(mime::BOUNDARY).ok_or(NOT_FORM)?.as_str();
+    // (`mime` refuses an empty one.)
+    if b.len() > MAX_BOUNDARY {
+        return Err("the multipart boundary is longer than 200 characters");
+    }
     // A delimiter with a line break in it could never be told from data.
-    (fits && !b.bytes().any(|c| c == b'\r' || c == b'\n')).then(|| b.to_string())
+    if b.bytes().any(|c| c == b'\r' || c == b'\n') {
+        return Err("the multipart boundary holds a line break");
+    }
+    Ok(b.to_string())
 }
 
 /// A part's name and file name, from its `Content-Disposition`.
@@ -817,25 +825,23 @@ mod tests {
     #[test]
     fn boundaries() {
         let b = |ct: &str| parse_boundary(ct);
-        assert_eq!(
-            b("multipart/form-data; boundary=AbC").as_deref(),
-            Some("AbC")
-        );
+        assert_eq!(b("multipart/form-data; boundary=AbC").as_deref(), Ok("AbC"));
         assert_eq!(
             b("Multipart/Form-Data; boundary=\"a b\"").as_deref(),
-            Some("a b")
+            Ok("a b")
         );
-        assert_eq!(b("multipart/mixed; boundary=AbC"), None);
-        assert_eq!(b("text/plain; boundary=AbC"), None);
-        assert_eq!(b("multipart/form-data"), None);
-        assert_eq!(b("multipart/form-data; boundary=\"\""), None);
+        let not_form = Err("expected a multipart/form-data body with a boundary");
+        assert_eq!(b("multipart/mixed; boundary=AbC"), not_form);
+        assert_eq!(b("text/plain; boundary=AbC"), not_form);
+        assert_eq!(b("multipart/form-data"), not_form);
+        assert_eq!(b("multipart/form-data; boundary=\"\""), not_form);
+        let long = format!("multipart/form-data; boundary={}", "x".repeat(201));
         assert_eq!(
-            b(&format!(
-                "multipart/form-data; boundary={}",
-                "x".repeat(201)
-            )),
-            None
+            b(&long),
+            Err("the multipart boundary is longer than 200 characters")
         );
+        let fits = format!("multipart/form-data; boundary={}", "x".repeat(200));
+        assert!(b(&fits).is_ok());
     }
 
     fn field_data() -> impl Strategy<Value = Vec<u8>> {

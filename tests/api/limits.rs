@@ -128,6 +128,77 @@ both!(
     }
 );
 
+both!(
+    boundaries_that_are_empty_too_long_or_absent_are_refused,
+    |b| async move {
+        let app = spawn_app(b).await;
+        let body = |boundary: &str| {
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\nxx\r\n--{boundary}--\r\n"
+            )
+        };
+        let long = "b".repeat(201);
+        let cases = [
+            (
+                format!("multipart/form-data; boundary={long}"),
+                body(&long),
+                "longer than 200",
+            ),
+            (
+                "multipart/form-data; boundary=\"\"".to_string(),
+                body(""),
+                "with a boundary",
+            ),
+            (
+                "multipart/form-data".to_string(),
+                body("x"),
+                "with a boundary",
+            ),
+            (
+                "multipart/mixed; boundary=x".to_string(),
+                body("x"),
+                "with a boundary",
+            ),
+        ];
+        for (content_type, body, says) in cases {
+            let r = app
+                .client
+                .post(app.url("/api/files/upload"))
+                .bearer_auth(token("bnd"))
+                .header("content-type", &content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{content_type}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "invalid_request", "{v}");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.contains(says), "{content_type}: {message}");
+        }
+        // 200 characters is still a boundary.
+        let fits = "b".repeat(200);
+        let mut data = body(&fits).into_bytes();
+        let png = png_bytes(300);
+        let at = memchr::memmem::find(&data, b"xx").unwrap();
+        data.splice(at..at + 2, png);
+        let r = app
+            .client
+            .post(app.url("/api/files/upload"))
+            .bearer_auth(token("bnd"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={fits}"),
+            )
+            .body(data)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        assert_released(&app, "bnd", 1).await;
+    }
+);
+
 both!(at_most_eight_parts_and_four_kib_fields, |b| async move {
     let app = spawn_app(b).await;
     // The file and seven more parts: fine (unknown parts are ignored).
