@@ -87,12 +87,12 @@ fn cpu_time() -> Duration {
 /// the reader comes back (`Pending`, woken at once). A stream that is always
 /// ready would let `multer`, which reads all it can before it parses, pull
 /// the whole body into its buffer.
-struct OneAtATime {
-    chunks: std::vec::IntoIter<Bytes>,
+struct OneAtATime<I> {
+    chunks: I,
     ready: bool,
 }
 
-impl futures::Stream for OneAtATime {
+impl<I: Iterator<Item = Bytes> + Unpin> futures::Stream for OneAtATime<I> {
     type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(
@@ -109,9 +109,9 @@ impl futures::Stream for OneAtATime {
     }
 }
 
-fn chunks(body: &[Bytes]) -> OneAtATime {
+fn chunks(body: &[Bytes]) -> OneAtATime<impl Iterator<Item = Bytes> + Unpin + '_> {
     OneAtATime {
-        chunks: body.to_vec().into_iter(),
+        chunks: body.iter().cloned(),
         ready: false,
     }
 }
