@@ -15,8 +15,62 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{tcp::OwnedWriteHalf, TcpListener, TcpStream},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpListener, TcpStream,
+    },
 };
+
+/// The server side's write half, shared between the upstream copy and the
+/// code that may take it away (to park it: the server then sees a body that
+/// stops, with its connection still open).
+type SharedWriter = Arc<tokio::sync::Mutex<Option<OwnedWriteHalf>>>;
+
+/// Copies the client's bytes to the server at most `rate` bytes a second,
+/// adding each chunk to `sent`, until the client's side ends, a write fails
+/// or the writer was taken.
+async fn copy_up(
+    mut from: OwnedReadHalf,
+    to: SharedWriter,
+    rate: Option<u64>,
+    sent: Option<Arc<AtomicU64>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut g = to.lock().await;
+        let Some(w) = g.as_mut() else { return };
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+        drop(g);
+        if let Some(s) = &sent {
+            s.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        if let Some(r) = rate {
+            tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64)).await;
+        }
+    }
+}
+
+/// Copies the server's bytes to the client, showing each chunk to `seen`,
+/// until either side ends.
+async fn copy_down(mut from: OwnedReadHalf, to: &mut OwnedWriteHalf, mut seen: impl FnMut(&[u8])) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        seen(&buf[..n]);
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
 
 /// Accepts connections on `listener` and, for each, connects to `target`
 /// and runs `pair(client, server)` as a task of its own; a client whose
@@ -67,41 +121,11 @@ impl NetProxy {
             let mut rx = drop_rx.clone();
             let (up, parked) = (up.clone(), parked.clone());
             async move {
-                let (mut cr, mut cw) = client.into_split();
-                let (mut sr, sw) = server.into_split();
-                let sw = Arc::new(tokio::sync::Mutex::new(Some(sw)));
-                let sw2 = sw.clone();
-                let upstream = async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match cr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        let mut g = sw2.lock().await;
-                        let Some(w) = g.as_mut() else { return };
-                        if w.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                        drop(g);
-                        up.fetch_add(n as u64, Ordering::SeqCst);
-                        if let Some(r) = rate {
-                            tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64)).await;
-                        }
-                    }
-                };
-                let downstream = async {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    loop {
-                        let n = match sr.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        if cw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
+                let (cr, mut cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let sw: SharedWriter = Arc::new(tokio::sync::Mutex::new(Some(sw)));
+                let upstream = copy_up(cr, sw.clone(), rate, Some(up));
+                let downstream = copy_down(sr, &mut cw, |_| {});
                 let dropped = async {
                     let _ = rx.wait_for(|g| *g > gen).await;
                 };
@@ -345,48 +369,25 @@ impl Balancer {
                     counts[k].fetch_add(1, Ordering::SeqCst);
                     let mut rx = drop_tx[k].subscribe();
                     let gen = *rx.borrow();
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut sr, sw) = server.into_split();
-                    let sw = Arc::new(tokio::sync::Mutex::new(Some(sw)));
+                    let (cr, mut cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    let sw: SharedWriter = Arc::new(tokio::sync::Mutex::new(Some(sw)));
                     let sw2 = sw.clone();
                     let upstream = async move {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = match cr.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            let mut g = sw2.lock().await;
-                            let Some(w) = g.as_mut() else { return };
-                            if w.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            drop(g);
-                            if let Some(r) = rate {
-                                tokio::time::sleep(Duration::from_secs_f64(n as f64 / r as f64))
-                                    .await;
-                            }
-                        }
+                        copy_up(cr, sw2.clone(), rate, None).await;
                         if let Some(w) = sw2.lock().await.as_mut() {
                             let _ = w.shutdown().await;
                         }
                     };
-                    let downstream = async move {
-                        let mut buf = vec![0u8; 16 * 1024];
+                    let downstream = async {
                         let mut scan = StatusScan::default();
-                        loop {
-                            let n = match sr.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => n,
-                            };
-                            let seen = scan.feed(&buf[..n]);
+                        copy_down(sr, &mut cw, |chunk| {
+                            let seen = scan.feed(chunk);
                             if !seen.is_empty() {
                                 statuses.lock().unwrap().extend(seen);
                             }
-                            if cw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
+                        })
+                        .await;
                         let _ = cw.shutdown().await;
                     };
                     let dropped = async {
