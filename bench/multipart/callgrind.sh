@@ -45,11 +45,12 @@ for bin in "$@"; do
     -F "file=@$src" "http://127.0.0.1:$PORT/api/files/upload"
   callgrind_control -d "$SERVER_PID" >/dev/null
   stop_pid "$SERVER_PID"; SERVER_PID=
-  # The dump after zeroing holds the upload alone; sum its totals.
-  ir=$(cat "$WORK"/cg.out.* 2>/dev/null | awk '/^totals:/ {s += $2} END {print s + 0}')
+  # The dump after zeroing holds the upload alone.
+  cat "$WORK"/cg.out.* >"$WORK/dump" 2>/dev/null || true
+  ir=$(awk '/^totals:/ {s += $2} END {print s + 0}' "$WORK/dump")
   [ "$ir" -gt 0 ] || { log "$bin: no counters dumped"; exit 1; }
-  sha=$(cat "$WORK"/cg.out.* >"$WORK/dump" && callgrind_annotate --threshold=100 --inclusive=no \
-    --auto=no "$WORK/dump" | awk '/sha2::sha256/ {gsub(",", "", $1); s += $1} END {print s + 0}')
+  sha=$(callgrind_annotate --threshold=100 --inclusive=no --auto=no "$WORK/dump" |
+    awk '/sha2::sha256/ {gsub(",", "", $1); s += $1} END {print s + 0}')
   awk -v n="$bin" -v i="$ir" -v s="$sha" -v b="$bytes" 'BEGIN {printf "%s %d %.3f %.3f\n", n, i, i / b, (i - s) / b}'
   if [ -n "${KEEP:-}" ]; then
     mkdir -p "$KEEP"; cp "$WORK/dump" "$KEEP/$(basename "$bin").callgrind"
