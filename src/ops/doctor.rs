@@ -13,7 +13,7 @@ use std::{
     future::Future,
     io::Write as _,
     os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -645,23 +645,40 @@ async fn clamd(config: &Config) -> Result<Check, String> {
     ))
 }
 
-/// The first line of `tool -version`.
-async fn tool_version(tool: &Path) -> Result<String, String> {
+/// Why `tool -version` gave no version.
+#[derive(Debug, PartialEq, Eq)]
+enum ToolError {
+    /// It did not answer within the limit: the tool may work, only slowly
+    /// (a machine under load loads ffmpeg's hundred shared libraries from a
+    /// cold cache), so this is a warning, not a failure.
+    Slow(String),
+    /// It could not be run, or it exited with an error: media jobs would fail.
+    Broken(String),
+}
+
+/// The first line of `tool -version`, within `limit`.
+async fn tool_version(tool: &Path, limit: Duration) -> Result<String, ToolError> {
     let run = tokio::process::Command::new(tool)
         .arg("-version")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(TOOL_TIMEOUT, run)
+    let out = tokio::time::timeout(limit, run)
         .await
-        .map_err(|_| format!("{} -version did not finish", tool.display()))?
-        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+        .map_err(|_| {
+            ToolError::Slow(format!(
+                "{} -version did not answer within {} s",
+                tool.display(),
+                limit.as_secs_f64()
+            ))
+        })?
+        .map_err(|e| ToolError::Broken(format!("cannot run {}: {e}", tool.display())))?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(ToolError::Broken(format!(
             "{} -version exited with {}",
             tool.display(),
             out.status
-        ));
+        )));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let first = text.lines().next().unwrap_or("").trim();
@@ -675,25 +692,51 @@ async fn tool_version(tool: &Path) -> Result<String, String> {
 
 async fn ffmpeg() -> Result<Check, String> {
     let tools = stowage_media::MediaTools::detect();
-    let found: Vec<(&str, Option<PathBuf>)> = vec![
-        ("ffmpeg", tools.ffmpeg().map(Path::to_path_buf)),
-        ("ffprobe", tools.ffprobe().map(Path::to_path_buf)),
-    ];
-    let mut versions = Vec::new();
-    let mut missing = Vec::new();
-    for (name, path) in found {
-        match path {
-            Some(p) => versions.push(tool_version(&p).await?),
-            None => missing.push(name),
-        }
-    }
-    if !missing.is_empty() {
+    let (Some(ffmpeg), Some(ffprobe)) = (tools.ffmpeg(), tools.ffprobe()) else {
+        let missing: Vec<&str> = [("ffmpeg", tools.ffmpeg()), ("ffprobe", tools.ffprobe())]
+            .into_iter()
+            .filter(|(_, p)| p.is_none())
+            .map(|(n, _)| n)
+            .collect();
         return Ok(check(
             "ffmpeg",
             Status::Warn,
             format!(
                 "{} not found on PATH: video thumbnails and media durations are off (apt-get install ffmpeg)",
                 missing.join(" and ")
+            ),
+        ));
+    };
+    // Both at once: on a loaded machine each start can take seconds.
+    let (a, b) = tokio::join!(
+        tool_version(ffmpeg, TOOL_TIMEOUT),
+        tool_version(ffprobe, TOOL_TIMEOUT)
+    );
+    tools_check(a, b)
+}
+
+/// The ffmpeg check from the two `-version` answers: a broken tool fails,
+/// a slow one warns.
+fn tools_check(
+    ffmpeg: Result<String, ToolError>,
+    ffprobe: Result<String, ToolError>,
+) -> Result<Check, String> {
+    let mut versions = Vec::new();
+    let mut slow = Vec::new();
+    for r in [ffmpeg, ffprobe] {
+        match r {
+            Ok(v) => versions.push(v),
+            Err(ToolError::Slow(e)) => slow.push(e),
+            Err(ToolError::Broken(e)) => return Err(e),
+        }
+    }
+    if !slow.is_empty() {
+        return Ok(check(
+            "ffmpeg",
+            Status::Warn,
+            format!(
+                "{}: the machine may be loaded; a media job has STOWAGE_MEDIA_TIMEOUT_SECS",
+                slow.join("; ")
             ),
         ));
     }
@@ -810,4 +853,71 @@ async fn auth(config: &Config) -> Result<(Check, Option<(f64, f64)>), String> {
         ),
         skew,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::PermissionsExt as _, path::PathBuf};
+
+    use super::*;
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[tokio::test]
+    async fn a_tool_that_answers_late_is_slow_and_one_that_exits_badly_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = script(
+            dir.path(),
+            "good",
+            "echo 'ffmpeg version 7.1 Copyright (c) 2000 the authors'",
+        );
+        let slow = script(dir.path(), "slow", "sleep 5");
+        let bad = script(dir.path(), "bad", "exit 3");
+        let limit = Duration::from_millis(300);
+
+        assert_eq!(
+            tool_version(&good, limit).await,
+            Ok("ffmpeg version 7.1".to_string())
+        );
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            tool_version(&slow, limit).await,
+            Err(ToolError::Slow(e)) if e.contains("did not answer within 0.3 s")
+        ));
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "it waited for the tool"
+        );
+        assert!(matches!(
+            tool_version(&bad, limit).await,
+            Err(ToolError::Broken(e)) if e.contains("exited with")
+        ));
+        assert!(matches!(
+            tool_version(&dir.path().join("absent"), limit).await,
+            Err(ToolError::Broken(e)) if e.contains("cannot run")
+        ));
+    }
+
+    #[test]
+    fn a_slow_tool_warns_and_a_broken_one_fails() {
+        let ok = || Ok::<_, ToolError>("ffmpeg version 7.1".to_string());
+        let c = tools_check(ok(), ok()).unwrap();
+        assert_eq!(c.status, Status::Ok);
+
+        let c = tools_check(ok(), Err(ToolError::Slow("ffprobe was slow".into()))).unwrap();
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("ffprobe was slow"), "{}", c.detail);
+
+        let e = tools_check(
+            Err(ToolError::Slow("slow".into())),
+            Err(ToolError::Broken("ffprobe exited with 3".into())),
+        )
+        .unwrap_err();
+        assert!(e.contains("exited with 3"), "{e}");
+    }
 }
