@@ -610,8 +610,9 @@ pub trait FileStore: Send + Sync {
     /// `user_id` and `q`: its planner's statistics refreshed first
     /// (`ANALYZE`), then the plan as the engine's `EXPLAIN` gives it, one
     /// line per row (SQLite's `EXPLAIN QUERY PLAN`, PostgreSQL's text
-    /// plan, MySQL's `EXPLAIN FORMAT=JSON`). For tests that check each
-    /// listing order walks an index.
+    /// plan, MySQL's `EXPLAIN FORMAT=JSON`). With `q=`, a first line says how
+    /// the names were matched (`q=: …`). For tests that check each listing
+    /// order walks an index.
     async fn listing_plan(&self, user_id: &str, q: &ListQuery) -> MetaResult<String>;
     /// Every file of a user or of all users, ordered by id (audit, backup).
     async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>>;

@@ -50,7 +50,7 @@ impl FileStore for SqlStore {
 
     async fn list_files(&self, user_id: &str, q: &ListQuery) -> MetaResult<Vec<FileRecord>> {
         let s = self;
-        let (sql, args) = listing_for(s, user_id, q).await?;
+        let (sql, args, _) = listing_for(s, user_id, q).await?;
         let rows = query(sql)
             .bind_all(args)
             .planned_each_time()
@@ -71,7 +71,7 @@ impl FileStore for SqlStore {
             ),
         };
         query(analyze).planned_each_time().fetch_all(s.db()).await?;
-        let (sql, args) = listing_for(s, user_id, q).await?;
+        let (sql, args, route) = listing_for(s, user_id, q).await?;
         let rows = query(format!("{explain}{sql}"))
             .bind_all(args)
             .planned_each_time()
@@ -81,7 +81,8 @@ impl FileStore for SqlStore {
             .iter()
             .map(|r| r.get::<String>(col))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(lines.join("\n"))
+        let head = route.map(|r| format!("q=: {r}\n")).unwrap_or_default();
+        Ok(format!("{head}{}", lines.join("\n")))
     }
 
     async fn all_files(&self, user_id: Option<&str>) -> MetaResult<Vec<FileRecord>> {
@@ -305,12 +306,20 @@ fn records(rows: &[Row]) -> MetaResult<Vec<FileRecord>> {
 /// this engine matches `q=` (which may ask the store first, see
 /// [`name_match`]): what [`FileStore::list_files`] runs and
 /// [`FileStore::listing_plan`] explains.
-async fn listing_for(s: &SqlStore, user_id: &str, q: &ListQuery) -> MetaResult<(String, Vec<Arg>)> {
+/// The statement of one page (see [`listing`]), and how `q=` matched the
+/// names, if it was given ([`NameMatch::route`]).
+async fn listing_for(
+    s: &SqlStore,
+    user_id: &str,
+    q: &ListQuery,
+) -> MetaResult<(String, Vec<Arg>, Option<&'static str>)> {
     let name = match q.q.as_deref().filter(|t| !t.is_empty()) {
         Some(t) => Some(name_match(s, user_id, t, q.limit).await?),
         None => None,
     };
-    listing(s.engine(), user_id, q, name)
+    let route = name.as_ref().map(NameMatch::route);
+    let (sql, args) = listing(s.engine(), user_id, q, name)?;
+    Ok((sql, args, route))
 }
 
 /// The statement of one page of `user_id`'s files and its values, bound in
@@ -348,6 +357,7 @@ fn listing(
             ids: found,
             sql: t,
             args: a,
+            ..
         }) => {
             sql.push_str("user_files");
             ids = Some(found);

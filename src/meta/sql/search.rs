@@ -19,16 +19,23 @@
 //!   three characters, are looked for in each of their case spellings.
 //!   Texts under three characters go through the name index as on MySQL
 //!   (below).
-//! - **MySQL/MariaDB**: no trigram index. The user's name index
-//!   `(user_id, file_name, id)` holds every name with its id, so the store
-//!   reads it (never a row) for at most `10 × limit` matches: fewer, and
-//!   they are all the matches ([`NameMatch::Ids`]), looked up by id and
-//!   sorted; that many (dense hits), and `LOWER(file_name) LIKE` is tested
-//!   on each row the sort order's index yields, which fills a page soon.
-//!   Testing every row of a rare text through the sort order's index would
-//!   look up each row by its primary key: a minute at a million files,
-//!   against about a third of a second for the name index
-//!   (docs/benchmarks.md).
+//! - **MySQL/MariaDB**: no trigram index, so a table of their own
+//!   (`user_file_trigrams`, migration 0013, kept by triggers): a row per
+//!   distinct three-character piece of each lower-cased name, keyed
+//!   `(user_id, piece, file id)`. For three characters or more the store
+//!   counts the user's names holding each of the text's pieces (up to
+//!   [`TRIGRAM_COMMON`]): a piece no name holds means no match; else the
+//!   files holding the rarest piece and the next two are the candidates
+//!   ([`NameMatch::Ids`]), looked up by id, tested and sorted. When every
+//!   piece is common, or under three characters, the user's name index
+//!   `(user_id, file_name, id)` is read (never a row) for at most
+//!   `10 × limit` matches: fewer, and they are all the matches, looked up by
+//!   id and sorted; that many (dense hits), and `LOWER(file_name) LIKE` is
+//!   tested on each row the sort order's index yields, which fills a page
+//!   soon. Testing every row of a rare text through the sort order's index
+//!   would look up each row by its primary key: a minute at a million
+//!   files, against about a third of a second for the name index and
+//!   milliseconds for the pieces (docs/benchmarks.md).
 
 use uuid::Uuid;
 
@@ -45,15 +52,30 @@ pub(crate) enum NameMatch {
     /// them this user's and few, found by the trigram index: the listing
     /// joins it to `user_files` and sorts the result.
     Hits { sql: String, args: Vec<Arg> },
-    /// Every matching file's id, few, already read from the name index
+    /// The ids of every matching file and perhaps a few more, few in all,
+    /// already read from the name index or the trigram table
     /// (MySQL/MariaDB; SQLite under three characters), with the name test
-    /// that found them: the listing looks them up by primary key, tests
-    /// their names again (one may have been renamed since) and sorts them.
+    /// that decides: the listing looks them up by primary key, tests their
+    /// names (a candidate of the trigram table may not hold the text, and
+    /// a file may have been renamed since) and sorts them.
     Ids {
         ids: Vec<Uuid>,
         sql: String,
         args: Vec<Arg>,
+        /// Where the ids were read, for [`NameMatch::route`].
+        from: &'static str,
     },
+}
+
+impl NameMatch {
+    /// How the names are matched, in words (`listing_plan`'s first line).
+    pub(crate) fn route(&self) -> &'static str {
+        match self {
+            NameMatch::Test { .. } => "each row the listing reads is tested",
+            NameMatch::Hits { .. } => "the trigram index (FTS5) names the files",
+            NameMatch::Ids { from, .. } => from,
+        }
+    }
 }
 
 /// How `user_id`'s listing of `limit` rows matches `text` on this engine.
@@ -80,10 +102,10 @@ pub(crate) async fn name_match(
                 hits(user_id, &t)
             }
         }
-        // Too short for trigrams, and MySQL/MariaDB, which has none: the
-        // name index first.
+        // Too short for trigrams: the name index first.
         Engine::Sqlite if t.ascii => name_index_match(s, user_id, like_test(&t), limit).await?,
         Engine::Sqlite => name_index_match(s, user_id, case_spellings(&t), limit).await?,
+        Engine::MySql if t.trigrams() => trigram_table_match(s, user_id, &t, limit).await?,
         Engine::MySql => name_index_match(s, user_id, like_test(&t), limit).await?,
     })
 }
@@ -157,7 +179,95 @@ async fn name_index_match(
         .iter()
         .map(|r| r.get::<Uuid>("id"))
         .collect::<Result<_, _>>()?;
-    Ok(NameMatch::Ids { ids, sql, args })
+    Ok(NameMatch::Ids {
+        ids,
+        sql,
+        args,
+        from: "the name index names the files",
+    })
+}
+
+/// Most of a text's pieces looked up in the trigram table: any of them
+/// narrow the search soundly, and a longer text is rare already.
+const MAX_PIECES: usize = 16;
+/// Most of a user's names counted for one piece: a piece held by this many
+/// does not narrow the search enough to beat the name index.
+const TRIGRAM_COMMON: i64 = 2048;
+/// Pieces beside the rarest that a candidate must hold too, each looked up
+/// by primary key for each candidate.
+const EXTRA_PIECES: usize = 2;
+
+/// MySQL/MariaDB, a text of three characters or more: the candidates from
+/// the trigram table (migration 0013), or the name index when each of the
+/// text's pieces is common.
+async fn trigram_table_match(
+    s: &SqlStore,
+    user: &str,
+    t: &NameSearch,
+    limit: u32,
+) -> MetaResult<NameMatch> {
+    let pieces = t.pieces(MAX_PIECES);
+    let count = |i: usize| {
+        format!(
+            "SELECT CAST({i} AS SIGNED) AS k, CAST(COUNT(*) AS SIGNED) AS n FROM \
+             (SELECT 1 FROM user_file_trigrams WHERE user_id = ? AND tri = ? LIMIT ?) AS c{i}"
+        )
+    };
+    let sql = (0..pieces.len()).map(count).collect::<Vec<_>>();
+    let mut q = query(sql.join(" UNION ALL "));
+    for p in &pieces {
+        q = q.bind(user).bind(p.clone()).bind(TRIGRAM_COMMON);
+    }
+    let mut counts = Vec::with_capacity(pieces.len());
+    for r in q.fetch_all(s.db()).await? {
+        let k = usize::try_from(r.get::<i64>("k")?).unwrap_or(usize::MAX);
+        counts.push((r.get::<i64>("n")?, k));
+    }
+    counts.sort();
+    let (sql, args) = like_test(t);
+    let rarest = match counts.first() {
+        Some(&(0, _)) => {
+            return Ok(NameMatch::Ids {
+                ids: Vec::new(),
+                sql,
+                args,
+                from: "the trigram table: no name holds one of the text's pieces",
+            })
+        }
+        Some(&(n, k)) if n < TRIGRAM_COMMON => k,
+        _ => return name_index_match(s, user, (sql, args), limit).await,
+    };
+    let cap = dense_cap(limit);
+    let mut find = String::from(
+        "SELECT a.file_id AS id FROM user_file_trigrams a WHERE a.user_id = ? AND a.tri = ?",
+    );
+    let extra: Vec<usize> = counts[1..].iter().take(EXTRA_PIECES).map(|c| c.1).collect();
+    for j in 0..extra.len() {
+        find.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM user_file_trigrams b{j} WHERE b{j}.user_id = a.user_id \
+             AND b{j}.tri = ? AND b{j}.file_id = a.file_id)"
+        ));
+    }
+    find.push_str(" LIMIT ?");
+    let mut q = query(find).bind(user).bind(pieces[rarest].clone());
+    for k in extra {
+        q = q.bind(pieces[k].clone());
+    }
+    let rows = q.bind(cap).fetch_all(s.db()).await?;
+    if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= cap {
+        // Dense: walking the sort order's index fills a page sooner.
+        return Ok(NameMatch::Test { sql, args });
+    }
+    let ids = rows
+        .iter()
+        .map(|r| r.get::<Uuid>("id"))
+        .collect::<Result<_, _>>()?;
+    Ok(NameMatch::Ids {
+        ids,
+        sql,
+        args,
+        from: "the trigram table names the candidates",
+    })
 }
 
 /// How many matches make them dense: `10 × limit`, at most 10,000.
@@ -220,6 +330,23 @@ impl NameSearch {
         self.text.chars().nth(2).is_some()
     }
 
+    /// The distinct three-character pieces of the case-folded text, as
+    /// bytes (as `user_file_trigrams.tri` holds them), at most `max`.
+    fn pieces(&self, max: usize) -> Vec<Vec<u8>> {
+        let chars: Vec<char> = self.lower.chars().collect();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for w in chars.windows(3) {
+            let p = w.iter().collect::<String>().into_bytes();
+            if !out.contains(&p) {
+                out.push(p);
+                if out.len() == max {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
     /// An FTS5 phrase matching the text as a substring, every character
     /// literal (a double quote is doubled).
     fn phrase(&self) -> String {
@@ -264,5 +391,20 @@ mod tests {
         assert!(!NameSearch::new("éa").trigrams());
         assert!(NameSearch::new("éab").trigrams());
         assert_eq!(NameSearch::new("a\"b").phrase(), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn pieces_are_the_distinct_trigrams_of_the_folded_text() {
+        let p = |t: &str, max| {
+            NameSearch::new(t)
+                .pieces(max)
+                .into_iter()
+                .map(|b| String::from_utf8(b).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(p("AbAbA", 16), ["aba", "bab"]);
+        assert_eq!(p("ÉtÉ!", 16), ["été", "té!"]);
+        assert_eq!(p("ab", 16), Vec::<String>::new());
+        assert_eq!(p("abcdef", 2), ["abc", "bcd"]);
     }
 }
