@@ -219,9 +219,10 @@ my_plans() {  # DB
   plan=$(my -N "$db" -e "EXPLAIN FORMAT=JSON $sql")
   printf '%s\n%s\n' "$sql" "$(echo -e "$plan" | sed 's/^/    /')"
   echo -e "$plan" | grep -q '"using_index": true' || { echo "    ^^^ name index not covering"; bad=1; }
-  # q= of three characters or more: each piece's count is one range of the
-  # trigram table's primary key (migration 0013), never a scan.
-  sql="SELECT COUNT(*) FROM (SELECT 1 FROM user_file_trigrams WHERE user_id = 'bench' AND tri = 'nom' LIMIT 2048) AS c"
+  # q= of three characters or more: each piece's count (search.rs counts
+  # these rows in a derived table) is one range of the trigram table's
+  # primary key (migration 0013), never a scan.
+  sql="SELECT 1 FROM user_file_trigrams WHERE user_id = 'bench' AND tri = 'nom' LIMIT 512"
   plan=$(my -N "$db" -e "EXPLAIN FORMAT=JSON $sql")
   printf '%s\n%s\n' "$sql" "$(echo -e "$plan" | sed 's/^/    /')"
   if ! echo -e "$plan" | grep -q '"key": "PRIMARY"' || echo -e "$plan" | grep -q '"access_type": "ALL"'; then

@@ -191,8 +191,11 @@ async fn name_index_match(
 /// narrow the search soundly, and a longer text is rare already.
 const MAX_PIECES: usize = 16;
 /// Most of a user's names counted for one piece: a piece held by this many
-/// does not narrow the search enough to beat the name index.
-const TRIGRAM_COMMON: i64 = 2048;
+/// does not narrow the search enough to beat the name index. Every piece's
+/// count reads up to this many entries, so it is the cost of a dense text
+/// before the name index: at 2,048, three pieces cost a `q=beach` (10 % of
+/// 100,000 names) about 5 ms more on MariaDB (docs/benchmarks.md).
+const TRIGRAM_COMMON: i64 = 512;
 /// Pieces beside the rarest that a candidate must hold too, each looked up
 /// by primary key for each candidate.
 const EXTRA_PIECES: usize = 2;
