@@ -1421,30 +1421,24 @@ async fn search_is_the_same_dense_or_sparse(open: Open) {
 async fn search_follows_renames_and_deletions(open: Open) {
     let db = open().await;
     let s = &db.store;
-    let named = |n: &str| Rename {
-        file_name: Some(n.to_string()),
-        package_name: None,
+    let rename = |user: &'static str, id: Uuid, name: &'static str| async move {
+        let to = Rename {
+            file_name: Some(name.to_string()),
+            package_name: None,
+        };
+        s.rename_file(user, id, &to)
+            .await
+            .unwrap()
+            .expect("the file exists");
     };
     let a = put(&db, "hal", 1).await;
     let b = put(&db, "hal", 2).await;
     let c = put(&db, "hal", 3).await;
-    s.rename_file("hal", a, &named("Beach.png"))
-        .await
-        .unwrap()
-        .unwrap();
-    s.rename_file("hal", b, &named("Notes.txt"))
-        .await
-        .unwrap()
-        .unwrap();
-    s.rename_file("hal", c, &named("Été.jpg"))
-        .await
-        .unwrap()
-        .unwrap();
+    rename("hal", a, "Beach.png").await;
+    rename("hal", b, "Notes.txt").await;
+    rename("hal", c, "Été.jpg").await;
     let other = put(&db, "ivy", 4).await;
-    s.rename_file("ivy", other, &named("beach-ivy.png"))
-        .await
-        .unwrap()
-        .unwrap();
+    rename("ivy", other, "beach-ivy.png").await;
     let dbr = &db;
     let found = |user: &'static str, text: &'static str| async move {
         let q = ListQuery {
@@ -1466,28 +1460,16 @@ async fn search_follows_renames_and_deletions(open: Open) {
     assert_eq!(found("hal", "beach").await, ["Beach.png"]);
     assert_eq!(found("hal", "ÉTÉ").await, ["Été.jpg"]);
 
-    s.rename_file("hal", a, &named("Shore.png"))
-        .await
-        .unwrap()
-        .unwrap();
+    rename("hal", a, "Shore.png").await;
     assert!(found("hal", "beach").await.is_empty());
     assert_eq!(found("hal", "shore").await, ["Shore.png"]);
     assert_eq!(found("ivy", "beach").await, ["beach-ivy.png"]);
 
-    s.rename_file("hal", b, &named("NOTES.TXT"))
-        .await
-        .unwrap()
-        .unwrap();
+    rename("hal", b, "NOTES.TXT").await;
     assert_eq!(found("hal", "notes").await, ["NOTES.TXT"]);
-    s.rename_file("hal", b, &named("NOTES.TXT "))
-        .await
-        .unwrap()
-        .unwrap();
+    rename("hal", b, "NOTES.TXT ").await;
     assert_eq!(found("hal", "TXT ").await, ["NOTES.TXT "]);
-    s.rename_file("hal", c, &named("Ete.jpg"))
-        .await
-        .unwrap()
-        .unwrap();
+    rename("hal", c, "Ete.jpg").await;
     assert!(found("hal", "été").await.is_empty());
     assert_eq!(found("hal", "ete.").await, ["Ete.jpg"]);
 
@@ -1532,10 +1514,7 @@ async fn search_follows_renames_and_deletions(open: Open) {
 
     s.delete_user("hal").await.unwrap();
     let again = put(&db, "hal", 5).await;
-    s.rename_file("hal", again, &named("Again.png"))
-        .await
-        .unwrap()
-        .unwrap();
+    rename("hal", again, "Again.png").await;
     assert!(found("hal", "notes").await.is_empty());
     assert_eq!(found("hal", "again").await, ["Again.png"]);
     assert_eq!(found("ivy", "beach").await, ["beach-ivy.png"]);

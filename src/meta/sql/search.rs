@@ -172,6 +172,18 @@ async fn name_index_match(
     .bind(cap)
     .fetch_all(s.db())
     .await?;
+    ids_or_dense(&rows, cap, (sql, args), "the name index names the files")
+}
+
+/// The ids found (column `id`) with the name test that decides, or the
+/// row-by-row test when `cap` of them or more were found: dense matches
+/// fill a page sooner along the sort order's index.
+fn ids_or_dense(
+    rows: &[super::engine::Row],
+    cap: i64,
+    (sql, args): (String, Vec<Arg>),
+    from: &'static str,
+) -> MetaResult<NameMatch> {
     if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= cap {
         return Ok(NameMatch::Test { sql, args });
     }
@@ -183,7 +195,7 @@ async fn name_index_match(
         ids,
         sql,
         args,
-        from: "the name index names the files",
+        from,
     })
 }
 
@@ -257,20 +269,12 @@ async fn trigram_table_match(
         q = q.bind(pieces[k].clone());
     }
     let rows = q.bind(cap).fetch_all(s.db()).await?;
-    if i64::try_from(rows.len()).unwrap_or(i64::MAX) >= cap {
-        // Dense: walking the sort order's index fills a page sooner.
-        return Ok(NameMatch::Test { sql, args });
-    }
-    let ids = rows
-        .iter()
-        .map(|r| r.get::<Uuid>("id"))
-        .collect::<Result<_, _>>()?;
-    Ok(NameMatch::Ids {
-        ids,
-        sql,
-        args,
-        from: "the trigram table names the candidates",
-    })
+    ids_or_dense(
+        &rows,
+        cap,
+        (sql, args),
+        "the trigram table names the candidates",
+    )
 }
 
 /// How many matches make them dense: `10 × limit`, at most 10,000.
