@@ -105,6 +105,7 @@ macro_rules! engine {
                 every_listing_order_walks_an_index,
                 search_is_the_same_dense_or_sparse,
                 search_follows_renames_and_deletions,
+                a_plan_takes_any_cursor,
                 tus_lease_is_exclusive,
                 tus_upload_completes_once,
                 tus_progress_is_recorded_at_once,
@@ -1418,6 +1419,46 @@ async fn search_is_the_same_dense_or_sparse(open: Open) {
 /// deletion of its user. On MySQL/MariaDB these are the trigram table's
 /// triggers and foreign key (migration 0013), which a rare text goes
 /// through; the plan's first line says so.
+/// `listing_plan` for a page after a cursor whose id's bytes are not
+/// UTF-8 (MariaDB's plan quotes the binary id as it is; a random id made
+/// this fail now and then).
+async fn a_plan_takes_any_cursor(open: Open) {
+    let db = open().await;
+    for n in 1..=40 {
+        let f = put(&db, "kim", n).await;
+        if n % 2 == 0 {
+            db.store
+                .set_favorite("kim", f, Some(true))
+                .await
+                .unwrap()
+                .expect("the file");
+        }
+    }
+    let mut id = [0x11u8; 16];
+    id[..4].copy_from_slice(&[0xed, 0xa9, 0x95, 0xff]);
+    for sort in [SortKey::UploadDate, SortKey::FileName, SortKey::FileSize] {
+        let k = match sort {
+            SortKey::UploadDate => start_time().to_rfc3339(),
+            SortKey::FileName => "m.png".into(),
+            SortKey::FileSize => "10".into(),
+        };
+        for favorite in [None, Some(true)] {
+            let q = ListQuery {
+                sort,
+                favorite,
+                limit: 7,
+                after: Some(Cursor {
+                    k: k.clone(),
+                    id: Uuid::from_bytes(id),
+                }),
+                ..Default::default()
+            };
+            let plan = db.store.listing_plan("kim", &q).await;
+            assert!(plan.is_ok(), "{sort:?} favorite={favorite:?}: {plan:?}");
+        }
+    }
+}
+
 async fn search_follows_renames_and_deletions(open: Open) {
     let db = open().await;
     let s = &db.store;

@@ -77,9 +77,16 @@ impl FileStore for SqlStore {
             .planned_each_time()
             .fetch_all(s.db())
             .await?;
+        // MySQL's plan quotes the statement's values, a cursor's binary id
+        // among them, as they are: not always UTF-8, so read as bytes.
         let lines = rows
             .iter()
-            .map(|r| r.get::<String>(col))
+            .map(|r| match s.engine() {
+                Engine::MySql => r
+                    .get::<Vec<u8>>(col)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                _ => r.get::<String>(col),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let head = route.map(|r| format!("q=: {r}\n")).unwrap_or_default();
         Ok(format!("{head}{}", lines.join("\n")))
