@@ -16,7 +16,7 @@
 #      same filesystem as the peers' scratch), measured by the same measure.py:
 #      multipart upload (fsynced before it answers), download with curl and with
 #      the lean client, the same Range request, CONC uploads at once, tus with
-#      one PATCH and with 8 MiB PATCHes;
+#      one PATCH (and CONC such uploads at once) and with 8 MiB PATCHes;
 #   4. BASE_BIN set: that build, the same way (no concurrent batch, no tus);
 #   5. s3: stowage on a 3-node Garage (started once for the run), and boto3
 #      straight to the same Garage (bench/lib/xfer.py s3).
@@ -278,9 +278,10 @@ stowage_round() {  # stowage_round LABEL BINARY FULL(1|0)
   fi
   if [ "$full" = 1 ] && want tus; then
     local tus=(--mode tus --upload-url "$url/api/uploads/" --download-url '{location}'
-               -H "Authorization: Bearer $TOKEN" --server-pid "$SERVER_PID" --skip conc)
+               -H "Authorization: Bearer $TOKEN" --server-pid "$SERVER_PID")
+    # CONC tus uploads at once (one PATCH each), beside tus-node's batch
     measure "$label-tus" "${tus[@]}"
-    measure "$label-tus-8MiB" "${tus[@]}" --chunk-size 8MiB
+    measure "$label-tus-8MiB" "${tus[@]}" --skip conc --chunk-size 8MiB
   fi
   kill -0 "$SERVER_PID" 2>/dev/null || log "$label: stowage died during the round"
   stop_pid "$SERVER_PID"; SERVER_PID=
