@@ -34,13 +34,7 @@
 //!   the answer says `Connection: close`.
 //! * **Per-connection memory.** hyper's read buffer is capped at
 //!   [`MAX_BUF`], enough for the largest head the API accepts (32 KiB,
-//!   answered 431 above that). At most [`LARGE_BUF_SLOTS`] connections at a
-//!   time get [`LARGE_BUF`] instead ([`ReadBuffers`]): a body is read from
-//!   the socket in pieces of at most the cap, and each piece costs a
-//!   `recv`, a wake-up and a pass through hyper, the body stream and the
-//!   ingest path, so a single large upload spends less CPU per byte with
-//!   larger reads, while many uploads at once stay within the small cap's
-//!   memory.
+//!   answered 431 above that).
 //! * **Zero-copy downloads.** Every request carries the connection's
 //!   [`Sendfile`] handle; a download from the local volume answers with a
 //!   body of placeholders that the stream wrapper replaces by `sendfile(2)`
@@ -100,17 +94,6 @@ use crate::config::Limits;
 
 /// hyper's per-connection buffer cap (its default is ~400 KiB).
 pub const MAX_BUF: usize = 64 * 1024;
-/// The cap of the connections that hold one of the [`LARGE_BUF_SLOTS`].
-/// Reading a 1 GiB upload in pieces of up to 256 KiB instead of 64 KiB
-/// took about 0.1 cpu-s less (1.48 against 1.60) and 9 % fewer user-space
-/// instructions per byte outside SHA-256 (docs/benchmarks.md).
-pub const LARGE_BUF: usize = 256 * 1024;
-/// Connections open at once with [`LARGE_BUF`]; the rest get [`MAX_BUF`].
-/// Sixteen 256 KiB connections uploading at once held 8 MiB more than with
-/// 64 KiB (37.3 against 29.3 MiB peak RSS), and four of sixteen still 2–3
-/// MiB more, so only two get it: enough for the one or two large uploads
-/// of a quiet server, where the CPU per byte shows.
-pub const LARGE_BUF_SLOTS: usize = 2;
 
 /// What a connection over a cap gets before it is closed.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
@@ -226,7 +209,6 @@ struct ConnConfig {
     keepalive_timeout: Duration,
     body_idle_timeout: Duration,
     trusted: Vec<crate::config::IpNet>,
-    read_buffers: Arc<ReadBuffers>,
 }
 
 impl ConnConfig {
@@ -236,54 +218,6 @@ impl ConnConfig {
             keepalive_timeout: l.keepalive_timeout,
             body_idle_timeout: l.body_idle_timeout,
             trusted: l.trusted_proxies.clone(),
-            read_buffers: ReadBuffers::new(LARGE_BUF_SLOTS),
-        }
-    }
-}
-
-/// Which connections get hyper's larger read buffer: a connection takes
-/// one of `slots` places when it opens, if one is free, and gives it back
-/// when it ends (see the module docs). The cap is fixed for a connection's
-/// life, so a keep-alive connection keeps its place while it lives; memory
-/// stays bounded by `slots × LARGE_BUF` more than the small cap allows.
-struct ReadBuffers {
-    slots: usize,
-    taken: AtomicUsize,
-}
-
-/// A place among [`ReadBuffers`]' slots, given back on drop.
-struct LargeRead(Arc<ReadBuffers>);
-
-impl Drop for LargeRead {
-    fn drop(&mut self) {
-        self.0.taken.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl ReadBuffers {
-    fn new(slots: usize) -> Arc<ReadBuffers> {
-        Arc::new(ReadBuffers {
-            slots,
-            taken: AtomicUsize::new(0),
-        })
-    }
-
-    /// A large place if one is free, else none.
-    fn take(self: &Arc<Self>) -> Option<LargeRead> {
-        self.taken
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.slots).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| LargeRead(self.clone()))
-    }
-
-    /// The read buffer cap for a new connection, and the place it holds
-    /// while it lives.
-    fn for_connection(self: &Arc<Self>) -> (usize, Option<LargeRead>) {
-        match self.take() {
-            Some(place) => (LARGE_BUF, Some(place)),
-            None => (MAX_BUF, None),
         }
     }
 }
@@ -336,7 +270,6 @@ async fn serve_connection(
             }
         })
     };
-    let (read_buf, _large_read) = conf.read_buffers.for_connection();
     let mut builder = http1::Builder::new();
     builder
         .timer(HeadTimer {
@@ -349,7 +282,7 @@ async fn serve_connection(
         // never copied into hyper's buffer: the sendfile placeholders must
         // reach `Watched` by address.
         .writev(true)
-        .max_buf_size(read_buf);
+        .max_buf_size(MAX_BUF);
     let served = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(served);
     let result = tokio::select! {
@@ -926,28 +859,6 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn only_the_first_connections_get_the_large_read_buffer_until_one_ends() {
-        let bufs = ReadBuffers::new(2);
-        let (a, pa) = bufs.for_connection();
-        let (b, pb) = bufs.for_connection();
-        let (c, pc) = bufs.for_connection();
-        assert_eq!((a, b, c), (LARGE_BUF, LARGE_BUF, MAX_BUF));
-        assert!(pa.is_some() && pb.is_some() && pc.is_none());
-        drop(pc);
-        assert_eq!(
-            bufs.for_connection().0,
-            MAX_BUF,
-            "a small one frees no place"
-        );
-        drop(pa);
-        let (d, pd) = bufs.for_connection();
-        assert_eq!(d, LARGE_BUF, "an ended connection's place is taken again");
-        assert_eq!(bufs.for_connection().0, MAX_BUF);
-        drop((pb, pd));
-        assert_eq!(bufs.taken.load(Ordering::Acquire), 0);
     }
 
     #[test]
