@@ -17,7 +17,8 @@
 #      multipart upload (fsynced before it answers), download with curl and with
 #      the lean client, the same Range request, CONC uploads at once, tus with
 #      one PATCH (and CONC such uploads at once) and with 8 MiB PATCHes;
-#   4. BASE_BIN set: that build, the same way (no concurrent batch, no tus);
+#   4. BASE_BIN set: that build, the same way (no concurrent batch, no tus:
+#      bench/ab.sh compares builds on those);
 #   5. s3: stowage on a 3-node Garage (started once for the run), and boto3
 #      straight to the same Garage (bench/lib/xfer.py s3).
 # After the rounds, list: for each of LIST_ROWS files of one user (seeded
