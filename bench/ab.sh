@@ -14,8 +14,8 @@
 # run bench/run.sh once first). Peak RSS is measure.py's: the high-water mark
 # after resetting it, so memory kept from an earlier batch on the same server
 # counts, as it does in bench/run.sh. Writes RESULTS (bench/results/ab-<time>.tsv,
-# measure.py's raw format with the round in the label's place) and prints
-# the medians per build and metric.
+# measure.py's raw format, one row per round) and, beside it, measure.py's
+# summary (median, min, max per build and metric), which it prints.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +25,9 @@ LOG_TAG=ab
 . "$HERE/lib/common.sh"
 
 [ $# -ge 2 ] || { echo "usage: $0 BIN BIN [BIN ...]" >&2; exit 2; }
+# a build's figures are labelled with its file name: names must differ
+[ "$(for b in "$@"; do basename "$b"; done | sort -u | wc -l)" = $# ] \
+  || { echo "$0: give each build its own file name (copy them apart)" >&2; exit 2; }
 ROUNDS=${ROUNDS:-3}
 SIZE=${SIZE:-1GiB}
 CONC=${CONC:-16}
@@ -44,8 +47,8 @@ SRC=$WORK/src
 mkdir -p "$(dirname "$RESULTS")"
 for r in $(seq 1 "$ROUNDS"); do
   for bin in "$@"; do
-    label="$(basename "$bin")#$r"
-    BIN=$bin stowage_start "$label" "$WORK/srv" "$PORT" || { log "$label: skipped"; continue; }
+    label=$(basename "$bin")
+    BIN=$bin stowage_start "$label (round $r)" "$WORK/srv" "$PORT" || { log "$label: skipped"; continue; }
     common=(--reps 1 --size "$SIZE" --concurrency "$CONC" --conc-size "$CONC_SIZE" --data-dir "$SRC"
             --tmp "$WORK/measure" --timeout 900 --out "$RESULTS" -H "Authorization: Bearer $TOKEN"
             --server-pid "$SERVER_PID")
@@ -61,20 +64,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-# medians per build (the label without its round) and metric
-"$PY" - "$RESULTS" <<'EOF'
-import collections, statistics, sys
-rows = collections.defaultdict(list)
-with open(sys.argv[1]) as f:
-    head = f.readline().rstrip("\n").split("\t")
-    for line in f:
-        r = dict(zip(head, line.rstrip("\n").split("\t")))
-        if not r.get("value") or r["value"] == "NA":
-            continue
-        build = r["peer"].replace("#", " ").split(" ")[0] + ("-tus" if r["peer"].endswith("-tus") else "")
-        rows[(r["metric"], build)].append(float(r["value"]))
-print("metric\tbuild\tmedian\tmin\tmax\tn")
-for (metric, build), v in sorted(rows.items()):
-    print(f"{metric}\t{build}\t{statistics.median(v):.3g}\t{min(v):.3g}\t{max(v):.3g}\t{len(v)}")
-EOF
-log "raw figures: $RESULTS"
+# medians per build and metric (one row per round in RESULTS)
+"$PY" "$MEASURE" summarize "$RESULTS" --out "${RESULTS%.tsv}.summary.tsv"
+column -t -s $'\t' "${RESULTS%.tsv}.summary.tsv"
+log "raw figures: $RESULTS; summary: ${RESULTS%.tsv}.summary.tsv"

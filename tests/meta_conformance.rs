@@ -1413,12 +1413,6 @@ async fn search_is_the_same_dense_or_sparse(open: Open) {
     }
 }
 
-/// `q=` finds a file by its name of now, never by the one it had: after a
-/// rename (to another name, to a change of case, to a trailing space that
-/// the columns' collation would call the same name), a deletion and the
-/// deletion of its user. On MySQL/MariaDB these are the trigram table's
-/// triggers and foreign key (migration 0013), which a rare text goes
-/// through; the plan's first line says so.
 /// `listing_plan` for a page after a cursor whose id's bytes are not
 /// UTF-8 (MariaDB's plan quotes the binary id as it is; a random id made
 /// this fail now and then).
@@ -1459,6 +1453,12 @@ async fn a_plan_takes_any_cursor(open: Open) {
     }
 }
 
+/// `q=` finds a file by its name of now, never by the one it had: after a
+/// rename (to another name, to a change of case, to a trailing space that
+/// the columns' collation would call the same name), a deletion and the
+/// deletion of its user. On MySQL/MariaDB these are the trigram table's
+/// triggers (migration 0013), which a rare text goes
+/// through; the plan's first line says so.
 async fn search_follows_renames_and_deletions(open: Open) {
     let db = open().await;
     let s = &db.store;
